@@ -1,0 +1,841 @@
+//! The hint table, topic derivation and message planning. Pure: a notification in, a [`RoutePlan`] out.
+//!
+//! Each hint names one or more target APIs; each target API derives a topic. A hint yields exactly one
+//! message on each distinct topic its targets derive to. Unknown hints, unroutable events and other
+//! event filters land on `<prefix>unrouted`; deletions and creations on the Get Extension Info topic;
+//! subscription reminders on `<prefix>subscription`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::notification::{EventKind, ExtensionChange, Hint, Notification};
+
+/// The default topic prefix.
+pub const DEFAULT_TOPIC_PREFIX: &str = "ringcentral.";
+
+/// The built-in hint table of RingCentral's Extension Info Event, target APIs exactly as documented
+/// (including the stray leading and trailing slashes).
+pub const BUILT_IN_HINTS: &[(&str, &[&str])] = &[
+    ("AccountSettings", &["account/~"]),
+    ("AccountStatus", &["account/~"]),
+    ("AnsweringRules", &["account/~/extension/~"]),
+    ("CompanyNumbers", &["account/~/extension/~/phone-number"]),
+    ("DialingPlan", &["account/~/dialing-plan"]),
+    ("ExtensionInfo", &["account/~/extension/~/"]),
+    ("Features", &["account/~/extension/~/features"]),
+    ("Limits", &["account/~/extension/~/features"]),
+    ("Permissions", &["account/~/extension/~/features"]),
+    ("ProfileImage", &["/account/~/extension/~/profile-image"]),
+    (
+        "VideoConfiguration",
+        &["account/~/extension", "account/~/extension/~/"],
+    ),
+    (
+        "CallQueueMembersChange",
+        &[
+            "account/~/extension/~/call-queues",
+            "account/~/call-queues/~/bulk-assign",
+        ],
+    ),
+];
+
+/// The target API of Get Extension Info: where deletions and creations go.
+const EXTENSION_INFO_TARGET: &str = "account/~/extension/~/";
+
+/// A target API as written in the hint table, e.g. `account/~/extension/~/phone-number`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetApi(String);
+
+impl TargetApi {
+    pub fn new(target: impl Into<String>) -> Self {
+        TargetApi(target.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The topic name without prefix: trim `/`, split on `/`, drop `~` and empty segments, join with `.`.
+    pub fn topic_suffix(&self) -> String {
+        self.0
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != "~")
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// `/restapi/v1.0/` + the target with the account `~` replaced by the account id and every other `~`
+    /// by the extension id.
+    pub fn resource_path(&self, account_id: &str, extension_id: &str) -> String {
+        let mut path = String::from("/restapi/v1.0");
+        let mut previous = "";
+        for segment in self.0.split('/').filter(|s| !s.is_empty()) {
+            path.push('/');
+            path.push_str(match segment {
+                "~" if previous == "account" => account_id,
+                "~" => extension_id,
+                other => other,
+            });
+            previous = segment;
+        }
+        path
+    }
+}
+
+/// A Kafka topic name that satisfies Kafka's rules. Only [`Topic::parse`] builds one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Topic(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TopicError {
+    #[error("topic name is empty")]
+    Empty,
+    #[error("topic `{0}` is longer than 249 characters")]
+    TooLong(String),
+    #[error("topic `{0}` is not allowed by Kafka")]
+    Reserved(String),
+    #[error("topic `{0}` has characters outside [a-zA-Z0-9._-]")]
+    InvalidCharacter(String),
+}
+
+impl Topic {
+    pub fn parse(name: impl Into<String>) -> Result<Topic, TopicError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if name.len() > 249 {
+            return Err(TopicError::TooLong(name));
+        }
+        if name == "." || name == ".." {
+            return Err(TopicError::Reserved(name));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(TopicError::InvalidCharacter(name));
+        }
+        Ok(Topic(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where one hint goes: each distinct topic with the first target API (in table order) that derives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintRoute {
+    pub targets: Vec<TargetApi>,
+    pub topics: Vec<(Topic, TargetApi)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RoutingError {
+    #[error("hint `{hint}`: {source}")]
+    Topic {
+        hint: String,
+        #[source]
+        source: TopicError,
+    },
+    #[error("hint `{0}` has no target API")]
+    NoTarget(String),
+    #[error("topic prefix: {0}")]
+    Prefix(TopicError),
+}
+
+/// The effective routing: the built-in hint table with the configuration's overrides and additions.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    hints: BTreeMap<Hint, HintRoute>,
+    extension_topic: Topic,
+    subscription_topic: Topic,
+    unrouted_topic: Topic,
+}
+
+impl RoutingTable {
+    /// Builds and validates the table. `overrides` replace a built-in hint's targets or add a hint.
+    pub fn new(
+        prefix: &str,
+        overrides: &BTreeMap<String, Vec<String>>,
+    ) -> Result<RoutingTable, RoutingError> {
+        let with_prefix = |suffix: &str| Topic::parse(format!("{prefix}{suffix}"));
+        // The prefix alone must be made of legal characters (an empty prefix is allowed).
+        if !prefix.is_empty() {
+            Topic::parse(prefix).map_err(RoutingError::Prefix)?;
+        }
+        let mut entries: BTreeMap<String, Vec<String>> = BUILT_IN_HINTS
+            .iter()
+            .map(|(hint, targets)| {
+                (
+                    (*hint).to_string(),
+                    targets.iter().map(|t| (*t).to_string()).collect(),
+                )
+            })
+            .collect();
+        entries.extend(overrides.clone());
+
+        let mut hints = BTreeMap::new();
+        for (hint, targets) in entries {
+            let targets: Vec<TargetApi> = targets.into_iter().map(TargetApi).collect();
+            let mut topics: Vec<(Topic, TargetApi)> = Vec::new();
+            for target in &targets {
+                let suffix = target.topic_suffix();
+                let topic = with_prefix(&suffix).map_err(|source| RoutingError::Topic {
+                    hint: hint.clone(),
+                    source,
+                })?;
+                if !topics.iter().any(|(t, _)| *t == topic) {
+                    topics.push((topic, target.clone()));
+                }
+            }
+            if topics.is_empty() {
+                return Err(RoutingError::NoTarget(hint));
+            }
+            hints.insert(Hint::new(hint), HintRoute { targets, topics });
+        }
+        let fixed = |suffix: &str| with_prefix(suffix).map_err(RoutingError::Prefix);
+        Ok(RoutingTable {
+            hints,
+            extension_topic: fixed(&TargetApi::new(EXTENSION_INFO_TARGET).topic_suffix())?,
+            subscription_topic: fixed("subscription")?,
+            unrouted_topic: fixed("unrouted")?,
+        })
+    }
+
+    pub fn route(&self, hint: &Hint) -> Option<&HintRoute> {
+        self.hints.get(hint)
+    }
+
+    /// Every hint with its route, in name order: what `routes` prints.
+    pub fn hints(&self) -> impl Iterator<Item = (&Hint, &HintRoute)> {
+        self.hints.iter()
+    }
+
+    pub fn is_known(&self, hint: &Hint) -> bool {
+        self.hints.contains_key(hint)
+    }
+
+    /// Every topic the bridge may publish to (without the dead-letter topic), sorted, without repeats.
+    pub fn topics(&self) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = self
+            .hints
+            .values()
+            .flat_map(|r| r.topics.iter().map(|(t, _)| t.clone()))
+            .chain([
+                self.extension_topic.clone(),
+                self.subscription_topic.clone(),
+                self.unrouted_topic.clone(),
+            ])
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    pub fn unrouted_topic(&self) -> &Topic {
+        &self.unrouted_topic
+    }
+
+    /// Plans every message of one notification. `raw` is the body as received (for unrouted events);
+    /// `received_at` is when the bridge accepted it (RFC 3339).
+    pub fn plan(&self, notification: &Notification, raw: &[u8], received_at: &str) -> RoutePlan {
+        let mut planner = Planner {
+            table: self,
+            notification,
+            received_at,
+            messages: Vec::new(),
+        };
+        match &notification.kind {
+            EventKind::ExtensionInfo { account_id, change } => planner.change(account_id, change),
+            EventKind::ExtensionList {
+                account_id,
+                changes,
+            } => {
+                for change in changes {
+                    planner.change(account_id, change);
+                }
+            }
+            EventKind::SubscriptionReminder => planner.reminder(),
+            EventKind::Other => planner.raw(raw),
+        }
+        RoutePlan {
+            uuid: notification.uuid.clone(),
+            kind: notification.kind.label().to_string(),
+            messages: planner.messages,
+        }
+    }
+}
+
+/// Every Kafka message planned from one notification, in publication order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePlan {
+    pub uuid: String,
+    /// The event kind label, for metrics and logs.
+    pub kind: String,
+    pub messages: Vec<OutboundMessage>,
+}
+
+impl RoutePlan {
+    /// The size of everything this plan will put on the wire: what the spool accounts for.
+    pub fn payload_bytes(&self) -> usize {
+        self.messages.iter().map(OutboundMessage::wire_bytes).sum()
+    }
+}
+
+/// One Kafka record, ready to produce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    pub topic: String,
+    pub key: String,
+    pub headers: Vec<(String, String)>,
+    /// The JSON value as text.
+    pub value: String,
+    /// The hint this message is for; a metrics label (`unknown` for a hint not in the table).
+    pub hint_label: String,
+}
+
+impl OutboundMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn wire_bytes(&self) -> usize {
+        self.topic.len()
+            + self.key.len()
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// The JSON value of a routed message (the message contract).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageValue<'a> {
+    uuid: &'a str,
+    event: &'a str,
+    timestamp: &'a Value,
+    subscription_id: Option<&'a str>,
+    owner_id: Option<&'a str>,
+    account_id: Option<&'a str>,
+    extension_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    hint: Option<&'a str>,
+    target_api: Option<&'a str>,
+    resource_path: Option<String>,
+    hints: &'a [Hint],
+    received_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a Value>,
+}
+
+struct Planner<'a> {
+    table: &'a RoutingTable,
+    notification: &'a Notification,
+    received_at: &'a str,
+    messages: Vec<OutboundMessage>,
+}
+
+/// What distinguishes one message of a notification from the others.
+struct Part<'a> {
+    topic: &'a Topic,
+    account_id: Option<&'a str>,
+    change: Option<&'a ExtensionChange>,
+    hint: Option<&'a Hint>,
+    hint_label: &'a str,
+    target: Option<&'a TargetApi>,
+    /// For messages without an event type: the kind that stands in for it in the message id.
+    kind_label: &'a str,
+}
+
+impl Planner<'_> {
+    fn change(&mut self, account_id: &str, change: &ExtensionChange) {
+        let table = self.table;
+        let is_update_with_hints = change.event_type == "Update" && !change.hints.is_empty();
+        if !is_update_with_hints {
+            // Delete, Create, or an Update without hints: the extension itself changed.
+            let target = TargetApi::new(EXTENSION_INFO_TARGET);
+            self.push(Part {
+                topic: &table.extension_topic,
+                account_id: Some(account_id),
+                change: Some(change),
+                hint: None,
+                hint_label: "none",
+                target: Some(&target),
+                kind_label: "",
+            });
+            return;
+        }
+        for hint in &change.hints {
+            match table.route(hint) {
+                Some(route) => {
+                    for (topic, target) in &route.topics {
+                        self.push(Part {
+                            topic,
+                            account_id: Some(account_id),
+                            change: Some(change),
+                            hint: Some(hint),
+                            hint_label: hint.as_str(),
+                            target: Some(target),
+                            kind_label: "",
+                        });
+                    }
+                }
+                None => self.push(Part {
+                    topic: &table.unrouted_topic,
+                    account_id: Some(account_id),
+                    change: Some(change),
+                    hint: Some(hint),
+                    hint_label: "unknown",
+                    target: None,
+                    kind_label: "",
+                }),
+            }
+        }
+    }
+
+    fn reminder(&mut self) {
+        self.push(Part {
+            topic: &self.table.subscription_topic,
+            account_id: None,
+            change: None,
+            hint: None,
+            hint_label: "none",
+            target: None,
+            kind_label: "SubscriptionReminder",
+        });
+    }
+
+    /// An event the bridge does not route: the notification exactly as received.
+    fn raw(&mut self, raw: &[u8]) {
+        let n = self.notification;
+        let topic = self.table.unrouted_topic.as_str();
+        self.messages.push(OutboundMessage {
+            topic: topic.to_string(),
+            key: fallback_key(n).to_string(),
+            headers: self.headers(&format!("{}::Unrouted:{topic}", n.uuid), None, None),
+            value: String::from_utf8_lossy(raw).into_owned(),
+            hint_label: "none".into(),
+        });
+    }
+
+    fn push(&mut self, part: Part<'_>) {
+        let n = self.notification;
+        let extension_id = part.change.map(|c| c.extension_id.as_str());
+        let event_type = part.change.map(|c| c.event_type.as_str());
+        let hint = part.hint.map(Hint::as_str);
+        let value = MessageValue {
+            uuid: &n.uuid,
+            event: &n.event,
+            timestamp: &n.timestamp,
+            subscription_id: n.subscription_id.as_deref(),
+            owner_id: n.owner_id.as_deref(),
+            account_id: part.account_id,
+            extension_id,
+            event_type,
+            hint,
+            target_api: part.target.map(TargetApi::as_str),
+            resource_path: part
+                .target
+                .zip(part.account_id.zip(extension_id))
+                .map(|(t, (account, extension))| t.resource_path(account, extension)),
+            hints: part.change.map(|c| c.hints.as_slice()).unwrap_or_default(),
+            received_at: self.received_at,
+            body: part.change.is_none().then_some(&n.body),
+        };
+        let topic = part.topic.as_str();
+        let message_id = format!(
+            "{}:{}:{}:{topic}",
+            n.uuid,
+            extension_id.unwrap_or_default(),
+            hint.or(event_type).unwrap_or(part.kind_label),
+        );
+        self.messages.push(OutboundMessage {
+            topic: topic.to_string(),
+            key: extension_id.unwrap_or_else(|| fallback_key(n)).to_string(),
+            headers: self.headers(&message_id, event_type, hint),
+            value: serde_json::to_string(&value).expect("a message value always serialises"),
+            hint_label: part.hint_label.to_string(),
+        });
+    }
+
+    fn headers(
+        &self,
+        message_id: &str,
+        event_type: Option<&str>,
+        hint: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let n = self.notification;
+        let mut headers = vec![
+            ("rc-message-id".to_string(), message_id.to_string()),
+            ("rc-notification-uuid".to_string(), n.uuid.clone()),
+        ];
+        if let Some(event_type) = event_type {
+            headers.push(("rc-event-type".into(), event_type.into()));
+        }
+        if let Some(hint) = hint {
+            headers.push(("rc-hint".into(), hint.into()));
+        }
+        if let Some(subscription) = &n.subscription_id {
+            headers.push(("rc-subscription-id".into(), subscription.clone()));
+        }
+        headers.push(("content-type".into(), "application/json".into()));
+        headers
+    }
+}
+
+/// The key of a message without an extension id: the subscription id, else the notification uuid.
+fn fallback_key(n: &Notification) -> &str {
+    n.subscription_id.as_deref().unwrap_or(&n.uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn table() -> RoutingTable {
+        RoutingTable::new(DEFAULT_TOPIC_PREFIX, &BTreeMap::new()).unwrap()
+    }
+
+    fn plan(body: Value) -> RoutePlan {
+        let raw = body.to_string();
+        let n = Notification::parse(raw.as_bytes()).unwrap();
+        table().plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z")
+    }
+
+    fn update(hints: &[&str]) -> Value {
+        json!({
+            "uuid": "n1", "event": "/restapi/v1.0/account/37439510/extension/8475874957",
+            "timestamp": "2013-06-14T12:00:00.000Z", "subscriptionId": "sub-1", "ownerId": "8475874957",
+            "body": {"extensionId": "8475874957", "eventType": "Update", "hints": hints}
+        })
+    }
+
+    fn value(m: &OutboundMessage) -> Value {
+        serde_json::from_str(&m.value).unwrap()
+    }
+
+    #[test]
+    fn topic_derivation() {
+        let cases = [
+            (
+                "account/~/extension/~/phone-number",
+                "ringcentral.account.extension.phone-number",
+            ),
+            ("account/~", "ringcentral.account"),
+            ("account/~/extension/~/", "ringcentral.account.extension"),
+            ("account/~/extension", "ringcentral.account.extension"),
+            (
+                "account/~/call-queues/~/bulk-assign",
+                "ringcentral.account.call-queues.bulk-assign",
+            ),
+            (
+                "/account/~/extension/~/profile-image",
+                "ringcentral.account.extension.profile-image",
+            ),
+            ("//account//~//dialing-plan//", "ringcentral.account.dialing-plan"),
+        ];
+        for (target, topic) in cases {
+            assert_eq!(
+                format!("{DEFAULT_TOPIC_PREFIX}{}", TargetApi::new(target).topic_suffix()),
+                topic,
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_built_in_hint_goes_to_its_topics() {
+        let cases: [(&str, &[&str]); 12] = [
+            ("AccountSettings", &["ringcentral.account"]),
+            ("AccountStatus", &["ringcentral.account"]),
+            ("AnsweringRules", &["ringcentral.account.extension"]),
+            ("CompanyNumbers", &["ringcentral.account.extension.phone-number"]),
+            ("DialingPlan", &["ringcentral.account.dialing-plan"]),
+            ("ExtensionInfo", &["ringcentral.account.extension"]),
+            ("Features", &["ringcentral.account.extension.features"]),
+            ("Limits", &["ringcentral.account.extension.features"]),
+            ("Permissions", &["ringcentral.account.extension.features"]),
+            ("ProfileImage", &["ringcentral.account.extension.profile-image"]),
+            ("VideoConfiguration", &["ringcentral.account.extension"]),
+            (
+                "CallQueueMembersChange",
+                &[
+                    "ringcentral.account.extension.call-queues",
+                    "ringcentral.account.call-queues.bulk-assign",
+                ],
+            ),
+        ];
+        for (hint, topics) in cases {
+            let p = plan(update(&[hint]));
+            let got: Vec<&str> = p.messages.iter().map(|m| m.topic.as_str()).collect();
+            assert_eq!(got, topics, "{hint}");
+            for m in &p.messages {
+                assert_eq!(m.header("rc-hint"), Some(hint));
+                assert_eq!(value(m)["hint"], json!(hint));
+            }
+        }
+    }
+
+    #[test]
+    fn features_limits_permissions_are_three_messages_on_one_topic() {
+        let p = plan(update(&["Features", "Limits", "Permissions"]));
+        assert_eq!(p.messages.len(), 3);
+        assert!(
+            p.messages
+                .iter()
+                .all(|m| m.topic == "ringcentral.account.extension.features")
+        );
+        let ids: std::collections::HashSet<_> =
+            p.messages.iter().map(|m| m.header("rc-message-id")).collect();
+        assert_eq!(ids.len(), 3, "each message has its own id");
+    }
+
+    #[test]
+    fn resource_path_for_each_target() {
+        let cases = [
+            ("account/~", "/restapi/v1.0/account/37439510"),
+            ("account/~/extension/~", "/restapi/v1.0/account/37439510/extension/8475874957"),
+            (
+                "account/~/extension/~/phone-number",
+                "/restapi/v1.0/account/37439510/extension/8475874957/phone-number",
+            ),
+            ("account/~/dialing-plan", "/restapi/v1.0/account/37439510/dialing-plan"),
+            ("account/~/extension/~/", "/restapi/v1.0/account/37439510/extension/8475874957"),
+            (
+                "account/~/extension/~/features",
+                "/restapi/v1.0/account/37439510/extension/8475874957/features",
+            ),
+            (
+                "/account/~/extension/~/profile-image",
+                "/restapi/v1.0/account/37439510/extension/8475874957/profile-image",
+            ),
+            ("account/~/extension", "/restapi/v1.0/account/37439510/extension"),
+            (
+                "account/~/extension/~/call-queues",
+                "/restapi/v1.0/account/37439510/extension/8475874957/call-queues",
+            ),
+            (
+                "account/~/call-queues/~/bulk-assign",
+                "/restapi/v1.0/account/37439510/call-queues/8475874957/bulk-assign",
+            ),
+        ];
+        for (target, path) in cases {
+            assert_eq!(
+                TargetApi::new(target).resource_path("37439510", "8475874957"),
+                path
+            );
+        }
+        // An account given as `~` in the event filter stays `~`.
+        assert_eq!(
+            TargetApi::new("account/~/extension/~").resource_path("~", "5"),
+            "/restapi/v1.0/account/~/extension/5"
+        );
+    }
+
+    #[test]
+    fn message_contract_of_the_documented_example() {
+        let p = plan(update(&["ExtensionInfo", "CompanyNumbers"]));
+        assert_eq!(p.messages.len(), 2);
+        let m = &p.messages[1];
+        assert_eq!(m.topic, "ringcentral.account.extension.phone-number");
+        assert_eq!(m.key, "8475874957");
+        assert_eq!(
+            m.headers,
+            vec![
+                (
+                    "rc-message-id".to_string(),
+                    "n1:8475874957:CompanyNumbers:ringcentral.account.extension.phone-number"
+                        .to_string()
+                ),
+                ("rc-notification-uuid".into(), "n1".into()),
+                ("rc-event-type".into(), "Update".into()),
+                ("rc-hint".into(), "CompanyNumbers".into()),
+                ("rc-subscription-id".into(), "sub-1".into()),
+                ("content-type".into(), "application/json".into()),
+            ]
+        );
+        assert_eq!(
+            value(m),
+            json!({
+                "uuid": "n1",
+                "event": "/restapi/v1.0/account/37439510/extension/8475874957",
+                "timestamp": "2013-06-14T12:00:00.000Z",
+                "subscriptionId": "sub-1",
+                "ownerId": "8475874957",
+                "accountId": "37439510",
+                "extensionId": "8475874957",
+                "eventType": "Update",
+                "hint": "CompanyNumbers",
+                "targetApi": "account/~/extension/~/phone-number",
+                "resourcePath": "/restapi/v1.0/account/37439510/extension/8475874957/phone-number",
+                "hints": ["ExtensionInfo", "CompanyNumbers"],
+                "receivedAt": "2026-01-01T00:00:00Z"
+            })
+        );
+    }
+
+    #[test]
+    fn video_configuration_is_one_message_with_the_first_target() {
+        let p = plan(update(&["VideoConfiguration"]));
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(value(&p.messages[0])["targetApi"], json!("account/~/extension"));
+    }
+
+    #[test]
+    fn unknown_hints_are_carried_on_unrouted() {
+        let p = plan(update(&["Teleport", "Limits"]));
+        let topics: Vec<&str> = p.messages.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            ["ringcentral.unrouted", "ringcentral.account.extension.features"]
+        );
+        let m = &p.messages[0];
+        assert_eq!(m.header("rc-hint"), Some("Teleport"));
+        assert_eq!(m.hint_label, "unknown");
+        assert_eq!(value(m)["targetApi"], Value::Null);
+        assert_eq!(m.key, "8475874957");
+    }
+
+    #[test]
+    fn delete_and_create_go_to_the_extension_topic_without_hint() {
+        for (event, body) in [
+            (
+                "/restapi/v1.0/account/~/extension/5",
+                json!({"extensionId": "5", "eventType": "Delete"}),
+            ),
+            (
+                "/restapi/v1.0/account/~/extension",
+                json!({"extensionId": 5, "eventType": "Create"}),
+            ),
+        ] {
+            let p = plan(json!({"uuid": "n2", "event": event, "subscriptionId": "s", "body": body}));
+            assert_eq!(p.messages.len(), 1);
+            let m = &p.messages[0];
+            assert_eq!(m.topic, "ringcentral.account.extension");
+            assert_eq!(m.key, "5");
+            assert_eq!(m.header("rc-hint"), None);
+            let event_type = body["eventType"].as_str().unwrap();
+            assert_eq!(m.header("rc-event-type"), Some(event_type));
+            assert_eq!(
+                m.header("rc-message-id").unwrap(),
+                format!("n2:5:{event_type}:ringcentral.account.extension")
+            );
+            assert_eq!(value(m)["hint"], Value::Null);
+            assert_eq!(
+                value(m)["resourcePath"],
+                json!("/restapi/v1.0/account/~/extension/5")
+            );
+        }
+    }
+
+    #[test]
+    fn batched_extension_list_routes_each_entry() {
+        let p = plan(json!({"uuid": "n3", "event": "/restapi/v1.0/account/12/extension", "body": {"extensions": [
+            {"extensionId": "1", "eventType": "Create"},
+            {"extensionId": 2, "eventType": "Update", "hints": ["CallQueueMembersChange"]}]}}));
+        let got: Vec<(&str, &str)> = p
+            .messages
+            .iter()
+            .map(|m| (m.topic.as_str(), m.key.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ringcentral.account.extension", "1"),
+                ("ringcentral.account.extension.call-queues", "2"),
+                ("ringcentral.account.call-queues.bulk-assign", "2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn reminder_goes_to_subscription_keyed_by_subscription() {
+        let p = plan(json!({"uuid": "n4", "event": "/restapi/v1.0/subscription/~?threshold=120&interval=30",
+                            "subscriptionId": "sub-9", "body": {"expiresIn": 100}}));
+        assert_eq!(p.messages.len(), 1);
+        let m = &p.messages[0];
+        assert_eq!(m.topic, "ringcentral.subscription");
+        assert_eq!(m.key, "sub-9");
+        assert_eq!(
+            m.header("rc-message-id"),
+            Some("n4::SubscriptionReminder:ringcentral.subscription")
+        );
+        assert_eq!(value(m)["body"], json!({"expiresIn": 100}));
+    }
+
+    #[test]
+    fn other_events_are_carried_raw_on_unrouted() {
+        let raw = r#"{"uuid":"n5","event":"/restapi/v1.0/account/~/presence","subscriptionId":"s","body":{"x":1}}"#;
+        let n = Notification::parse(raw.as_bytes()).unwrap();
+        let p = table().plan(&n, raw.as_bytes(), "t");
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(p.messages[0].topic, "ringcentral.unrouted");
+        assert_eq!(p.messages[0].value, raw);
+        assert_eq!(p.messages[0].key, "s");
+    }
+
+    #[test]
+    fn overrides_replace_and_add_hints() {
+        let overrides = BTreeMap::from([
+            ("Limits".to_string(), vec!["account/~/extension/~/limits".to_string()]),
+            ("Holidays".to_string(), vec!["account/~/holidays".to_string()]),
+        ]);
+        let t = RoutingTable::new("rc-", &overrides).unwrap();
+        let topics = |h: &str| -> Vec<String> {
+            t.route(&Hint::new(h))
+                .unwrap()
+                .topics
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .collect()
+        };
+        assert_eq!(topics("Limits"), ["rc-account.extension.limits"]);
+        assert_eq!(topics("Holidays"), ["rc-account.holidays"]);
+        assert_eq!(topics("Features"), ["rc-account.extension.features"]);
+    }
+
+    #[test]
+    fn invalid_topics_are_rejected_at_start_up() {
+        let bad = |target: &str| {
+            RoutingTable::new(
+                DEFAULT_TOPIC_PREFIX,
+                &BTreeMap::from([("X".to_string(), vec![target.to_string()])]),
+            )
+        };
+        assert!(matches!(bad("account/~/ext ension"), Err(RoutingError::Topic { .. })));
+        assert!(matches!(bad(&"a/".repeat(200)), Err(RoutingError::Topic { .. })));
+        assert!(matches!(
+            RoutingTable::new(
+                DEFAULT_TOPIC_PREFIX,
+                &BTreeMap::from([("X".to_string(), vec![])])
+            ),
+            Err(RoutingError::NoTarget(_))
+        ));
+        assert!(matches!(
+            RoutingTable::new("bad prefix!", &BTreeMap::new()),
+            Err(RoutingError::Prefix(_))
+        ));
+        assert_eq!(Topic::parse(".."), Err(TopicError::Reserved("..".into())));
+        assert!(Topic::parse("a".repeat(249)).is_ok());
+        assert!(Topic::parse("a".repeat(250)).is_err());
+    }
+}
