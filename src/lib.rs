@@ -1,2 +1,29 @@
+//! rc-kafka-bridge: RingCentral Extension Info webhooks in, one Kafka message per hint out.
+//!
+//! # Layout
+//!
+//! The data flows one way through modules that each own one thing:
+//!
+//! - [`ingress`]: HTTP. The `/webhook` endpoint (handshake, verification, status codes) and the admin
+//!   endpoints (`/metrics`, `/healthz`, `/readyz`).
+//! - [`notification`]: RingCentral's notification types and their lenient parsing.
+//! - [`routing`]: the hint table, topic derivation and message planning; pure, no I/O.
+//! - [`sink`]: the trait ingress hands a route plan to, and the `direct` delivery mode.
+//! - [`spool`]: the durable local queue; a notification is answered once it is fsynced here.
+//! - [`relay`]: publishes spooled plans to Kafka in order and releases them once acknowledged.
+//! - [`kafka`]: the producer, error classification, topic checks, the embedded development broker.
+//! - [`config`]: layered settings (flags, `RCKB_*` environment, TOML file).
+//! - [`metrics`]: every Prometheus metric; [`telemetry`]: logging.
+//! - [`app`]: wiring, start-up and graceful shutdown.
+
+pub mod app;
+pub mod config;
+pub mod ingress;
+pub mod kafka;
+pub mod metrics;
 pub mod notification;
+pub mod relay;
 pub mod routing;
+pub mod sink;
+pub mod spool;
+pub mod telemetry;

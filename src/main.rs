@@ -1,1 +1,205 @@
-fn main() {}
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use rc_kafka_bridge::app::Application;
+use rc_kafka_bridge::config::{Settings, SettingsArgs};
+use rc_kafka_bridge::kafka::{self, ProducerFactory};
+use rc_kafka_bridge::metrics::Metrics;
+use rc_kafka_bridge::telemetry;
+
+/// RingCentral Extension Info webhooks in, one Kafka message per hint out.
+#[derive(Parser)]
+#[command(name = "rc-kafka-bridge", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge. Without --brokers it runs on an embedded development broker.
+    Serve {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+        /// Create missing topics at start-up (with --partitions and --replication-factor).
+        #[arg(long, env = "RCKB_ENSURE_TOPICS")]
+        ensure_topics: bool,
+    },
+    /// Print the effective hint -> topics table.
+    Routes {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Validate the configuration and exit.
+    CheckConfig {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Topic administration.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every topic of the routing table (and the dead-letter topic) that Kafka lacks.
+    Ensure {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+    },
+}
+
+#[derive(Args)]
+struct TopicArgs {
+    /// Partitions of created topics.
+    #[arg(long, env = "RCKB_TOPIC_PARTITIONS", default_value_t = 6)]
+    partitions: i32,
+    /// Replication factor of created topics.
+    #[arg(long, env = "RCKB_TOPIC_REPLICATION_FACTOR", default_value_t = 3)]
+    replication_factor: i32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            settings,
+            topics,
+            ensure_topics,
+        } => load(&settings).and_then(|s| serve(s, ensure_topics.then_some(topics))),
+        Command::Routes { settings } => load(&settings).map(|s| print_routes(&s)),
+        Command::CheckConfig { settings } => load(&settings).map(|s| {
+            println!(
+                "configuration is valid: {} hints, {} topics",
+                s.routing.hints().count(),
+                s.routing.topics().len()
+            );
+        }),
+        Command::Topics {
+            command: TopicsCommand::Ensure { settings, topics },
+        } => load(&settings).and_then(|s| ensure(&s, &topics)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &SettingsArgs) -> Result<Settings, String> {
+    Settings::load(args).map_err(|e| e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn print_routes(settings: &Settings) {
+    println!("{:<24} {:<40} TARGET API", "HINT", "TOPIC");
+    for (hint, route) in settings.routing.hints() {
+        for (topic, target) in &route.topics {
+            println!("{:<24} {:<40} {}", hint, topic, target.as_str());
+        }
+    }
+    let fixed = settings.routing.topics();
+    let prefix = &settings.topic_prefix;
+    for (what, suffix) in [
+        ("(Delete, Create)", "account.extension"),
+        ("(subscription reminder)", "subscription"),
+        ("(unknown hint, other)", "unrouted"),
+    ] {
+        let topic = format!("{prefix}{suffix}");
+        debug_assert!(fixed.iter().any(|t| t.as_str() == topic));
+        println!("{what:<24} {topic:<40} -");
+    }
+    println!("{:<24} {:<40} -", "(dead letters)", settings.dead_letter_topic);
+}
+
+fn serve(settings: Settings, ensure_topics: Option<TopicArgs>) -> Result<(), String> {
+    telemetry::init(settings.log_format);
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let mut wanted = settings.routing.topics();
+        wanted.push(settings.dead_letter_topic.clone());
+        let properties = settings.kafka_properties.clone();
+        let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+        if app.is_embedded() {
+            tracing::warn!(
+                bootstrap = app.bootstrap_servers(),
+                "no --brokers: running on an embedded development broker that keeps nothing; \
+                 any Kafka client can read the topics at this bootstrap address"
+            );
+            println!("embedded Kafka broker: {}", app.bootstrap_servers());
+        } else {
+            let factory = ProducerFactory::new(app.bootstrap_servers(), &properties, Metrics::new());
+            check_topics(&factory, &wanted, ensure_topics.as_ref()).await;
+        }
+        tracing::info!(port = app.port(), admin_port = app.admin_port(), "listening");
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    })
+}
+
+/// Reports (or creates) topics Kafka lacks. A failure here never stops the bridge: the spool keeps
+/// notifications until the topics exist.
+async fn check_topics(factory: &ProducerFactory, wanted: &[rc_kafka_bridge::routing::Topic], ensure: Option<&TopicArgs>) {
+    let factory2 = factory.clone();
+    let wanted2 = wanted.to_vec();
+    let missing = tokio::task::spawn_blocking(move || {
+        kafka::missing_topics(&factory2, &wanted2, Duration::from_secs(10))
+    })
+    .await;
+    match missing {
+        Ok(Ok(missing)) if missing.is_empty() => tracing::info!("every routed topic exists"),
+        Ok(Ok(missing)) => {
+            let names: Vec<String> = missing.iter().map(|t| t.to_string()).collect();
+            match ensure {
+                Some(args) => match kafka::create_topics(factory, &missing, args.partitions, args.replication_factor).await {
+                    Ok(()) => tracing::info!(topics = ?names, "created missing topics"),
+                    Err(e) => tracing::error!(topics = ?names, error = %e, "cannot create missing topics"),
+                },
+                None => tracing::warn!(
+                    topics = ?names,
+                    "topics missing in Kafka: messages for them wait in the spool until they exist \
+                     (create them, or run `rc-kafka-bridge topics ensure`)"
+                ),
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot check topics: Kafka unreachable?"),
+        Err(e) => tracing::warn!(error = %e, "topic check failed"),
+    }
+}
+
+fn ensure(settings: &Settings, args: &TopicArgs) -> Result<(), String> {
+    let Some(brokers) = &settings.brokers else {
+        return Err("topics ensure needs --brokers (the embedded broker creates its own topics)".into());
+    };
+    let factory = ProducerFactory::new(brokers, &settings.kafka_properties, Metrics::new());
+    let mut wanted = settings.routing.topics();
+    wanted.push(settings.dead_letter_topic.clone());
+    let missing = kafka::missing_topics(&factory, &wanted, Duration::from_secs(10))
+        .map_err(|e| format!("cannot read Kafka metadata: {e}"))?;
+    if missing.is_empty() {
+        println!("all {} topics exist", wanted.len());
+        return Ok(());
+    }
+    runtime()?.block_on(kafka::create_topics(
+        &factory,
+        &missing,
+        args.partitions,
+        args.replication_factor,
+    ))?;
+    for topic in &missing {
+        println!("created {topic}");
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Wiring: builds every part from [`Settings`], binds both listeners, runs until a shutdown signal,
+//! then drains in order (stop accepting, finish requests, let the relay publish, flush).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{DeliveryMode, Settings};
+use crate::ingress::{self, IngressState, Readiness, SpoolHealth};
+use crate::kafka::{self, EmbeddedBroker, ProducerFactory};
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::sink::{DirectSink, RecentUuids, Sink};
+use crate::spool::Spool;
+use crate::relay::Relay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// A running bridge: both listeners bound, Kafka connected (or connecting), the relay started.
+pub struct Application {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    webhook: axum::Router,
+    admin: axum::Router,
+    bootstrap_servers: String,
+    routing: Arc<ArcSwap<RoutingTable>>,
+    delivery: Delivery,
+    shutdown_grace: Duration,
+    metrics: Metrics,
+    // Dropped last: the embedded broker must outlive the producer.
+    _embedded: Option<EmbeddedBroker>,
+}
+
+enum Delivery {
+    Direct(Arc<DirectSink>),
+    Spooled { spool: Arc<Spool>, relay: Relay },
+}
+
+struct DirectReadiness;
+
+impl Readiness for DirectReadiness {
+    fn spool_health(&self) -> SpoolHealth {
+        SpoolHealth::Absent
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let metrics = Metrics::new();
+        let embedded = match &settings.brokers {
+            Some(_) => None,
+            None => {
+                let mut topics = settings.routing.topics();
+                topics.push(settings.dead_letter_topic.clone());
+                Some(EmbeddedBroker::start(&topics)?)
+            }
+        };
+        let bootstrap_servers = match (&settings.brokers, &embedded) {
+            (Some(brokers), _) => brokers.clone(),
+            (None, Some(broker)) => broker.bootstrap_servers().to_string(),
+            (None, None) => unreachable!("an embedded broker is started without --brokers"),
+        };
+        let factory = ProducerFactory::new(
+            &bootstrap_servers,
+            &settings.kafka_properties,
+            metrics.clone(),
+        );
+
+        let (sink, readiness, delivery): (Arc<dyn Sink>, Arc<dyn Readiness>, Delivery) =
+            match settings.delivery {
+                DeliveryMode::Direct => {
+                    let sink = Arc::new(DirectSink::new(
+                        factory.build()?,
+                        settings.direct_timeout,
+                        RecentUuids::new(settings.dedup_window, settings.dedup_capacity),
+                        metrics.clone(),
+                    ));
+                    (sink.clone(), Arc::new(DirectReadiness), Delivery::Direct(sink))
+                }
+                DeliveryMode::Spool => {
+                    let spool = Arc::new(Spool::open(
+                        &settings.spool_dir,
+                        settings.spool_max_bytes,
+                        settings.dedup_window,
+                        settings.dedup_capacity,
+                        metrics.clone(),
+                    )?);
+                    let relay = Relay::start(
+                        spool.clone(),
+                        factory.clone(),
+                        settings.dead_letter_topic.clone(),
+                        metrics.clone(),
+                    )?;
+                    (
+                        spool.clone(),
+                        spool.clone(),
+                        Delivery::Spooled { spool, relay },
+                    )
+                }
+            };
+
+        let routing = Arc::new(ArcSwap::from_pointee(settings.routing.clone()));
+        let state = IngressState {
+            routing: routing.clone(),
+            sink,
+            verification_token: settings.verification_token.clone(),
+            metrics: metrics.clone(),
+        };
+        let listener = bind(settings.listen).await?;
+        let admin_listener = bind(settings.admin_listen).await?;
+        Ok(Application {
+            listener,
+            admin_listener,
+            webhook: ingress::router(state, settings.max_body_bytes),
+            admin: ingress::admin_router(metrics.clone(), readiness),
+            bootstrap_servers,
+            routing,
+            delivery,
+            shutdown_grace: settings.shutdown_grace,
+            metrics,
+            _embedded: embedded,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().expect("bound").port()
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener.local_addr().expect("bound").port()
+    }
+
+    /// Where Kafka is: the configured brokers or the embedded broker.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self._embedded.is_some()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The live routing table; replacing it takes effect for the next notification.
+    pub fn routing(&self) -> Arc<ArcSwap<RoutingTable>> {
+        self.routing.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains: the webhook listener stops accepting and
+    /// finishes requests in flight, the relay publishes for up to the grace period, the producer
+    /// flushes. Whatever is left stays in the spool for the next start.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_stop = stop_rx.clone();
+        let admin = tokio::spawn(
+            axum::serve(self.admin_listener, self.admin)
+                .with_graceful_shutdown(wait_for(admin_stop))
+                .into_future(),
+        );
+        let webhook_stop = stop_rx.clone();
+        let webhook = axum::serve(self.listener, self.webhook)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new requests");
+            })
+            .into_future();
+        let served = webhook.await;
+        drop(webhook_stop);
+
+        match self.delivery {
+            Delivery::Direct(sink) => {
+                let _ = kafka::flush(sink.producer(), self.shutdown_grace);
+            }
+            Delivery::Spooled { spool, relay } => {
+                relay.stop(self.shutdown_grace).await;
+                spool.close();
+            }
+        }
+        let _ = stop_tx.send(true);
+        let _ = admin.await;
+        tracing::info!("stopped");
+        served
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,403 @@
+//! Layered configuration: command-line flag, then `RCKB_*` environment variable, then the TOML file
+//! (`--config`), then the default. Every setting has all three forms; bad values fail start-up with a
+//! message that names the setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::routing::{DEFAULT_TOPIC_PREFIX, RoutingError, RoutingTable, Topic};
+
+/// How an accepted notification reaches Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Answer 200 once the notification is fsynced to the local spool; a relay publishes it.
+    #[default]
+    Spool,
+    /// Answer 200 once Kafka acknowledged every message; 503 when that takes too long.
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like `2s` or `1h`: {e}"))
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// The settings of `serve` (and of the commands that read the same configuration). Every field is
+/// optional here: what is not given falls through to the file, then to the default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "RCKB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the webhook listener [default: 0.0.0.0:8080].
+    #[arg(long, env = "RCKB_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz) [default: 0.0.0.0:9180].
+    #[arg(long, env = "RCKB_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers. Without it the bridge runs on an embedded development broker.
+    #[arg(long, env = "RCKB_BROKERS")]
+    pub brokers: Option<String>,
+    /// Prefix of every topic [default: ringcentral.].
+    #[arg(long, env = "RCKB_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+    /// The subscription's verification token; when set, notifications without it get 401.
+    #[arg(long, env = "RCKB_VERIFICATION_TOKEN", hide_env_values = true)]
+    pub verification_token: Option<Secret>,
+    /// spool (answer once fsynced locally) or direct (answer once Kafka acknowledged) [default: spool].
+    #[arg(long, env = "RCKB_DELIVERY", value_enum)]
+    pub delivery: Option<DeliveryMode>,
+    /// Directory of the durable spool [default: data].
+    #[arg(long, env = "RCKB_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Largest spool backlog, in bytes of pending messages, before answering 503 [default: 1073741824].
+    #[arg(long, env = "RCKB_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// Largest accepted webhook body, in bytes [default: 65536].
+    #[arg(long, env = "RCKB_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// In direct mode, how long to wait for Kafka before answering 503 [default: 2s].
+    #[arg(long, env = "RCKB_DIRECT_TIMEOUT", value_parser = parse_duration)]
+    pub direct_timeout: Option<Duration>,
+    /// How long a notification uuid is remembered to drop redeliveries [default: 1h].
+    #[arg(long, env = "RCKB_DEDUP_WINDOW", value_parser = parse_duration)]
+    pub dedup_window: Option<Duration>,
+    /// How many notification uuids are remembered at most [default: 100000].
+    #[arg(long, env = "RCKB_DEDUP_CAPACITY")]
+    pub dedup_capacity: Option<usize>,
+    /// Topic for messages Kafka rejects for good [default: <prefix>dead-letter].
+    #[arg(long, env = "RCKB_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// On SIGTERM, how long the relay may keep publishing before exit [default: 10s].
+    #[arg(long, env = "RCKB_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// human or json [default: human].
+    #[arg(long, env = "RCKB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// A librdkafka property, KEY=VALUE; repeatable; wins over [kafka.properties].
+    #[arg(long = "kafka-property", env = "RCKB_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+/// The TOML file. Unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    brokers: Option<String>,
+    topic_prefix: Option<String>,
+    verification_token: Option<Secret>,
+    delivery: Option<DeliveryMode>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
+    max_body_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    direct_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    dedup_window: Option<Duration>,
+    dedup_capacity: Option<usize>,
+    dead_letter_topic: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_grace: Option<Duration>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    kafka: KafkaFileConfig,
+    /// Hint -> target APIs: overrides a built-in hint or adds one.
+    #[serde(default)]
+    hints: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaFileConfig {
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The effective, validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub brokers: Option<String>,
+    pub topic_prefix: String,
+    pub verification_token: Option<Secret>,
+    pub delivery: DeliveryMode,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub max_body_bytes: usize,
+    pub direct_timeout: Duration,
+    pub dedup_window: Duration,
+    pub dedup_capacity: usize,
+    pub dead_letter_topic: Topic,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub kafka_properties: BTreeMap<String, String>,
+    pub hints: BTreeMap<String, Vec<String>>,
+    pub routing: RoutingTable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("routing: {0}")]
+    Routing(#[from] RoutingError),
+}
+
+/// librdkafka properties the bridge owns: setting them would break its delivery guarantees or
+/// duplicate a first-class setting.
+const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use --brokers"),
+    ("enable.idempotence", "the bridge always produces idempotently"),
+    ("acks", "the bridge always waits for acks=all"),
+    ("request.required.acks", "the bridge always waits for acks=all"),
+];
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl Settings {
+    /// Resolves flags and environment (already merged by clap) over the file over the defaults.
+    pub fn load(args: &SettingsArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Settings::resolve(args.clone(), file)
+    }
+
+    pub fn resolve(args: SettingsArgs, file: FileConfig) -> Result<Settings, ConfigError> {
+        let topic_prefix = args
+            .topic_prefix
+            .or(file.topic_prefix)
+            .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.to_string());
+        let routing = RoutingTable::new(&topic_prefix, &file.hints)?;
+        let dead_letter_topic = args
+            .dead_letter_topic
+            .or(file.dead_letter_topic)
+            .unwrap_or_else(|| format!("{topic_prefix}dead-letter"));
+        let dead_letter_topic =
+            Topic::parse(dead_letter_topic).map_err(|e| ConfigError::Invalid {
+                key: "dead_letter_topic",
+                message: e.to_string(),
+            })?;
+
+        let mut kafka_properties = file.kafka.properties;
+        kafka_properties.extend(args.kafka_properties);
+        for (key, why) in OWNED_KAFKA_PROPERTIES {
+            if kafka_properties.contains_key(*key) {
+                return Err(ConfigError::Invalid {
+                    key: "kafka.properties",
+                    message: format!("`{key}` cannot be set: {why}"),
+                });
+            }
+        }
+
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than zero".into(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let verification_token = args
+            .verification_token
+            .or(file.verification_token)
+            .filter(|t| !t.expose().is_empty());
+        let brokers = args.brokers.or(file.brokers).filter(|b| !b.trim().is_empty());
+        Ok(Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 8080).into()),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 9180).into()),
+            brokers,
+            topic_prefix,
+            verification_token,
+            delivery: args.delivery.or(file.delivery).unwrap_or_default(),
+            spool_dir: args
+                .spool_dir
+                .or(file.spool_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            spool_max_bytes: positive(
+                "spool_max_bytes",
+                args.spool_max_bytes
+                    .or(file.spool_max_bytes)
+                    .unwrap_or(1 << 30),
+            )?,
+            max_body_bytes: positive(
+                "max_body_bytes",
+                args.max_body_bytes.or(file.max_body_bytes).unwrap_or(64 * 1024) as u64,
+            )? as usize,
+            direct_timeout: args
+                .direct_timeout
+                .or(file.direct_timeout)
+                .unwrap_or(Duration::from_secs(2)),
+            dedup_window: args
+                .dedup_window
+                .or(file.dedup_window)
+                .unwrap_or(Duration::from_secs(3600)),
+            dedup_capacity: positive(
+                "dedup_capacity",
+                args.dedup_capacity
+                    .or(file.dedup_capacity)
+                    .unwrap_or(100_000) as u64,
+            )? as usize,
+            dead_letter_topic,
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(10)),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            kafka_properties,
+            hints: file.hints,
+            routing,
+        })
+    }
+
+    /// Defaults everywhere: the starting point of tests and of `routes` without a file.
+    pub fn defaults() -> Settings {
+        Settings::resolve(SettingsArgs::default(), FileConfig::default())
+            .expect("the defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "test.toml".into(),
+            message: e.to_string(),
+        })?;
+        Settings::resolve(SettingsArgs::default(), file)
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let text = include_str!("../config.example.toml");
+        let settings = from_toml(text).expect("config.example.toml is valid");
+        assert_eq!(settings.delivery, DeliveryMode::Spool);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let file: FileConfig =
+            toml::from_str("topic_prefix = \"file.\"\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let args = SettingsArgs {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(args, file).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(s.topic_prefix, "file.");
+        assert_eq!(s.dead_letter_topic.as_str(), "file.dead-letter");
+        assert_eq!(s.admin_listen, "0.0.0.0:9180".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = from_toml("listne = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+        let err = from_toml("dedup_window = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("dedup_window"), "{err}");
+        let err = from_toml("[kafka.properties]\nacks = \"1\"").unwrap_err().to_string();
+        assert!(err.contains("acks"), "{err}");
+        let err = from_toml("spool_max_bytes = 0").unwrap_err().to_string();
+        assert!(err.contains("spool_max_bytes"), "{err}");
+        let err = from_toml("[hints]\nBad = [\"a b\"]").unwrap_err().to_string();
+        assert!(err.contains("Bad"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = from_toml("verification_token = \"hunter2\"").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

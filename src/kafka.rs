@@ -1,0 +1,344 @@
+//! The Kafka side: the idempotent producer, error classification, librdkafka statistics, topic
+//! checks, and the embedded development broker.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+
+use crate::metrics::Metrics;
+use crate::routing::{OutboundMessage, Topic};
+
+/// How a failed publish is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Kafka did not answer in time, or no broker is reachable: retry later.
+    Timeout,
+    /// The producer's local queue is full: retry shortly.
+    QueueFull,
+    /// The message or its batch is larger than the broker accepts: permanent.
+    TooLarge,
+    /// The topic is invalid or does not exist: permanent.
+    Topic,
+    /// Not allowed to write the topic: permanent.
+    Authorization,
+    /// The producer is in a fatal state (e.g. the broker lost its producer ids): build a new one.
+    Fatal,
+    /// Anything else: retry later.
+    Other,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Topic => "topic",
+            ErrorKind::Authorization => "authorization",
+            ErrorKind::Fatal => "fatal",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Rejected for good: retrying the same message can never succeed.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::TooLarge | ErrorKind::Topic | ErrorKind::Authorization
+        )
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?}: {error}")]
+pub struct PublishError {
+    pub kind: ErrorKind,
+    pub error: KafkaError,
+}
+
+impl PublishError {
+    pub fn classify(error: KafkaError) -> PublishError {
+        use RDKafkaErrorCode as C;
+        let kind = match error.rdkafka_error_code() {
+            Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessage) => {
+                ErrorKind::TooLarge
+            }
+            Some(
+                C::InvalidTopic
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::UnknownPartition
+                | C::InvalidRecord,
+            ) => ErrorKind::Topic,
+            Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+                ErrorKind::Authorization
+            }
+            Some(C::QueueFull) => ErrorKind::QueueFull,
+            Some(C::MessageTimedOut | C::AllBrokersDown | C::OperationTimedOut) => {
+                ErrorKind::Timeout
+            }
+            Some(
+                C::Fatal
+                | C::InvalidProducerEpoch
+                | C::UnknownProducerId
+                | C::OutOfOrderSequenceNumber
+                | C::PurgeQueue,
+            ) => ErrorKind::Fatal,
+            _ => ErrorKind::Other,
+        };
+        PublishError { kind, error }
+    }
+}
+
+/// Feeds librdkafka's statistics into the metrics.
+pub struct StatsContext {
+    metrics: Metrics,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics
+            .kafka_producer_queue_messages
+            .set(statistics.msg_cnt as i64);
+        let mut up = 0;
+        for broker in statistics.brokers.values() {
+            // librdkafka also lists its internal and bootstrap pseudo-brokers; only real ones count.
+            if broker.nodeid < 0 {
+                continue;
+            }
+            let name = broker.nodeid.to_string();
+            let is_up = broker.state == "UP";
+            up += i64::from(is_up);
+            self.metrics
+                .kafka_broker_state
+                .with_label_values(&[&name])
+                .set(i64::from(is_up));
+            if let Some(rtt) = &broker.rtt {
+                self.metrics
+                    .kafka_broker_rtt
+                    .with_label_values(&[&name])
+                    .set(rtt.avg as f64 / 1e6);
+            }
+        }
+        self.metrics.kafka_brokers_up.set(up);
+    }
+}
+
+pub type KafkaProducer = FutureProducer<StatsContext>;
+
+/// What is needed to (re)build a producer: the relay builds a new one after a fatal error.
+#[derive(Clone)]
+pub struct ProducerFactory {
+    config: ClientConfig,
+    metrics: Metrics,
+}
+
+impl ProducerFactory {
+    /// The producer configuration: idempotent, `acks=all`, compressed, every send bounded in time;
+    /// `properties` (librdkafka's own names) are applied last.
+    pub fn new(
+        brokers: &str,
+        properties: &BTreeMap<String, String>,
+        metrics: Metrics,
+    ) -> ProducerFactory {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .set("statistics.interval.ms", "5000");
+        for (key, value) in properties {
+            config.set(key, value);
+        }
+        ProducerFactory { config, metrics }
+    }
+
+    pub fn build(&self) -> Result<KafkaProducer, KafkaError> {
+        self.config.create_with_context(StatsContext {
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// The configuration with the bridge's own settings, for admin and consumer clients.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in self.config.config_map() {
+            let producer_only = [
+                "enable.idempotence",
+                "acks",
+                "compression.type",
+                "linger.ms",
+                "message.timeout.ms",
+                "statistics.interval.ms",
+            ];
+            if !producer_only.contains(&key) {
+                config.set(key, value);
+            }
+        }
+        config
+    }
+}
+
+/// Enqueues one message. The returned future resolves when Kafka acknowledged it or gave up
+/// (bounded by `message.timeout.ms`); enqueueing itself never blocks.
+pub fn send(
+    producer: &KafkaProducer,
+    message: &OutboundMessage,
+) -> Result<DeliveryFuture, PublishError> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let record = FutureRecord::to(&message.topic)
+        .key(message.key.as_str())
+        .payload(message.value.as_str())
+        .headers(headers);
+    producer
+        .send_result(record)
+        .map_err(|(error, _)| PublishError::classify(error))
+}
+
+/// Awaits a delivery and classifies its outcome.
+pub async fn delivered(future: DeliveryFuture) -> Result<(), PublishError> {
+    match future.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(PublishError::classify(error)),
+        // The producer was dropped before reporting: treat as a timeout, the message will be retried.
+        Err(_) => Err(PublishError {
+            kind: ErrorKind::Timeout,
+            error: KafkaError::Canceled,
+        }),
+    }
+}
+
+/// The topics of `wanted` that the cluster does not have.
+pub fn missing_topics(
+    factory: &ProducerFactory,
+    wanted: &[Topic],
+    timeout: Duration,
+) -> Result<Vec<Topic>, KafkaError> {
+    let consumer: rdkafka::consumer::BaseConsumer = factory.client_config().create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let existing: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name())
+        .collect();
+    Ok(wanted
+        .iter()
+        .filter(|t| !existing.contains(t.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// Creates the given topics; a topic that already exists is not an error.
+pub async fn create_topics(
+    factory: &ProducerFactory,
+    topics: &[Topic],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        factory.client_config().create().map_err(|e| e.to_string())?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(new.iter(), &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => failures.push(format!("{topic}: {code}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join(", "))
+    }
+}
+
+/// Flushes what the producer still holds, bounded by `timeout`.
+pub fn flush(producer: &KafkaProducer, timeout: Duration) -> Result<(), KafkaError> {
+    producer.flush(timeout)
+}
+
+/// An in-process Kafka-protocol broker (librdkafka's mock cluster) for development: it keeps nothing
+/// across restarts. The cluster lives on its own thread, as its handle may not cross threads.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker with `topics` created (one partition each).
+    pub fn start(topics: &[Topic]) -> Result<EmbeddedBroker, KafkaError> {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || match MockCluster::new(1) {
+                Ok(cluster) => {
+                    for topic in &topics {
+                        if let Err(e) = cluster.create_topic(topic, 1, 1) {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                    // Runs until the broker handle is dropped.
+                    let _ = stop_rx.recv();
+                    drop(cluster);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .expect("spawning a thread");
+        let bootstrap = ready_rx
+            .recv()
+            .unwrap_or(Err(KafkaError::Canceled))?;
+        Ok(EmbeddedBroker {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

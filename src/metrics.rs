@@ -1,0 +1,202 @@
+//! Every Prometheus metric of the bridge, in one place. Names follow
+//! `rckb_<name>_<unit>[_total]`; labels are bounded: route templates, status classes, event kinds,
+//! topics of the routing table, hints of the table (or `unknown`), and error-kind enums.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "rckb";
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    pub notifications: IntCounterVec,
+    pub validation_handshakes: IntCounter,
+    pub verification_failures: IntCounterVec,
+    pub messages_published: IntCounterVec,
+    pub publish_errors: IntCounterVec,
+    pub unknown_hints: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub spool_entries: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_oldest_entry_age: prometheus::Gauge,
+    pub accept_to_ack: Histogram,
+    pub kafka_brokers_up: IntGauge,
+    pub kafka_producer_queue_messages: IntGauge,
+    pub kafka_broker_rtt: prometheus::GaugeVec,
+    pub kafka_broker_state: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let m = Metrics {
+            http_requests: IntCounterVec::new(
+                opts("http_requests_total", "HTTP requests answered, by route template and status class."),
+                &["route", "status"],
+            )
+            .unwrap(),
+            http_request_duration: HistogramVec::new(
+                HistogramOpts::new("http_request_duration_seconds", "Time to answer an HTTP request.")
+                    .namespace(NAMESPACE)
+                    .buckets(latency_buckets.clone()),
+                &["route"],
+            )
+            .unwrap(),
+            notifications: IntCounterVec::new(
+                opts(
+                    "notifications_total",
+                    "Webhook notifications by event kind and outcome (accepted, duplicate, rejected_*, unavailable).",
+                ),
+                &["kind", "outcome"],
+            )
+            .unwrap(),
+            validation_handshakes: IntCounter::with_opts(opts(
+                "validation_handshakes_total",
+                "Validation-Token handshakes answered.",
+            ))
+            .unwrap(),
+            verification_failures: IntCounterVec::new(
+                opts(
+                    "verification_failures_total",
+                    "Notifications refused with 401: Verification-Token missing or wrong.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            messages_published: IntCounterVec::new(
+                opts("messages_published_total", "Messages acknowledged by Kafka, by topic and hint."),
+                &["topic", "hint"],
+            )
+            .unwrap(),
+            publish_errors: IntCounterVec::new(
+                opts("publish_errors_total", "Failed publish attempts, by error kind."),
+                &["kind"],
+            )
+            .unwrap(),
+            unknown_hints: IntCounter::with_opts(opts(
+                "unknown_hints_total",
+                "Hints not in the routing table, carried to the unrouted topic.",
+            ))
+            .unwrap(),
+            dead_letters: IntCounterVec::new(
+                opts(
+                    "dead_letters_total",
+                    "Messages Kafka rejected for good, by where they were kept (topic or spool).",
+                ),
+                &["destination"],
+            )
+            .unwrap(),
+            spool_entries: IntGauge::with_opts(opts(
+                "spool_entries",
+                "Accepted notifications not yet fully acknowledged by Kafka.",
+            ))
+            .unwrap(),
+            spool_bytes: IntGauge::with_opts(opts(
+                "spool_bytes",
+                "Bytes of messages waiting in the spool.",
+            ))
+            .unwrap(),
+            spool_oldest_entry_age: prometheus::Gauge::with_opts(opts(
+                "spool_oldest_entry_age_seconds",
+                "Age of the oldest notification waiting in the spool (0 when empty).",
+            ))
+            .unwrap(),
+            accept_to_ack: Histogram::with_opts(
+                HistogramOpts::new(
+                    "accept_to_ack_seconds",
+                    "Time from answering a notification to Kafka acknowledging all of its messages.",
+                )
+                .namespace(NAMESPACE)
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0,
+                    3600.0,
+                ]),
+            )
+            .unwrap(),
+            kafka_brokers_up: IntGauge::with_opts(opts(
+                "kafka_brokers_up",
+                "Kafka brokers the producer is connected to (from librdkafka statistics).",
+            ))
+            .unwrap(),
+            kafka_producer_queue_messages: IntGauge::with_opts(opts(
+                "kafka_producer_queue_messages",
+                "Messages in the producer's queue, waiting for or in transmission.",
+            ))
+            .unwrap(),
+            kafka_broker_rtt: prometheus::GaugeVec::new(
+                opts(
+                    "kafka_broker_rtt_seconds",
+                    "Average round-trip time to each broker over the last statistics window.",
+                ),
+                &["broker"],
+            )
+            .unwrap(),
+            kafka_broker_state: IntGaugeVec::new(
+                opts("kafka_broker_up", "1 when the producer's connection to the broker is up."),
+                &["broker"],
+            )
+            .unwrap(),
+            build_info: IntGaugeVec::new(
+                opts("build_info", "Always 1; the version of the running bridge."),
+                &["version"],
+            )
+            .unwrap(),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_request_duration.clone()),
+            Box::new(m.notifications.clone()),
+            Box::new(m.validation_handshakes.clone()),
+            Box::new(m.verification_failures.clone()),
+            Box::new(m.messages_published.clone()),
+            Box::new(m.publish_errors.clone()),
+            Box::new(m.unknown_hints.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.spool_entries.clone()),
+            Box::new(m.spool_bytes.clone()),
+            Box::new(m.spool_oldest_entry_age.clone()),
+            Box::new(m.accept_to_ack.clone()),
+            Box::new(m.kafka_brokers_up.clone()),
+            Box::new(m.kafka_producer_queue_messages.clone()),
+            Box::new(m.kafka_broker_rtt.clone()),
+            Box::new(m.kafka_broker_state.clone()),
+            Box::new(m.build_info.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

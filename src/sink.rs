@@ -1,0 +1,214 @@
+//! Where ingress hands a route plan: the durable spool (default) or, in `direct` mode, Kafka itself.
+//! Ingress only knows this trait, so the delivery strategy changes without touching ingress or routing.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::kafka::{self, KafkaProducer};
+use crate::metrics::Metrics;
+use crate::routing::RoutePlan;
+
+/// What became of an accepted plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Kept (spool) or delivered (direct): answer 200.
+    Accepted,
+    /// The same notification uuid was accepted recently: answer 200, publish nothing.
+    Duplicate,
+}
+
+/// Why a plan could not be kept: the answer is 503 with `Retry-After`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    #[error("spool is full")]
+    SpoolFull,
+    #[error("spool cannot be written")]
+    SpoolUnwritable,
+    #[error("Kafka did not acknowledge in time")]
+    KafkaTimeout,
+    #[error("Kafka refused the messages")]
+    KafkaFailed,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl SinkError {
+    /// A bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SinkError::SpoolFull => "spool_full",
+            SinkError::SpoolUnwritable => "spool_unwritable",
+            SinkError::KafkaTimeout => "kafka_timeout",
+            SinkError::KafkaFailed => "kafka_failed",
+            SinkError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<Acceptance, SinkError>> + Send + 'a>>;
+
+pub trait Sink: Send + Sync + 'static {
+    /// Keeps the plan, or says why it cannot. Must deduplicate on `plan.uuid`.
+    fn accept(&self, plan: RoutePlan) -> SinkFuture<'_>;
+}
+
+/// Notification uuids accepted recently: bounded in count and in time.
+pub struct RecentUuids {
+    window: Duration,
+    capacity: usize,
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(String, Instant)>,
+}
+
+impl RecentUuids {
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        RecentUuids {
+            window,
+            capacity,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Records `uuid` unless it is already recorded; false means duplicate.
+    pub fn claim(&mut self, uuid: &str, now: Instant) -> bool {
+        self.expire(now);
+        if self.seen.contains_key(uuid) {
+            return false;
+        }
+        while self.seen.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some((old, at)) => {
+                    if self.seen.get(&old) == Some(&at) {
+                        self.seen.remove(&old);
+                    }
+                }
+                None => break,
+            }
+        }
+        self.seen.insert(uuid.to_string(), now);
+        self.order.push_back((uuid.to_string(), now));
+        true
+    }
+
+    /// Forgets a claim whose notification was not kept after all, so a retry is not a duplicate.
+    pub fn release(&mut self, uuid: &str) {
+        self.seen.remove(uuid);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((uuid, at)) = self.order.front() {
+            if now.duration_since(*at) < self.window {
+                break;
+            }
+            if self.seen.get(uuid) == Some(at) {
+                self.seen.remove(uuid);
+            }
+            self.order.pop_front();
+        }
+    }
+}
+
+/// `direct` mode: the answer waits for Kafka's acknowledgement of every planned message.
+pub struct DirectSink {
+    producer: KafkaProducer,
+    timeout: Duration,
+    recent: Arc<Mutex<RecentUuids>>,
+    metrics: Metrics,
+}
+
+impl DirectSink {
+    pub fn new(producer: KafkaProducer, timeout: Duration, recent: RecentUuids, metrics: Metrics) -> Self {
+        DirectSink {
+            producer,
+            timeout,
+            recent: Arc::new(Mutex::new(recent)),
+            metrics,
+        }
+    }
+
+    pub fn producer(&self) -> &KafkaProducer {
+        &self.producer
+    }
+
+    async fn publish(&self, plan: &RoutePlan) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(plan.messages.len());
+        for message in &plan.messages {
+            match kafka::send(&self.producer, message) {
+                Ok(delivery) => pending.push((message, delivery)),
+                Err(e) => {
+                    self.metrics.publish_errors.with_label_values(&[e.kind.label()]).inc();
+                    return Err(SinkError::KafkaFailed);
+                }
+            }
+        }
+        let all = async {
+            for (message, delivery) in pending {
+                match kafka::delivered(delivery).await {
+                    Ok(()) => self
+                        .metrics
+                        .messages_published
+                        .with_label_values(&[&message.topic, &message.hint_label])
+                        .inc(),
+                    Err(e) => {
+                        self.metrics.publish_errors.with_label_values(&[e.kind.label()]).inc();
+                        tracing::warn!(uuid = %plan.uuid, topic = %message.topic, error = %e, "publish failed");
+                        return Err(SinkError::KafkaFailed);
+                    }
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.timeout, all).await {
+            Ok(result) => {
+                self.metrics.accept_to_ack.observe(started.elapsed().as_secs_f64());
+                result
+            }
+            Err(_) => {
+                self.metrics.publish_errors.with_label_values(&["timeout"]).inc();
+                Err(SinkError::KafkaTimeout)
+            }
+        }
+    }
+}
+
+impl Sink for DirectSink {
+    fn accept(&self, plan: RoutePlan) -> SinkFuture<'_> {
+        Box::pin(async move {
+            if !self.recent.lock().unwrap().claim(&plan.uuid, Instant::now()) {
+                return Ok(Acceptance::Duplicate);
+            }
+            match self.publish(&plan).await {
+                Ok(()) => Ok(Acceptance::Accepted),
+                Err(e) => {
+                    self.recent.lock().unwrap().release(&plan.uuid);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_uuids_are_bounded_in_time_and_count() {
+        let start = Instant::now();
+        let mut recent = RecentUuids::new(Duration::from_secs(10), 2);
+        assert!(recent.claim("a", start));
+        assert!(!recent.claim("a", start), "second claim is a duplicate");
+        assert!(recent.claim("b", start));
+        assert!(recent.claim("c", start), "capacity evicts the oldest");
+        assert!(recent.claim("a", start), "a was evicted");
+        let later = start + Duration::from_secs(11);
+        assert!(recent.claim("c", later), "the window expired c");
+        recent.release("c");
+        assert!(recent.claim("c", later), "a released claim can be made again");
+    }
+}
