@@ -13,10 +13,10 @@ use crate::config::{DeliveryMode, Settings};
 use crate::ingress::{self, IngressState, Readiness, SpoolHealth};
 use crate::kafka::{self, EmbeddedBroker, ProducerFactory};
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::routing::RoutingTable;
 use crate::sink::{DirectSink, RecentUuids, Sink};
 use crate::spool::Spool;
-use crate::relay::Relay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -90,7 +90,11 @@ impl Application {
                         RecentUuids::new(settings.dedup_window, settings.dedup_capacity),
                         metrics.clone(),
                     ));
-                    (sink.clone(), Arc::new(DirectReadiness), Delivery::Direct(sink))
+                    (
+                        sink.clone(),
+                        Arc::new(DirectReadiness),
+                        Delivery::Direct(sink),
+                    )
                 }
                 DeliveryMode::Spool => {
                     let spool = Arc::new(Spool::open(
@@ -166,7 +170,10 @@ impl Application {
     /// Serves until `shutdown` completes, then drains: the webhook listener stops accepting and
     /// finishes requests in flight, the relay publishes for up to the grace period, the producer
     /// flushes. Whatever is left stays in the spool for the next start.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let admin_stop = stop_rx.clone();
         let admin = tokio::spawn(

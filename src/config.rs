@@ -61,7 +61,8 @@ impl std::str::FromStr for Secret {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like `2s` or `1h`: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like `2s` or `1h`: {e}"))
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -217,9 +218,15 @@ pub enum ConfigError {
 /// duplicate a first-class setting.
 const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use --brokers"),
-    ("enable.idempotence", "the bridge always produces idempotently"),
+    (
+        "enable.idempotence",
+        "the bridge always produces idempotently",
+    ),
     ("acks", "the bridge always waits for acks=all"),
-    ("request.required.acks", "the bridge always waits for acks=all"),
+    (
+        "request.required.acks",
+        "the bridge always waits for acks=all",
+    ),
 ];
 
 impl FileConfig {
@@ -286,7 +293,10 @@ impl Settings {
             .verification_token
             .or(file.verification_token)
             .filter(|t| !t.expose().is_empty());
-        let brokers = args.brokers.or(file.brokers).filter(|b| !b.trim().is_empty());
+        let brokers = args
+            .brokers
+            .or(file.brokers)
+            .filter(|b| !b.trim().is_empty());
         Ok(Settings {
             listen: args
                 .listen
@@ -312,7 +322,9 @@ impl Settings {
             )?,
             max_body_bytes: positive(
                 "max_body_bytes",
-                args.max_body_bytes.or(file.max_body_bytes).unwrap_or(64 * 1024) as u64,
+                args.max_body_bytes
+                    .or(file.max_body_bytes)
+                    .unwrap_or(64 * 1024) as u64,
             )? as usize,
             direct_timeout: args
                 .direct_timeout
@@ -385,13 +397,19 @@ mod tests {
     fn unknown_keys_and_bad_values_name_the_key() {
         let err = from_toml("listne = \"x\"").unwrap_err().to_string();
         assert!(err.contains("listne"), "{err}");
-        let err = from_toml("dedup_window = \"soon\"").unwrap_err().to_string();
+        let err = from_toml("dedup_window = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dedup_window"), "{err}");
-        let err = from_toml("[kafka.properties]\nacks = \"1\"").unwrap_err().to_string();
+        let err = from_toml("[kafka.properties]\nacks = \"1\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("acks"), "{err}");
         let err = from_toml("spool_max_bytes = 0").unwrap_err().to_string();
         assert!(err.contains("spool_max_bytes"), "{err}");
-        let err = from_toml("[hints]\nBad = [\"a b\"]").unwrap_err().to_string();
+        let err = from_toml("[hints]\nBad = [\"a b\"]")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Bad"), "{err}");
     }
 

@@ -84,7 +84,10 @@ struct AdminState {
 pub fn admin_router(metrics: Metrics, readiness: Arc<dyn Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { Json::ok(json!({"status": "alive"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json::ok(json!({"status": "alive"})) }),
+        )
         .route("/readyz", get(ready))
         .with_state(AdminState { metrics, readiness })
 }
@@ -174,9 +177,10 @@ pub enum Rejection {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
-            Rejection::VerificationMissing | Rejection::VerificationMismatch => {
-                (StatusCode::UNAUTHORIZED, "invalid verification token".to_string())
-            }
+            Rejection::VerificationMissing | Rejection::VerificationMismatch => (
+                StatusCode::UNAUTHORIZED,
+                "invalid verification token".to_string(),
+            ),
             Rejection::Body(message, status) => (*status, message.clone()),
             Rejection::Parse(e) => (StatusCode::BAD_REQUEST, e.to_string()),
             Rejection::Empty => (
@@ -238,8 +242,14 @@ async fn webhook(
         return Ok((
             StatusCode::OK,
             [
-                (header::HeaderName::from_static(VALIDATION_TOKEN), token.clone()),
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    header::HeaderName::from_static(VALIDATION_TOKEN),
+                    token.clone(),
+                ),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
             ],
         )
             .into_response());
@@ -247,12 +257,18 @@ async fn webhook(
 
     if let Some(expected) = &state.verification_token {
         let given = headers.get(VERIFICATION_TOKEN).ok_or_else(|| {
-            metrics.verification_failures.with_label_values(&["missing"]).inc();
+            metrics
+                .verification_failures
+                .with_label_values(&["missing"])
+                .inc();
             count("unknown", "rejected_unauthorized");
             Rejection::VerificationMissing
         })?;
         if !bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
-            metrics.verification_failures.with_label_values(&["mismatch"]).inc();
+            metrics
+                .verification_failures
+                .with_label_values(&["mismatch"])
+                .inc();
             count("unknown", "rejected_unauthorized");
             return Err(Rejection::VerificationMismatch);
         }

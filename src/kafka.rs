@@ -8,10 +8,10 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 
@@ -255,8 +255,10 @@ pub async fn create_topics(
     partitions: i32,
     replication: i32,
 ) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        factory.client_config().create().map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> = factory
+        .client_config()
+        .create()
+        .map_err(|e| e.to_string())?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(replication)))
@@ -319,9 +321,7 @@ impl EmbeddedBroker {
                 }
             })
             .expect("spawning a thread");
-        let bootstrap = ready_rx
-            .recv()
-            .unwrap_or(Err(KafkaError::Canceled))?;
+        let bootstrap = ready_rx.recv().unwrap_or(Err(KafkaError::Canceled))?;
         Ok(EmbeddedBroker {
             bootstrap,
             stop: Some(stop_tx),

@@ -122,7 +122,10 @@ fn print_routes(settings: &Settings) {
         debug_assert!(fixed.iter().any(|t| t.as_str() == topic));
         println!("{what:<24} {topic:<40} -");
     }
-    println!("{:<24} {:<40} -", "(dead letters)", settings.dead_letter_topic);
+    println!(
+        "{:<24} {:<40} -",
+        "(dead letters)", settings.dead_letter_topic
+    );
 }
 
 fn serve(settings: Settings, ensure_topics: Option<TopicArgs>) -> Result<(), String> {
@@ -132,7 +135,9 @@ fn serve(settings: Settings, ensure_topics: Option<TopicArgs>) -> Result<(), Str
         let mut wanted = settings.routing.topics();
         wanted.push(settings.dead_letter_topic.clone());
         let properties = settings.kafka_properties.clone();
-        let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+        let app = Application::build(settings)
+            .await
+            .map_err(|e| e.to_string())?;
         if app.is_embedded() {
             tracing::warn!(
                 bootstrap = app.bootstrap_servers(),
@@ -141,17 +146,26 @@ fn serve(settings: Settings, ensure_topics: Option<TopicArgs>) -> Result<(), Str
             );
             println!("embedded Kafka broker: {}", app.bootstrap_servers());
         } else {
-            let factory = ProducerFactory::new(app.bootstrap_servers(), &properties, Metrics::new());
+            let factory =
+                ProducerFactory::new(app.bootstrap_servers(), &properties, Metrics::new());
             check_topics(&factory, &wanted, ensure_topics.as_ref()).await;
         }
-        tracing::info!(port = app.port(), admin_port = app.admin_port(), "listening");
+        tracing::info!(
+            port = app.port(),
+            admin_port = app.admin_port(),
+            "listening"
+        );
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
 }
 
 /// Reports (or creates) topics Kafka lacks. A failure here never stops the bridge: the spool keeps
 /// notifications until the topics exist.
-async fn check_topics(factory: &ProducerFactory, wanted: &[rc_kafka_bridge::routing::Topic], ensure: Option<&TopicArgs>) {
+async fn check_topics(
+    factory: &ProducerFactory,
+    wanted: &[rc_kafka_bridge::routing::Topic],
+    ensure: Option<&TopicArgs>,
+) {
     let factory2 = factory.clone();
     let wanted2 = wanted.to_vec();
     let missing = tokio::task::spawn_blocking(move || {
@@ -163,9 +177,18 @@ async fn check_topics(factory: &ProducerFactory, wanted: &[rc_kafka_bridge::rout
         Ok(Ok(missing)) => {
             let names: Vec<String> = missing.iter().map(|t| t.to_string()).collect();
             match ensure {
-                Some(args) => match kafka::create_topics(factory, &missing, args.partitions, args.replication_factor).await {
+                Some(args) => match kafka::create_topics(
+                    factory,
+                    &missing,
+                    args.partitions,
+                    args.replication_factor,
+                )
+                .await
+                {
                     Ok(()) => tracing::info!(topics = ?names, "created missing topics"),
-                    Err(e) => tracing::error!(topics = ?names, error = %e, "cannot create missing topics"),
+                    Err(e) => {
+                        tracing::error!(topics = ?names, error = %e, "cannot create missing topics")
+                    }
                 },
                 None => tracing::warn!(
                     topics = ?names,
@@ -181,7 +204,9 @@ async fn check_topics(factory: &ProducerFactory, wanted: &[rc_kafka_bridge::rout
 
 fn ensure(settings: &Settings, args: &TopicArgs) -> Result<(), String> {
     let Some(brokers) = &settings.brokers else {
-        return Err("topics ensure needs --brokers (the embedded broker creates its own topics)".into());
+        return Err(
+            "topics ensure needs --brokers (the embedded broker creates its own topics)".into(),
+        );
     };
     let factory = ProducerFactory::new(brokers, &settings.kafka_properties, Metrics::new());
     let mut wanted = settings.routing.topics();

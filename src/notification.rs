@@ -11,7 +11,9 @@ use serde_json::Value;
 
 /// A hint of an Extension Info change, e.g. `CompanyNumbers`. Hints are an open set: unknown ones are
 /// carried, never dropped.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Hint(String);
 
@@ -194,15 +196,13 @@ fn classify(event: &str, body: &Value) -> EventKind {
         return EventKind::Other;
     };
     match segments.as_slice() {
-        ["account", account, "extension", extension] => {
-            match parse_change(body, Some(extension)) {
-                Some(change) => EventKind::ExtensionInfo {
-                    account_id: (*account).to_string(),
-                    change,
-                },
-                None => EventKind::Other,
-            }
-        }
+        ["account", account, "extension", extension] => match parse_change(body, Some(extension)) {
+            Some(change) => EventKind::ExtensionInfo {
+                account_id: (*account).to_string(),
+                change,
+            },
+            None => EventKind::Other,
+        },
         ["account", account, "extension"] => match parse_list(body) {
             Some(changes) => EventKind::ExtensionList {
                 account_id: (*account).to_string(),
@@ -405,7 +405,10 @@ mod tests {
             ("empty", b""),
             ("array", b"[1,2]"),
             ("string", b"\"hello\""),
-            ("no uuid", br#"{"event":"/restapi/v1.0/account/~/extension/1","body":{}}"#),
+            (
+                "no uuid",
+                br#"{"event":"/restapi/v1.0/account/~/extension/1","body":{}}"#,
+            ),
             ("no event", br#"{"uuid":"u","body":{}}"#),
             ("uuid is an object", br#"{"uuid":{},"event":"/x"}"#),
         ];

@@ -183,7 +183,10 @@ impl Worker {
                     Err(e) if e.kind.is_permanent() => deliveries.push((message, Err(e))),
                     Err(e) => {
                         // Queue full or worse: publish what is queued; the rest waits for a later round.
-                        self.metrics.publish_errors.with_label_values(&[e.kind.label()]).inc();
+                        self.metrics
+                            .publish_errors
+                            .with_label_values(&[e.kind.label()])
+                            .inc();
                         round.retriable_failure = true;
                         round.fatal |= e.kind == ErrorKind::Fatal;
                         for (_, delivery) in deliveries {
@@ -214,7 +217,10 @@ impl Worker {
                             .inc();
                     }
                     Err(e) => {
-                        self.metrics.publish_errors.with_label_values(&[e.kind.label()]).inc();
+                        self.metrics
+                            .publish_errors
+                            .with_label_values(&[e.kind.label()])
+                            .inc();
                         if e.kind.is_permanent() {
                             rejected.push((entry, message, e.kind));
                         } else {
@@ -229,7 +235,9 @@ impl Worker {
             }
             if complete {
                 round.released.push(entry.seq);
-                self.metrics.accept_to_ack.observe(entry.age().as_secs_f64());
+                self.metrics
+                    .accept_to_ack
+                    .observe(entry.age().as_secs_f64());
             }
         }
 
@@ -238,7 +246,9 @@ impl Worker {
             if !round.released.contains(&entry.seq) {
                 continue;
             }
-            round.dead.extend(self.dead_letter(entry, message, kind).await);
+            round
+                .dead
+                .extend(self.dead_letter(entry, message, kind).await);
         }
         round
     }
@@ -254,21 +264,31 @@ impl Worker {
             "Kafka rejected a message for good; dead-lettering it");
         let mut letter = message.clone();
         letter.topic = self.dead_letter_topic.to_string();
-        letter.headers.push(("rc-original-topic".into(), message.topic.clone()));
-        letter.headers.push(("rc-dead-letter-reason".into(), kind.label().into()));
+        letter
+            .headers
+            .push(("rc-original-topic".into(), message.topic.clone()));
+        letter
+            .headers
+            .push(("rc-dead-letter-reason".into(), kind.label().into()));
         let sent = match kafka::send(&self.producer, &letter) {
             Ok(delivery) => kafka::delivered(delivery).await,
             Err(e) => Err(e),
         };
         match sent {
             Ok(()) => {
-                self.metrics.dead_letters.with_label_values(&["topic"]).inc();
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["topic"])
+                    .inc();
                 None
             }
             Err(e) => {
                 tracing::error!(uuid = %entry.plan.uuid, error = %e.error,
                     "dead-letter topic refused the message too; keeping it in the spool");
-                self.metrics.dead_letters.with_label_values(&["spool"]).inc();
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["spool"])
+                    .inc();
                 Some(DeadLetter {
                     reason: kind.label().into(),
                     message: message.clone(),

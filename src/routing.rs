@@ -551,11 +551,17 @@ mod tests {
                 "/account/~/extension/~/profile-image",
                 "ringcentral.account.extension.profile-image",
             ),
-            ("//account//~//dialing-plan//", "ringcentral.account.dialing-plan"),
+            (
+                "//account//~//dialing-plan//",
+                "ringcentral.account.dialing-plan",
+            ),
         ];
         for (target, topic) in cases {
             assert_eq!(
-                format!("{DEFAULT_TOPIC_PREFIX}{}", TargetApi::new(target).topic_suffix()),
+                format!(
+                    "{DEFAULT_TOPIC_PREFIX}{}",
+                    TargetApi::new(target).topic_suffix()
+                ),
                 topic,
                 "{target}"
             );
@@ -568,13 +574,19 @@ mod tests {
             ("AccountSettings", &["ringcentral.account"]),
             ("AccountStatus", &["ringcentral.account"]),
             ("AnsweringRules", &["ringcentral.account.extension"]),
-            ("CompanyNumbers", &["ringcentral.account.extension.phone-number"]),
+            (
+                "CompanyNumbers",
+                &["ringcentral.account.extension.phone-number"],
+            ),
             ("DialingPlan", &["ringcentral.account.dialing-plan"]),
             ("ExtensionInfo", &["ringcentral.account.extension"]),
             ("Features", &["ringcentral.account.extension.features"]),
             ("Limits", &["ringcentral.account.extension.features"]),
             ("Permissions", &["ringcentral.account.extension.features"]),
-            ("ProfileImage", &["ringcentral.account.extension.profile-image"]),
+            (
+                "ProfileImage",
+                &["ringcentral.account.extension.profile-image"],
+            ),
             ("VideoConfiguration", &["ringcentral.account.extension"]),
             (
                 "CallQueueMembersChange",
@@ -604,8 +616,11 @@ mod tests {
                 .iter()
                 .all(|m| m.topic == "ringcentral.account.extension.features")
         );
-        let ids: std::collections::HashSet<_> =
-            p.messages.iter().map(|m| m.header("rc-message-id")).collect();
+        let ids: std::collections::HashSet<_> = p
+            .messages
+            .iter()
+            .map(|m| m.header("rc-message-id"))
+            .collect();
         assert_eq!(ids.len(), 3, "each message has its own id");
     }
 
@@ -613,13 +628,22 @@ mod tests {
     fn resource_path_for_each_target() {
         let cases = [
             ("account/~", "/restapi/v1.0/account/37439510"),
-            ("account/~/extension/~", "/restapi/v1.0/account/37439510/extension/8475874957"),
+            (
+                "account/~/extension/~",
+                "/restapi/v1.0/account/37439510/extension/8475874957",
+            ),
             (
                 "account/~/extension/~/phone-number",
                 "/restapi/v1.0/account/37439510/extension/8475874957/phone-number",
             ),
-            ("account/~/dialing-plan", "/restapi/v1.0/account/37439510/dialing-plan"),
-            ("account/~/extension/~/", "/restapi/v1.0/account/37439510/extension/8475874957"),
+            (
+                "account/~/dialing-plan",
+                "/restapi/v1.0/account/37439510/dialing-plan",
+            ),
+            (
+                "account/~/extension/~/",
+                "/restapi/v1.0/account/37439510/extension/8475874957",
+            ),
             (
                 "account/~/extension/~/features",
                 "/restapi/v1.0/account/37439510/extension/8475874957/features",
@@ -628,7 +652,10 @@ mod tests {
                 "/account/~/extension/~/profile-image",
                 "/restapi/v1.0/account/37439510/extension/8475874957/profile-image",
             ),
-            ("account/~/extension", "/restapi/v1.0/account/37439510/extension"),
+            (
+                "account/~/extension",
+                "/restapi/v1.0/account/37439510/extension",
+            ),
             (
                 "account/~/extension/~/call-queues",
                 "/restapi/v1.0/account/37439510/extension/8475874957/call-queues",
@@ -697,7 +724,10 @@ mod tests {
     fn video_configuration_is_one_message_with_the_first_target() {
         let p = plan(update(&["VideoConfiguration"]));
         assert_eq!(p.messages.len(), 1);
-        assert_eq!(value(&p.messages[0])["targetApi"], json!("account/~/extension"));
+        assert_eq!(
+            value(&p.messages[0])["targetApi"],
+            json!("account/~/extension")
+        );
     }
 
     #[test]
@@ -706,7 +736,10 @@ mod tests {
         let topics: Vec<&str> = p.messages.iter().map(|m| m.topic.as_str()).collect();
         assert_eq!(
             topics,
-            ["ringcentral.unrouted", "ringcentral.account.extension.features"]
+            [
+                "ringcentral.unrouted",
+                "ringcentral.account.extension.features"
+            ]
         );
         let m = &p.messages[0];
         assert_eq!(m.header("rc-hint"), Some("Teleport"));
@@ -727,7 +760,8 @@ mod tests {
                 json!({"extensionId": 5, "eventType": "Create"}),
             ),
         ] {
-            let p = plan(json!({"uuid": "n2", "event": event, "subscriptionId": "s", "body": body}));
+            let p =
+                plan(json!({"uuid": "n2", "event": event, "subscriptionId": "s", "body": body}));
             assert_eq!(p.messages.len(), 1);
             let m = &p.messages[0];
             assert_eq!(m.topic, "ringcentral.account.extension");
@@ -749,9 +783,11 @@ mod tests {
 
     #[test]
     fn batched_extension_list_routes_each_entry() {
-        let p = plan(json!({"uuid": "n3", "event": "/restapi/v1.0/account/12/extension", "body": {"extensions": [
+        let p = plan(
+            json!({"uuid": "n3", "event": "/restapi/v1.0/account/12/extension", "body": {"extensions": [
             {"extensionId": "1", "eventType": "Create"},
-            {"extensionId": 2, "eventType": "Update", "hints": ["CallQueueMembersChange"]}]}}));
+            {"extensionId": 2, "eventType": "Update", "hints": ["CallQueueMembersChange"]}]}}),
+        );
         let got: Vec<(&str, &str)> = p
             .messages
             .iter()
@@ -769,8 +805,10 @@ mod tests {
 
     #[test]
     fn reminder_goes_to_subscription_keyed_by_subscription() {
-        let p = plan(json!({"uuid": "n4", "event": "/restapi/v1.0/subscription/~?threshold=120&interval=30",
-                            "subscriptionId": "sub-9", "body": {"expiresIn": 100}}));
+        let p = plan(
+            json!({"uuid": "n4", "event": "/restapi/v1.0/subscription/~?threshold=120&interval=30",
+                            "subscriptionId": "sub-9", "body": {"expiresIn": 100}}),
+        );
         assert_eq!(p.messages.len(), 1);
         let m = &p.messages[0];
         assert_eq!(m.topic, "ringcentral.subscription");
@@ -796,8 +834,14 @@ mod tests {
     #[test]
     fn overrides_replace_and_add_hints() {
         let overrides = BTreeMap::from([
-            ("Limits".to_string(), vec!["account/~/extension/~/limits".to_string()]),
-            ("Holidays".to_string(), vec!["account/~/holidays".to_string()]),
+            (
+                "Limits".to_string(),
+                vec!["account/~/extension/~/limits".to_string()],
+            ),
+            (
+                "Holidays".to_string(),
+                vec!["account/~/holidays".to_string()],
+            ),
         ]);
         let t = RoutingTable::new("rc-", &overrides).unwrap();
         let topics = |h: &str| -> Vec<String> {
@@ -821,8 +865,14 @@ mod tests {
                 &BTreeMap::from([("X".to_string(), vec![target.to_string()])]),
             )
         };
-        assert!(matches!(bad("account/~/ext ension"), Err(RoutingError::Topic { .. })));
-        assert!(matches!(bad(&"a/".repeat(200)), Err(RoutingError::Topic { .. })));
+        assert!(matches!(
+            bad("account/~/ext ension"),
+            Err(RoutingError::Topic { .. })
+        ));
+        assert!(matches!(
+            bad(&"a/".repeat(200)),
+            Err(RoutingError::Topic { .. })
+        ));
         assert!(matches!(
             RoutingTable::new(
                 DEFAULT_TOPIC_PREFIX,

@@ -121,7 +121,12 @@ pub struct DirectSink {
 }
 
 impl DirectSink {
-    pub fn new(producer: KafkaProducer, timeout: Duration, recent: RecentUuids, metrics: Metrics) -> Self {
+    pub fn new(
+        producer: KafkaProducer,
+        timeout: Duration,
+        recent: RecentUuids,
+        metrics: Metrics,
+    ) -> Self {
         DirectSink {
             producer,
             timeout,
@@ -141,7 +146,10 @@ impl DirectSink {
             match kafka::send(&self.producer, message) {
                 Ok(delivery) => pending.push((message, delivery)),
                 Err(e) => {
-                    self.metrics.publish_errors.with_label_values(&[e.kind.label()]).inc();
+                    self.metrics
+                        .publish_errors
+                        .with_label_values(&[e.kind.label()])
+                        .inc();
                     return Err(SinkError::KafkaFailed);
                 }
             }
@@ -155,7 +163,10 @@ impl DirectSink {
                         .with_label_values(&[&message.topic, &message.hint_label])
                         .inc(),
                     Err(e) => {
-                        self.metrics.publish_errors.with_label_values(&[e.kind.label()]).inc();
+                        self.metrics
+                            .publish_errors
+                            .with_label_values(&[e.kind.label()])
+                            .inc();
                         tracing::warn!(uuid = %plan.uuid, topic = %message.topic, error = %e, "publish failed");
                         return Err(SinkError::KafkaFailed);
                     }
@@ -165,11 +176,16 @@ impl DirectSink {
         };
         match tokio::time::timeout(self.timeout, all).await {
             Ok(result) => {
-                self.metrics.accept_to_ack.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .accept_to_ack
+                    .observe(started.elapsed().as_secs_f64());
                 result
             }
             Err(_) => {
-                self.metrics.publish_errors.with_label_values(&["timeout"]).inc();
+                self.metrics
+                    .publish_errors
+                    .with_label_values(&["timeout"])
+                    .inc();
                 Err(SinkError::KafkaTimeout)
             }
         }
@@ -179,7 +195,12 @@ impl DirectSink {
 impl Sink for DirectSink {
     fn accept(&self, plan: RoutePlan) -> SinkFuture<'_> {
         Box::pin(async move {
-            if !self.recent.lock().unwrap().claim(&plan.uuid, Instant::now()) {
+            if !self
+                .recent
+                .lock()
+                .unwrap()
+                .claim(&plan.uuid, Instant::now())
+            {
                 return Ok(Acceptance::Duplicate);
             }
             match self.publish(&plan).await {
@@ -209,6 +230,9 @@ mod tests {
         let later = start + Duration::from_secs(11);
         assert!(recent.claim("c", later), "the window expired c");
         recent.release("c");
-        assert!(recent.claim("c", later), "a released claim can be made again");
+        assert!(
+            recent.claim("c", later),
+            "a released claim can be made again"
+        );
     }
 }

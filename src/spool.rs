@@ -157,7 +157,11 @@ impl Spool {
             (table.len().map_err(storage)?, bytes)
         };
         if entries > 0 {
-            tracing::info!(entries, bytes, "resuming spooled notifications from an earlier run");
+            tracing::info!(
+                entries,
+                bytes,
+                "resuming spooled notifications from an earlier run"
+            );
         }
         let shared = Arc::new(Shared {
             db,
@@ -192,8 +196,7 @@ impl Spool {
         let mut out = Vec::new();
         for item in table.iter().map_err(storage)?.take(limit) {
             let (seq, value) = item.map_err(storage)?;
-            let mut entry: SpooledEntry =
-                serde_json::from_slice(value.value()).map_err(storage)?;
+            let mut entry: SpooledEntry = serde_json::from_slice(value.value()).map_err(storage)?;
             entry.seq = seq.value();
             out.push(entry);
         }
@@ -325,8 +328,10 @@ impl Shared {
         match result {
             Ok(delta) => {
                 let full_before = self.health.load(Ordering::Relaxed) == HEALTH_FULL;
-                self.entries.fetch_add(delta.added_entries, Ordering::Relaxed);
-                self.entries.fetch_sub(delta.removed_entries, Ordering::Relaxed);
+                self.entries
+                    .fetch_add(delta.added_entries, Ordering::Relaxed);
+                self.entries
+                    .fetch_sub(delta.removed_entries, Ordering::Relaxed);
                 self.bytes.fetch_add(delta.added_bytes, Ordering::Relaxed);
                 self.bytes.fetch_sub(delta.removed_bytes, Ordering::Relaxed);
                 let rejected_for_space = outcomes
@@ -367,7 +372,11 @@ impl Shared {
     fn write(
         &self,
         appends: &[(RoutePlan, oneshot::Sender<Result<Acceptance, SinkError>>)],
-        releases: &[(Vec<u64>, Vec<DeadLetter>, oneshot::Sender<Result<(), SpoolError>>)],
+        releases: &[(
+            Vec<u64>,
+            Vec<DeadLetter>,
+            oneshot::Sender<Result<(), SpoolError>>,
+        )],
         outcomes: &mut Vec<Result<Acceptance, SinkError>>,
     ) -> Result<Delta, SpoolError> {
         let mut delta = Delta::default();
@@ -393,7 +402,9 @@ impl Shared {
                     .unwrap_or(0);
                 for letter in dead {
                     let bytes = serde_json::to_vec(letter).map_err(storage)?;
-                    dead_table.insert(next_dead, bytes.as_slice()).map_err(storage)?;
+                    dead_table
+                        .insert(next_dead, bytes.as_slice())
+                        .map_err(storage)?;
                     next_dead += 1;
                 }
             }
@@ -419,7 +430,9 @@ impl Shared {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;
                 }
-                entries.insert(next_seq, value.as_slice()).map_err(storage)?;
+                entries
+                    .insert(next_seq, value.as_slice())
+                    .map_err(storage)?;
                 seen.insert(plan.uuid.as_str(), now).map_err(storage)?;
                 seen_order
                     .insert((now, next_seq), plan.uuid.as_str())
@@ -433,8 +446,8 @@ impl Shared {
 
             // Forget uuids older than the window, or beyond the capacity, a bounded number at a time.
             let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
-            let mut over = (seen_order.len().map_err(storage)? as usize)
-                .saturating_sub(self.dedup_capacity);
+            let mut over =
+                (seen_order.len().map_err(storage)? as usize).saturating_sub(self.dedup_capacity);
             for _ in 0..MAX_EXPIRE_PER_COMMIT {
                 let Some(((at, seq), uuid)) = seen_order
                     .first()
@@ -487,7 +500,14 @@ mod tests {
     }
 
     fn open(dir: &Path, max_bytes: u64) -> Spool {
-        Spool::open(dir, max_bytes, Duration::from_secs(3600), 1000, Metrics::new()).unwrap()
+        Spool::open(
+            dir,
+            max_bytes,
+            Duration::from_secs(3600),
+            1000,
+            Metrics::new(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -496,15 +516,26 @@ mod tests {
         {
             let spool = open(dir.path(), 1 << 20);
             for uuid in ["a", "b", "c"] {
-                assert_eq!(spool.accept(plan(uuid)).await.unwrap(), Acceptance::Accepted);
+                assert_eq!(
+                    spool.accept(plan(uuid)).await.unwrap(),
+                    Acceptance::Accepted
+                );
             }
             assert_eq!(spool.entries(), 3);
         }
         let spool = open(dir.path(), 1 << 20);
         assert_eq!(spool.entries(), 3);
-        let uuids: Vec<String> = spool.oldest(10).unwrap().into_iter().map(|e| e.plan.uuid).collect();
+        let uuids: Vec<String> = spool
+            .oldest(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.plan.uuid)
+            .collect();
         assert_eq!(uuids, ["a", "b", "c"]);
-        assert_eq!(spool.accept(plan("b")).await.unwrap(), Acceptance::Duplicate);
+        assert_eq!(
+            spool.accept(plan("b")).await.unwrap(),
+            Acceptance::Duplicate
+        );
         assert_eq!(spool.entries(), 3);
     }
 
@@ -519,12 +550,18 @@ mod tests {
             reason: "too_large".into(),
             message: first.plan.messages[0].clone(),
         };
-        spool.release(vec![first.seq], vec![letter.clone()]).await.unwrap();
+        spool
+            .release(vec![first.seq], vec![letter.clone()])
+            .await
+            .unwrap();
         assert_eq!(spool.entries(), 1);
         assert_eq!(spool.oldest(10).unwrap()[0].plan.uuid, "b");
         assert_eq!(spool.dead_letters().unwrap(), vec![letter]);
         // Released notifications are still remembered as seen.
-        assert_eq!(spool.accept(plan("a")).await.unwrap(), Acceptance::Duplicate);
+        assert_eq!(
+            spool.accept(plan("a")).await.unwrap(),
+            Acceptance::Duplicate
+        );
     }
 
     #[tokio::test]
@@ -551,7 +588,10 @@ mod tests {
         spool.release(all, vec![]).await.unwrap();
         assert_eq!(spool.spool_health(), SpoolHealth::Ok);
         assert_eq!(spool.bytes(), 0);
-        assert_eq!(spool.accept(plan("later")).await.unwrap(), Acceptance::Accepted);
+        assert_eq!(
+            spool.accept(plan("later")).await.unwrap(),
+            Acceptance::Accepted
+        );
     }
 
     #[tokio::test]
@@ -561,7 +601,9 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..200 {
             let spool = spool.clone();
-            tasks.push(tokio::spawn(async move { spool.accept(plan(&format!("c{i}"))).await }));
+            tasks.push(tokio::spawn(async move {
+                spool.accept(plan(&format!("c{i}"))).await
+            }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap(), Acceptance::Accepted);
@@ -572,12 +614,22 @@ mod tests {
     #[tokio::test]
     async fn dedup_record_expires_by_count() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 20, Duration::from_secs(3600), 2, Metrics::new()).unwrap();
+        let spool = Spool::open(
+            dir.path(),
+            1 << 20,
+            Duration::from_secs(3600),
+            2,
+            Metrics::new(),
+        )
+        .unwrap();
         for uuid in ["a", "b", "c", "d"] {
             spool.accept(plan(uuid)).await.unwrap();
         }
         // Only the two most recent uuids are remembered.
-        assert_eq!(spool.accept(plan("d")).await.unwrap(), Acceptance::Duplicate);
+        assert_eq!(
+            spool.accept(plan("d")).await.unwrap(),
+            Acceptance::Duplicate
+        );
         assert_eq!(spool.accept(plan("a")).await.unwrap(), Acceptance::Accepted);
     }
 }

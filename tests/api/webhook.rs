@@ -1,0 +1,284 @@
+//! The HTTP contract of `POST /webhook` and the message contract, read back from Kafka.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::MockKafka;
+use crate::common::{
+    DOCUMENTED_EXAMPLE, TestApp, check_contract, extension_update, read_all_before_marker, read_n,
+    sample, unique,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_variant_is_published_as_the_contract_says() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    check_contract(&app).await;
+    app.shutdown().await;
+}
+
+/// Sends a raw HTTP/1.1 request and returns the whole response as bytes.
+async fn raw_exchange(address: &str, request: String) -> Vec<u8> {
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_echoes_the_token_in_a_tiny_answer_even_with_kafka_down_and_a_verification_token_set()
+ {
+    let kafka = MockKafka::start();
+    kafka.down();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.verification_token = Some(rc_kafka_bridge::config::Secret::new("s3cret"));
+    })
+    .await;
+    let token = "a7f3c5e2-1b4d-4e8f-9a6c-0d2e4f6a8b1c";
+    let response = raw_exchange(
+        &app.address,
+        format!(
+            "POST /webhook HTTP/1.1\r\nHost: bridge\r\nValidation-Token: {token}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    let text = String::from_utf8(response.clone()).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains(&format!("validation-token: {token}\r\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("content-type: application/json\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "empty body: {text}");
+    assert!(
+        response.len() <= 1024,
+        "whole answer is {} bytes",
+        response.len()
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(&metrics, "rckb_validation_handshakes_total", &[]),
+        1.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_answers_are_tiny() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let body = extension_update(&format!("tiny-{}", unique()), "1", &["Limits"]).to_string();
+    let response = raw_exchange(
+        &app.address,
+        format!(
+            "POST /webhook HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let text = String::from_utf8(response.clone()).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with(r#"{"status":"accepted"}"#), "{text}");
+    assert!(response.len() <= 1024);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_token_is_required_when_configured() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.verification_token = Some(rc_kafka_bridge::config::Secret::new("s3cret"));
+    })
+    .await;
+    let body = extension_update(&format!("auth-{}", unique()), "1", &["Limits"]).to_string();
+    let missing = app.post_webhook(body.clone()).await;
+    assert_eq!(missing.status(), 401);
+    let wrong = app
+        .post_with(body.clone(), &[("Verification-Token", "s3cre")])
+        .await;
+    assert_eq!(wrong.status(), 401);
+    let wrong_body: Value = wrong.json().await.unwrap();
+    assert_eq!(wrong_body, json!({"error": "invalid verification token"}));
+    let right = app
+        .post_with(body.clone(), &[("Verification-Token", "s3cret")])
+        .await;
+    assert_eq!(right.status(), 200);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_verification_failures_total",
+            &[("reason", "missing")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_verification_failures_total",
+            &[("reason", "mismatch")]
+        ),
+        1.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_get_their_status_and_publish_nothing() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.verification_token = Some(rc_kafka_bridge::config::Secret::new("tok"));
+        a.max_body_bytes = Some(4096);
+    })
+    .await;
+    let auth = [("Verification-Token", "tok")];
+    let valid = extension_update("never-published", "9", &["Limits"]).to_string();
+    let oversized = extension_update("too-big", "9", &[&"x".repeat(5000)]).to_string();
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, u16)> = vec![
+        ("malformed JSON", "{\"uuid\": ".into(), auth.to_vec(), 400),
+        ("a JSON array", "[1, 2]".into(), auth.to_vec(), 400),
+        (
+            "an object without uuid",
+            r#"{"event": "/restapi/v1.0/account/~/extension/1", "body": {}}"#.into(),
+            auth.to_vec(),
+            400,
+        ),
+        (
+            "an empty body without Validation-Token",
+            String::new(),
+            auth.to_vec(),
+            400,
+        ),
+        ("a body over the limit", oversized, auth.to_vec(), 413),
+        ("no verification token", valid.clone(), vec![], 401),
+        (
+            "a wrong verification token",
+            valid,
+            vec![("Verification-Token", "nope")],
+            401,
+        ),
+    ];
+    for (what, body, headers, status) in cases {
+        let response = app.post_with(body, &headers).await;
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let text = response.text().await.unwrap();
+        let answer: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{what}: JSON answer, got {text}"));
+        assert!(answer["error"].is_string(), "{what}: {answer}");
+        assert!(text.len() < 300, "{what}: short answer");
+    }
+    // The markers are the only messages: every rejected request published nothing.
+    let published = read_all_before_marker(&app, Duration::from_secs(30)).await;
+    let total: usize = published.values().map(Vec::len).sum();
+    assert_eq!(total, 0, "rejected requests published {published:?}");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_notifications_total",
+            &[("outcome", "rejected_too_large")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_notifications_total",
+            &[("outcome", "rejected_malformed_json")]
+        ),
+        1.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_uuid_is_answered_200_and_not_republished() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    for attempt in 0..3 {
+        let response = app.post_webhook(DOCUMENTED_EXAMPLE).await;
+        assert_eq!(response.status(), 200, "attempt {attempt}");
+        let answer: Value = response.json().await.unwrap();
+        let expected = if attempt == 0 {
+            "accepted"
+        } else {
+            "duplicate"
+        };
+        assert_eq!(answer["status"], json!(expected));
+    }
+    let published = read_all_before_marker(&app, Duration::from_secs(30)).await;
+    let total: usize = published.values().map(Vec::len).sum();
+    assert_eq!(total, 2, "the two messages of the example, once");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_notifications_total",
+            &[("outcome", "duplicate")]
+        ),
+        2.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_answers_after_kafka_acknowledged() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.delivery = Some(rc_kafka_bridge::config::DeliveryMode::Direct);
+    })
+    .await;
+    let response = app.post_webhook(DOCUMENTED_EXAMPLE).await;
+    assert_eq!(response.status(), 200);
+    // Acknowledged before the answer: the publish counter already shows both messages.
+    let metrics = app.metrics().await;
+    assert_eq!(sample(&metrics, "rckb_messages_published_total", &[]), 2.0);
+    let got = read_n(
+        &app.bootstrap,
+        &["ringcentral.account.extension.phone-number".to_string()],
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got[0].key, "8475874957");
+    let duplicate = app.post_webhook(DOCUMENTED_EXAMPLE).await;
+    assert_eq!(
+        duplicate.json::<Value>().await.unwrap()["status"],
+        json!("duplicate")
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_answers_503_when_kafka_does_not_acknowledge_in_time() {
+    let kafka = MockKafka::start();
+    kafka.down();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.delivery = Some(rc_kafka_bridge::config::DeliveryMode::Direct);
+        a.direct_timeout = Some(Duration::from_millis(300));
+    })
+    .await;
+    let response = app.post_webhook(DOCUMENTED_EXAMPLE).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_notifications_total",
+            &[("outcome", "unavailable")]
+        ),
+        1.0
+    );
+    kafka.up();
+    app.shutdown().await;
+}
