@@ -1,1 +1,333 @@
+//! Delivery through the spool: outages, ordering, poison messages, a full spool, restarts, crashes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rc_kafka_bridge::metrics::Metrics;
+use rc_kafka_bridge::spool::Spool;
+use rdkafka::types::RDKafkaRespErr;
+use serde_json::Value;
+
+use crate::MockKafka;
+use crate::common::{
+    BridgeProcess, TestApp, eventually, extension_update, load, missing_after_delivery, read_n,
+    read_until, sample, unique,
+};
+
+const FEATURES: &str = "ringcentral.account.extension.features";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_notifications_are_answered_fast_and_delivered_when_it_returns() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    kafka.down();
+    let mut uuids = Vec::new();
+    for i in 0..40 {
+        let uuid = format!("outage-{}-{i}", unique());
+        let started = Instant::now();
+        let response = app
+            .post_webhook(extension_update(&uuid, "7", &["Limits"]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        uuids.push(uuid);
+    }
+    // Ready: Kafka's outage must not take the bridge out of a load balancer.
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["spool"], "ok");
+    assert!(ready["kafka"]["brokersUp"].is_number());
+    // Handshakes still work.
+    let handshake = app.post_with("", &[("Validation-Token", "t")]).await;
+    assert_eq!(handshake.status(), 200);
+
+    kafka.up();
+    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "lost {missing:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_one_extension_stay_in_order_across_an_outage() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let mut sent = Vec::new();
+    for i in 0..90 {
+        if i == 30 {
+            kafka.down();
+        }
+        if i == 60 {
+            kafka.up();
+        }
+        let uuid = format!("order-{}-{i:03}", unique());
+        let response = app
+            .post_webhook(extension_update(&uuid, "4242", &["Features"]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        sent.push(uuid);
+    }
+    let got = read_until(
+        &app.bootstrap,
+        &[FEATURES.to_string()],
+        Duration::from_secs(60),
+        {
+            let last = sent.last().unwrap().clone();
+            move |got| got.iter().any(|m| m.uuid() == last)
+        },
+    )
+    .await;
+    // First delivery of each uuid, in topic order (a retry may add a later duplicate).
+    let mut seen = std::collections::HashSet::new();
+    let order: Vec<String> = got
+        .iter()
+        .filter(|m| m.key == "4242")
+        .map(|m| m.uuid().to_string())
+        .filter(|u| seen.insert(u.clone()))
+        .collect();
+    assert_eq!(order, sent);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_kafka_rejects_for_good_goes_to_the_dead_letter_topic_and_blocks_nothing() {
+    let kafka = MockKafka::start();
+    kafka
+        .cluster
+        .topic_error(
+            "ringcentral.account.dialing-plan",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let poisoned = format!("poison-{}", unique());
+    let after = format!("after-{}", unique());
+    for (uuid, hint) in [(&poisoned, "DialingPlan"), (&after, "Limits")] {
+        let response = app
+            .post_webhook(extension_update(uuid, "5", &[hint]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let later = read_n(
+        &app.bootstrap,
+        &[FEATURES.to_string()],
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        later[0].uuid(),
+        after,
+        "the next notification was not blocked"
+    );
+    let dead = read_n(
+        &app.bootstrap,
+        &["ringcentral.dead-letter".to_string()],
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(dead[0].uuid(), poisoned);
+    assert_eq!(
+        dead[0].header("rc-original-topic"),
+        Some("ringcentral.account.dialing-plan")
+    );
+    assert_eq!(
+        dead[0].header("rc-dead-letter-reason"),
+        Some("authorization")
+    );
+    assert_eq!(dead[0].value()["hint"], "DialingPlan");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_dead_letters_total",
+            &[("destination", "topic")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&metrics, "rckb_spool_entries", &[]), 0.0);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_area() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(&kafka.bootstrap, dir.path().to_path_buf(), |a| {
+        a.kafka_properties
+            .push(("message.max.bytes".into(), "3000".into()));
+    })
+    .await;
+    let huge = format!("huge-{}", unique());
+    let after = format!("after-{}", unique());
+    let long_hint = "H".repeat(4000);
+    for (uuid, hint) in [(&huge, long_hint.as_str()), (&after, "Limits")] {
+        let response = app
+            .post_webhook(extension_update(uuid, "5", &[hint]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let later = read_n(
+        &app.bootstrap,
+        &[FEATURES.to_string()],
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        later[0].uuid(),
+        after,
+        "the next notification was not blocked"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_dead_letters_total",
+            &[("destination", "spool")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&metrics, "rckb_spool_entries", &[]), 0.0);
+    app.shutdown().await;
+
+    let spool = Spool::open(
+        dir.path(),
+        1 << 20,
+        Duration::from_secs(60),
+        10,
+        Metrics::new(),
+    )
+    .unwrap();
+    let dead = spool.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "too_large");
+    assert_eq!(
+        dead[0].message.header("rc-notification-uuid"),
+        Some(huge.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_then_recovers_by_itself() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| a.spool_max_bytes = Some(8_000)).await;
+    kafka.down();
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let uuid = format!("full-{}-{}", unique(), accepted.len());
+        let response = app
+            .post_webhook(extension_update(&uuid, "3", &["Limits"]).to_string())
+            .await;
+        if response.status() != 200 {
+            break response;
+        }
+        accepted.push(uuid);
+        assert!(accepted.len() < 100, "the spool never filled");
+    };
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "spool is full"
+    );
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.json::<Value>().await.unwrap()["spool"], "full");
+
+    kafka.up();
+    let missing = missing_after_delivery(&app.bootstrap, &accepted, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "lost {missing:?}");
+    // Once drained, the spool takes notifications again and says so.
+    let mut ready = false;
+    for _ in 0..500 {
+        let uuid = format!("after-full-{}", unique());
+        let response = app
+            .post_webhook(extension_update(&uuid, "3", &["Limits"]).to_string())
+            .await;
+        if response.status() == 200 {
+            ready = app.get_admin("/readyz").await.status() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the bridge recovered");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_spool_and_remembers_uuids() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    kafka.down();
+    let uuid = format!("restart-{}", unique());
+    let body = extension_update(&uuid, "8", &["Limits"]).to_string();
+    {
+        let app = TestApp::spawn_in(&kafka.bootstrap, dir.path().to_path_buf(), |a| {
+            a.shutdown_grace = Some(Duration::from_millis(200));
+        })
+        .await;
+        assert_eq!(app.post_webhook(body.clone()).await.status(), 200);
+        app.shutdown().await;
+    }
+    kafka.up();
+    let app = TestApp::spawn_in(&kafka.bootstrap, dir.path().to_path_buf(), |_| {}).await;
+    let again = app.post_webhook(body).await;
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
+    let missing = missing_after_delivery(&app.bootstrap, &[uuid], Duration::from_secs(30)).await;
+    assert!(missing.is_empty());
+    app.shutdown().await;
+}
+
+/// The real binary under concurrent load, SIGKILLed three times in a row, then restarted on the same
+/// spool: every notification answered 200 reaches Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut accepted = Vec::new();
+    for round in 0..3 {
+        let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
+        // A broker outage in the second round keeps a backlog in the spool when the kill comes.
+        if round == 1 {
+            kafka.down();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let loader = tokio::spawn(load(
+            bridge.address.clone(),
+            4,
+            stop.clone(),
+            progress.clone(),
+            |i| (i % 5).to_string(),
+        ));
+        eventually("load to be accepted", Duration::from_secs(30), || {
+            progress.load(Ordering::Relaxed) >= 150
+        })
+        .await;
+        bridge.kill_hard();
+        stop.store(true, Ordering::Relaxed);
+        accepted.extend(loader.await.unwrap());
+        if round == 1 {
+            kafka.up();
+        }
+    }
+    assert!(accepted.len() >= 450);
+    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
+    let missing =
+        missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(90)).await;
+    drop(bridge);
+    assert!(
+        missing.is_empty(),
+        "{} of {} lost: {:?}",
+        missing.len(),
+        accepted.len(),
+        &missing[..missing.len().min(5)]
+    );
+}

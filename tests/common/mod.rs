@@ -634,3 +634,171 @@ pub async fn check_contract(app: &TestApp) {
     let expected_total: usize = 2 + cases.iter().map(|(_, _, e)| e.len()).sum::<usize>();
     assert_eq!(total, expected_total, "no message beyond the planned ones");
 }
+
+/// The real binary as a child process, for crash and signal tests.
+pub struct BridgeProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    pub admin_address: String,
+}
+
+impl BridgeProcess {
+    /// Starts `rc-kafka-bridge serve` on ephemeral ports and waits for its "listening" log line.
+    pub fn start(brokers: &str, spool_dir: &std::path::Path, extra: &[&str]) -> BridgeProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--brokers", brokers, "--log-format", "json"])
+            .arg("--spool-dir")
+            .arg(spool_dir)
+            .args(["--kafka-property", "message.timeout.ms=5000"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bridge binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let (port, admin_port) = loop {
+            let line = lines
+                .next()
+                .expect("bridge exited before listening")
+                .expect("stderr readable");
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "listening" {
+                break (
+                    event["port"].as_u64().unwrap(),
+                    event["admin_port"].as_u64().unwrap(),
+                );
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe; echo it when asked.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("bridge: {line}");
+                }
+            }
+        });
+        BridgeProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            admin_address: format!("http://127.0.0.1:{admin_port}"),
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// SIGKILL: no chance to flush or clean up anything.
+    pub fn kill_hard(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Posts notifications with fresh uuids from `workers` concurrent clients until `stop` is set or
+/// the bridge stops answering; returns every uuid answered 200.
+pub async fn load(
+    address: String,
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    extension_of: fn(usize) -> String,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let address = address.to_string();
+        let stop = stop.clone();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut accepted = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let uuid = format!("load-{}-{worker}-{i}", unique());
+                let ext = extension_of(i);
+                let body = extension_update(&uuid, &ext, &["Limits"]).to_string();
+                match client
+                    .post(format!("{address}/webhook"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        accepted.push(uuid);
+                        progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                i += 1;
+            }
+            accepted
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Waits (bounded) until `condition` holds, checking every few milliseconds.
+pub async fn eventually(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads the features topic until every uuid of `expected` was seen; returns the uuids missing.
+pub async fn missing_after_delivery(
+    bootstrap: &str,
+    expected: &[String],
+    timeout: Duration,
+) -> Vec<String> {
+    let wanted: std::collections::HashSet<String> = expected.iter().cloned().collect();
+    let wanted2 = wanted.clone();
+    let got = read_until(
+        bootstrap,
+        &["ringcentral.account.extension.features".to_string()],
+        timeout,
+        move |got| {
+            let seen: std::collections::HashSet<&str> = got.iter().map(|m| m.uuid()).collect();
+            wanted2.iter().all(|u| seen.contains(u.as_str()))
+        },
+    )
+    .await;
+    let seen: std::collections::HashSet<&str> = got.iter().map(|m| m.uuid()).collect();
+    let mut missing: Vec<String> = wanted
+        .into_iter()
+        .filter(|u| !seen.contains(u.as_str()))
+        .collect();
+    missing.sort();
+    missing
+}
