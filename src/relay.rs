@@ -126,11 +126,10 @@ impl Worker {
             };
             let failed = round.retriable_failure;
             let fatal = round.fatal;
-            if !round.released.is_empty() || !round.dead.is_empty() {
-                if let Err(e) = self.spool.release(round.released, round.dead).await {
-                    // Not released means published again later: a duplicate, never a loss.
-                    tracing::error!(error = %e, "cannot release published entries");
-                }
+            let something_done = !round.released.is_empty() || !round.dead.is_empty();
+            if something_done && let Err(e) = self.spool.release(round.released, round.dead).await {
+                // Not released means published again later: a duplicate, never a loss.
+                tracing::error!(error = %e, "cannot release published entries");
             }
             if failed {
                 failed_rounds += 1;

@@ -78,15 +78,19 @@ pub struct DeadLetter {
 }
 
 enum Command {
-    Append {
-        plan: RoutePlan,
-        reply: oneshot::Sender<Result<Acceptance, SinkError>>,
-    },
-    Release {
-        seqs: Vec<u64>,
-        dead: Vec<DeadLetter>,
-        reply: oneshot::Sender<Result<(), SpoolError>>,
-    },
+    Append(Append),
+    Release(Release),
+}
+
+struct Append {
+    plan: RoutePlan,
+    reply: oneshot::Sender<Result<Acceptance, SinkError>>,
+}
+
+struct Release {
+    seqs: Vec<u64>,
+    dead: Vec<DeadLetter>,
+    reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
 const HEALTH_OK: u8 = 0;
@@ -207,7 +211,7 @@ impl Spool {
     /// `dead` letters, in one durable commit.
     pub async fn release(&self, seqs: Vec<u64>, dead: Vec<DeadLetter>) -> Result<(), SpoolError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Release { seqs, dead, reply })
+        self.send(Command::Release(Release { seqs, dead, reply }))
             .map_err(|_| SpoolError::Storage("spool is closed".into()))?;
         answer
             .await
@@ -274,7 +278,7 @@ impl Sink for Spool {
     fn accept(&self, plan: RoutePlan) -> SinkFuture<'_> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
-            self.send(Command::Append { plan, reply })
+            self.send(Command::Append(Append { plan, reply }))
                 .map_err(|_| SinkError::ShuttingDown)?;
             answer.await.unwrap_or(Err(SinkError::ShuttingDown))
         })
@@ -319,8 +323,8 @@ impl Shared {
         let mut releases = Vec::new();
         for command in group {
             match command {
-                Command::Append { plan, reply } => appends.push((plan, reply)),
-                Command::Release { seqs, dead, reply } => releases.push((seqs, dead, reply)),
+                Command::Append(append) => appends.push(append),
+                Command::Release(release) => releases.push(release),
             }
         }
         let mut outcomes: Vec<Result<Acceptance, SinkError>> = Vec::with_capacity(appends.len());
@@ -347,11 +351,11 @@ impl Shared {
                 if delta.added_entries > 0 {
                     self.appended.notify_one();
                 }
-                for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
+                for (append, outcome) in appends.into_iter().zip(outcomes) {
+                    let _ = append.reply.send(outcome);
                 }
-                for (_, _, reply) in releases {
-                    let _ = reply.send(Ok(()));
+                for release in releases {
+                    let _ = release.reply.send(Ok(()));
                 }
             }
             Err(e) => {
@@ -359,11 +363,11 @@ impl Shared {
                 // tries again, so the spool recovers by itself when the disk does.
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
-                for (_, reply) in appends {
-                    let _ = reply.send(Err(SinkError::SpoolUnwritable));
+                for append in appends {
+                    let _ = append.reply.send(Err(SinkError::SpoolUnwritable));
                 }
-                for (_, _, reply) in releases {
-                    let _ = reply.send(Err(SpoolError::Storage(e.to_string())));
+                for release in releases {
+                    let _ = release.reply.send(Err(SpoolError::Storage(e.to_string())));
                 }
             }
         }
@@ -371,12 +375,8 @@ impl Shared {
 
     fn write(
         &self,
-        appends: &[(RoutePlan, oneshot::Sender<Result<Acceptance, SinkError>>)],
-        releases: &[(
-            Vec<u64>,
-            Vec<DeadLetter>,
-            oneshot::Sender<Result<(), SpoolError>>,
-        )],
+        appends: &[Append],
+        releases: &[Release],
         outcomes: &mut Vec<Result<Acceptance, SinkError>>,
     ) -> Result<Delta, SpoolError> {
         let mut delta = Delta::default();
@@ -388,24 +388,21 @@ impl Shared {
             let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
             let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
 
-            for (seqs, dead, _) in releases {
-                for seq in seqs {
+            for release in releases {
+                for seq in &release.seqs {
                     if let Some(old) = entries.remove(seq).map_err(storage)? {
                         delta.removed_entries += 1;
                         delta.removed_bytes += old.value().len() as u64;
                     }
                 }
-                let mut next_dead = dead_table
+                let next_dead = dead_table
                     .last()
                     .map_err(storage)?
                     .map(|(k, _)| k.value() + 1)
                     .unwrap_or(0);
-                for letter in dead {
+                for (key, letter) in (next_dead..).zip(&release.dead) {
                     let bytes = serde_json::to_vec(letter).map_err(storage)?;
-                    dead_table
-                        .insert(next_dead, bytes.as_slice())
-                        .map_err(storage)?;
-                    next_dead += 1;
+                    dead_table.insert(key, bytes.as_slice()).map_err(storage)?;
                 }
             }
 
@@ -415,7 +412,7 @@ impl Shared {
                 .map(|(k, _)| k.value() + 1)
                 .unwrap_or(0);
             let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes;
-            for (plan, _) in appends {
+            for Append { plan, .. } in appends {
                 if seen.get(plan.uuid.as_str()).map_err(storage)?.is_some() {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;

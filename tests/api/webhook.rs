@@ -143,7 +143,8 @@ async fn rejected_requests_get_their_status_and_publish_nothing() {
     let auth = [("Verification-Token", "tok")];
     let valid = extension_update("never-published", "9", &["Limits"]).to_string();
     let oversized = extension_update("too-big", "9", &[&"x".repeat(5000)]).to_string();
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, u16)> = vec![
+    type Rejected<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Rejected> = vec![
         ("malformed JSON", "{\"uuid\": ".into(), auth.to_vec(), 400),
         ("a JSON array", "[1, 2]".into(), auth.to_vec(), 400),
         (

@@ -230,8 +230,9 @@ pub async fn read_until(
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while !done(&out) && Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => out.push(Received {
+            // Errors (a broker coming back) are transient here: polling goes on until the deadline.
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(Received {
                     topic: m.topic().to_string(),
                     key: m
                         .key()
@@ -255,9 +256,7 @@ pub async fn read_until(
                         .payload()
                         .map(|p| String::from_utf8_lossy(p).into_owned())
                         .unwrap_or_default(),
-                }),
-                // Transient errors (a broker coming back) are retried until the deadline.
-                Some(Err(_)) | None => {}
+                });
             }
         }
         out
@@ -394,11 +393,12 @@ pub const DOCUMENTED_EXAMPLE: &str = r#"{
 
 /// The end-to-end contract cases, shared by both suites: each request and the exact messages it must
 /// produce, as (topic, key, rc-message-id).
-pub fn contract_cases() -> Vec<(
-    &'static str,
-    Value,
-    Vec<(&'static str, &'static str, String)>,
-)> {
+/// An expected message: (topic, key, rc-message-id).
+pub type Expected = (&'static str, &'static str, String);
+/// A contract case: what it shows, the request body, the messages it must produce.
+pub type ContractCase = (&'static str, Value, Vec<Expected>);
+
+pub fn contract_cases() -> Vec<ContractCase> {
     let u = |name: &str| format!("case-{name}-{}", unique());
     let mut cases = Vec::new();
     let ext = "ringcentral.account.extension";

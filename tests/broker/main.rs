@@ -1,0 +1,255 @@
+//! The end-to-end contract and the fault cases against a real Kafka-compatible broker process,
+//! Tansu. Run by `scripts/broker-tests.sh`, which installs Tansu; these tests are ignored by a plain
+//! `cargo test` because they need that binary (`TANSU_BIN`, or `tansu` on the PATH).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rc_kafka_bridge::config::Settings;
+use serde_json::Value;
+
+use common::{
+    BridgeProcess, TestApp, check_contract, create_topics, eventually, extension_update, load,
+    missing_after_delivery, unique,
+};
+
+/// A Tansu broker on a free loopback port, in memory; killed when dropped.
+struct Tansu {
+    port: u16,
+    child: Child,
+}
+
+impl Tansu {
+    fn binary() -> String {
+        std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".to_string())
+    }
+
+    fn start() -> Tansu {
+        // Tansu takes its port as an argument, so the port is chosen here; a collision with another
+        // process in between is retried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(child) = Self::spawn_on(port) {
+                return Tansu { port, child };
+            }
+        }
+        panic!("Tansu did not start");
+    }
+
+    /// Starts Tansu on `port` and waits until it accepts connections.
+    fn spawn_on(port: u16) -> Option<Child> {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(Self::binary())
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu binary (set TANSU_BIN or put tansu on the PATH)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(child);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGSTOP: a hung broker that keeps its state.
+    fn hang(&self) {
+        self.signal("STOP");
+    }
+
+    fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Kill and start again on the same port: the broker lost its topics and producer ids.
+    fn restart_losing_state(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = Self::spawn_on(port) {
+                self.child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Tansu did not restart on port {port}"
+            );
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die promptly on some systems.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn tansu_with_topics() -> Tansu {
+    let tansu = Tansu::start();
+    create_default_topics(&tansu).await;
+    tansu
+}
+
+async fn create_default_topics(tansu: &Tansu) {
+    let settings = Settings::defaults();
+    let mut topics = settings.routing.topics();
+    topics.push(settings.dead_letter_topic.clone());
+    create_topics(&tansu.bootstrap(), &topics).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn every_documented_variant_is_published_as_the_contract_says() {
+    let tansu = tansu_with_topics().await;
+    let app = TestApp::spawn(&tansu.bootstrap(), |_| {}).await;
+    check_contract(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn a_hung_broker_costs_no_notification_and_no_slow_answer() {
+    let tansu = tansu_with_topics().await;
+    let app = TestApp::spawn(&tansu.bootstrap(), |_| {}).await;
+    tansu.hang();
+    let mut uuids = Vec::new();
+    for i in 0..50 {
+        let uuid = format!("hung-{}-{i}", unique());
+        let started = Instant::now();
+        let response = app
+            .post_webhook(extension_update(&uuid, "11", &["Limits"]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        uuids.push(uuid);
+    }
+    let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["ready"], true);
+    tansu.resume();
+    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(90)).await;
+    assert!(missing.is_empty(), "lost {missing:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn a_broker_that_lost_its_state_gets_every_spooled_notification() {
+    let mut tansu = tansu_with_topics().await;
+    let app = TestApp::spawn(&tansu.bootstrap(), |_| {}).await;
+    // Delivered before the restart: proves the producer was running idempotently on the old broker.
+    let before = format!("before-{}", unique());
+    app.post_webhook(extension_update(&before, "12", &["Limits"]).to_string())
+        .await;
+    let missing = missing_after_delivery(&app.bootstrap, &[before], Duration::from_secs(30)).await;
+    assert!(missing.is_empty());
+
+    // Spooled while the broker hangs, then the broker dies and comes back empty.
+    tansu.hang();
+    let mut spooled = Vec::new();
+    for i in 0..30 {
+        let uuid = format!("lost-state-{}-{i}", unique());
+        let response = app
+            .post_webhook(extension_update(&uuid, "12", &["Limits"]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        spooled.push(uuid);
+    }
+    tansu.restart_losing_state();
+    create_default_topics(&tansu).await;
+    for i in 0..10 {
+        let uuid = format!("after-restart-{}-{i}", unique());
+        let response = app
+            .post_webhook(extension_update(&uuid, "12", &["Limits"]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        spooled.push(uuid);
+    }
+    let missing = missing_after_delivery(&app.bootstrap, &spooled, Duration::from_secs(120)).await;
+    assert!(missing.is_empty(), "lost {missing:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
+    let tansu = tansu_with_topics().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut accepted = Vec::new();
+    for round in 0..3 {
+        let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
+        if round == 1 {
+            tansu.hang();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let loader = tokio::spawn(load(
+            bridge.address.clone(),
+            4,
+            stop.clone(),
+            progress.clone(),
+            |i| (i % 5).to_string(),
+        ));
+        eventually("load to be accepted", Duration::from_secs(30), || {
+            progress.load(Ordering::Relaxed) >= 150
+        })
+        .await;
+        bridge.kill_hard();
+        stop.store(true, Ordering::Relaxed);
+        accepted.extend(loader.await.unwrap());
+        if round == 1 {
+            tansu.resume();
+        }
+    }
+    let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
+    let missing =
+        missing_after_delivery(&tansu.bootstrap(), &accepted, Duration::from_secs(120)).await;
+    drop(bridge);
+    assert!(
+        missing.is_empty(),
+        "{} of {} lost: {:?}",
+        missing.len(),
+        accepted.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
