@@ -42,9 +42,13 @@ pub struct Application {
     delivery: Delivery,
     shutdown_grace: Duration,
     metrics: Metrics,
+    reload: Option<Reload>,
     // Dropped last: the embedded broker must outlive the producer.
     _embedded: Option<EmbeddedBroker>,
 }
+
+/// Builds a new routing table from the configuration as it is now (for SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<RoutingTable, String> + Send + Sync>;
 
 enum Delivery {
     Direct(Arc<DirectSink>),
@@ -137,6 +141,7 @@ impl Application {
             delivery,
             shutdown_grace: settings.shutdown_grace,
             metrics,
+            reload: None,
             _embedded: embedded,
         })
     }
@@ -167,6 +172,12 @@ impl Application {
         self.routing.clone()
     }
 
+    /// On SIGHUP, replace the routing table with what `reload` builds; a failed reload keeps the old
+    /// table serving and says why in the log.
+    pub fn reload_routing_with(&mut self, reload: Reload) {
+        self.reload = Some(reload);
+    }
+
     /// Serves until `shutdown` completes, then drains: the webhook listener stops accepting and
     /// finishes requests in flight, the relay publishes for up to the grace period, the producer
     /// flushes. Whatever is left stays in the spool for the next start.
@@ -175,6 +186,14 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(reload) = self.reload {
+            tokio::spawn(reload_on_hangup(
+                reload,
+                self.routing.clone(),
+                self.metrics.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let admin_stop = stop_rx.clone();
         let admin = tokio::spawn(
             axum::serve(self.admin_listener, self.admin)
@@ -209,6 +228,40 @@ impl Application {
     /// Serves until SIGTERM or SIGINT.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+async fn reload_on_hangup(
+    reload: Reload,
+    routing: Arc<ArcSwap<RoutingTable>>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install a SIGHUP handler: reloading is off");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {}
+            _ = stop.changed() => return,
+        }
+        match reload() {
+            Ok(table) => {
+                let topics = table.topics().len();
+                routing.store(Arc::new(table));
+                metrics.config_reloads.with_label_values(&["success"]).inc();
+                tracing::info!(topics, "SIGHUP: routing reloaded");
+            }
+            Err(e) => {
+                metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(error = %e, "SIGHUP: new configuration rejected; the previous routing keeps serving");
+            }
+        }
     }
 }
 

@@ -125,7 +125,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "RCKB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// A librdkafka property, KEY=VALUE; repeatable; wins over [kafka.properties].
-    #[arg(long = "kafka-property", env = "RCKB_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    #[arg(long = "kafka-property", env = "RCKB_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 }
 
@@ -194,9 +194,38 @@ pub struct Settings {
     pub dead_letter_topic: Topic,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
-    pub kafka_properties: BTreeMap<String, String>,
+    pub kafka_properties: KafkaProperties,
     pub hints: BTreeMap<String, Vec<String>>,
     pub routing: RoutingTable,
+}
+
+/// librdkafka properties as given. Printing them hides every value whose key looks secret
+/// (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |key: &str| {
+            ["password", "secret", "key", "token"]
+                .iter()
+                .any(|s| key.contains(s))
+        };
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if secret(k) { "***" } else { v.as_str() })),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,7 +375,7 @@ impl Settings {
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(10)),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            kafka_properties,
+            kafka_properties: KafkaProperties(kafka_properties),
             hints: file.hints,
             routing,
         })
@@ -415,7 +444,13 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let s = from_toml("verification_token = \"hunter2\"").unwrap();
-        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = from_toml(
+            "verification_token = \"hunter2\"\n[kafka.properties]\n\"sasl.password\" = \"swordfish\"\n\"linger.ms\" = \"7\"",
+        )
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("swordfish"), "{printed}");
+        assert!(printed.contains("\"linger.ms\": \"7\""), "{printed}");
     }
 }

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             settings,
             topics,
             ensure_topics,
-        } => load(&settings).and_then(|s| serve(s, ensure_topics.then_some(topics))),
+        } => load(&settings).and_then(|s| serve(s, settings, ensure_topics.then_some(topics))),
         Command::Routes { settings } => load(&settings).map(|s| print_routes(&s)),
         Command::CheckConfig { settings } => load(&settings).map(|s| {
             println!(
@@ -128,16 +128,27 @@ fn print_routes(settings: &Settings) {
     );
 }
 
-fn serve(settings: Settings, ensure_topics: Option<TopicArgs>) -> Result<(), String> {
+fn serve(
+    settings: Settings,
+    args: SettingsArgs,
+    ensure_topics: Option<TopicArgs>,
+) -> Result<(), String> {
     telemetry::init(settings.log_format);
     let runtime = runtime()?;
     runtime.block_on(async move {
         let mut wanted = settings.routing.topics();
         wanted.push(settings.dead_letter_topic.clone());
         let properties = settings.kafka_properties.clone();
-        let app = Application::build(settings)
+        let mut app = Application::build(settings)
             .await
             .map_err(|e| e.to_string())?;
+        // SIGHUP re-reads the configuration file (flags and environment as given at start); only
+        // the routing (`[hints]`, the topic prefix) changes while running.
+        app.reload_routing_with(Box::new(move || {
+            Settings::load(&args)
+                .map(|s| s.routing)
+                .map_err(|e| e.to_string())
+        }));
         if app.is_embedded() {
             tracing::warn!(
                 bootstrap = app.bootstrap_servers(),

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub kafka_broker_rtt: prometheus::GaugeVec,
     pub kafka_broker_state: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -154,6 +155,14 @@ impl Metrics {
                 &["version"],
             )
             .unwrap(),
+            config_reloads: IntCounterVec::new(
+                opts(
+                    "config_reloads_total",
+                    "Routing reloads on SIGHUP, by outcome (success, rejected).",
+                ),
+                &["outcome"],
+            )
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -175,6 +184,7 @@ impl Metrics {
             Box::new(m.kafka_broker_rtt.clone()),
             Box::new(m.kafka_broker_state.clone()),
             Box::new(m.build_info.clone()),
+            Box::new(m.config_reloads.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

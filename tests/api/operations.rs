@@ -1,1 +1,320 @@
+//! Operating the bridge: metrics, graceful shutdown, configuration reload, secrets in logs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::MockKafka;
+use crate::common::{
+    BridgeProcess, DOCUMENTED_EXAMPLE, TestApp, eventually, extension_update, load,
+    missing_after_delivery, read_until, sample, unique,
+};
+
+/// Scrapes until `condition` holds on the scrape (bounded).
+async fn scrape_until(
+    app: &TestApp,
+    what: &str,
+    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = app.metrics().await;
+        if condition(&scrape) {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_tell_what_was_received_delivered_and_rejected() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let unknown = extension_update(&format!("m-{}", unique()), "77", &["Teleport", "Limits"]);
+    assert_eq!(
+        app.post_with("", &[("Validation-Token", "x")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.post_webhook(DOCUMENTED_EXAMPLE).await.status(), 200);
+    assert_eq!(app.post_webhook(unknown.to_string()).await.status(), 200);
+    assert_eq!(app.post_webhook(DOCUMENTED_EXAMPLE).await.status(), 200);
+    assert_eq!(app.post_webhook("{oops").await.status(), 400);
+
+    let scrape = scrape_until(&app, "both notifications delivered", |s| {
+        sample(s, "rckb_accept_to_ack_seconds_count", &[]) == 2.0
+            && sample(s, "rckb_spool_entries", &[]) == 0.0
+    })
+    .await;
+    let webhook = [("route", "/webhook")];
+    let expectations: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+        (
+            "rckb_http_requests_total",
+            vec![webhook[0], ("status", "2xx")],
+            4.0,
+        ),
+        (
+            "rckb_http_requests_total",
+            vec![webhook[0], ("status", "4xx")],
+            1.0,
+        ),
+        (
+            "rckb_http_request_duration_seconds_count",
+            webhook.to_vec(),
+            5.0,
+        ),
+        ("rckb_validation_handshakes_total", vec![], 1.0),
+        (
+            "rckb_notifications_total",
+            vec![("kind", "extension_info"), ("outcome", "accepted")],
+            2.0,
+        ),
+        (
+            "rckb_notifications_total",
+            vec![("kind", "extension_info"), ("outcome", "duplicate")],
+            1.0,
+        ),
+        (
+            "rckb_notifications_total",
+            vec![("kind", "unknown"), ("outcome", "rejected_malformed_json")],
+            1.0,
+        ),
+        ("rckb_unknown_hints_total", vec![], 1.0),
+        (
+            "rckb_messages_published_total",
+            vec![
+                ("topic", "ringcentral.account.extension.phone-number"),
+                ("hint", "CompanyNumbers"),
+            ],
+            1.0,
+        ),
+        (
+            "rckb_messages_published_total",
+            vec![
+                ("topic", "ringcentral.account.extension"),
+                ("hint", "ExtensionInfo"),
+            ],
+            1.0,
+        ),
+        (
+            "rckb_messages_published_total",
+            vec![("topic", "ringcentral.unrouted"), ("hint", "unknown")],
+            1.0,
+        ),
+        (
+            "rckb_messages_published_total",
+            vec![
+                ("topic", "ringcentral.account.extension.features"),
+                ("hint", "Limits"),
+            ],
+            1.0,
+        ),
+        ("rckb_messages_published_total", vec![], 4.0),
+        ("rckb_publish_errors_total", vec![], 0.0),
+        ("rckb_spool_bytes", vec![], 0.0),
+        ("rckb_spool_oldest_entry_age_seconds", vec![], 0.0),
+        (
+            "rckb_build_info",
+            vec![("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        ),
+    ];
+    for (name, labels, value) in expectations {
+        assert_eq!(sample(&scrape, name, &labels), value, "{name} {labels:?}");
+    }
+    for s in &scrape.samples {
+        assert!(s.metric.starts_with("rckb_"), "{}", s.metric);
+        if let prometheus_parse::Value::Counter(_) = s.value {
+            assert!(
+                s.metric.ends_with("_total"),
+                "counter {} ends with _total",
+                s.metric
+            );
+        }
+        for (label, value) in s.labels.iter() {
+            assert!(value.len() < 80, "bounded label {label}={value}");
+        }
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_delivers_every_answered_notification_and_exits_zero() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge =
+        BridgeProcess::start(&kafka.bootstrap, dir.path(), &["--shutdown-grace", "10s"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let loader = tokio::spawn(load(
+        bridge.address.clone(),
+        4,
+        stop.clone(),
+        progress.clone(),
+        |i| (i % 7).to_string(),
+    ));
+    eventually("load to be accepted", Duration::from_secs(30), || {
+        progress.load(Ordering::Relaxed) >= 300
+    })
+    .await;
+    let signalled = Instant::now();
+    bridge.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = bridge.wait_exit(Duration::from_secs(20));
+        (status, bridge)
+    })
+    .await
+    .unwrap();
+    let (status, bridge) = status;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(12),
+        "exited within the grace period"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let accepted = loader.await.unwrap();
+    drop(bridge);
+    // Delivered before the exit: no restart needed.
+    let missing =
+        missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} not delivered",
+        missing.len(),
+        accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one() {
+    let kafka = MockKafka::start();
+    kafka
+        .cluster
+        .create_topic("ringcentral.account.holidays", 1, 1)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, "[hints]\n").unwrap();
+    let spool = dir.path().join("spool");
+    let bridge = BridgeProcess::start(
+        &kafka.bootstrap,
+        &spool,
+        &["--config", config.to_str().unwrap()],
+    );
+    let client = reqwest::Client::new();
+    let post = |uuid: String| {
+        let client = client.clone();
+        let url = format!("{}/webhook", bridge.address);
+        async move {
+            let body = extension_update(&uuid, "31", &["Holidays"]).to_string();
+            let r = client.post(url).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let before = format!("hup-before-{}", unique());
+    post(before.clone()).await;
+
+    std::fs::write(&config, "[hints]\nHolidays = [\"account/~/holidays\"]\n").unwrap();
+    bridge.signal("HUP");
+    bridge.wait_for_log("routing reloaded", Duration::from_secs(10));
+    let after = format!("hup-after-{}", unique());
+    post(after.clone()).await;
+
+    std::fs::write(
+        &config,
+        "[hints]\nHolidays = [\"account/~/no such topic!\"]\n",
+    )
+    .unwrap();
+    bridge.signal("HUP");
+    let rejected = bridge.wait_for_log("rejected", Duration::from_secs(10));
+    assert!(
+        rejected["error"].as_str().unwrap().contains("Holidays"),
+        "{rejected}"
+    );
+    let still = format!("hup-still-{}", unique());
+    post(still.clone()).await;
+
+    let unrouted = read_until(
+        &kafka.bootstrap,
+        &["ringcentral.unrouted".into()],
+        Duration::from_secs(30),
+        {
+            let before = before.clone();
+            move |got| got.iter().any(|m| m.uuid() == before)
+        },
+    )
+    .await;
+    assert!(
+        unrouted.iter().any(|m| m.uuid() == before),
+        "unknown before the reload"
+    );
+    let holidays = read_until(
+        &kafka.bootstrap,
+        &["ringcentral.account.holidays".into()],
+        Duration::from_secs(30),
+        |got| got.len() >= 2,
+    )
+    .await;
+    let uuids: Vec<&str> = holidays.iter().map(|m| m.uuid()).collect();
+    assert_eq!(uuids, [after.as_str(), still.as_str()]);
+    assert!(
+        unrouted
+            .iter()
+            .all(|m| m.uuid() != after && m.uuid() != still)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "token-hunter2-never-logged";
+    let password = "password-swordfish-never-logged";
+    let property = format!("sasl.password={password}");
+    let mut bridge = BridgeProcess::start_with_env(
+        &kafka.bootstrap,
+        dir.path(),
+        &["--verification-token", token, "--kafka-property", &property],
+        &[("RUST_LOG", "trace")],
+    );
+    let client = reqwest::Client::new();
+    let url = format!("{}/webhook", bridge.address);
+    let body = extension_update(&format!("secret-{}", unique()), "1", &["Limits"]).to_string();
+    for headers in [
+        vec![("Verification-Token", token)],
+        vec![("Verification-Token", "wrong")],
+        vec![],
+    ] {
+        let mut request = client.post(&url).body(body.clone());
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send().await.unwrap();
+    }
+    let handshake = client
+        .post(&url)
+        .header("Validation-Token", "v")
+        .header("Verification-Token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(handshake.status(), 200);
+    bridge.signal("TERM");
+    let bridge = tokio::task::spawn_blocking(move || {
+        bridge.wait_exit(Duration::from_secs(20));
+        bridge
+    })
+    .await
+    .unwrap();
+    let logs: Vec<String> =
+        std::iter::from_fn(|| bridge.logs.recv_timeout(Duration::from_secs(2)).ok())
+            .map(|v| v.to_string())
+            .collect();
+    assert!(logs.len() > 3, "trace logging produced lines");
+    for line in &logs {
+        assert!(!line.contains(token), "token logged: {line}");
+        assert!(!line.contains(password), "password logged: {line}");
+    }
+}

@@ -640,13 +640,25 @@ pub struct BridgeProcess {
     pub child: std::process::Child,
     pub address: String,
     pub admin_address: String,
+    /// Every log line after "listening", as JSON.
+    pub logs: std::sync::mpsc::Receiver<Value>,
 }
 
 impl BridgeProcess {
     /// Starts `rc-kafka-bridge serve` on ephemeral ports and waits for its "listening" log line.
     pub fn start(brokers: &str, spool_dir: &std::path::Path, extra: &[&str]) -> BridgeProcess {
+        Self::start_with_env(brokers, spool_dir, extra, &[])
+    }
+
+    pub fn start_with_env(
+        brokers: &str,
+        spool_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> BridgeProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+            .envs(env.iter().copied())
             .args([
                 "serve",
                 "--listen",
@@ -681,10 +693,14 @@ impl BridgeProcess {
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe; echo it when asked.
+        let (tx, logs) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 if std::env::var_os("TEST_LOG").is_some() {
                     eprintln!("bridge: {line}");
+                }
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(event);
                 }
             }
         });
@@ -692,6 +708,37 @@ impl BridgeProcess {
             child,
             address: format!("http://127.0.0.1:{port}"),
             admin_address: format!("http://127.0.0.1:{admin_port}"),
+            logs,
+        }
+    }
+
+    /// The next log event whose message contains `text`, waiting at most `timeout`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(event) if event["message"].as_str().is_some_and(|m| m.contains(text)) => {
+                    return event;
+                }
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {text:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
