@@ -49,7 +49,8 @@ async fn metrics_tell_what_was_received_delivered_and_rejected() {
     })
     .await;
     let webhook = [("route", "/webhook")];
-    let expectations: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+    type Expectation<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+    let expectations: Vec<Expectation> = vec![
         (
             "rckb_http_requests_total",
             vec![webhook[0], ("status", "2xx")],
