@@ -149,6 +149,11 @@ fn serve(
                 .map(|s| s.routing)
                 .map_err(|e| e.to_string())
         }));
+        tracing::info!(
+            port = app.port(),
+            admin_port = app.admin_port(),
+            "listening"
+        );
         if app.is_embedded() {
             tracing::warn!(
                 bootstrap = app.bootstrap_servers(),
@@ -157,15 +162,13 @@ fn serve(
             );
             println!("embedded Kafka broker: {}", app.bootstrap_servers());
         } else {
+            // In the background: the bridge serves (and spools) while Kafka is slow to answer.
             let factory =
                 ProducerFactory::new(app.bootstrap_servers(), &properties, Metrics::new());
-            check_topics(&factory, &wanted, ensure_topics.as_ref()).await;
+            tokio::spawn(async move {
+                check_topics(&factory, &wanted, ensure_topics.as_ref()).await;
+            });
         }
-        tracing::info!(
-            port = app.port(),
-            admin_port = app.admin_port(),
-            "listening"
-        );
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
 }

@@ -98,7 +98,9 @@ const HEALTH_FULL: u8 = 1;
 const HEALTH_UNWRITABLE: u8 = 2;
 
 struct Shared {
-    db: Database,
+    /// `None` while the database is being reopened after an I/O error.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
     max_bytes: u64,
     dedup_window: Duration,
     dedup_capacity: usize,
@@ -168,7 +170,8 @@ impl Spool {
             );
         }
         let shared = Arc::new(Shared {
-            db,
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            path,
             max_bytes,
             dedup_window,
             dedup_capacity,
@@ -195,7 +198,7 @@ impl Spool {
 
     /// The oldest entries, in acceptance order, at most `limit`.
     pub fn oldest(&self, limit: usize) -> Result<Vec<SpooledEntry>, SpoolError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.database()?.begin_read().map_err(storage)?;
         let table = read.open_table(ENTRIES).map_err(storage)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(storage)?.take(limit) {
@@ -233,7 +236,7 @@ impl Spool {
 
     /// Messages kept in the spool's dead-letter area.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.database()?.begin_read().map_err(storage)?;
         let table = read.open_table(DEAD).map_err(storage)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(storage)? {
@@ -305,6 +308,29 @@ struct Delta {
 }
 
 impl Shared {
+    fn database(&self) -> Result<Arc<Database>, SpoolError> {
+        self.db
+            .read()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| SpoolError::Storage("spool is reopening after an I/O error".into()))
+    }
+
+    /// After an I/O error redb refuses every later write until the database is opened again; the
+    /// last durable commit is intact, so reopening is how the spool recovers once the disk does.
+    fn reopen(&self) {
+        let mut slot = self.db.write().unwrap();
+        // The old handle must be gone before the file can be opened again.
+        drop(slot.take());
+        match Database::create(&self.path) {
+            Ok(db) => {
+                tracing::info!("spool reopened");
+                *slot = Some(Arc::new(db));
+            }
+            Err(e) => tracing::warn!(error = %e, "spool cannot be reopened yet"),
+        }
+    }
+
     fn run_writer(&self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
@@ -363,6 +389,7 @@ impl Shared {
                 // tries again, so the spool recovers by itself when the disk does.
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
+                self.reopen();
                 for append in appends {
                     let _ = append.reply.send(Err(SinkError::SpoolUnwritable));
                 }
@@ -381,7 +408,7 @@ impl Shared {
     ) -> Result<Delta, SpoolError> {
         let mut delta = Delta::default();
         let now = now_ms();
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.database()?.begin_write().map_err(storage)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
             let mut seen = txn.open_table(SEEN).map_err(storage)?;

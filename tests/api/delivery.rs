@@ -331,3 +331,26 @@ async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
         &missing[..missing.len().min(5)]
     );
 }
+
+#[test]
+fn an_unusable_spool_directory_stops_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--brokers", "127.0.0.1:1"])
+        .arg("--spool-dir")
+        .arg(file.join("spool"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot create spool directory"), "{stderr}");
+}

@@ -253,3 +253,185 @@ async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
         &missing[..missing.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
+    let report = bridge.wait_for_log("topics missing", Duration::from_secs(30));
+    let listed = report["topics"].as_str().unwrap_or_default().to_string();
+    for topic in [
+        "ringcentral.account",
+        "ringcentral.unrouted",
+        "ringcentral.dead-letter",
+    ] {
+        assert!(
+            listed.contains(topic),
+            "{topic} reported missing in {listed}"
+        );
+    }
+    drop(bridge);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .args(["topics", "ensure", "--brokers", &tansu.bootstrap()])
+        .args(["--partitions", "2", "--replication-factor", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("created ringcentral.account.extension.features"),
+        "{stdout}"
+    );
+
+    let settings = Settings::defaults();
+    let mut wanted = settings.routing.topics();
+    wanted.push(settings.dead_letter_topic.clone());
+    let factory = rc_kafka_bridge::kafka::ProducerFactory::new(
+        &tansu.bootstrap(),
+        &Default::default(),
+        rc_kafka_bridge::metrics::Metrics::new(),
+    );
+    let missing =
+        rc_kafka_bridge::kafka::missing_topics(&factory, &wanted, Duration::from_secs(10)).unwrap();
+    assert!(missing.is_empty(), "still missing {missing:?}");
+
+    // A second run finds nothing to do.
+    let again = Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .args(["topics", "ensure", "--brokers", &tansu.bootstrap()])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("exist"));
+
+    // And the bridge starts without a report.
+    let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
+    bridge.wait_for_log("every routed topic exists", Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn serve_with_ensure_topics_creates_them_and_delivers() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeProcess::start(
+        &tansu.bootstrap(),
+        dir.path(),
+        &[
+            "--ensure-topics",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+        ],
+    );
+    bridge.wait_for_log("created missing topics", Duration::from_secs(30));
+    let uuid = format!("ensured-{}", unique());
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhook", bridge.address))
+        .body(extension_update(&uuid, "3", &["Limits"]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let missing =
+        missing_after_delivery(&tansu.bootstrap(), &[uuid], Duration::from_secs(60)).await;
+    assert!(missing.is_empty());
+}
+
+/// A small tmpfs, so the spool's disk can really fill up. Needs root (CI runs as root).
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallDisk { path, _dir: dir }
+    }
+
+    /// Fills the disk; returns the filler file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker and root: run scripts/broker-tests.sh"]
+async fn a_full_disk_answers_503_keeps_nothing_half_and_recovers_when_space_returns() {
+    let tansu = tansu_with_topics().await;
+    let disk = SmallDisk::mount("8m");
+    let app = TestApp::spawn_in(&tansu.bootstrap(), disk.path.join("spool"), |_| {}).await;
+    let mut accepted = Vec::new();
+    let post = |uuid: String| {
+        let body = extension_update(&uuid, "21", &["Limits"]).to_string();
+        let app = &app;
+        async move { app.post_webhook(body).await }
+    };
+    let uuid = format!("disk-{}", unique());
+    assert_eq!(post(uuid.clone()).await.status(), 200);
+    accepted.push(uuid);
+
+    let filler = disk.fill();
+    let mut refused = None;
+    for i in 0..500 {
+        let uuid = format!("disk-full-{}-{i}", unique());
+        let response = post(uuid.clone()).await;
+        if response.status() == 200 {
+            accepted.push(uuid);
+        } else {
+            refused = Some(response);
+            break;
+        }
+    }
+    let refused = refused.expect("a full disk refuses notifications");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["spool"], "unwritable", "{ready}");
+
+    std::fs::remove_file(filler).unwrap();
+    let mut recovered = false;
+    for i in 0..500 {
+        let uuid = format!("disk-back-{}-{i}", unique());
+        if post(uuid.clone()).await.status() == 200 {
+            accepted.push(uuid);
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "the bridge accepts again once space returns");
+    let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["spool"], "ok", "{ready}");
+    let missing = missing_after_delivery(&app.bootstrap, &accepted, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "lost {missing:?}");
+    app.shutdown().await;
+}
