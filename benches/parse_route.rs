@@ -1,0 +1,73 @@
+//! Micro-benchmarks of the per-request pure work: parsing one notification and planning its messages.
+//!
+//! `cargo bench --bench parse_route`; see BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rc_kafka_bridge::config::Settings;
+use rc_kafka_bridge::notification::Notification;
+
+const ALL_HINTS: [&str; 12] = [
+    "AccountSettings",
+    "AccountStatus",
+    "AnsweringRules",
+    "CompanyNumbers",
+    "DialingPlan",
+    "ExtensionInfo",
+    "Features",
+    "Limits",
+    "Permissions",
+    "ProfileImage",
+    "VideoConfiguration",
+    "CallQueueMembersChange",
+];
+
+fn body(hints: usize) -> Vec<u8> {
+    let hints: Vec<String> = ALL_HINTS[..hints]
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect();
+    format!(
+        r#"{{"uuid":"ed1cf00c-0420-4bf5-a0ae-e659cc9f77e0","event":"/restapi/v1.0/account/~/extension/8475874957","timestamp":"2013-06-14T12:00:00.000Z","subscriptionId":"9d38419f-645f-4ee3-a053-8cf1368c21c4","ownerId":"8475874957","body":{{"extensionId":"8475874957","eventType":"Update","hints":[{}]}}}}"#,
+        hints.join(",")
+    )
+    .into_bytes()
+}
+
+fn benches(c: &mut Criterion) {
+    let table = Settings::defaults().routing;
+    let received_at = "2026-11-27T21:16:08.672227592Z";
+    for hints in [1usize, 12] {
+        let raw = body(hints);
+        let notification = Notification::parse(&raw).expect("valid notification");
+        let messages = table.plan(&notification, &raw, received_at).messages.len();
+        assert!(
+            messages >= hints,
+            "{hints} hints planned {messages} messages"
+        );
+
+        let mut group = c.benchmark_group("notification");
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("parse", hints), &raw, |b, raw| {
+            b.iter(|| Notification::parse(black_box(raw)).expect("parses"))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("plan", hints),
+            &notification,
+            |b, notification| {
+                b.iter(|| table.plan(black_box(notification), black_box(&raw), received_at))
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("parse_and_plan", hints), &raw, |b, raw| {
+            b.iter(|| {
+                let n = Notification::parse(black_box(raw)).expect("parses");
+                table.plan(&n, raw, received_at)
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(parse_route, benches);
+criterion_main!(parse_route);
