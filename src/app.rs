@@ -7,19 +7,43 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{DeliveryMode, Settings};
 use crate::ingress::{self, IngressState, Readiness, SpoolHealth};
 use crate::kafka::{self, EmbeddedBroker, ProducerFactory};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
+use crate::ringcentral::RingCentral;
+use crate::ringcentral::keeper::{Keeper, KeeperSettings};
 use crate::routing::RoutingTable;
 use crate::sink::{DirectSink, RecentUuids, Sink};
 use crate::spool::Spool;
 
+/// The subscription keeper, when `keep_subscription` is on.
+fn keeper(settings: &Settings, metrics: &Metrics) -> Result<Option<Keeper>, StartError> {
+    let rc = &settings.ringcentral;
+    if !rc.keep_subscription {
+        return Ok(None);
+    }
+    let invalid = |e: crate::config::ConfigError| StartError::Config(e.to_string());
+    let client = Arc::new(RingCentral::new(rc.credentials().map_err(invalid)?));
+    let keeper_settings = KeeperSettings {
+        address: rc.address().map_err(invalid)?.to_string(),
+        event_filters: rc.event_filters.clone(),
+        expires_in: rc.expires_in,
+        verification_token: settings.verification_token.clone(),
+        subscription_id: rc.subscription_id.clone(),
+        check_interval: rc.check_interval,
+        renew_before: rc.renew_before,
+    };
+    Ok(Some(Keeper::new(client, keeper_settings, metrics.clone())))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -43,6 +67,7 @@ pub struct Application {
     shutdown_grace: Duration,
     metrics: Metrics,
     reload: Option<Reload>,
+    keeper: Option<(Keeper, mpsc::UnboundedReceiver<String>)>,
     // Dropped last: the embedded broker must outlive the producer.
     _embedded: Option<EmbeddedBroker>,
 }
@@ -122,12 +147,20 @@ impl Application {
                 }
             };
 
+        let (keeper, reminders) = match keeper(&settings, &metrics)? {
+            Some(keeper) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some((keeper, rx)), Some(tx))
+            }
+            None => (None, None),
+        };
         let routing = Arc::new(ArcSwap::from_pointee(settings.routing.clone()));
         let state = IngressState {
             routing: routing.clone(),
             sink,
             verification_token: settings.verification_token.clone(),
             metrics: metrics.clone(),
+            reminders,
         };
         let listener = bind(settings.listen).await?;
         let admin_listener = bind(settings.admin_listen).await?;
@@ -142,6 +175,7 @@ impl Application {
             shutdown_grace: settings.shutdown_grace,
             metrics,
             reload: None,
+            keeper,
             _embedded: embedded,
         })
     }
@@ -186,6 +220,9 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some((keeper, reminders)) = self.keeper {
+            tokio::spawn(keeper.run(reminders, stop_rx.clone()));
+        }
         if let Some(reload) = self.reload {
             tokio::spawn(reload_on_hangup(
                 reload,

@@ -127,6 +127,172 @@ pub struct SettingsArgs {
     /// A librdkafka property, KEY=VALUE; repeatable; wins over [kafka.properties].
     #[arg(long = "kafka-property", env = "RCKB_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
+    #[command(flatten)]
+    pub ringcentral: RingCentralArgs,
+}
+
+/// RingCentral API access and the subscription keeper (`[ringcentral]` in the file).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RingCentralArgs {
+    /// RingCentral API server [default: https://platform.ringcentral.com; sandbox:
+    /// https://platform.devtest.ringcentral.com].
+    #[arg(long, env = "RCKB_RC_SERVER")]
+    pub rc_server: Option<String>,
+    /// Client id of the RingCentral app (JWT auth flow).
+    #[arg(long, env = "RCKB_RC_CLIENT_ID")]
+    pub rc_client_id: Option<String>,
+    /// Client secret of the RingCentral app.
+    #[arg(long, env = "RCKB_RC_CLIENT_SECRET", hide_env_values = true)]
+    pub rc_client_secret: Option<Secret>,
+    /// JWT credential of the user the subscription belongs to.
+    #[arg(long, env = "RCKB_RC_JWT", hide_env_values = true)]
+    pub rc_jwt: Option<Secret>,
+    /// Public HTTPS address of this bridge's /webhook, as RingCentral reaches it.
+    #[arg(long, env = "RCKB_RC_WEBHOOK_ADDRESS")]
+    pub rc_webhook_address: Option<String>,
+    /// Event filter of created subscriptions; repeatable [default: the account's Extension List
+    /// event and the expiry reminder].
+    #[arg(
+        long = "rc-event-filter",
+        env = "RCKB_RC_EVENT_FILTERS",
+        value_delimiter = ','
+    )]
+    pub rc_event_filters: Vec<String>,
+    /// Lifetime requested for created subscriptions, in seconds [default: 315360000, the maximum].
+    #[arg(long, env = "RCKB_RC_EXPIRES_IN")]
+    pub rc_expires_in: Option<u64>,
+    /// The subscription the keeper keeps [default: the one delivering to --rc-webhook-address].
+    #[arg(long, env = "RCKB_RC_SUBSCRIPTION_ID")]
+    pub rc_subscription_id: Option<String>,
+    /// Let `serve` keep the subscription alive: renew, watch, recreate.
+    #[arg(long, env = "RCKB_RC_KEEP_SUBSCRIPTION")]
+    pub rc_keep_subscription: bool,
+    /// How often the keeper checks the subscription [default: 10m].
+    #[arg(long, env = "RCKB_RC_CHECK_INTERVAL", value_parser = parse_duration)]
+    pub rc_check_interval: Option<Duration>,
+    /// Renew when the subscription expires sooner than this [default: 1d].
+    #[arg(long, env = "RCKB_RC_RENEW_BEFORE", value_parser = parse_duration)]
+    pub rc_renew_before: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RingCentralFileConfig {
+    server: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    jwt: Option<Secret>,
+    webhook_address: Option<String>,
+    event_filters: Option<Vec<String>>,
+    expires_in: Option<u64>,
+    subscription_id: Option<String>,
+    keep_subscription: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    check_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    renew_before: Option<Duration>,
+}
+
+/// The effective RingCentral settings.
+#[derive(Debug, Clone)]
+pub struct RingCentralSettings {
+    pub server: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub jwt: Option<Secret>,
+    pub webhook_address: Option<String>,
+    pub event_filters: Vec<String>,
+    pub expires_in: u64,
+    pub subscription_id: Option<String>,
+    pub keep_subscription: bool,
+    pub check_interval: Duration,
+    pub renew_before: Duration,
+}
+
+impl RingCentralSettings {
+    fn resolve(args: RingCentralArgs, file: RingCentralFileConfig) -> Result<Self, ConfigError> {
+        let settings = RingCentralSettings {
+            server: args
+                .rc_server
+                .or(file.server)
+                .unwrap_or_else(|| crate::ringcentral::PRODUCTION_SERVER.to_string()),
+            client_id: args.rc_client_id.or(file.client_id),
+            client_secret: args.rc_client_secret.or(file.client_secret),
+            jwt: args.rc_jwt.or(file.jwt),
+            webhook_address: args.rc_webhook_address.or(file.webhook_address),
+            event_filters: Some(args.rc_event_filters)
+                .filter(|f| !f.is_empty())
+                .or(file.event_filters)
+                .unwrap_or_else(|| {
+                    crate::ringcentral::DEFAULT_EVENT_FILTERS
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect()
+                }),
+            expires_in: args
+                .rc_expires_in
+                .or(file.expires_in)
+                .unwrap_or(crate::ringcentral::MAX_EXPIRES_IN),
+            subscription_id: args.rc_subscription_id.or(file.subscription_id),
+            keep_subscription: args.rc_keep_subscription || file.keep_subscription.unwrap_or(false),
+            check_interval: args
+                .rc_check_interval
+                .or(file.check_interval)
+                .unwrap_or(Duration::from_secs(600)),
+            renew_before: args
+                .rc_renew_before
+                .or(file.renew_before)
+                .unwrap_or(Duration::from_secs(86_400)),
+        };
+        if !settings.server.starts_with("https://") && !settings.server.starts_with("http://") {
+            return Err(ConfigError::Invalid {
+                key: "ringcentral.server",
+                message: format!("`{}` is not an http(s) URL", settings.server),
+            });
+        }
+        if settings.expires_in == 0 || settings.expires_in > crate::ringcentral::MAX_EXPIRES_IN {
+            return Err(ConfigError::Invalid {
+                key: "ringcentral.expires_in",
+                message: format!(
+                    "must be between 1 and {}",
+                    crate::ringcentral::MAX_EXPIRES_IN
+                ),
+            });
+        }
+        if settings.keep_subscription {
+            settings.credentials()?;
+            settings.address()?;
+        }
+        Ok(settings)
+    }
+
+    /// The app's credentials, or which key is missing.
+    pub fn credentials(&self) -> Result<crate::ringcentral::Credentials, ConfigError> {
+        let missing = |key: &'static str| ConfigError::Invalid {
+            key,
+            message: "is required to call RingCentral's API".into(),
+        };
+        Ok(crate::ringcentral::Credentials {
+            server: self.server.clone(),
+            client_id: self
+                .client_id
+                .clone()
+                .ok_or(missing("ringcentral.client_id"))?,
+            client_secret: self
+                .client_secret
+                .clone()
+                .ok_or(missing("ringcentral.client_secret"))?,
+            jwt: self.jwt.clone().ok_or(missing("ringcentral.jwt"))?,
+        })
+    }
+
+    /// The webhook address, or a message naming the key.
+    pub fn address(&self) -> Result<&str, ConfigError> {
+        self.webhook_address.as_deref().ok_or(ConfigError::Invalid {
+            key: "ringcentral.webhook_address",
+            message: "is required: the public address of this bridge's /webhook".into(),
+        })
+    }
 }
 
 /// The TOML file. Unknown keys are an error.
@@ -156,6 +322,8 @@ pub struct FileConfig {
     /// Hint -> target APIs: overrides a built-in hint or adds one.
     #[serde(default)]
     hints: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    ringcentral: RingCentralFileConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +365,7 @@ pub struct Settings {
     pub kafka_properties: KafkaProperties,
     pub hints: BTreeMap<String, Vec<String>>,
     pub routing: RoutingTable,
+    pub ringcentral: RingCentralSettings,
 }
 
 /// librdkafka properties as given. Printing them hides every value whose key looks secret
@@ -377,6 +546,7 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             kafka_properties: KafkaProperties(kafka_properties),
             hints: file.hints,
+            ringcentral: RingCentralSettings::resolve(args.ringcentral, file.ringcentral)?,
             routing,
         })
     }

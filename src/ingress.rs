@@ -62,6 +62,9 @@ pub struct IngressState {
     pub sink: Arc<dyn Sink>,
     pub verification_token: Option<Secret>,
     pub metrics: Metrics,
+    /// Where accepted expiry reminders are announced (their subscription id), when a subscription
+    /// keeper runs.
+    pub reminders: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// The webhook router: `POST /webhook`.
@@ -296,6 +299,13 @@ async fn webhook(
     match state.sink.accept(plan).await {
         Ok(Acceptance::Accepted) => {
             count(kind, "accepted");
+            if let (EventKind::SubscriptionReminder, Some(reminders), Some(id)) = (
+                &notification.kind,
+                &state.reminders,
+                &notification.subscription_id,
+            ) {
+                let _ = reminders.send(id.clone());
+            }
             metrics.unknown_hints.inc_by(unknown);
             tracing::debug!("notification accepted");
             Ok(Json::ok(json!({"status": "accepted"})))

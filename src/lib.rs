@@ -12,6 +12,7 @@
 //! - [`spool`]: the durable local queue; a notification is answered once it is fsynced here.
 //! - [`relay`]: publishes spooled plans to Kafka in order and releases them once acknowledged.
 //! - [`kafka`]: the producer, error classification, topic checks, the embedded development broker.
+//! - [`ringcentral`]: RingCentral's REST API and the subscription keeper.
 //! - [`config`]: layered settings (flags, `RCKB_*` environment, TOML file).
 //! - [`metrics`]: every Prometheus metric; [`telemetry`]: logging.
 //! - [`app`]: wiring, start-up and graceful shutdown.
@@ -23,6 +24,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod notification;
 pub mod relay;
+pub mod ringcentral;
 pub mod routing;
 pub mod sink;
 pub mod spool;

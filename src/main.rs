@@ -7,6 +7,7 @@ use rc_kafka_bridge::app::Application;
 use rc_kafka_bridge::config::{Settings, SettingsArgs};
 use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
+use rc_kafka_bridge::ringcentral::{self, NewSubscription, RingCentral, Subscription};
 use rc_kafka_bridge::telemetry;
 
 /// RingCentral Extension Info webhooks in, one Kafka message per hint out.
@@ -43,6 +44,44 @@ enum Command {
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
+    },
+    /// Manage the RingCentral webhook subscription (needs the app's client id, secret and JWT).
+    Subscription {
+        #[command(subcommand)]
+        command: SubscriptionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionCommand {
+    /// Subscribe this bridge. RingCentral validates the address with a handshake first, so the
+    /// bridge must be running and reachable there.
+    Create {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List the app's subscriptions for this user.
+    List {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Show one subscription.
+    Show {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Renew one subscription.
+    Renew {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Delete one subscription.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
 }
 
@@ -86,6 +125,7 @@ fn main() -> ExitCode {
         Command::Topics {
             command: TopicsCommand::Ensure { settings, topics },
         } => load(&settings).and_then(|s| ensure(&s, &topics)),
+        Command::Subscription { command } => subscription(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +134,76 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn subscription(command: SubscriptionCommand) -> Result<(), String> {
+    use SubscriptionCommand as S;
+    let (settings, id) = match &command {
+        S::Create { settings } | S::List { settings } => (settings, None),
+        S::Show { id, settings } | S::Renew { id, settings } | S::Delete { id, settings } => {
+            (settings, Some(id.clone()))
+        }
+    };
+    let settings = load(settings)?;
+    telemetry::init(settings.log_format);
+    let rc = &settings.ringcentral;
+    let client = RingCentral::new(rc.credentials().map_err(|e| e.to_string())?);
+    let show =
+        |s: &Subscription| serde_json::to_string_pretty(s).expect("a subscription serialises");
+    runtime()?.block_on(async {
+        match command {
+            S::Create { .. } => {
+                let address = rc.address().map_err(|e| e.to_string())?;
+                let (token, generated) = match &settings.verification_token {
+                    Some(token) => (token.clone(), false),
+                    None => (ringcentral::generate_token(), true),
+                };
+                let new = NewSubscription::webhook(
+                    address,
+                    rc.event_filters.clone(),
+                    rc.expires_in,
+                    &token,
+                );
+                let created = client.create_subscription(&new).await.map_err(|e| e.to_string())?;
+                println!("{}", show(&created));
+                if generated {
+                    // Printed once: RingCentral will send it on every notification.
+                    println!(
+                        "verification token: {}\nrun the bridge with RCKB_VERIFICATION_TOKEN set to it",
+                        token.expose()
+                    );
+                }
+            }
+            S::List { .. } => {
+                let list = client.list_subscriptions().await.map_err(|e| e.to_string())?;
+                println!("{:<38} {:<12} {:<26} ADDRESS", "ID", "STATUS", "EXPIRES");
+                for s in &list {
+                    println!(
+                        "{:<38} {:<12} {:<26} {}",
+                        s.id,
+                        s.status,
+                        s.expiration_time.as_deref().unwrap_or("-"),
+                        s.address().unwrap_or("-")
+                    );
+                }
+            }
+            S::Show { .. } => {
+                let id = id.expect("show has an id");
+                println!("{}", show(&client.subscription(&id).await.map_err(|e| e.to_string())?));
+            }
+            S::Renew { .. } => {
+                let id = id.expect("renew has an id");
+                let renewed = client.renew_subscription(&id).await.map_err(|e| e.to_string())?;
+                println!("{}", show(&renewed));
+            }
+            S::Delete { .. } => {
+                let id = id.expect("delete has an id");
+                client.delete_subscription(&id).await.map_err(|e| e.to_string())?;
+                println!("deleted {id}");
+            }
+        }
+        Ok(())
+    })
 }
 
 fn load(args: &SettingsArgs) -> Result<Settings, String> {

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub kafka_broker_state: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub subscription_status: IntGaugeVec,
+    pub subscription_expiry: prometheus::Gauge,
+    pub subscription_renewals: IntCounter,
+    pub subscription_recreations: IntCounterVec,
+    pub ringcentral_api_errors: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -163,6 +168,40 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap(),
+            subscription_status: IntGaugeVec::new(
+                opts(
+                    "subscription_status",
+                    "1 for the kept subscription's status (Active, Blacklisted, Suspended, Missing, Unknown).",
+                ),
+                &["status"],
+            )
+            .unwrap(),
+            subscription_expiry: prometheus::Gauge::with_opts(opts(
+                "subscription_expiry_seconds",
+                "Seconds until the kept subscription expires.",
+            ))
+            .unwrap(),
+            subscription_renewals: IntCounter::with_opts(opts(
+                "subscription_renewals_total",
+                "Renewals of the kept subscription.",
+            ))
+            .unwrap(),
+            subscription_recreations: IntCounterVec::new(
+                opts(
+                    "subscription_recreations_total",
+                    "Subscriptions created anew, by reason (missing, gone, expired, blacklisted).",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            ringcentral_api_errors: IntCounterVec::new(
+                opts(
+                    "ringcentral_api_errors_total",
+                    "Failed RingCentral API calls of the subscription keeper, by kind.",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -185,6 +224,11 @@ impl Metrics {
             Box::new(m.kafka_broker_state.clone()),
             Box::new(m.build_info.clone()),
             Box::new(m.config_reloads.clone()),
+            Box::new(m.subscription_status.clone()),
+            Box::new(m.subscription_expiry.clone()),
+            Box::new(m.subscription_renewals.clone()),
+            Box::new(m.subscription_recreations.clone()),
+            Box::new(m.ringcentral_api_errors.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -261,6 +261,9 @@ impl Spool {
         if let Some(writer) = self.writer.lock().unwrap().take() {
             let _ = writer.join();
         }
+        // Release the file now, not whenever the last handle to the spool goes: a restart in the same
+        // process (or a tool reading the spool) must be able to open it.
+        drop(self.shared.db.write().unwrap().take());
     }
 
     fn send(&self, command: Command) -> Result<(), ()> {
@@ -313,7 +316,7 @@ impl Shared {
             .read()
             .unwrap()
             .clone()
-            .ok_or_else(|| SpoolError::Storage("spool is reopening after an I/O error".into()))
+            .ok_or_else(|| SpoolError::Storage("spool is closed, or reopening after an I/O error".into()))
     }
 
     /// After an I/O error redb refuses every later write until the database is opened again; the

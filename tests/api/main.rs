@@ -5,6 +5,7 @@ mod common;
 
 mod delivery;
 mod operations;
+mod subscription;
 mod webhook;
 
 use rc_kafka_bridge::config::Settings;

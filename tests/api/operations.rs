@@ -204,7 +204,7 @@ async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one(
         &spool,
         &["--config", config.to_str().unwrap()],
     );
-    let client = reqwest::Client::new();
+    let client = crate::common::http();
     let post = |uuid: String| {
         let client = client.clone();
         let url = format!("{}/webhook", bridge.address);
@@ -280,7 +280,7 @@ async fn secrets_never_reach_the_logs() {
         &["--verification-token", token, "--kafka-property", &property],
         &[("RUST_LOG", "trace")],
     );
-    let client = reqwest::Client::new();
+    let client = crate::common::http();
     let url = format!("{}/webhook", bridge.address);
     let body = extension_update(&format!("secret-{}", unique()), "1", &["Limits"]).to_string();
     for headers in [

@@ -333,7 +333,7 @@ async fn serve_with_ensure_topics_creates_them_and_delivers() {
     );
     bridge.wait_for_log("created missing topics", Duration::from_secs(30));
     let uuid = format!("ensured-{}", unique());
-    let response = reqwest::Client::new()
+    let response = common::http()
         .post(format!("{}/webhook", bridge.address))
         .body(extension_update(&uuid, "3", &["Limits"]).to_string())
         .send()

@@ -2,6 +2,8 @@
 //! (`tests/broker`): the real application on port 0, real HTTP, and an independent Kafka reader.
 #![allow(dead_code)]
 
+pub mod fake_ringcentral;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +21,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// An HTTP client for tests. The crate compiles rustls with the `ring` provider only, which must be
+/// installed once per process before any client is built.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
 
 /// The bridge running in this process on ephemeral ports.
 pub struct TestApp {
@@ -85,7 +94,7 @@ impl TestApp {
             bootstrap,
             spool_dir,
             settings,
-            client: reqwest::Client::new(),
+            client: http(),
             stop: Some(stop),
             task: Some(task),
             _spool_guard: None,
@@ -780,7 +789,7 @@ pub async fn load(
         let stop = stop.clone();
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = http();
             let mut accepted = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {

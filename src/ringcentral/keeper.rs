@@ -1,0 +1,239 @@
+//! The subscription keeper: inside `serve` (when `keep_subscription` is on) it owns the bridge's
+//! webhook subscription. It adopts the configured subscription (or the one pointing at this bridge's
+//! address, or creates one), renews it on each expiry reminder and before it expires, checks its
+//! status periodically, and recreates it with the same filters, address and token when RingCentral
+//! blacklisted it, it expired or it is gone: the events users lose most often.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{ApiError, NewSubscription, RingCentral, Subscription};
+use crate::config::Secret;
+use crate::metrics::Metrics;
+
+/// The statuses the status gauge reports (one of them is 1).
+const STATUSES: &[&str] = &["Active", "Blacklisted", "Suspended", "Missing", "Unknown"];
+
+#[derive(Debug, Clone)]
+pub struct KeeperSettings {
+    /// The public address of this bridge's `/webhook`.
+    pub address: String,
+    pub event_filters: Vec<String>,
+    pub expires_in: u64,
+    /// The token RingCentral sends back as `Verification-Token` (the bridge's own).
+    pub verification_token: Option<Secret>,
+    /// A subscription to adopt; without it, the one whose address is `address`, else a new one.
+    pub subscription_id: Option<String>,
+    pub check_interval: Duration,
+    pub renew_before: Duration,
+}
+
+pub struct Keeper {
+    client: Arc<RingCentral>,
+    settings: KeeperSettings,
+    metrics: Metrics,
+    current: Option<Subscription>,
+}
+
+impl Keeper {
+    pub fn new(client: Arc<RingCentral>, settings: KeeperSettings, metrics: Metrics) -> Keeper {
+        Keeper {
+            client,
+            settings,
+            metrics,
+            current: None,
+        }
+    }
+
+    /// Runs until `stop` turns true. `reminders` carries the subscription id of each expiry reminder
+    /// the bridge accepted.
+    pub async fn run(
+        mut self,
+        mut reminders: mpsc::UnboundedReceiver<String>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(self.settings.check_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.check().await,
+                Some(id) = reminders.recv() => self.on_reminder(&id).await,
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    fn api_error(&self, what: &str, e: &ApiError) {
+        self.metrics
+            .ringcentral_api_errors
+            .with_label_values(&[e.kind()])
+            .inc();
+        tracing::warn!(error = %e, "subscription keeper: {what} failed");
+    }
+
+    fn observe(&self, status: &str, subscription: Option<&Subscription>) {
+        let status = if STATUSES.contains(&status) {
+            status
+        } else {
+            "Unknown"
+        };
+        for s in STATUSES {
+            self.metrics
+                .subscription_status
+                .with_label_values(&[s])
+                .set(i64::from(*s == status));
+        }
+        let expiry = subscription
+            .and_then(Subscription::seconds_to_expiry)
+            .unwrap_or(0);
+        self.metrics.subscription_expiry.set(expiry as f64);
+    }
+
+    /// One periodic look: adopt when there is no subscription yet, else read its state and act.
+    pub async fn check(&mut self) {
+        let Some(id) = self.current.as_ref().map(|s| s.id.clone()) else {
+            self.adopt().await;
+            return;
+        };
+        match self.client.subscription(&id).await {
+            Ok(subscription) => self.act_on(subscription).await,
+            Err(e) if e.is_not_found() => {
+                self.observe("Missing", None);
+                self.recreate("gone").await;
+            }
+            Err(e) => {
+                self.observe("Unknown", None);
+                self.api_error("status check", &e);
+            }
+        }
+    }
+
+    async fn act_on(&mut self, subscription: Subscription) {
+        self.observe(&subscription.status, Some(&subscription));
+        let to_expiry = subscription.seconds_to_expiry();
+        self.current = Some(subscription.clone());
+        if subscription.status == "Blacklisted" {
+            tracing::warn!(id = %subscription.id, details = ?subscription.blacklisted_data,
+                "subscription is blacklisted");
+            self.recreate("blacklisted").await;
+        } else if to_expiry.is_some_and(|s| s <= 0) {
+            self.recreate("expired").await;
+        } else if to_expiry.is_some_and(|s| (s as u64) < self.settings.renew_before.as_secs()) {
+            self.renew(&subscription.id).await;
+        }
+    }
+
+    /// Finds the subscription to keep: the configured one, else the one delivering to this address,
+    /// else a new one.
+    async fn adopt(&mut self) {
+        let found = match &self.settings.subscription_id {
+            Some(id) => match self.client.subscription(id).await {
+                Ok(s) => Some(s),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return self.api_error("reading the configured subscription", &e),
+            },
+            None => match self.client.list_subscriptions().await {
+                Ok(list) => {
+                    let mut ours: Vec<Subscription> = list
+                        .into_iter()
+                        .filter(|s| s.address() == Some(self.settings.address.as_str()))
+                        .collect();
+                    // An active one wins over a blacklisted one.
+                    ours.sort_by_key(|s| s.status != "Active");
+                    ours.into_iter().next()
+                }
+                Err(e) => return self.api_error("listing subscriptions", &e),
+            },
+        };
+        match found {
+            Some(subscription) => {
+                tracing::info!(id = %subscription.id, status = %subscription.status,
+                    "subscription keeper: keeping subscription");
+                self.act_on(subscription).await;
+            }
+            None => self.recreate("missing").await,
+        }
+    }
+
+    async fn on_reminder(&mut self, id: &str) {
+        let ours = self.current.as_ref().map(|s| s.id.as_str());
+        if ours.is_some_and(|ours| ours != id) {
+            tracing::info!(
+                reminded = id,
+                "expiry reminder for another subscription; not renewing it"
+            );
+            return;
+        }
+        self.renew(id).await;
+    }
+
+    async fn renew(&mut self, id: &str) {
+        match self.client.renew_subscription(id).await {
+            Ok(subscription) => {
+                self.metrics.subscription_renewals.inc();
+                tracing::info!(id, expires = ?subscription.expiration_time, "subscription renewed");
+                self.observe(&subscription.status, Some(&subscription));
+                self.current = Some(subscription);
+            }
+            Err(e) if e.is_not_found() => {
+                self.observe("Missing", None);
+                self.recreate("gone").await;
+            }
+            Err(e) => self.api_error("renewal", &e),
+        }
+    }
+
+    /// Replaces the subscription: same filters, address and token.
+    async fn recreate(&mut self, reason: &'static str) {
+        let old = self.current.take();
+        let filters = old
+            .as_ref()
+            .map(|s| s.event_filters.clone())
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| self.settings.event_filters.clone());
+        if let Some(old) = &old
+            && let Err(e) = self.client.delete_subscription(&old.id).await
+            && !e.is_not_found()
+        {
+            // A blacklisted subscription that cannot be deleted still counts against the limit;
+            // creating the new one matters more.
+            self.api_error("deleting the old subscription", &e);
+        }
+        let new = NewSubscription {
+            event_filters: filters,
+            expires_in: self.settings.expires_in,
+            delivery_mode: super::DeliveryMode {
+                transport_type: "WebHook".into(),
+                address: Some(self.settings.address.clone()),
+                verification_token: self
+                    .settings
+                    .verification_token
+                    .as_ref()
+                    .map(|t| t.expose().to_string()),
+            },
+        };
+        match self.client.create_subscription(&new).await {
+            Ok(subscription) => {
+                self.metrics
+                    .subscription_recreations
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::warn!(
+                    reason,
+                    old = old.as_ref().map(|s| s.id.as_str()).unwrap_or("none"),
+                    new = %subscription.id,
+                    "subscription created anew"
+                );
+                self.observe(&subscription.status, Some(&subscription));
+                self.current = Some(subscription);
+            }
+            Err(e) => {
+                self.api_error("creating the subscription", &e);
+                // Keep pointing at the old one, so the next check tries again.
+                self.current = old;
+            }
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! RingCentral's REST API, the part the bridge needs to own its webhook subscription: OAuth 2.0 with
+//! the JWT bearer grant (server to server), access-token refresh, rate limits (429 with
+//! `Retry-After`), and the subscription endpoints. [`keeper`] keeps a subscription alive from `serve`.
+
+pub mod keeper;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::Secret;
+
+pub const PRODUCTION_SERVER: &str = "https://platform.ringcentral.com";
+pub const SANDBOX_SERVER: &str = "https://platform.devtest.ringcentral.com";
+
+/// The filters a new subscription gets by default: every extension of the account (the Extension List
+/// event carries each extension's changes) and the expiry reminder, one day ahead, hourly.
+pub const DEFAULT_EVENT_FILTERS: &[&str] = &[
+    "/restapi/v1.0/account/~/extension",
+    "/restapi/v1.0/subscription/~?threshold=86400&interval=3600",
+];
+
+/// The longest lifetime RingCentral grants a webhook subscription (ten years).
+pub const MAX_EXPIRES_IN: u64 = 315_360_000;
+
+/// Renew an access token this long before it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+/// How often a request is retried after a 429.
+const RATE_LIMIT_RETRIES: usize = 3;
+/// The longest `Retry-After` honoured; RingCentral's penalty windows are a minute.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// Credentials of a RingCentral app with the JWT auth flow.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub server: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub jwt: Secret,
+}
+
+/// A webhook subscription as RingCentral describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub event_filters: Vec<String>,
+    #[serde(default)]
+    pub expiration_time: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub delivery_mode: Option<DeliveryMode>,
+    #[serde(default)]
+    pub blacklisted_data: Option<Value>,
+}
+
+impl Subscription {
+    /// Seconds until `expirationTime`, negative once past; `None` when RingCentral did not say.
+    pub fn seconds_to_expiry(&self) -> Option<i64> {
+        let at = self.expiration_time.as_deref()?;
+        let at =
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
+        Some((at - time::OffsetDateTime::now_utc()).whole_seconds())
+    }
+
+    pub fn address(&self) -> Option<&str> {
+        self.delivery_mode
+            .as_ref()
+            .and_then(|d| d.address.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryMode {
+    pub transport_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_token: Option<String>,
+}
+
+/// What a new subscription asks for. `expiresIn` is at the top level: inside `deliveryMode`
+/// RingCentral silently ignores it and grants about a week.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSubscription {
+    pub event_filters: Vec<String>,
+    pub expires_in: u64,
+    pub delivery_mode: DeliveryMode,
+}
+
+impl NewSubscription {
+    pub fn webhook(
+        address: &str,
+        event_filters: Vec<String>,
+        expires_in: u64,
+        token: &Secret,
+    ) -> Self {
+        NewSubscription {
+            event_filters,
+            expires_in,
+            delivery_mode: DeliveryMode {
+                transport_type: "WebHook".into(),
+                address: Some(address.into()),
+                verification_token: Some(token.expose().to_string()),
+            },
+        }
+    }
+}
+
+/// A failed API call, with what to check for the codes users meet most.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach RingCentral at {server}: {message}")]
+    Network { server: String, message: String },
+    #[error("RingCentral answered {status}{}: {message}{}", code_suffix(.code), advice(.code))]
+    Api {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    #[error("RingCentral's answer was not understood: {0}")]
+    Decode(String),
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    code.as_ref().map(|c| format!(" {c}")).unwrap_or_default()
+}
+
+fn advice(code: &Option<String>) -> &'static str {
+    match code.as_deref() {
+        Some("SUB-505") => {
+            " (the app has reached its limit of subscriptions for this user: \
+             `subscription list`, then `subscription delete` the stale ones)"
+        }
+        Some("SUB-520") => {
+            " (the validation handshake failed: the address must reach this bridge's /webhook \
+             over public HTTPS with a valid certificate chain, and the bridge must be running)"
+        }
+        Some("SUB-525") => {
+            " (the webhook's answer to the handshake was too large or too slow: check that \
+             nothing in front of the bridge adds headers or a body, and that it answers in < 3 s)"
+        }
+        Some("OAU-151" | "OAU-153" | "OAU-149") => {
+            " (the app credentials or the JWT are wrong or expired: check the client id, secret \
+             and JWT credential)"
+        }
+        Some("CMN-401" | "OAU-213") => {
+            " (the access token was refused: check the app's credentials)"
+        }
+        Some("CMN-408") => {
+            " (the app lacks a permission: it needs ReadAccounts and WebhookSubscriptions)"
+        }
+        _ => "",
+    }
+}
+
+impl ApiError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Network { .. } => "network",
+            ApiError::Decode(_) => "decode",
+            ApiError::Api { status, code, .. } => match (status, code.as_deref()) {
+                (_, Some("SUB-505")) => "limit_reached",
+                (_, Some("SUB-520" | "SUB-525")) => "handshake",
+                (401, _) => "unauthorized",
+                (403, _) => "forbidden",
+                (404, _) => "not_found",
+                (429, _) => "rate_limited",
+                (500..=599, _) => "server",
+                _ => "other",
+            },
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApiError::Api { status: 404, .. })
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: u64,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    refresh_token_expires_in: u64,
+}
+
+struct Token {
+    access: String,
+    expires_at: Instant,
+    refresh: Option<(String, Instant)>,
+}
+
+/// A RingCentral REST client for one app. Tokens are acquired on first use and renewed before they
+/// expire (with the refresh token while it is valid, else a new JWT grant).
+pub struct RingCentral {
+    http: reqwest::Client,
+    credentials: Credentials,
+    token: Mutex<Option<Token>>,
+}
+
+impl fmt::Debug for RingCentral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingCentral")
+            .field("server", &self.credentials.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// rustls needs one process-wide crypto provider; `ring` is the one compiled in.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl RingCentral {
+    pub fn new(credentials: Credentials) -> RingCentral {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("rc-kafka-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client with the default settings");
+        RingCentral {
+            http,
+            credentials,
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.credentials.server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.credentials.server.trim_end_matches('/'))
+    }
+
+    fn network(&self, e: reqwest::Error) -> ApiError {
+        ApiError::Network {
+            server: self.credentials.server.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// A valid access token, acquired or renewed as needed.
+    async fn access_token(&self) -> Result<String, ApiError> {
+        let mut slot = self.token.lock().await;
+        let now = Instant::now();
+        if let Some(token) = slot.as_ref()
+            && token.expires_at > now + TOKEN_MARGIN
+        {
+            return Ok(token.access.clone());
+        }
+        let refresh = slot
+            .as_ref()
+            .and_then(|t| t.refresh.clone())
+            .filter(|(_, until)| *until > now + TOKEN_MARGIN)
+            .map(|(token, _)| token);
+        let form: Vec<(&str, &str)> = match &refresh {
+            Some(refresh) => vec![("grant_type", "refresh_token"), ("refresh_token", refresh)],
+            None => vec![
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", self.credentials.jwt.expose()),
+            ],
+        };
+        let response = self
+            .send_with_retries(|| {
+                self.http
+                    .post(self.url("/restapi/oauth/token"))
+                    .basic_auth(
+                        &self.credentials.client_id,
+                        Some(self.credentials.client_secret.expose()),
+                    )
+                    .form(&form)
+            })
+            .await?;
+        let token: TokenResponse = decode(response).await?;
+        tracing::debug!(
+            grant = if refresh.is_some() {
+                "refresh_token"
+            } else {
+                "jwt"
+            },
+            expires_in = token.expires_in,
+            "RingCentral access token acquired"
+        );
+        let issued = Instant::now();
+        let access = token.access_token.clone();
+        *slot = Some(Token {
+            access: token.access_token,
+            expires_at: issued + Duration::from_secs(token.expires_in),
+            refresh: token.refresh_token.map(|r| {
+                (
+                    r,
+                    issued + Duration::from_secs(token.refresh_token_expires_in),
+                )
+            }),
+        });
+        Ok(access)
+    }
+
+    /// Sends a request, waiting out 429 answers as `Retry-After` asks (a few times at most).
+    async fn send_with_retries(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        for _ in 0..RATE_LIMIT_RETRIES {
+            let response = build().send().await.map_err(|e| self.network(e))?;
+            if response.status() != StatusCode::TOO_MANY_REQUESTS {
+                return Ok(response);
+            }
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(60))
+                .min(MAX_RETRY_AFTER);
+            tracing::warn!(
+                wait_seconds = wait.as_secs(),
+                "RingCentral rate limit reached; waiting"
+            );
+            tokio::time::sleep(wait).await;
+        }
+        build().send().await.map_err(|e| self.network(e))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        let token = self.access_token().await?;
+        let response = self
+            .send_with_retries(|| {
+                let request = self
+                    .http
+                    .request(method.clone(), self.url(path))
+                    .bearer_auth(&token);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
+        decode(response).await
+    }
+
+    pub async fn create_subscription(
+        &self,
+        new: &NewSubscription,
+    ) -> Result<Subscription, ApiError> {
+        let body = serde_json::to_value(new).map_err(|e| ApiError::Decode(e.to_string()))?;
+        self.call(Method::POST, "/restapi/v1.0/subscription", Some(&body))
+            .await
+    }
+
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>, ApiError> {
+        #[derive(Deserialize)]
+        struct Records {
+            records: Vec<Subscription>,
+        }
+        let records: Records = self
+            .call(Method::GET, "/restapi/v1.0/subscription", None)
+            .await?;
+        Ok(records.records)
+    }
+
+    pub async fn subscription(&self, id: &str) -> Result<Subscription, ApiError> {
+        self.call(
+            Method::GET,
+            &format!("/restapi/v1.0/subscription/{id}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn renew_subscription(&self, id: &str) -> Result<Subscription, ApiError> {
+        self.call(
+            Method::POST,
+            &format!("/restapi/v1.0/subscription/{id}/renew"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_subscription(&self, id: &str) -> Result<(), ApiError> {
+        let _: Value = self
+            .call(
+                Method::DELETE,
+                &format!("/restapi/v1.0/subscription/{id}"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Decodes a success body (an empty one as `null`), or turns an error answer into [`ApiError`].
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ApiError> {
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Decode(e.to_string()))?;
+    if status.is_success() {
+        let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        return serde_json::from_slice(text).map_err(|e| ApiError::Decode(e.to_string()));
+    }
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    // RingCentral puts the code at the top (`errorCode`) and/or in `errors[0]`; OAuth uses `error`.
+    let first = &body["errors"][0];
+    let code = body["errorCode"]
+        .as_str()
+        .or(first["errorCode"].as_str())
+        .or(body["error"].as_str())
+        .map(str::to_string);
+    let message = body["message"]
+        .as_str()
+        .or(first["message"].as_str())
+        .or(body["error_description"].as_str())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error"))
+        .to_string();
+    Err(ApiError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    })
+}
+
+/// A fresh random verification token: 32 hex characters.
+pub fn generate_token() -> Secret {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_to_check() {
+        let limit = ApiError::Api {
+            status: 400,
+            code: Some("SUB-505".into()),
+            message: "Subscription limit exceeded".into(),
+        };
+        assert_eq!(limit.kind(), "limit_reached");
+        assert!(limit.to_string().contains("subscription delete"), "{limit}");
+        let handshake = ApiError::Api {
+            status: 400,
+            code: Some("SUB-520".into()),
+            message: "Validation token not returned".into(),
+        };
+        assert_eq!(handshake.kind(), "handshake");
+        assert!(handshake.to_string().contains("certificate"), "{handshake}");
+    }
+
+    #[test]
+    fn new_subscriptions_put_expires_in_at_the_top_level() {
+        let new = NewSubscription::webhook(
+            "https://bridge.example/webhook",
+            vec!["/restapi/v1.0/account/~/extension".into()],
+            MAX_EXPIRES_IN,
+            &Secret::new("t"),
+        );
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["expiresIn"], MAX_EXPIRES_IN);
+        assert!(json["deliveryMode"].get("expiresIn").is_none());
+        assert_eq!(json["deliveryMode"]["transportType"], "WebHook");
+        assert_eq!(json["deliveryMode"]["verificationToken"], "t");
+    }
+
+    #[test]
+    fn generated_tokens_are_random_hex() {
+        let a = generate_token();
+        let b = generate_token();
+        assert_eq!(a.expose().len(), 32);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
