@@ -312,11 +312,9 @@ struct Delta {
 
 impl Shared {
     fn database(&self) -> Result<Arc<Database>, SpoolError> {
-        self.db
-            .read()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| SpoolError::Storage("spool is closed, or reopening after an I/O error".into()))
+        self.db.read().unwrap().clone().ok_or_else(|| {
+            SpoolError::Storage("spool is closed, or reopening after an I/O error".into())
+        })
     }
 
     /// After an I/O error redb refuses every later write until the database is opened again; the
