@@ -889,3 +889,63 @@ mod tests {
         assert!(Topic::parse("a".repeat(250)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn hint() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(
+                BUILT_IN_HINTS
+                    .iter()
+                    .map(|(h, _)| h.to_string())
+                    .collect::<Vec<_>>()
+            ),
+            "[A-Za-z]{1,12}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever the hints: one message per distinct topic of each known hint, one per unknown
+        /// hint, every topic legal, every message id distinct, every key the extension id.
+        #[test]
+        fn a_plan_has_one_message_per_hint_and_topic(
+            hints in proptest::collection::vec(hint(), 1..16),
+            extension in 1u64..u64::MAX,
+        ) {
+            let table = RoutingTable::new(DEFAULT_TOPIC_PREFIX, &BTreeMap::new()).unwrap();
+            let body = json!({"uuid": "p", "event": "/restapi/v1.0/account/~/extension/1",
+                "body": {"extensionId": extension, "eventType": "Update", "hints": hints}});
+            let raw = body.to_string();
+            let n = Notification::parse(raw.as_bytes()).unwrap();
+            let plan = table.plan(&n, raw.as_bytes(), "t");
+            let mut distinct: Vec<&String> = Vec::new();
+            for h in &hints {
+                if !distinct.contains(&h) {
+                    distinct.push(h);
+                }
+            }
+            let expected: usize = distinct
+                .iter()
+                .map(|h| table.route(&Hint::new(h.as_str())).map_or(1, |r| r.topics.len()))
+                .sum();
+            prop_assert_eq!(plan.messages.len(), expected);
+            let ids: std::collections::HashSet<_> =
+                plan.messages.iter().map(|m| m.header("rc-message-id")).collect();
+            prop_assert_eq!(ids.len(), plan.messages.len());
+            for m in &plan.messages {
+                prop_assert!(Topic::parse(m.topic.clone()).is_ok());
+                prop_assert_eq!(&m.key, &extension.to_string());
+            }
+        }
+
+        /// Parsing arbitrary bytes never panics: a bad body is an error, not a crash.
+        #[test]
+        fn parsing_arbitrary_bodies_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Notification::parse(&body);
+        }
+    }
+}
