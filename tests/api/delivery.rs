@@ -1,7 +1,5 @@
 //! Delivery through the spool: outages, ordering, poison messages, a full spool, restarts, crashes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rc_kafka_bridge::metrics::Metrics;
@@ -11,7 +9,7 @@ use serde_json::Value;
 
 use crate::MockKafka;
 use crate::common::{
-    BridgeProcess, TestApp, eventually, extension_update, load, missing_after_delivery, read_n,
+    TestApp, extension_update, kill_repeatedly_under_load, missing_after_delivery, read_n,
     read_until, sample, unique,
 };
 
@@ -291,35 +289,10 @@ async fn a_restart_resumes_the_spool_and_remembers_uuids() {
 async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut accepted = Vec::new();
-    for round in 0..3 {
-        let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
-        // A broker outage in the second round keeps a backlog in the spool when the kill comes.
-        if round == 1 {
-            kafka.down();
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(AtomicUsize::new(0));
-        let loader = tokio::spawn(load(
-            bridge.address.clone(),
-            4,
-            stop.clone(),
-            progress.clone(),
-            |i| (i % 5).to_string(),
-        ));
-        eventually("load to be accepted", Duration::from_secs(30), || {
-            progress.load(Ordering::Relaxed) >= 150
-        })
-        .await;
-        bridge.kill_hard();
-        stop.store(true, Ordering::Relaxed);
-        accepted.extend(loader.await.unwrap());
-        if round == 1 {
-            kafka.up();
-        }
-    }
-    assert!(accepted.len() >= 450);
-    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
+    let (accepted, bridge) = kill_repeatedly_under_load(&kafka.bootstrap, dir.path(), |down| {
+        if down { kafka.down() } else { kafka.up() }
+    })
+    .await;
     let missing =
         missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(90)).await;
     drop(bridge);

@@ -1,13 +1,11 @@
 //! Operating the bridge: metrics, graceful shutdown, configuration reload, secrets in logs.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::MockKafka;
 use crate::common::{
-    BridgeProcess, DOCUMENTED_EXAMPLE, TestApp, eventually, extension_update, load,
-    missing_after_delivery, read_until, sample, unique,
+    BridgeProcess, DOCUMENTED_EXAMPLE, Load, TestApp, extension_update, missing_after_delivery,
+    read_until, sample, unique,
 };
 
 /// Scrapes until `condition` holds on the scrape (bounded).
@@ -147,19 +145,7 @@ async fn sigterm_under_load_delivers_every_answered_notification_and_exits_zero(
     let dir = tempfile::tempdir().unwrap();
     let mut bridge =
         BridgeProcess::start(&kafka.bootstrap, dir.path(), &["--shutdown-grace", "10s"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicUsize::new(0));
-    let loader = tokio::spawn(load(
-        bridge.address.clone(),
-        4,
-        stop.clone(),
-        progress.clone(),
-        |i| (i % 7).to_string(),
-    ));
-    eventually("load to be accepted", Duration::from_secs(30), || {
-        progress.load(Ordering::Relaxed) >= 300
-    })
-    .await;
+    let load = Load::until_accepted(&bridge.address, 4, 300).await;
     let signalled = Instant::now();
     bridge.signal("TERM");
     let status = tokio::task::spawn_blocking(move || {
@@ -174,8 +160,7 @@ async fn sigterm_under_load_delivers_every_answered_notification_and_exits_zero(
         signalled.elapsed() < Duration::from_secs(12),
         "exited within the grace period"
     );
-    stop.store(true, Ordering::Relaxed);
-    let accepted = loader.await.unwrap();
+    let accepted = load.finish().await;
     drop(bridge);
     // Delivered before the exit: no restart needed.
     let missing =

@@ -6,16 +6,14 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rc_kafka_bridge::config::Settings;
 use serde_json::Value;
 
 use common::{
-    BridgeProcess, TestApp, check_contract, create_topics, eventually, extension_update, load,
-    missing_after_delivery, unique,
+    BridgeProcess, TestApp, check_contract, create_topics, extension_update,
+    kill_repeatedly_under_load, missing_after_delivery, unique,
 };
 
 /// A Tansu broker on a free loopback port, in memory; killed when dropped.
@@ -215,33 +213,10 @@ async fn a_broker_that_lost_its_state_gets_every_spooled_notification() {
 async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
     let tansu = tansu_with_topics().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut accepted = Vec::new();
-    for round in 0..3 {
-        let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
-        if round == 1 {
-            tansu.hang();
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(AtomicUsize::new(0));
-        let loader = tokio::spawn(load(
-            bridge.address.clone(),
-            4,
-            stop.clone(),
-            progress.clone(),
-            |i| (i % 5).to_string(),
-        ));
-        eventually("load to be accepted", Duration::from_secs(30), || {
-            progress.load(Ordering::Relaxed) >= 150
-        })
-        .await;
-        bridge.kill_hard();
-        stop.store(true, Ordering::Relaxed);
-        accepted.extend(loader.await.unwrap());
-        if round == 1 {
-            tansu.resume();
-        }
-    }
-    let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
+    let (accepted, bridge) = kill_repeatedly_under_load(&tansu.bootstrap(), dir.path(), |hang| {
+        if hang { tansu.hang() } else { tansu.resume() }
+    })
+    .await;
     let missing =
         missing_after_delivery(&tansu.bootstrap(), &accepted, Duration::from_secs(120)).await;
     drop(bridge);

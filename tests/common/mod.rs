@@ -773,9 +773,68 @@ impl Drop for BridgeProcess {
     }
 }
 
+/// Concurrent load against a bridge: fresh uuids, five extensions, from several clients.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    /// Starts `workers` clients and returns once `at_least` notifications were answered 200.
+    pub async fn until_accepted(address: &str, workers: usize, at_least: usize) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let progress = std::sync::Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(load(
+            address.to_string(),
+            workers,
+            stop.clone(),
+            progress.clone(),
+            |i| (i % 5).to_string(),
+        ));
+        eventually("load to be accepted", Duration::from_secs(30), || {
+            progress.load(Ordering::Relaxed) >= at_least
+        })
+        .await;
+        Load { stop, task }
+    }
+
+    /// Stops the clients (a killed bridge stops them too); every uuid answered 200.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Runs the real binary on `spool_dir` under load and SIGKILLs it three times in a row, then starts
+/// it once more on the same spool. `outage(true)` starts a broker outage in the second round, so a
+/// backlog is in the spool when the kill comes; `outage(false)` ends it. Returns every uuid answered
+/// 200 and the last bridge, still running.
+pub async fn kill_repeatedly_under_load(
+    bootstrap: &str,
+    spool_dir: &std::path::Path,
+    outage: impl Fn(bool),
+) -> (Vec<String>, BridgeProcess) {
+    let mut accepted = Vec::new();
+    for round in 0..3 {
+        let bridge = BridgeProcess::start(bootstrap, spool_dir, &[]);
+        if round == 1 {
+            outage(true);
+        }
+        let load = Load::until_accepted(&bridge.address, 4, 150).await;
+        bridge.kill_hard();
+        accepted.extend(load.finish().await);
+        if round == 1 {
+            outage(false);
+        }
+    }
+    assert!(accepted.len() >= 450);
+    (accepted, BridgeProcess::start(bootstrap, spool_dir, &[]))
+}
+
 /// Posts notifications with fresh uuids from `workers` concurrent clients until `stop` is set or
 /// the bridge stops answering; returns every uuid answered 200.
-pub async fn load(
+async fn load(
     address: String,
     workers: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
