@@ -134,7 +134,8 @@ dockerfile_checks() {
         || { echo "the builder is not rust:${toolchain}-bookworm (rustc here: $(rustc --version))"; return 1; }
     grep -Eq '^\s*cargo build --release --locked' Dockerfile \
         || { echo "the build does not run 'cargo build --release --locked'"; return 1; }
-    grep -Eq '^FROM debian:bookworm-slim' Dockerfile || { echo "the runtime is not debian:bookworm-slim"; return 1; }
+    grep -Eq '^FROM debian:bookworm-slim' Dockerfile \
+        || { echo "the runtime is not debian:bookworm-slim"; return 1; }
     grep -Eq '^USER ' Dockerfile && ! grep -Eq '^USER (root|0)(:|$)' Dockerfile \
         || { echo "the image must run as a non-root USER"; return 1; }
     grep -Eq '^VOLUME \["/var/lib/rc-kafka-bridge"\]' Dockerfile \
@@ -256,7 +257,9 @@ settings_exist() {
     local unknown=0 name
     for name in $(grep -ohE '\bRCKB_[A-Z_]+' Dockerfile docker-compose.yml deploy/kubernetes/*.yaml \
         deploy/kubernetes/config.toml | sort -u); do
-        grep -qE "\[env: $name(=|\])" "$WORK/serve-help.txt" || { echo "$name is not a setting of serve"; unknown=1; }
+        # `[env: NAME=]`, or `[env: NAME]` for settings whose values help hides.
+        grep -qE "\[env: $name(=|\])" "$WORK/serve-help.txt" \
+            || { echo "$name is not a setting of serve"; unknown=1; }
     done
     for name in $("$PY" ci/deploy_check.py compose-bridge-flags docker-compose.yml); do
         grep -qE "^\s+(-[a-zA-Z], )?$name\b" "$WORK/serve-help.txt" \
@@ -316,7 +319,8 @@ fi
 
 echo
 if ((failed)); then
-    printf 'validate-deploy: %d of %d checks FAILED in %d s:\n' "$failed" "$((passed + failed))" "$((SECONDS - started))"
+    printf 'validate-deploy: %d of %d checks FAILED in %d s:\n' \
+        "$failed" "$((passed + failed))" "$((SECONDS - started))"
     printf '  - %s\n' "${failed_names[@]}"
     exit 1
 fi
