@@ -54,7 +54,7 @@ fi
 export BRIDGE_BIN
 rustc -O --edition 2021 -o bench/.work/loadgen bench/loadgen.rs
 export LOADGEN_BIN="$PWD/bench/.work/loadgen"
-BENCH_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+dirty')"
+BENCH_COMMIT="${BENCH_COMMIT:-$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+dirty')}"
 export BENCH_COMMIT
 
 exec bench/.venv/bin/python bench/bench.py
