@@ -342,3 +342,47 @@ impl Drop for EmbeddedBroker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_sasl_and_zstd_are_compiled_in() {
+        // librdkafka refuses these at client creation when built without OpenSSL or zstd.
+        let properties = BTreeMap::from([
+            ("security.protocol".to_string(), "sasl_ssl".to_string()),
+            ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+            ("sasl.username".to_string(), "bridge".to_string()),
+            ("sasl.password".to_string(), "secret".to_string()),
+            ("compression.type".to_string(), "zstd".to_string()),
+        ]);
+        let factory = ProducerFactory::new("127.0.0.1:1", &properties, Metrics::new());
+        assert!(factory.build().is_ok());
+    }
+
+    #[test]
+    fn a_wrong_property_is_refused_clearly() {
+        let properties = BTreeMap::from([("linger.ms".to_string(), "soon".to_string())]);
+        let factory = ProducerFactory::new("127.0.0.1:1", &properties, Metrics::new());
+        let error = factory
+            .build()
+            .err()
+            .expect("invalid value refused")
+            .to_string();
+        assert!(error.contains("linger.ms"), "{error}");
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        use RDKafkaErrorCode as C;
+        let kind = |code| PublishError::classify(KafkaError::MessageProduction(code)).kind;
+        assert_eq!(kind(C::MessageSizeTooLarge), ErrorKind::TooLarge);
+        assert_eq!(kind(C::TopicAuthorizationFailed), ErrorKind::Authorization);
+        assert_eq!(kind(C::UnknownTopicOrPartition), ErrorKind::Topic);
+        assert_eq!(kind(C::MessageTimedOut), ErrorKind::Timeout);
+        assert_eq!(kind(C::QueueFull), ErrorKind::QueueFull);
+        assert_eq!(kind(C::InvalidProducerEpoch), ErrorKind::Fatal);
+        assert!(ErrorKind::TooLarge.is_permanent() && !ErrorKind::Timeout.is_permanent());
+    }
+}

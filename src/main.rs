@@ -115,12 +115,18 @@ fn main() -> ExitCode {
             ensure_topics,
         } => load(&settings).and_then(|s| serve(s, settings, ensure_topics.then_some(topics))),
         Command::Routes { settings } => load(&settings).map(|s| print_routes(&s)),
-        Command::CheckConfig { settings } => load(&settings).map(|s| {
+        Command::CheckConfig { settings } => load(&settings).and_then(|s| {
+            // librdkafka checks its properties when a client is made; no connection is needed.
+            let brokers = s.brokers.as_deref().unwrap_or("localhost:9092");
+            let _producer = ProducerFactory::new(brokers, &s.kafka_properties, Metrics::new())
+                .build()
+                .map_err(|e| format!("kafka.properties: {e}"))?;
             println!(
                 "configuration is valid: {} hints, {} topics",
                 s.routing.hints().count(),
                 s.routing.topics().len()
             );
+            Ok(())
         }),
         Command::Topics {
             command: TopicsCommand::Ensure { settings, topics },

@@ -304,3 +304,62 @@ async fn secrets_never_reach_the_logs() {
         assert!(!line.contains(password), "password logged: {line}");
     }
 }
+
+#[test]
+fn check_config_validates_the_file_and_the_kafka_properties() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+            .arg("check-config")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let ok = run(&["--config", example]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = run(&["--config", example, "--kafka-property", "linger.ms=soon"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("linger.ms"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "topic_prefix = \"ok.\"\nlisten = \"not an address\"\n",
+    )
+    .unwrap();
+    let bad = run(&["--config", file.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("listen"), "{stderr}");
+}
+
+#[test]
+fn routes_prints_every_hint_with_its_topics() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .args(["routes", "--topic-prefix", "rc."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "CallQueueMembersChange",
+        "rc.account.extension.call-queues",
+        "rc.account.call-queues.bulk-assign",
+        "rc.account.extension.phone-number",
+        "rc.unrouted",
+        "rc.dead-letter",
+    ] {
+        assert!(table.contains(line), "{line} in\n{table}");
+    }
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("CallQueueMembersChange"))
+            .count(),
+        2
+    );
+}
