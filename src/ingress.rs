@@ -87,10 +87,7 @@ struct AdminState {
 pub fn admin_router(metrics: Metrics, readiness: Arc<dyn Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
-        .route(
-            "/healthz",
-            get(|| async { Json::ok(json!({"status": "alive"})) }),
-        )
+        .route("/healthz", get(|| async { ok(json!({"status": "alive"})) }))
         .route("/readyz", get(ready))
         .with_state(AdminState { metrics, readiness })
 }
@@ -151,13 +148,9 @@ async fn record_http(State(metrics): State<Metrics>, request: Request, next: Nex
     response
 }
 
-/// A tiny JSON answer.
-struct Json;
-
-impl Json {
-    fn ok(value: serde_json::Value) -> Response {
-        (StatusCode::OK, axum::Json(value)).into_response()
-    }
+/// A 200 with a tiny JSON body.
+fn ok(value: serde_json::Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
 }
 
 /// Every way a webhook request is refused, and its answer.
@@ -308,12 +301,12 @@ async fn webhook(
             }
             metrics.unknown_hints.inc_by(unknown);
             tracing::debug!("notification accepted");
-            Ok(Json::ok(json!({"status": "accepted"})))
+            Ok(ok(json!({"status": "accepted"})))
         }
         Ok(Acceptance::Duplicate) => {
             count(kind, "duplicate");
             tracing::info!("duplicate notification, not republished");
-            Ok(Json::ok(json!({"status": "duplicate"})))
+            Ok(ok(json!({"status": "duplicate"})))
         }
         Err(e) => {
             count(kind, "unavailable");
