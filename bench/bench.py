@@ -636,9 +636,9 @@ def main():
     }
     out = BENCH / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / os.environ.get("RESULTS_FILE", "latest.json")).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
-    log("full results in", out / "latest.json")
+    log("full results in", out / os.environ.get("RESULTS_FILE", "latest.json"))
 
 
 if __name__ == "__main__":
