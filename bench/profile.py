@@ -22,7 +22,7 @@ import bench as b  # noqa: E402
 RULES = [
     ("spool writer: serde_json encode of the spooled entry", ["Serialize for rc_kafka_bridge::spool::SpooledEntry",
                                                             "Serialize for rc_kafka_bridge::routing::RoutePlan"]),
-    ("spool writer: RoutePlan clone and drops", ["<rc_kafka_bridge::routing::RoutePlan as core::clone::Clone>",
+    ("RoutePlan clones and drops (spool writer)", ["<rc_kafka_bridge::routing::RoutePlan as core::clone::Clone>",
                                                  "<rc_kafka_bridge::routing::OutboundMessage as core::clone::Clone>",
                                                  "<alloc::vec::Vec<T,A> as core::clone::Clone>::clone",
                                                  "drop_in_place<rc_kafka_bridge::routing::RoutePlan>"]),
@@ -30,7 +30,7 @@ RULES = [
     ("spool writer: redb inserts/removes/dedup", ["redb::table::Table", "redb::tree_store::btree_mutator", "redb::transactions::WriteTransaction::open_table",
                                                   "redb::db::Database::begin_write", "redb::transactions::WriteTransaction::begin"]),
     ("relay: Spool::oldest (redb read + serde_json decode)", ["rc_kafka_bridge::spool::Spool::oldest"]),
-    ("relay: produce (rdkafka send, headers)", ["rc_kafka_bridge::kafka::send"]),
+    ("kafka::send (rdkafka produce, headers)", ["rc_kafka_bridge::kafka::send"]),
     ("relay: await deliveries, metrics", ["rc_kafka_bridge::relay::Worker::publish"]),
     ("relay: other", ["rc_kafka_bridge::relay::"]),
     ("spool writer: other (channel, grouping, allocation)", ["rc_kafka_bridge::spool::Shared::run_writer"]),
