@@ -10,6 +10,11 @@ use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::ringcentral::{self, NewSubscription, RingCentral, Subscription};
 use rc_kafka_bridge::telemetry;
 
+// Many small allocations per notification (parsing, planning, spool entries, Kafka records):
+// mimalloc measured about 10% more notifications per CPU second than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// RingCentral Extension Info webhooks in, one Kafka message per hint out.
 #[derive(Parser)]
 #[command(name = "rc-kafka-bridge", version)]

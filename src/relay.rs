@@ -22,6 +22,9 @@ use crate::spool::{DeadLetter, Spool, SpooledEntry};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
+/// And at most this many bytes of messages per round, so a backlog of large notifications does not
+/// hold hundreds of megabytes in memory at once.
+const ROUND_BYTES: usize = 4 << 20;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Consecutive failed rounds after which the producer is replaced even without a fatal error:
@@ -91,16 +94,18 @@ impl Worker {
                 break;
             }
             let spool = self.spool.clone();
-            let batch = match tokio::task::spawn_blocking(move || spool.oldest(ROUND_ENTRIES)).await
-            {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read the spool");
-                    self.pause(MAX_BACKOFF).await;
-                    continue;
-                }
-                Err(_) => break,
-            };
+            let batch =
+                match tokio::task::spawn_blocking(move || spool.oldest(ROUND_ENTRIES, ROUND_BYTES))
+                    .await
+                {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot read the spool");
+                        self.pause(MAX_BACKOFF).await;
+                        continue;
+                    }
+                    Err(_) => break,
+                };
             self.spool.observe_oldest(batch.first());
             if batch.is_empty() {
                 if deadline.is_some() {

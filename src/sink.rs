@@ -114,9 +114,13 @@ impl RecentUuids {
 
 /// `direct` mode: the answer waits for Kafka's acknowledgement of every planned message.
 pub struct DirectSink {
+    inner: Arc<Direct>,
+}
+
+struct Direct {
     producer: KafkaProducer,
     timeout: Duration,
-    recent: Arc<Mutex<RecentUuids>>,
+    recent: Mutex<RecentUuids>,
     metrics: Metrics,
 }
 
@@ -128,17 +132,21 @@ impl DirectSink {
         metrics: Metrics,
     ) -> Self {
         DirectSink {
-            producer,
-            timeout,
-            recent: Arc::new(Mutex::new(recent)),
-            metrics,
+            inner: Arc::new(Direct {
+                producer,
+                timeout,
+                recent: Mutex::new(recent),
+                metrics,
+            }),
         }
     }
 
     pub fn producer(&self) -> &KafkaProducer {
-        &self.producer
+        &self.inner.producer
     }
+}
 
+impl Direct {
     async fn publish(&self, plan: &RoutePlan) -> Result<(), SinkError> {
         let started = Instant::now();
         let mut pending = Vec::with_capacity(plan.messages.len());
@@ -195,20 +203,24 @@ impl DirectSink {
 impl Sink for DirectSink {
     fn accept(&self, plan: RoutePlan) -> SinkFuture<'_> {
         Box::pin(async move {
-            if !self
-                .recent
-                .lock()
-                .unwrap()
-                .claim(&plan.uuid, Instant::now())
-            {
+            let now = Instant::now();
+            if !self.inner.recent.lock().unwrap().claim(&plan.uuid, now) {
                 return Ok(Acceptance::Duplicate);
             }
-            match self.publish(&plan).await {
-                Ok(()) => Ok(Acceptance::Accepted),
-                Err(e) => {
-                    self.recent.lock().unwrap().release(&plan.uuid);
-                    Err(e)
+            // Published on its own task: a caller that hangs up must not cancel the publish halfway
+            // and leave the uuid claimed, or a redelivery would be taken for a duplicate and lost.
+            let direct = self.inner.clone();
+            let publish = tokio::spawn(async move {
+                let result = direct.publish(&plan).await;
+                if result.is_err() {
+                    direct.recent.lock().unwrap().release(&plan.uuid);
                 }
+                result
+            });
+            match publish.await {
+                Ok(Ok(())) => Ok(Acceptance::Accepted),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(SinkError::KafkaFailed),
             }
         })
     }

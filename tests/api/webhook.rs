@@ -283,3 +283,38 @@ async fn direct_mode_answers_503_when_kafka_does_not_acknowledge_in_time() {
     kafka.up();
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_a_caller_hanging_up_does_not_turn_a_redelivery_into_a_duplicate() {
+    let kafka = MockKafka::start();
+    kafka.down();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.delivery = Some(rc_kafka_bridge::config::DeliveryMode::Direct);
+        a.direct_timeout = Some(Duration::from_millis(300));
+    })
+    .await;
+    // The caller gives up long before Kafka's timeout.
+    let hung_up = crate::common::http()
+        .post(format!("{}/webhook", app.address))
+        .body(DOCUMENTED_EXAMPLE)
+        .timeout(Duration::from_millis(50))
+        .send()
+        .await;
+    assert!(hung_up.is_err());
+    // The publish still ran to its end (a timeout) on its own...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sample(
+        &app.metrics().await,
+        "rckb_publish_errors_total",
+        &[("kind", "timeout")],
+    ) < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "the publish finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and released the uuid: the redelivery is tried again, not called a duplicate.
+    let again = app.post_webhook(DOCUMENTED_EXAMPLE).await;
+    assert_eq!(again.status(), 503);
+    kafka.up();
+    app.shutdown().await;
+}
