@@ -127,6 +127,15 @@ pub struct SettingsArgs {
     /// A librdkafka property, KEY=VALUE; repeatable; wins over [kafka.properties].
     #[arg(long = "kafka-property", env = "RCKB_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
+    /// Create missing topics when `serve` starts.
+    #[arg(long, env = "RCKB_ENSURE_TOPICS")]
+    pub ensure_topics: bool,
+    /// Partitions of topics the bridge creates [default: 6].
+    #[arg(long, env = "RCKB_TOPIC_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// Replication factor of topics the bridge creates [default: 3].
+    #[arg(long, env = "RCKB_TOPIC_REPLICATION_FACTOR")]
+    pub replication_factor: Option<i32>,
     #[command(flatten)]
     pub ringcentral: RingCentralArgs,
 }
@@ -317,6 +326,9 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     log_format: Option<LogFormat>,
+    ensure_topics: Option<bool>,
+    partitions: Option<i32>,
+    replication_factor: Option<i32>,
     #[serde(default)]
     kafka: KafkaFileConfig,
     /// Hint -> target APIs: overrides a built-in hint or adds one.
@@ -362,6 +374,9 @@ pub struct Settings {
     pub dead_letter_topic: Topic,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub ensure_topics: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
     pub kafka_properties: KafkaProperties,
     pub hints: BTreeMap<String, Vec<String>>,
     pub routing: RoutingTable,
@@ -544,6 +559,18 @@ impl Settings {
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(10)),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            ensure_topics: args.ensure_topics || file.ensure_topics.unwrap_or(false),
+            partitions: positive(
+                "partitions",
+                args.partitions.or(file.partitions).unwrap_or(6).max(0) as u64,
+            )? as i32,
+            replication_factor: positive(
+                "replication_factor",
+                args.replication_factor
+                    .or(file.replication_factor)
+                    .unwrap_or(3)
+                    .max(0) as u64,
+            )? as i32,
             kafka_properties: KafkaProperties(kafka_properties),
             hints: file.hints,
             ringcentral: RingCentralSettings::resolve(args.ringcentral, file.ringcentral)?,

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use rc_kafka_bridge::app::Application;
 use rc_kafka_bridge::config::{Settings, SettingsArgs};
@@ -29,11 +29,6 @@ enum Command {
     Serve {
         #[command(flatten)]
         settings: SettingsArgs,
-        #[command(flatten)]
-        topics: TopicArgs,
-        /// Create missing topics at start-up (with --partitions and --replication-factor).
-        #[arg(long, env = "RCKB_ENSURE_TOPICS")]
-        ensure_topics: bool,
     },
     /// Print the effective hint -> topics table.
     Routes {
@@ -96,29 +91,13 @@ enum TopicsCommand {
     Ensure {
         #[command(flatten)]
         settings: SettingsArgs,
-        #[command(flatten)]
-        topics: TopicArgs,
     },
-}
-
-#[derive(Args)]
-struct TopicArgs {
-    /// Partitions of created topics.
-    #[arg(long, env = "RCKB_TOPIC_PARTITIONS", default_value_t = 6)]
-    partitions: i32,
-    /// Replication factor of created topics.
-    #[arg(long, env = "RCKB_TOPIC_REPLICATION_FACTOR", default_value_t = 3)]
-    replication_factor: i32,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            settings,
-            topics,
-            ensure_topics,
-        } => load(&settings).and_then(|s| serve(s, settings, ensure_topics.then_some(topics))),
+        Command::Serve { settings } => load(&settings).and_then(|s| serve(s, settings)),
         Command::Routes { settings } => load(&settings).map(|s| print_routes(&s)),
         Command::CheckConfig { settings } => load(&settings).and_then(|s| {
             // librdkafka checks its properties when a client is made; no connection is needed.
@@ -134,8 +113,8 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Topics {
-            command: TopicsCommand::Ensure { settings, topics },
-        } => load(&settings).and_then(|s| ensure(&s, &topics)),
+            command: TopicsCommand::Ensure { settings },
+        } => load(&settings).and_then(|s| ensure(&s)),
         Command::Subscription { command } => subscription(command),
     };
     match result {
@@ -249,17 +228,16 @@ fn print_routes(settings: &Settings) {
     );
 }
 
-fn serve(
-    settings: Settings,
-    args: SettingsArgs,
-    ensure_topics: Option<TopicArgs>,
-) -> Result<(), String> {
+fn serve(settings: Settings, args: SettingsArgs) -> Result<(), String> {
     telemetry::init(settings.log_format);
     let runtime = runtime()?;
     runtime.block_on(async move {
         let mut wanted = settings.routing.topics();
         wanted.push(settings.dead_letter_topic.clone());
         let properties = settings.kafka_properties.clone();
+        let ensure = settings
+            .ensure_topics
+            .then_some((settings.partitions, settings.replication_factor));
         let mut app = Application::build(settings)
             .await
             .map_err(|e| e.to_string())?;
@@ -287,7 +265,7 @@ fn serve(
             let factory =
                 ProducerFactory::new(app.bootstrap_servers(), &properties, Metrics::new());
             tokio::spawn(async move {
-                check_topics(&factory, &wanted, ensure_topics.as_ref()).await;
+                check_topics(&factory, &wanted, ensure).await;
             });
         }
         app.run_until_stopped().await.map_err(|e| e.to_string())
@@ -299,7 +277,7 @@ fn serve(
 async fn check_topics(
     factory: &ProducerFactory,
     wanted: &[rc_kafka_bridge::routing::Topic],
-    ensure: Option<&TopicArgs>,
+    ensure: Option<(i32, i32)>,
 ) {
     let factory2 = factory.clone();
     let wanted2 = wanted.to_vec();
@@ -312,19 +290,16 @@ async fn check_topics(
         Ok(Ok(missing)) => {
             let names: Vec<String> = missing.iter().map(|t| t.to_string()).collect();
             match ensure {
-                Some(args) => match kafka::create_topics(
-                    factory,
-                    &missing,
-                    args.partitions,
-                    args.replication_factor,
-                )
-                .await
-                {
-                    Ok(()) => tracing::info!(topics = ?names, "created missing topics"),
-                    Err(e) => {
-                        tracing::error!(topics = ?names, error = %e, "cannot create missing topics")
+                Some((partitions, replication_factor)) => {
+                    match kafka::create_topics(factory, &missing, partitions, replication_factor)
+                        .await
+                    {
+                        Ok(()) => tracing::info!(topics = ?names, "created missing topics"),
+                        Err(e) => {
+                            tracing::error!(topics = ?names, error = %e, "cannot create missing topics")
+                        }
                     }
-                },
+                }
                 None => tracing::warn!(
                     topics = ?names,
                     "topics missing in Kafka: messages for them wait in the spool until they exist \
@@ -337,7 +312,7 @@ async fn check_topics(
     }
 }
 
-fn ensure(settings: &Settings, args: &TopicArgs) -> Result<(), String> {
+fn ensure(settings: &Settings) -> Result<(), String> {
     let Some(brokers) = &settings.brokers else {
         return Err(
             "topics ensure needs --brokers (the embedded broker creates its own topics)".into(),
@@ -355,8 +330,8 @@ fn ensure(settings: &Settings, args: &TopicArgs) -> Result<(), String> {
     runtime()?.block_on(kafka::create_topics(
         &factory,
         &missing,
-        args.partitions,
-        args.replication_factor,
+        settings.partitions,
+        settings.replication_factor,
     ))?;
     for topic in &missing {
         println!("created {topic}");
