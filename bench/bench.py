@@ -123,7 +123,7 @@ def machine_busy_seconds():
 
 class CpuSplit:
     """Where the machine's CPU went during a load window: server, broker, load generator, anything else
-    (the other engineer's builds, on a shared machine). Figures are average cores busy."""
+    (other work on a shared machine). Figures are average cores busy."""
 
     def __init__(self, server_pid, tansu_pid):
         import resource
