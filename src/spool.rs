@@ -63,6 +63,13 @@ pub struct SpooledEntry {
     pub plan: RoutePlan,
 }
 
+/// What is written for a [`SpooledEntry`]: the same layout, borrowing the plan instead of copying it.
+#[derive(Serialize)]
+struct StoredEntry<'a> {
+    accepted_at_ms: u64,
+    plan: &'a RoutePlan,
+}
+
 impl SpooledEntry {
     /// How long ago the notification was answered.
     pub fn age(&self) -> Duration {
@@ -460,10 +467,9 @@ impl Shared {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
-                let entry = SpooledEntry {
-                    seq: next_seq,
+                let entry = StoredEntry {
                     accepted_at_ms: now,
-                    plan: plan.clone(),
+                    plan,
                 };
                 let value = serde_json::to_vec(&entry).map_err(storage)?;
                 if bytes + value.len() as u64 > self.max_bytes {
