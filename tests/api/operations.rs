@@ -8,23 +8,6 @@ use crate::common::{
     read_until, sample, unique,
 };
 
-/// Scrapes until `condition` holds on the scrape (bounded).
-async fn scrape_until(
-    app: &TestApp,
-    what: &str,
-    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
-) -> prometheus_parse::Scrape {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let scrape = app.metrics().await;
-        if condition(&scrape) {
-            return scrape;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_tell_what_was_received_delivered_and_rejected() {
     let kafka = MockKafka::start();
@@ -41,11 +24,12 @@ async fn metrics_tell_what_was_received_delivered_and_rejected() {
     assert_eq!(app.post_webhook(DOCUMENTED_EXAMPLE).await.status(), 200);
     assert_eq!(app.post_webhook("{oops").await.status(), 400);
 
-    let scrape = scrape_until(&app, "both notifications delivered", |s| {
-        sample(s, "rckb_accept_to_ack_seconds_count", &[]) == 2.0
-            && sample(s, "rckb_spool_entries", &[]) == 0.0
-    })
-    .await;
+    let scrape = app
+        .metrics_until("both notifications delivered", |s| {
+            sample(s, "rckb_accept_to_ack_seconds_count", &[]) == 2.0
+                && sample(s, "rckb_spool_entries", &[]) == 0.0
+        })
+        .await;
     let webhook = [("route", "/webhook")];
     type Expectation<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
     let expectations: Vec<Expectation> = vec![

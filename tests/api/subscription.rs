@@ -260,16 +260,10 @@ async fn the_keeper_renews_on_an_expiry_reminder() {
         .await;
     assert_eq!(response.status(), 200);
     fake_until(&fake, "a renewal", |s| s.renewals.contains(&id)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(
-        &app.metrics().await,
-        "rckb_subscription_renewals_total",
-        &[],
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "renewal counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.metrics_until("the renewal to be counted", |m| {
+        sample(m, "rckb_subscription_renewals_total", &[]) >= 1.0
+    })
+    .await;
     assert_eq!(
         fake.state.lock().unwrap().subscriptions.len(),
         1,
@@ -304,26 +298,21 @@ async fn the_keeper_recreates_a_blacklisted_subscription_with_the_same_filters_a
     assert_eq!(new["deliveryMode"]["address"], address);
     assert_eq!(new["deliveryMode"]["verificationToken"], "keeper-token");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = app.metrics().await;
-        if sample(
-            &m,
-            "rckb_subscription_recreations_total",
-            &[("reason", "blacklisted")],
-        ) == 1.0
-        {
-            assert_eq!(
-                sample(&m, "rckb_subscription_status", &[("status", "Active")]),
-                1.0
-            );
-            assert!(sample(&m, "rckb_subscription_expiry_seconds", &[]) > 0.0);
-            assert_eq!(sample(&m, "rckb_validation_handshakes_total", &[]), 1.0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "recreation counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = app
+        .metrics_until("the recreation to be counted", |m| {
+            sample(
+                m,
+                "rckb_subscription_recreations_total",
+                &[("reason", "blacklisted")],
+            ) == 1.0
+        })
+        .await;
+    assert_eq!(
+        sample(&m, "rckb_subscription_status", &[("status", "Active")]),
+        1.0
+    );
+    assert!(sample(&m, "rckb_subscription_expiry_seconds", &[]) > 0.0);
+    assert_eq!(sample(&m, "rckb_validation_handshakes_total", &[]), 1.0);
     app.shutdown().await;
 }
 

@@ -186,6 +186,14 @@ async fn token(
     .into_response()
 }
 
+fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "CMN-102",
+        "Resource for parameter [subscriptionId] is not found",
+    )
+}
+
 /// Checks the bearer token and the rate limit of an API call; the refusal, if any.
 fn refusal(state: &mut FakeState, headers: &HeaderMap) -> Option<Response> {
     state.api_calls += 1;
@@ -302,11 +310,7 @@ async fn read(
     }
     match state.subscriptions.get(&id) {
         Some(s) => axum::Json(s.clone()).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "CMN-102",
-            "Resource for parameter [subscriptionId] is not found",
-        ),
+        None => not_found(),
     }
 }
 
@@ -326,11 +330,7 @@ async fn renew(
             s["expirationTime"] = json!(now(expires_in));
             axum::Json(s.clone()).into_response()
         }
-        None => error(
-            StatusCode::NOT_FOUND,
-            "CMN-102",
-            "Resource for parameter [subscriptionId] is not found",
-        ),
+        None => not_found(),
     }
 }
 
@@ -346,10 +346,6 @@ async fn delete(
     state.deletions.push(id.clone());
     match state.subscriptions.remove(&id) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "CMN-102",
-            "Resource for parameter [subscriptionId] is not found",
-        ),
+        None => not_found(),
     }
 }

@@ -135,6 +135,23 @@ impl TestApp {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
 
+    /// Scrapes `/metrics` until `condition` holds (bounded), and returns that scrape.
+    pub async fn metrics_until(
+        &self,
+        what: &str,
+        condition: impl Fn(&prometheus_parse::Scrape) -> bool,
+    ) -> prometheus_parse::Scrape {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let scrape = self.metrics().await;
+            if condition(&scrape) {
+                return scrape;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the bridge gracefully and waits for it.
     pub async fn shutdown(mut self) {
         self.stop_and_wait().await;
