@@ -258,7 +258,7 @@ def start_bridge(brokers, mode, prefix):
     proc = spawn(
         [BRIDGE, "serve", "--brokers", brokers, "--listen", f"{HOST}:{port}",
          "--admin-listen", f"{HOST}:{admin}", "--spool-dir", spool, "--delivery", mode,
-         "--topic-prefix", prefix],
+         "--topic-prefix", prefix, "--allow-unverified-webhooks"],
         f"bridge-{prefix.rstrip('.')}.log",
         env=dict(os.environ, RUST_LOG=os.environ.get("BRIDGE_LOG", "warn")),
     )

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{DeliveryMode, Settings};
-use crate::ingress::{self, IngressState, Readiness, SpoolHealth};
+use crate::ingress::{self, AllowedSubscriptions, IngressState, Readiness, SpoolHealth};
 use crate::kafka::{self, EmbeddedBroker, ProducerFactory};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
@@ -90,6 +90,12 @@ impl Readiness for DirectReadiness {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let warnings = settings
+            .check_webhook_auth()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         let metrics = Metrics::new();
         let embedded = match &settings.brokers {
             Some(_) => None,
@@ -161,6 +167,10 @@ impl Application {
             verification_token: settings.verification_token.clone(),
             metrics: metrics.clone(),
             reminders,
+            allowed: Arc::new(AllowedSubscriptions::new(
+                settings.allowed_subscription_ids.clone(),
+                None,
+            )),
         };
         let listener = bind(settings.listen).await?;
         let admin_listener = bind(settings.admin_listen).await?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::routing::{DEFAULT_TOPIC_PREFIX, RoutingError, RoutingTable, Topic};
+use crate::routing::{DEFAULT_TOPIC_PREFIX, FanoutLimits, RoutingError, RoutingTable, Topic};
 
 /// How an accepted notification reaches Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -63,6 +63,20 @@ impl std::str::FromStr for Secret {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like `2s` or `1h`: {e}"))
+}
+
+fn positive_usize(
+    key: &'static str,
+    value: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => Err(ConfigError::Invalid {
+            key,
+            message: "must be greater than zero".into(),
+        }),
+        n => Ok(n),
+    }
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -136,6 +150,31 @@ pub struct SettingsArgs {
     /// Replication factor of topics the bridge creates [default: 3].
     #[arg(long, env = "RCKB_TOPIC_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
+    // Exposure: who may post, and what one notification may cost.
+    /// Run with a real broker without a verification token: anyone who finds the address can publish
+    /// into the topics. Only for a webhook that is not reachable from the internet.
+    #[arg(long, env = "RCKB_ALLOW_UNVERIFIED_WEBHOOKS")]
+    pub allow_unverified_webhooks: bool,
+    /// Accept notifications only from this subscription id; repeatable. Others get 403. The keeper's
+    /// own subscription is allowed automatically [default: any].
+    #[arg(
+        long = "allowed-subscription-id",
+        env = "RCKB_ALLOWED_SUBSCRIPTION_IDS",
+        value_delimiter = ','
+    )]
+    pub allowed_subscription_ids: Vec<String>,
+    /// Most distinct hints in one extension's change [default: 64].
+    #[arg(long, env = "RCKB_MAX_HINTS_PER_CHANGE")]
+    pub max_hints_per_change: Option<usize>,
+    /// Most changes (batched Extension List entries) in one notification [default: 4096].
+    #[arg(long, env = "RCKB_MAX_CHANGES_PER_NOTIFICATION")]
+    pub max_changes_per_notification: Option<usize>,
+    /// Most Kafka messages planned from one notification [default: 8192].
+    #[arg(long, env = "RCKB_MAX_MESSAGES_PER_NOTIFICATION")]
+    pub max_messages_per_notification: Option<usize>,
+    /// Most bytes planned from one notification (topics, keys, headers, values) [default: 16777216].
+    #[arg(long, env = "RCKB_MAX_PLAN_BYTES")]
+    pub max_plan_bytes: Option<usize>,
     #[command(flatten)]
     pub ringcentral: RingCentralArgs,
 }
@@ -336,6 +375,13 @@ pub struct FileConfig {
     hints: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     ringcentral: RingCentralFileConfig,
+    // Exposure.
+    allow_unverified_webhooks: Option<bool>,
+    allowed_subscription_ids: Option<Vec<String>>,
+    max_hints_per_change: Option<usize>,
+    max_changes_per_notification: Option<usize>,
+    max_messages_per_notification: Option<usize>,
+    max_plan_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,7 +427,18 @@ pub struct Settings {
     pub hints: BTreeMap<String, Vec<String>>,
     pub routing: RoutingTable,
     pub ringcentral: RingCentralSettings,
+    pub allow_unverified_webhooks: bool,
+    pub allowed_subscription_ids: Vec<String>,
 }
+
+/// Tokens shipped as placeholders in the deployment files: running with one is a mistake, never a choice.
+const PLACEHOLDER_TOKENS: &[&str] = &[
+    "REPLACE-WITH-THE-SUBSCRIPTION-VERIFICATION-TOKEN",
+    "change-me",
+];
+
+/// Below this length a verification token is guessable enough to warn about.
+const SHORT_TOKEN: usize = 16;
 
 /// librdkafka properties as given. Printing them hides every value whose key looks secret
 /// (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...).
@@ -470,7 +527,44 @@ impl Settings {
             .topic_prefix
             .or(file.topic_prefix)
             .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.to_string());
-        let routing = RoutingTable::new(&topic_prefix, &file.hints)?;
+        let limits = FanoutLimits {
+            max_hints_per_change: positive_usize(
+                "max_hints_per_change",
+                args.max_hints_per_change.or(file.max_hints_per_change),
+                FanoutLimits::default().max_hints_per_change,
+            )?,
+            max_changes: positive_usize(
+                "max_changes_per_notification",
+                args.max_changes_per_notification
+                    .or(file.max_changes_per_notification),
+                FanoutLimits::default().max_changes,
+            )?,
+            max_messages: positive_usize(
+                "max_messages_per_notification",
+                args.max_messages_per_notification
+                    .or(file.max_messages_per_notification),
+                FanoutLimits::default().max_messages,
+            )?,
+            max_plan_bytes: positive_usize(
+                "max_plan_bytes",
+                args.max_plan_bytes.or(file.max_plan_bytes),
+                FanoutLimits::default().max_plan_bytes,
+            )?,
+        };
+        let routing = RoutingTable::new(&topic_prefix, &file.hints)?.with_limits(limits);
+        let allowed_subscription_ids = Some(args.allowed_subscription_ids)
+            .filter(|ids| !ids.is_empty())
+            .or(file.allowed_subscription_ids)
+            .unwrap_or_default();
+        if let Some(bad) = allowed_subscription_ids
+            .iter()
+            .find(|id| !crate::notification::is_resource_id(id))
+        {
+            return Err(ConfigError::Invalid {
+                key: "allowed_subscription_ids",
+                message: format!("`{bad}` is not a subscription id (letters, digits and `-`)"),
+            });
+        }
         let dead_letter_topic = args
             .dead_letter_topic
             .or(file.dead_letter_topic)
@@ -575,7 +669,51 @@ impl Settings {
             hints: file.hints,
             ringcentral: RingCentralSettings::resolve(args.ringcentral, file.ringcentral)?,
             routing,
+            allow_unverified_webhooks: args.allow_unverified_webhooks
+                || file.allow_unverified_webhooks.unwrap_or(false),
+            allowed_subscription_ids,
         })
+    }
+
+    /// What `serve` needs beyond valid settings: a webhook that is authenticated unless the operator
+    /// explicitly opted out. The embedded development broker keeps nothing and needs no token. Returns
+    /// the warnings to log at start-up.
+    pub fn check_webhook_auth(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        match &self.verification_token {
+            Some(token) if PLACEHOLDER_TOKENS.contains(&token.expose()) => {
+                return Err(ConfigError::Invalid {
+                    key: "verification_token",
+                    message:
+                        "is the placeholder shipped in the deployment files: set the token of \
+                              the RingCentral subscription (`rc-kafka-bridge subscription create` \
+                              prints one)"
+                            .into(),
+                });
+            }
+            Some(token) if token.expose().len() < SHORT_TOKEN => warnings.push(format!(
+                "the verification token is shorter than {SHORT_TOKEN} characters: easy to guess"
+            )),
+            Some(_) => {}
+            None if self.brokers.is_none() => {}
+            None if self.allow_unverified_webhooks => warnings.push(
+                "--allow-unverified-webhooks: notifications are accepted without a verification \
+                 token; anyone who can reach the webhook can publish into the topics"
+                    .into(),
+            ),
+            None => {
+                return Err(ConfigError::Invalid {
+                    key: "verification_token",
+                    message: "is required with --brokers (RCKB_VERIFICATION_TOKEN, or \
+                              `verification_token` in the file): without it anyone who finds the \
+                              webhook can publish into the topics. Set the subscription's token, or \
+                              pass --allow-unverified-webhooks (RCKB_ALLOW_UNVERIFIED_WEBHOOKS=true) \
+                              for a webhook that is not reachable from the internet"
+                        .into(),
+                });
+            }
+        }
+        Ok(warnings)
     }
 
     /// Defaults everywhere: the starting point of tests and of `routes` without a file.

@@ -65,6 +65,36 @@ pub struct IngressState {
     /// Where accepted expiry reminders are announced (their subscription id), when a subscription
     /// keeper runs.
     pub reminders: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// The subscriptions notifications may come from; everything else gets 403.
+    pub allowed: Arc<AllowedSubscriptions>,
+}
+
+/// The subscriptions the webhook accepts notifications from: the configured ids, and the keeper's
+/// current subscription (which changes when the keeper recreates it). Empty and without a keeper: any.
+#[derive(Debug, Default)]
+pub struct AllowedSubscriptions {
+    configured: Vec<String>,
+    keeper: Option<Arc<ArcSwap<Option<String>>>>,
+}
+
+impl AllowedSubscriptions {
+    pub fn new(configured: Vec<String>, keeper: Option<Arc<ArcSwap<Option<String>>>>) -> Self {
+        AllowedSubscriptions { configured, keeper }
+    }
+
+    /// Whether a notification with this subscription id may pass. The keeper alone does not restrict:
+    /// only a configured list does (the keeper's subscription is then added to it).
+    pub fn allows(&self, id: Option<&str>) -> bool {
+        if self.configured.is_empty() {
+            return true;
+        }
+        let Some(id) = id else { return false };
+        self.configured.iter().any(|allowed| allowed == id)
+            || self
+                .keeper
+                .as_ref()
+                .is_some_and(|current| current.load().as_deref() == Some(id))
+    }
 }
 
 /// The webhook router: `POST /webhook`.
@@ -166,6 +196,8 @@ pub enum Rejection {
     Parse(#[from] ParseError),
     #[error("empty body")]
     Empty,
+    #[error("subscription not allowed")]
+    Forbidden,
     #[error(transparent)]
     Unavailable(#[from] SinkError),
 }
@@ -182,6 +214,10 @@ impl IntoResponse for Rejection {
             Rejection::Empty => (
                 StatusCode::BAD_REQUEST,
                 "empty body without Validation-Token".to_string(),
+            ),
+            Rejection::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "subscription not allowed".to_string(),
             ),
             Rejection::Unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         };
@@ -277,6 +313,14 @@ async fn webhook(
     let notification = Notification::parse(&body).inspect_err(|e| {
         count("unknown", &format!("rejected_{}", e.reason()));
     })?;
+    if !state
+        .allowed
+        .allows(notification.subscription_id.as_deref())
+    {
+        count("unknown", "rejected_forbidden");
+        tracing::warn!("notification from a subscription that is not allowed: refused");
+        return Err(Rejection::Forbidden);
+    }
     let kind = notification.kind.label();
     let span = tracing::Span::current();
     span.record("uuid", notification.uuid.as_str());
@@ -287,11 +331,25 @@ async fn webhook(
         .expect("now formats as RFC 3339");
     let routing = state.routing.load();
     let plan = routing.plan(&notification, &body, &received_at);
-    let unknown = unknown_hints(&notification, &routing);
+    let unknown = match plan.unrouted_reason {
+        Some(_) => 0,
+        None => unknown_hints(&notification, &routing),
+    };
 
+    let unrouted_reason = plan.unrouted_reason;
     match state.sink.accept(plan).await {
         Ok(Acceptance::Accepted) => {
             count(kind, "accepted");
+            if let Some(reason) = unrouted_reason {
+                metrics
+                    .notifications_unrouted
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::warn!(
+                    reason,
+                    "notification carried raw on the unrouted topic instead of being routed"
+                );
+            }
             if let (EventKind::SubscriptionReminder, Some(reminders), Some(id)) = (
                 &notification.kind,
                 &state.reminders,

@@ -100,6 +100,9 @@ fn main() -> ExitCode {
         Command::Serve { settings } => load(&settings).and_then(|s| serve(s, settings)),
         Command::Routes { settings } => load(&settings).map(|s| print_routes(&s)),
         Command::CheckConfig { settings } => load(&settings).and_then(|s| {
+            for warning in s.check_webhook_auth().map_err(|e| e.to_string())? {
+                eprintln!("warning: {warning}");
+            }
             // librdkafka checks its properties when a client is made; no connection is needed.
             let brokers = s.brokers.as_deref().unwrap_or("localhost:9092");
             let _producer = ProducerFactory::new(brokers, &s.kafka_properties, Metrics::new())

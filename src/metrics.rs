@@ -36,6 +36,7 @@ pub struct Metrics {
     pub subscription_renewals: IntCounter,
     pub subscription_recreations: IntCounterVec,
     pub ringcentral_api_errors: IntCounterVec,
+    pub notifications_unrouted: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -202,6 +203,14 @@ impl Metrics {
                 &["kind"],
             )
             .unwrap(),
+            notifications_unrouted: IntCounterVec::new(
+                opts(
+                    "notifications_unrouted_total",
+                    "Notifications carried once, raw, on the unrouted topic instead of being routed: over a fan-out cap or with an invalid id, by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -229,6 +238,7 @@ impl Metrics {
             Box::new(m.subscription_renewals.clone()),
             Box::new(m.subscription_recreations.clone()),
             Box::new(m.ringcentral_api_errors.clone()),
+            Box::new(m.notifications_unrouted.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

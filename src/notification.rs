@@ -5,6 +5,13 @@
 //! event is sometimes flat and sometimes batched, and hints are an open set. A [`Notification`] can only
 //! be built by [`Notification::parse`], which accepts every documented variant and rejects only bodies
 //! that are not a notification envelope at all.
+//!
+//! Lenient is not trusting: ids become Kafka keys and REST paths downstream, so an account id must be
+//! `~` or digits and an extension id digits. An event whose ids are anything else is [`EventKind::Unroutable`]
+//! and carried raw. Numbers are kept as their exact text (never through `f64`), so two big numeric
+//! uuids never collide.
+
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -61,6 +68,43 @@ pub enum EventKind {
     SubscriptionReminder,
     /// Any other event filter, or an extension event whose body cannot be routed: carried raw.
     Other,
+    /// An event whose ids cannot be trusted as keys or paths: carried raw, with the reason.
+    Unroutable(InvalidId),
+}
+
+/// Which id of an event is not what RingCentral sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidId {
+    /// An account id that is neither `~` nor digits.
+    Account,
+    /// An extension id that is not digits.
+    Extension,
+    /// A subscription id (of a reminder) that is not letters, digits and `-`.
+    Subscription,
+}
+
+impl InvalidId {
+    /// A bounded label, for metrics and the `rc-unrouted-reason` header.
+    pub fn label(self) -> &'static str {
+        match self {
+            InvalidId::Account => "invalid_account_id",
+            InvalidId::Extension => "invalid_extension_id",
+            InvalidId::Subscription => "invalid_subscription_id",
+        }
+    }
+}
+
+fn is_digits(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_account_id(id: &str) -> bool {
+    id == "~" || is_digits(id)
+}
+
+/// RingCentral's resource ids (subscriptions): letters, digits and `-`, of a sane length.
+pub fn is_resource_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 impl EventKind {
@@ -70,7 +114,7 @@ impl EventKind {
             EventKind::ExtensionInfo { .. } => "extension_info",
             EventKind::ExtensionList { .. } => "extension_list",
             EventKind::SubscriptionReminder => "subscription_reminder",
-            EventKind::Other => "other",
+            EventKind::Other | EventKind::Unroutable(_) => "other",
         }
     }
 }
@@ -86,6 +130,16 @@ pub struct Notification {
     pub owner_id: Option<String>,
     pub body: Value,
     pub kind: EventKind,
+}
+
+impl Notification {
+    /// The length of `timestamp` as it will be written into each message.
+    pub fn timestamp_len(&self) -> usize {
+        match &self.timestamp {
+            Value::String(s) => s.len() + 2,
+            other => other.to_string().len(),
+        }
+    }
 }
 
 /// Why a body is not a notification. The message is short: it goes back to the caller.
@@ -107,15 +161,41 @@ impl ParseError {
     }
 }
 
-/// An id that RingCentral sends either as a JSON string or as a JSON number.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// An id that RingCentral sends either as a JSON string or as a JSON number. Not an untagged enum:
+/// serde buffers those through a type that cannot hold a number of arbitrary precision.
+#[derive(Debug)]
 enum Id {
     Text(String),
     Number(serde_json::Number),
 }
 
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Id::Text(s)),
+            Value::Number(n) => Ok(Id::Number(n)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a string or a number as id, found {}",
+                kind_of(&other)
+            ))),
+        }
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 impl Id {
+    /// The id as text. Numbers keep the digits they arrived with (`arbitrary_precision`): a 30-digit
+    /// uuid is not rounded through `f64`.
     fn into_string(self) -> String {
         match self {
             Id::Text(s) => s,
@@ -171,12 +251,13 @@ impl Notification {
         if uuid.is_empty() {
             return Err(ParseError::NotAnEnvelope("uuid is empty".into()));
         }
-        let kind = classify(&envelope.event, &envelope.body);
+        let subscription_id = envelope.subscription_id.map(Id::into_string);
+        let kind = classify(&envelope.event, &envelope.body, subscription_id.as_deref());
         Ok(Notification {
             uuid,
             event: envelope.event,
             timestamp: envelope.timestamp,
-            subscription_id: envelope.subscription_id.map(Id::into_string),
+            subscription_id,
             owner_id: envelope.owner_id.map(Id::into_string),
             body: envelope.body,
             kind,
@@ -191,27 +272,53 @@ fn filter_segments(event: &str) -> Option<Vec<&str>> {
     Some(rest.split('/').filter(|s| !s.is_empty()).collect())
 }
 
-fn classify(event: &str, body: &Value) -> EventKind {
+fn classify(event: &str, body: &Value, subscription_id: Option<&str>) -> EventKind {
     let Some(segments) = filter_segments(event) else {
         return EventKind::Other;
     };
-    match segments.as_slice() {
-        ["account", account, "extension", extension] => match parse_change(body, Some(extension)) {
-            Some(change) => EventKind::ExtensionInfo {
+    let routed = match segments.as_slice() {
+        ["account", account, "extension", extension] => {
+            parse_change(body, Some(extension)).map(|change| EventKind::ExtensionInfo {
                 account_id: (*account).to_string(),
                 change,
-            },
-            None => EventKind::Other,
-        },
-        ["account", account, "extension"] => match parse_list(body) {
-            Some(changes) => EventKind::ExtensionList {
+            })
+        }
+        ["account", account, "extension"] => {
+            parse_list(body).map(|changes| EventKind::ExtensionList {
                 account_id: (*account).to_string(),
                 changes,
-            },
-            None => EventKind::Other,
+            })
+        }
+        ["subscription", ..] => match subscription_id {
+            Some(id) if !is_resource_id(id) => Some(EventKind::Unroutable(InvalidId::Subscription)),
+            _ => Some(EventKind::SubscriptionReminder),
         },
-        ["subscription", ..] => EventKind::SubscriptionReminder,
-        _ => EventKind::Other,
+        _ => None,
+    };
+    match routed {
+        Some(kind) => validated(kind),
+        None => EventKind::Other,
+    }
+}
+
+/// The kind, unless one of its ids would become a key or a path it must not.
+fn validated(kind: EventKind) -> EventKind {
+    let (account_id, changes) = match &kind {
+        EventKind::ExtensionInfo { account_id, change } => {
+            (account_id, std::slice::from_ref(change))
+        }
+        EventKind::ExtensionList {
+            account_id,
+            changes,
+        } => (account_id, changes.as_slice()),
+        _ => return kind,
+    };
+    if !is_account_id(account_id) {
+        EventKind::Unroutable(InvalidId::Account)
+    } else if !changes.iter().all(|c| is_digits(&c.extension_id)) {
+        EventKind::Unroutable(InvalidId::Extension)
+    } else {
+        kind
     }
 }
 
@@ -228,14 +335,16 @@ fn parse_change(body: &Value, filter_extension: Option<&str>) -> Option<Extensio
         return None;
     }
     let event_type = raw.event_type.filter(|t| !t.is_empty())?;
+    // Linear in the number of hints: a body of thousands of hints costs what it weighs.
+    let mut seen: HashSet<String> = HashSet::with_capacity(raw.hints.len());
     let mut hints: Vec<Hint> = Vec::with_capacity(raw.hints.len());
     for value in raw.hints {
-        let hint = match value {
-            Value::String(s) => Hint(s),
-            other => Hint(other.to_string()),
+        let name = match value {
+            Value::String(s) => s,
+            other => other.to_string(),
         };
-        if !hint.0.is_empty() && !hints.contains(&hint) {
-            hints.push(hint);
+        if !name.is_empty() && seen.insert(name.clone()) {
+            hints.push(Hint(name));
         }
     }
     Some(ExtensionChange {
@@ -388,6 +497,88 @@ mod tests {
         for (what, body, expected) in cases {
             assert_eq!(parse(body).kind, expected, "{what}");
         }
+    }
+
+    #[test]
+    fn ids_that_are_not_ids_make_the_event_unroutable() {
+        let cases = [
+            (
+                "path trick in the extension id",
+                json!({"uuid": "u", "event": "/restapi/v1.0/account/~/extension/1",
+                       "body": {"extensionId": "../../../../oauth/revoke?token=x&", "eventType": "Update",
+                                "hints": ["CompanyNumbers"]}}),
+                InvalidId::Extension,
+            ),
+            (
+                "a fractional number as extension id",
+                json!({"uuid": "u", "event": "/restapi/v1.0/account/~/extension/1",
+                       "body": {"extensionId": 1.5, "eventType": "Update", "hints": ["Limits"]}}),
+                InvalidId::Extension,
+            ),
+            (
+                "a negative extension id",
+                json!({"uuid": "u", "event": "/restapi/v1.0/account/~/extension",
+                       "body": {"extensionId": -7, "eventType": "Create"}}),
+                InvalidId::Extension,
+            ),
+            (
+                "one bad entry in a batch",
+                json!({"uuid": "u", "event": "/restapi/v1.0/account/~/extension",
+                       "body": {"extensions": [{"extensionId": "1", "eventType": "Delete"},
+                                               {"extensionId": "1/x", "eventType": "Delete"}]}}),
+                InvalidId::Extension,
+            ),
+            (
+                "an account id that is not digits",
+                json!({"uuid": "u", "event": "/restapi/v1.0/account/a%2F..%2F/extension/1",
+                       "body": {"extensionId": "1", "eventType": "Delete"}}),
+                InvalidId::Account,
+            ),
+            (
+                "a reminder for a subscription id with a path",
+                json!({"uuid": "u", "event": "/restapi/v1.0/subscription/~?threshold=60&interval=30",
+                       "subscriptionId": "../../v1.0/account/~/extension/~/ring-out?x=1", "body": {}}),
+                InvalidId::Subscription,
+            ),
+        ];
+        for (what, body, expected) in cases {
+            assert_eq!(parse(body).kind, EventKind::Unroutable(expected), "{what}");
+        }
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_digits() {
+        let body = |uuid: &str| {
+            format!(
+                r#"{{"uuid": {uuid}, "event": "/restapi/v1.0/account/1/extension/2",
+                       "body": {{"extensionId": 123456789012345678901234567891, "eventType": "Delete"}}}}"#
+            )
+        };
+        let a = Notification::parse(body("123456789012345678901234567890").as_bytes()).unwrap();
+        let b = Notification::parse(body("123456789012345678901234567891").as_bytes()).unwrap();
+        assert_eq!(a.uuid, "123456789012345678901234567890");
+        assert_eq!(b.uuid, "123456789012345678901234567891");
+        match a.kind {
+            EventKind::ExtensionInfo { change, .. } => {
+                assert_eq!(change.extension_id, "123456789012345678901234567891")
+            }
+            other => panic!("expected an extension event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn thousands_of_hints_are_deduplicated_in_order() {
+        let mut hints: Vec<String> = (0..5000).map(|i| format!("H{i}")).collect();
+        hints.extend((0..5000).map(|i| format!("H{i}")));
+        let n = parse(
+            json!({"uuid": "u", "event": "/restapi/v1.0/account/~/extension/1",
+                             "body": {"extensionId": "1", "eventType": "Update", "hints": hints}}),
+        );
+        let EventKind::ExtensionInfo { change, .. } = n.kind else {
+            panic!("expected an extension event")
+        };
+        assert_eq!(change.hints.len(), 5000);
+        assert_eq!(change.hints[4999].as_str(), "H4999");
     }
 
     #[test]

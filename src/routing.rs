@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::notification::{EventKind, ExtensionChange, Hint, Notification};
+use crate::notification::{EventKind, ExtensionChange, Hint, Notification, is_resource_id};
 
 /// The default topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "ringcentral.";
@@ -44,6 +44,57 @@ pub const BUILT_IN_HINTS: &[(&str, &[&str])] = &[
 
 /// The target API of Get Extension Info: where deletions and creations go.
 const EXTENSION_INFO_TARGET: &str = "account/~/extension/~/";
+
+/// The header naming why a notification was carried raw on the unrouted topic.
+pub const UNROUTED_REASON_HEADER: &str = "rc-unrouted-reason";
+
+/// What one notification may cost, decided before anything is serialized. The webhook faces the
+/// internet: without caps a 64 KiB body of distinct hints becomes thousands of messages that each copy
+/// every hint. The defaults are far above anything RingCentral sends (its table has 12 hints) and let a
+/// body-limit-sized batch of ordinary Extension List entries through in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutLimits {
+    /// Distinct hints in one extension's change.
+    pub max_hints_per_change: usize,
+    /// Changes (entries of a batched Extension List) in one notification.
+    pub max_changes: usize,
+    /// Messages planned from one notification.
+    pub max_messages: usize,
+    /// Bytes of everything planned from one notification (topics, keys, headers, values).
+    pub max_plan_bytes: usize,
+}
+
+impl Default for FanoutLimits {
+    fn default() -> Self {
+        FanoutLimits {
+            max_hints_per_change: 64,
+            max_changes: 4096,
+            max_messages: 8192,
+            max_plan_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Which cap a notification went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Hints,
+    Changes,
+    Messages,
+    Bytes,
+}
+
+impl Overflow {
+    /// A bounded label, for metrics and the `rc-unrouted-reason` header.
+    pub fn label(self) -> &'static str {
+        match self {
+            Overflow::Hints => "too_many_hints",
+            Overflow::Changes => "too_many_changes",
+            Overflow::Messages => "too_many_messages",
+            Overflow::Bytes => "plan_too_large",
+        }
+    }
+}
 
 /// A target API as written in the hint table, e.g. `account/~/extension/~/phone-number`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +212,8 @@ pub struct RoutingTable {
     extension_topic: Topic,
     subscription_topic: Topic,
     unrouted_topic: Topic,
+    extension_target: TargetApi,
+    limits: FanoutLimits,
 }
 
 impl RoutingTable {
@@ -210,7 +263,19 @@ impl RoutingTable {
             extension_topic: fixed(&TargetApi::new(EXTENSION_INFO_TARGET).topic_suffix())?,
             subscription_topic: fixed("subscription")?,
             unrouted_topic: fixed("unrouted")?,
+            extension_target: TargetApi::new(EXTENSION_INFO_TARGET),
+            limits: FanoutLimits::default(),
         })
+    }
+
+    /// The same table with other fan-out caps.
+    pub fn with_limits(mut self, limits: FanoutLimits) -> RoutingTable {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> FanoutLimits {
+        self.limits
     }
 
     pub fn route(&self, hint: &Hint) -> Option<&HintRoute> {
@@ -248,7 +313,8 @@ impl RoutingTable {
     }
 
     /// Plans every message of one notification. `raw` is the body as received (for unrouted events);
-    /// `received_at` is when the bridge accepted it (RFC 3339).
+    /// `received_at` is when the bridge accepted it (RFC 3339). A notification over a cap is planned as
+    /// one raw message on the unrouted topic: neither lost nor amplified.
     pub fn plan(&self, notification: &Notification, raw: &[u8], received_at: &str) -> RoutePlan {
         let mut planner = Planner {
             table: self,
@@ -256,25 +322,133 @@ impl RoutingTable {
             received_at,
             messages: Vec::new(),
         };
+        let mut unrouted_reason = None;
         match &notification.kind {
-            EventKind::ExtensionInfo { account_id, change } => planner.change(account_id, change),
+            EventKind::ExtensionInfo { account_id, change } => {
+                match self.overflow(notification, account_id, std::slice::from_ref(change)) {
+                    Some(over) => unrouted_reason = Some(over.label()),
+                    None => planner.change(account_id, change),
+                }
+            }
             EventKind::ExtensionList {
                 account_id,
                 changes,
-            } => {
-                for change in changes {
-                    planner.change(account_id, change);
+            } => match self.overflow(notification, account_id, changes) {
+                Some(over) => unrouted_reason = Some(over.label()),
+                None => {
+                    for change in changes {
+                        planner.change(account_id, change);
+                    }
                 }
-            }
+            },
             EventKind::SubscriptionReminder => planner.reminder(),
-            EventKind::Other => planner.raw(raw),
+            EventKind::Other => planner.raw(raw, None),
+            EventKind::Unroutable(invalid) => unrouted_reason = Some(invalid.label()),
+        }
+        if let Some(reason) = unrouted_reason {
+            planner.raw(raw, Some(reason));
         }
         RoutePlan {
             uuid: notification.uuid.clone(),
             kind: notification.kind.label().to_string(),
             messages: planner.messages,
+            unrouted_reason,
         }
     }
+
+    /// The first cap these changes go over, counted and sized without serializing anything: the cost
+    /// of the check grows with the body, never with what the body would fan out to.
+    fn overflow(
+        &self,
+        n: &Notification,
+        account_id: &str,
+        changes: &[ExtensionChange],
+    ) -> Option<Overflow> {
+        let limits = &self.limits;
+        if changes.len() > limits.max_changes {
+            return Some(Overflow::Changes);
+        }
+        if changes
+            .iter()
+            .any(|c| c.hints.len() > limits.max_hints_per_change)
+        {
+            return Some(Overflow::Hints);
+        }
+        // Fields every message of this notification repeats, in its value and headers.
+        let common = 512
+            + 3 * n.uuid.len()
+            + n.event.len()
+            + n.timestamp_len()
+            + 2 * n.subscription_id.as_deref().map_or(0, str::len)
+            + n.owner_id.as_deref().map_or(0, str::len)
+            + 2 * account_id.len();
+        let (mut messages, mut bytes) = (0usize, 0usize);
+        for change in changes {
+            let per_change = common
+                + 4 * change.extension_id.len()
+                + 2 * change.event_type.len()
+                + change
+                    .hints
+                    .iter()
+                    .map(|h| h.as_str().len() + 3)
+                    .sum::<usize>();
+            for d in self.destinations(change) {
+                messages += 1;
+                bytes += per_change
+                    + 2 * d.topic.as_str().len()
+                    + 2 * d.target.map_or(0, |t| t.as_str().len())
+                    + 3 * d.hint.map_or(0, |h| h.as_str().len());
+            }
+            if messages > limits.max_messages {
+                return Some(Overflow::Messages);
+            }
+            if bytes > limits.max_plan_bytes {
+                return Some(Overflow::Bytes);
+            }
+        }
+        None
+    }
+
+    /// Where the messages of one change go, in publication order: the one place that decides it, for
+    /// both the caps and the plan.
+    fn destinations<'a>(
+        &'a self,
+        change: &'a ExtensionChange,
+    ) -> Box<dyn Iterator<Item = Destination<'a>> + 'a> {
+        if change.event_type != "Update" || change.hints.is_empty() {
+            // Delete, Create, or an Update without hints: the extension itself changed.
+            return Box::new(std::iter::once(Destination {
+                topic: &self.extension_topic,
+                target: Some(&self.extension_target),
+                hint: None,
+            }));
+        }
+        Box::new(change.hints.iter().flat_map(move |hint| {
+            let routes: Box<dyn Iterator<Item = Destination<'a>>> = match self.route(hint) {
+                Some(route) => {
+                    Box::new(route.topics.iter().map(move |(topic, target)| Destination {
+                        topic,
+                        target: Some(target),
+                        hint: Some(hint),
+                    }))
+                }
+                None => Box::new(std::iter::once(Destination {
+                    topic: &self.unrouted_topic,
+                    target: None,
+                    hint: Some(hint),
+                })),
+            };
+            routes
+        }))
+    }
+}
+
+/// One message of a change: its topic, the target API it stands for (none for an unknown hint) and
+/// its hint (none when the extension itself changed).
+struct Destination<'a> {
+    topic: &'a Topic,
+    target: Option<&'a TargetApi>,
+    hint: Option<&'a Hint>,
 }
 
 /// Every Kafka message planned from one notification, in publication order.
@@ -284,6 +458,9 @@ pub struct RoutePlan {
     /// The event kind label, for metrics and logs.
     pub kind: String,
     pub messages: Vec<OutboundMessage>,
+    /// Why the notification was carried raw on the unrouted topic (a cap, an invalid id); for metrics.
+    #[serde(skip)]
+    pub unrouted_reason: Option<&'static str>,
 }
 
 impl RoutePlan {
@@ -367,47 +544,21 @@ struct Part<'a> {
 
 impl Planner<'_> {
     fn change(&mut self, account_id: &str, change: &ExtensionChange) {
-        let table = self.table;
-        let is_update_with_hints = change.event_type == "Update" && !change.hints.is_empty();
-        if !is_update_with_hints {
-            // Delete, Create, or an Update without hints: the extension itself changed.
-            let target = TargetApi::new(EXTENSION_INFO_TARGET);
+        for d in self.table.destinations(change) {
+            let hint_label = match (d.hint, d.target) {
+                (None, _) => "none",
+                (Some(hint), Some(_)) => hint.as_str(),
+                (Some(_), None) => "unknown",
+            };
             self.push(Part {
-                topic: &table.extension_topic,
+                topic: d.topic,
                 account_id: Some(account_id),
                 change: Some(change),
-                hint: None,
-                hint_label: "none",
-                target: Some(&target),
+                hint: d.hint,
+                hint_label,
+                target: d.target,
                 kind_label: "",
             });
-            return;
-        }
-        for hint in &change.hints {
-            match table.route(hint) {
-                Some(route) => {
-                    for (topic, target) in &route.topics {
-                        self.push(Part {
-                            topic,
-                            account_id: Some(account_id),
-                            change: Some(change),
-                            hint: Some(hint),
-                            hint_label: hint.as_str(),
-                            target: Some(target),
-                            kind_label: "",
-                        });
-                    }
-                }
-                None => self.push(Part {
-                    topic: &table.unrouted_topic,
-                    account_id: Some(account_id),
-                    change: Some(change),
-                    hint: Some(hint),
-                    hint_label: "unknown",
-                    target: None,
-                    kind_label: "",
-                }),
-            }
         }
     }
 
@@ -423,14 +574,19 @@ impl Planner<'_> {
         });
     }
 
-    /// An event the bridge does not route: the notification exactly as received.
-    fn raw(&mut self, raw: &[u8]) {
+    /// An event the bridge does not route: the notification exactly as received, with the reason
+    /// when it was refused routing (a cap, an invalid id).
+    fn raw(&mut self, raw: &[u8], reason: Option<&'static str>) {
         let n = self.notification;
         let topic = self.table.unrouted_topic.as_str();
+        let mut headers = self.headers(&format!("{}::Unrouted:{topic}", n.uuid), None, None);
+        if let Some(reason) = reason {
+            headers.push((UNROUTED_REASON_HEADER.into(), reason.into()));
+        }
         self.messages.push(OutboundMessage {
             topic: topic.to_string(),
             key: fallback_key(n).to_string(),
-            headers: self.headers(&format!("{}::Unrouted:{topic}", n.uuid), None, None),
+            headers,
             value: String::from_utf8_lossy(raw).into_owned(),
             hint_label: "none".into(),
         });
@@ -501,9 +657,14 @@ impl Planner<'_> {
     }
 }
 
-/// The key of a message without an extension id: the subscription id, else the notification uuid.
+/// The key of a message without an extension id: the subscription id, else the notification uuid,
+/// each only when it looks like an id (a key is not a place for whatever a client sent); else none.
 fn fallback_key(n: &Notification) -> &str {
-    n.subscription_id.as_deref().unwrap_or(&n.uuid)
+    [n.subscription_id.as_deref(), Some(n.uuid.as_str())]
+        .into_iter()
+        .flatten()
+        .find(|id| is_resource_id(id))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -531,6 +692,100 @@ mod tests {
 
     fn value(m: &OutboundMessage) -> Value {
         serde_json::from_str(&m.value).unwrap()
+    }
+
+    fn over_cap(p: &RoutePlan, reason: &str) {
+        assert_eq!(p.messages.len(), 1, "carried once");
+        let m = &p.messages[0];
+        assert_eq!(m.topic, "ringcentral.unrouted");
+        assert_eq!(m.header(UNROUTED_REASON_HEADER), Some(reason));
+        assert_eq!(p.unrouted_reason, Some(reason));
+    }
+
+    #[test]
+    fn a_change_over_the_hint_cap_is_carried_raw_once() {
+        let hints: Vec<String> = (0..1920).map(|i| format!("Hint{i}")).collect();
+        let hints: Vec<&str> = hints.iter().map(String::as_str).collect();
+        let body = update(&hints);
+        let p = plan(body.clone());
+        over_cap(&p, "too_many_hints");
+        assert_eq!(
+            value(&p.messages[0]),
+            body,
+            "the notification exactly as received"
+        );
+        assert_eq!(p.messages[0].key, "sub-1");
+    }
+
+    #[test]
+    fn each_cap_names_itself() {
+        let batch = |entries: usize, hints: &[&str]| {
+            let entry = json!({"extensionId": "1", "eventType": "Update", "hints": hints});
+            json!({"uuid": "b", "event": "/restapi/v1.0/account/~/extension",
+                   "body": {"extensions": vec![entry; entries]}})
+        };
+        let limits = FanoutLimits {
+            max_hints_per_change: 12,
+            max_changes: 10,
+            max_messages: 20,
+            max_plan_bytes: 1 << 20,
+        };
+        let table = table().with_limits(limits);
+        let plan_with = |table: &RoutingTable, body: Value| {
+            let raw = body.to_string();
+            let n = Notification::parse(raw.as_bytes()).unwrap();
+            table.plan(&n, raw.as_bytes(), "t")
+        };
+        over_cap(
+            &plan_with(&table, batch(11, &["Limits"])),
+            "too_many_changes",
+        );
+        over_cap(
+            &plan_with(&table, batch(7, &["Limits", "CallQueueMembersChange"])),
+            "too_many_messages",
+        );
+        let small = table.clone().with_limits(FanoutLimits {
+            max_plan_bytes: 4096,
+            ..limits
+        });
+        over_cap(&plan_with(&small, batch(10, &["Limits"])), "plan_too_large");
+        // Exactly at the caps: routed in full.
+        let p = plan_with(&table, batch(10, &["Limits", "Features"]));
+        assert_eq!(p.messages.len(), 20);
+        assert_eq!(p.unrouted_reason, None);
+    }
+
+    #[test]
+    fn a_body_limit_sized_batch_of_ordinary_entries_is_routed_in_full() {
+        let hints: Vec<&str> = BUILT_IN_HINTS.iter().map(|(h, _)| *h).collect();
+        let mut entries = Vec::new();
+        let mut body = json!({});
+        while body.to_string().len() < 64 * 1024 {
+            entries.push(
+                json!({"extensionId": format!("{}", 100_000 + entries.len()),
+                                "eventType": "Update", "hints": hints}),
+            );
+            body = json!({"uuid": "b", "event": "/restapi/v1.0/account/~/extension",
+                          "subscriptionId": "sub-1", "body": {"extensions": entries}});
+        }
+        let p = plan(body);
+        assert_eq!(p.unrouted_reason, None);
+        assert_eq!(p.messages.len(), entries.len() * 13);
+    }
+
+    #[test]
+    fn invalid_ids_are_carried_raw_without_a_key_or_path_from_them() {
+        let body = json!({"uuid": "../u", "event": "/restapi/v1.0/account/~/extension/1",
+                          "subscriptionId": "../../x?y",
+                          "body": {"extensionId": "../../../../oauth/revoke?token=x&",
+                                   "eventType": "Update", "hints": ["CompanyNumbers"]}});
+        let p = plan(body);
+        over_cap(&p, "invalid_extension_id");
+        assert_eq!(
+            p.messages[0].key, "",
+            "neither the subscription id nor the uuid is an id"
+        );
+        assert!(!p.messages[0].value.contains("resourcePath"));
     }
 
     #[test]
@@ -909,6 +1164,8 @@ mod properties {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
         /// Whatever the hints: one message per distinct topic of each known hint, one per unknown
         /// hint, every topic legal, every message id distinct, every key the extension id.
         #[test]
@@ -939,6 +1196,52 @@ mod properties {
             for m in &plan.messages {
                 prop_assert!(Topic::parse(m.topic.clone()).is_ok());
                 prop_assert_eq!(&m.key, &extension.to_string());
+            }
+        }
+
+        /// Whatever a body under the limit holds (distinct or repeated hints, long hint names,
+        /// batches), the plan stays within every cap: counted and sized before serializing, the
+        /// estimate never undershoots what is built.
+        #[test]
+        fn no_body_yields_more_than_the_caps(
+            changes in proptest::collection::vec(
+                (proptest::collection::vec(prop_oneof![hint(), "[A-Za-z]{40,200}"], 0..40),
+                 proptest::sample::select(vec!["Update", "Delete", "Create"])),
+                1..20),
+            batched in any::<bool>(),
+        ) {
+            let limits = FanoutLimits {
+                max_hints_per_change: 30,
+                max_changes: 30,
+                max_messages: 200,
+                max_plan_bytes: 64 * 1024,
+            };
+            let table = RoutingTable::new(DEFAULT_TOPIC_PREFIX, &BTreeMap::new())
+                .unwrap()
+                .with_limits(limits);
+            let entries: Vec<Value> = changes
+                .iter()
+                .enumerate()
+                .map(|(i, (hints, event_type))| {
+                    json!({"extensionId": i + 1, "eventType": event_type, "hints": hints})
+                })
+                .collect();
+            let body = if batched {
+                json!({"uuid": "p", "event": "/restapi/v1.0/account/~/extension",
+                       "subscriptionId": "s", "body": {"extensions": entries}})
+            } else {
+                json!({"uuid": "p", "event": "/restapi/v1.0/account/~/extension/1",
+                       "subscriptionId": "s", "body": entries[0]})
+            };
+            let raw = body.to_string();
+            prop_assume!(raw.len() <= 64 * 1024);
+            let n = Notification::parse(raw.as_bytes()).unwrap();
+            let plan = table.plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
+            prop_assert!(plan.messages.len() <= limits.max_messages);
+            prop_assert!(plan.payload_bytes() <= limits.max_plan_bytes.max(2 * raw.len()),
+                "{} bytes planned", plan.payload_bytes());
+            if plan.unrouted_reason.is_some() {
+                prop_assert_eq!(plan.messages.len(), 1);
             }
         }
 

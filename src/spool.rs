@@ -533,6 +533,7 @@ mod tests {
 
     fn plan(uuid: &str) -> RoutePlan {
         RoutePlan {
+            unrouted_reason: None,
             uuid: uuid.into(),
             kind: "extension_info".into(),
             messages: vec![OutboundMessage {

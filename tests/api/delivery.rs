@@ -318,7 +318,7 @@ fn an_unusable_spool_directory_stops_start_up_with_a_clear_message() {
             "--admin-listen",
             "127.0.0.1:0",
         ])
-        .args(["--brokers", "127.0.0.1:1"])
+        .args(["--brokers", "127.0.0.1:1", "--allow-unverified-webhooks"])
         .arg("--spool-dir")
         .arg(file.join("spool"))
         .output()

@@ -4,6 +4,7 @@
 mod common;
 
 mod delivery;
+mod exposure;
 mod operations;
 mod subscription;
 mod webhook;

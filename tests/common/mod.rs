@@ -55,6 +55,8 @@ pub fn test_args(brokers: &str, spool_dir: &std::path::Path) -> SettingsArgs {
             ("statistics.interval.ms".into(), "500".into()),
         ],
         shutdown_grace: Some(Duration::from_secs(5)),
+        // Tests that check verification set a token; the others post without one.
+        allow_unverified_webhooks: true,
         ..Default::default()
     }
 }
@@ -693,6 +695,7 @@ impl BridgeProcess {
                 "127.0.0.1:0",
             ])
             .args(["--brokers", brokers, "--log-format", "json"])
+            .arg("--allow-unverified-webhooks")
             .arg("--spool-dir")
             .arg(spool_dir)
             .args(["--kafka-property", "message.timeout.ms=5000"])

@@ -1,0 +1,444 @@
+//! The public endpoint under hostile input: bounded fan-out, untrusted ids, authentication by default,
+//! the subscription allow-list.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::MockKafka;
+use crate::common::{BridgeProcess, TestApp, read_all_before_marker, read_n, sample, unique};
+
+/// One change with as many distinct hints as fit in 64 KiB.
+fn hint_bomb(uuid: &str) -> String {
+    let hints: Vec<String> = (0..6000).map(|i| format!("H{i}")).collect();
+    let mut body = json!({
+        "uuid": uuid, "event": "/restapi/v1.0/account/~/extension/1", "subscriptionId": "sub-1",
+        "body": {"extensionId": "1", "eventType": "Update", "hints": hints}
+    })
+    .to_string();
+    while body.len() > 64 * 1024 {
+        let hints: Vec<String> = (0..(6000 * 64 * 1024 / body.len()) - 10)
+            .map(|i| format!("H{i}"))
+            .collect();
+        body = json!({
+            "uuid": uuid, "event": "/restapi/v1.0/account/~/extension/1", "subscriptionId": "sub-1",
+            "body": {"extensionId": "1", "eventType": "Update", "hints": hints}
+        })
+        .to_string();
+    }
+    body
+}
+
+/// A batched Extension List of ordinary entries (every hint of the table) filling 64 KiB.
+fn full_batch(uuid: &str) -> (String, usize) {
+    let hints: Vec<&str> = rc_kafka_bridge::routing::BUILT_IN_HINTS
+        .iter()
+        .map(|(h, _)| *h)
+        .collect();
+    let entry = |i: usize| json!({"extensionId": (100_000 + i).to_string(), "eventType": "Update", "hints": hints});
+    let build = |n: usize| {
+        json!({"uuid": uuid, "event": "/restapi/v1.0/account/~/extension", "subscriptionId": "sub-1",
+               "body": {"extensions": (0..n).map(entry).collect::<Vec<_>>()}})
+        .to_string()
+    };
+    let one = build(1).len();
+    let per_entry = build(2).len() - one;
+    let n = (64 * 1024 - one) / per_entry + 1;
+    let body = build(n);
+    assert!(body.len() <= 64 * 1024);
+    (body, n)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
+    let client = crate::common::http();
+    let run = unique();
+    let mut bodies = Vec::new();
+    let mut batch_entries = 0;
+    for i in 0..10 {
+        bodies.push(hint_bomb(&format!("bomb-{run}-{i}")));
+        let (batch, entries) = full_batch(&format!("batch-{run}-{i}"));
+        batch_entries = entries;
+        bodies.push(batch);
+    }
+    // Twenty notifications, four at a time. How fast they are answered is measured by the benchmark
+    // (a release build); here: every one accepted, bounded memory, bounded messages.
+    for group in bodies.chunks(4) {
+        let answers = futures_join(group.iter().map(|body| {
+            let client = client.clone();
+            let url = format!("{}/webhook", bridge.address);
+            let body = body.clone();
+            async move { client.post(url).body(body).send().await.unwrap().status() }
+        }))
+        .await;
+        assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    }
+
+    let scrape = scrape_until(&bridge.admin_address, "everything relayed", |s| {
+        sample(s, "rckb_spool_entries", &[]) == 0.0
+            && sample(s, "rckb_notifications_total", &[("outcome", "accepted")]) >= 20.0
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "rckb_notifications_unrouted_total",
+            &[("reason", "too_many_hints")]
+        ),
+        10.0
+    );
+    // Every entry of each full batch was routed: 13 messages per entry (CallQueueMembersChange has
+    // two topics).
+    let routed = sample(&scrape, "rckb_messages_published_total", &[]);
+    assert!(
+        routed >= (10 * batch_entries * 13 + 10) as f64,
+        "{routed} messages published"
+    );
+    let peak = peak_rss_kib(bridge.child.id());
+    eprintln!("peak RSS {} MiB", peak / 1024);
+    assert!(peak < 150 * 1024, "peak RSS {} MiB", peak / 1024);
+
+    let bombs = read_n(
+        &kafka.bootstrap,
+        &["ringcentral.unrouted".to_string()],
+        10,
+        Duration::from_secs(20),
+    )
+    .await;
+    let bombs: Vec<_> = bombs
+        .iter()
+        .filter(|m| m.uuid().starts_with("bomb-"))
+        .collect();
+    assert_eq!(bombs.len(), 10, "each hint bomb carried once");
+    for m in bombs {
+        assert_eq!(m.header("rc-unrouted-reason"), Some("too_many_hints"));
+    }
+}
+
+/// Scrapes a bridge process's `/metrics` until `condition` holds (bounded).
+async fn scrape_until(
+    admin: &str,
+    what: &str,
+    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let client = crate::common::http();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = client
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        if condition(&scrape) {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_with_path_tricks_never_reach_a_key_or_a_resource_path() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let uuid = format!("trick-{}", unique());
+    let body = json!({
+        "uuid": uuid, "event": "/restapi/v1.0/account/~/extension/1", "subscriptionId": "sub-1",
+        "body": {"extensionId": "../../../../oauth/revoke?token=x&", "eventType": "Update",
+                 "hints": ["CompanyNumbers", "Features"]}
+    });
+    assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+    let by_topic = read_all_before_marker(&app, Duration::from_secs(20)).await;
+    let mine: Vec<_> = by_topic
+        .values()
+        .flatten()
+        .filter(|m| m.uuid() == uuid)
+        .collect();
+    assert_eq!(mine.len(), 1, "carried once: {mine:?}");
+    let m = mine[0];
+    assert_eq!(m.topic, "ringcentral.unrouted");
+    assert_eq!(m.header("rc-unrouted-reason"), Some("invalid_extension_id"));
+    assert_eq!(m.key, "sub-1");
+    assert_eq!(serde_json::from_str::<Value>(&m.raw).unwrap(), body);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_big_numeric_uuids_are_not_duplicates() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    for uuid in [
+        "123456789012345678901234567890",
+        "123456789012345678901234567891",
+    ] {
+        let body = format!(
+            r#"{{"uuid": {uuid}, "event": "/restapi/v1.0/account/~/extension/1",
+                "body": {{"extensionId": 1, "eventType": "Update", "hints": ["Features"]}}}}"#
+        );
+        let response = app.post_webhook(body).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "accepted", "uuid {uuid}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_subscriptions_may_post() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        // The markers of `read_all_before_marker` come from these two.
+        a.allowed_subscription_ids = vec![
+            "sub-ok".into(),
+            "9d38419f-645f-4ee3-a053-8cf1368c21c4".into(),
+            "sub-marker".into(),
+        ];
+    })
+    .await;
+    let notification = |uuid: &str, subscription: Option<&str>| {
+        let mut body = json!({"uuid": uuid, "event": "/restapi/v1.0/account/~/extension/1",
+            "body": {"extensionId": "1", "eventType": "Update", "hints": ["Features"]}});
+        if let Some(id) = subscription {
+            body["subscriptionId"] = json!(id);
+        }
+        body.to_string()
+    };
+    let run = unique();
+    for (what, subscription) in [("another", Some("sub-other")), ("none", None)] {
+        let response = app
+            .post_webhook(notification(&format!("no-{run}-{what}"), subscription))
+            .await;
+        assert_eq!(response.status(), 403, "{what}");
+        assert!(response.text().await.unwrap().len() < 100);
+    }
+    let allowed = format!("yes-{run}");
+    let response = app
+        .post_webhook(notification(&allowed, Some("sub-ok")))
+        .await;
+    assert_eq!(response.status(), 200);
+
+    let by_topic = read_all_before_marker(&app, Duration::from_secs(20)).await;
+    let uuids: Vec<&str> = by_topic.values().flatten().map(|m| m.uuid()).collect();
+    assert_eq!(
+        uuids,
+        vec![allowed.as_str()],
+        "only the allowed one published"
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "rckb_notifications_total",
+            &[("outcome", "rejected_forbidden")]
+        ),
+        2.0
+    );
+    app.shutdown().await;
+}
+
+/// Bodies a hostile client might send. None may crash the bridge, none may be answered 5xx, and
+/// what is accepted is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_corpus_gets_clear_answers_and_bounded_work() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let u = unique();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_body = format!(
+        r#"{{"uuid":"deep-{u}","event":"/restapi/v1.0/account/~/extension/1","body":{}}}"#,
+        "{\"a\":".repeat(2000) + "1" + &"}".repeat(2000)
+    );
+    let corpus: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("deeply nested arrays", deep.into_bytes(), &[400, 413]),
+        ("deeply nested body", deep_body.into_bytes(), &[400]),
+        ("invalid UTF-8", b"{\"uuid\":\"\xff\xfe\",\"event\":\"/x\"}".to_vec(), &[400]),
+        ("NUL bytes", b"\0\0\0\0".to_vec(), &[400]),
+        ("huge number uuid", format!(r#"{{"uuid":{},"event":"/x"}}"#, "9".repeat(5000)).into_bytes(), &[200]),
+        ("exponent uuid", format!(r#"{{"uuid":1e999999,"event":"/x-{u}"}}"#).into_bytes(), &[200, 400]),
+        ("hints as objects", json!({"uuid": format!("obj-{u}"), "event": "/restapi/v1.0/account/~/extension/1",
+            "body": {"extensionId": "1", "eventType": "Update", "hints": [{"a": [1, 2]}, null, true, 7]}})
+            .to_string().into_bytes(), &[200]),
+        ("extension id as an object", json!({"uuid": format!("eobj-{u}"), "event": "/restapi/v1.0/account/~/extension/1",
+            "body": {"extensionId": {"x": 1}, "eventType": "Update", "hints": ["Features"]}})
+            .to_string().into_bytes(), &[200]),
+        ("account id with a path", json!({"uuid": format!("acc-{u}"), "event": "/restapi/v1.0/account/..%2f..%2f/extension/1",
+            "body": {"extensionId": "1", "eventType": "Update", "hints": ["Features"]}})
+            .to_string().into_bytes(), &[200]),
+        ("newlines in a hint", json!({"uuid": format!("nl-{u}"), "event": "/restapi/v1.0/account/~/extension/1",
+            "body": {"extensionId": "1", "eventType": "Update", "hints": ["A\r\nX-Injected: 1"]}})
+            .to_string().into_bytes(), &[200]),
+        ("a batch of 5000 empty entries", json!({"uuid": format!("empty-{u}"), "event": "/restapi/v1.0/account/~/extension",
+            "body": {"extensions": vec![json!({}); 5000]}}).to_string().into_bytes(), &[200]),
+        ("a batch of 1600 deletions", json!({"uuid": format!("many-{u}"), "event": "/restapi/v1.0/account/~/extension",
+            "body": {"extensions": vec![json!({"extensionId": 1, "eventType": "Delete"}); 1600]}})
+            .to_string().into_bytes(), &[200]),
+        ("a 1 MiB body", vec![b' '; 1 << 20], &[413]),
+    ];
+    let client = crate::common::http();
+    for (what, body, expected) in &corpus {
+        let response = client
+            .post(format!("{}/webhook", app.address))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        let status = response.status().as_u16();
+        assert!(expected.contains(&status), "{what}: answered {status}");
+        assert!(
+            response.bytes().await.unwrap().len() < 200,
+            "{what}: tiny answer"
+        );
+    }
+    // Still serving, and what was accepted stayed within the default caps.
+    assert_eq!(app.get_admin("/healthz").await.status(), 200);
+    let scrape = app
+        .metrics_until("everything relayed", |s| {
+            sample(s, "rckb_spool_entries", &[]) == 0.0
+        })
+        .await;
+    let published = sample(&scrape, "rckb_messages_published_total", &[]);
+    assert!(published < 5000.0, "{published} messages from the corpus");
+    app.shutdown().await;
+}
+
+/// Runs the binary with `args` after `serve`; returns its exit status and stderr when it exits by
+/// itself within a few seconds.
+fn serve_refuses(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--spool-dir")
+        .arg(dir.path())
+        .args(args)
+        .env_remove("RCKB_VERIFICATION_TOKEN")
+        .env_remove("RCKB_ALLOW_UNVERIFIED_WEBHOOKS")
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "serve {args:?} must refuse to start"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
+    let stderr = serve_refuses(&["--brokers", "127.0.0.1:1"]);
+    assert!(stderr.contains("verification_token"), "{stderr}");
+    assert!(stderr.contains("--allow-unverified-webhooks"), "{stderr}");
+    let stderr = serve_refuses(&[
+        "--brokers",
+        "127.0.0.1:1",
+        "--verification-token",
+        "REPLACE-WITH-THE-SUBSCRIPTION-VERIFICATION-TOKEN",
+    ]);
+    assert!(stderr.contains("placeholder"), "{stderr}");
+}
+
+/// The log lines of `serve ARGS` up to "listening" (the process is stopped then).
+fn startup_log(args: &[&str]) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .arg("--spool-dir")
+        .arg(dir.path())
+        .args(args)
+        .env_remove("RCKB_VERIFICATION_TOKEN")
+        .env_remove("RCKB_ALLOW_UNVERIFIED_WEBHOOKS")
+        .env_remove("RCKB_BROKERS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let done = line.contains("\"listening\"");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.last().is_some_and(|l| l.contains("listening")),
+        "serve {args:?} did not start: {lines:?}"
+    );
+    lines
+}
+
+#[test]
+fn opting_out_and_short_tokens_start_with_a_warning() {
+    let kafka = MockKafka::start();
+    let log = startup_log(&["--brokers", &kafka.bootstrap, "--allow-unverified-webhooks"]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("without a verification token")),
+        "{log:?}"
+    );
+    let log = startup_log(&[
+        "--brokers",
+        &kafka.bootstrap,
+        "--verification-token",
+        "short",
+    ]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("shorter than 16")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn the_embedded_broker_needs_no_token() {
+    let log = startup_log(&[]);
+    assert!(!log.iter().any(|l| l.contains("verification")), "{log:?}");
+}
