@@ -7,26 +7,12 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rc_kafka_bridge::config::Settings;
 use rc_kafka_bridge::notification::Notification;
-
-const ALL_HINTS: [&str; 12] = [
-    "AccountSettings",
-    "AccountStatus",
-    "AnsweringRules",
-    "CompanyNumbers",
-    "DialingPlan",
-    "ExtensionInfo",
-    "Features",
-    "Limits",
-    "Permissions",
-    "ProfileImage",
-    "VideoConfiguration",
-    "CallQueueMembersChange",
-];
+use rc_kafka_bridge::routing::BUILT_IN_HINTS;
 
 fn body(hints: usize) -> Vec<u8> {
-    let hints: Vec<String> = ALL_HINTS[..hints]
+    let hints: Vec<String> = BUILT_IN_HINTS[..hints]
         .iter()
-        .map(|h| format!("\"{h}\""))
+        .map(|(h, _)| format!("\"{h}\""))
         .collect();
     format!(
         r#"{{"uuid":"ed1cf00c-0420-4bf5-a0ae-e659cc9f77e0","event":"/restapi/v1.0/account/~/extension/8475874957","timestamp":"2013-06-14T12:00:00.000Z","subscriptionId":"9d38419f-645f-4ee3-a053-8cf1368c21c4","ownerId":"8475874957","body":{{"extensionId":"8475874957","eventType":"Update","hints":[{}]}}}}"#,
