@@ -4,6 +4,7 @@
 mod common;
 
 mod delivery;
+mod keeper_hardening;
 mod operations;
 mod subscription;
 mod webhook;

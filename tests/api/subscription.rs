@@ -29,6 +29,7 @@ fn client(fake: &FakeRingCentral, jwt: &str) -> RingCentral {
         client_secret: Secret::new(CLIENT_SECRET),
         jwt: Secret::new(jwt),
     })
+    .expect("a client for the fake")
 }
 
 /// Waits (bounded) until `condition` holds on the fake's state.
