@@ -27,8 +27,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 
 # A fixed numeric id, so Kubernetes' runAsNonRoot can verify it and volumes can be chowned to it.
+# CA certificates: the RingCentral client does not need them (it carries Mozilla's root certificates,
+# compiled in, so that it works on any machine, this image included), but librdkafka does for TLS to a
+# Kafka cluster whose certificate a public CA signed (managed Kafka services). Unpinned on purpose:
+# root certificates must follow Debian's security updates.
 ARG UID=10001
-RUN groupadd --system --gid "${UID}" rckb \
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid "${UID}" rckb \
     && useradd --system --uid "${UID}" --gid rckb --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin rckb \
     && install -d -o rckb -g rckb -m 0750 /var/lib/rc-kafka-bridge

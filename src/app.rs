@@ -27,7 +27,7 @@ fn keeper(settings: &Settings, metrics: &Metrics) -> Result<Option<Keeper>, Star
         return Ok(None);
     }
     let invalid = |e: crate::config::ConfigError| StartError::Config(e.to_string());
-    let client = Arc::new(RingCentral::new(rc.credentials().map_err(invalid)?));
+    let client = Arc::new(RingCentral::new(rc.credentials().map_err(invalid)?)?);
     let keeper_settings = KeeperSettings {
         address: rc.address().map_err(invalid)?.to_string(),
         event_filters: rc.event_filters.clone(),
@@ -53,6 +53,8 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    #[error("{0}")]
+    RingCentral(#[from] crate::ringcentral::ApiError),
 }
 
 /// A running bridge: both listeners bound, Kafka connected (or connecting), the relay started.
@@ -169,7 +171,7 @@ impl Application {
             reminders,
             allowed: Arc::new(AllowedSubscriptions::new(
                 settings.allowed_subscription_ids.clone(),
-                None,
+                keeper.as_ref().map(|(keeper, _)| keeper.subscription_id()),
             )),
         };
         let listener = bind(settings.listen).await?;

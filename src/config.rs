@@ -3,6 +3,7 @@
 //! message that names the setting.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::ringcentral::SubscriptionId;
 use crate::routing::{DEFAULT_TOPIC_PREFIX, FanoutLimits, RoutingError, RoutingTable, Topic};
 
 /// How an accepted notification reaches Kafka.
@@ -79,11 +81,47 @@ fn positive_usize(
     }
 }
 
+/// One `KEY=VALUE` librdkafka property. Errors name the key at most, never the text: a value may be
+/// a password, and text without `=` may be a piece of one.
 fn parse_property(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(
+            "expected KEY=VALUE, found no `=` (the text is not shown: it may be a secret)".into(),
+        );
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("expected KEY=VALUE, found an empty key".into());
+    }
+    Ok((key.to_string(), value.trim().to_string()))
+}
+
+/// Parses `--kafka-property`. clap's own message for a rejected value repeats the value, which may
+/// be a password; this parser's errors name the key at most.
+#[derive(Clone)]
+struct PropertyParser;
+
+impl clap::builder::TypedValueParser for PropertyParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let refuse = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("--kafka-property: {message}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("is not UTF-8 (not shown)".into()))?;
+        parse_property(text).map_err(refuse)
+    }
 }
 
 /// The settings of `serve` (and of the commands that read the same configuration). Every field is
@@ -138,8 +176,10 @@ pub struct SettingsArgs {
     /// human or json [default: human].
     #[arg(long, env = "RCKB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// A librdkafka property, KEY=VALUE; repeatable; wins over [kafka.properties].
-    #[arg(long = "kafka-property", env = "RCKB_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ',', value_parser = parse_property)]
+    /// A librdkafka property, KEY=VALUE (the value whole, commas included); repeatable. Wins over
+    /// the environment (RCKB_KAFKA_PROPERTY_<KEY>, then RCKB_KAFKA_PROPERTIES: KEY=VALUE,KEY=VALUE
+    /// with `\,` for a comma in a value) and over [kafka.properties].
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = PropertyParser)]
     pub kafka_properties: Vec<(String, String)>,
     /// Create missing topics when `serve` starts.
     #[arg(long, env = "RCKB_ENSURE_TOPICS")]
@@ -177,6 +217,11 @@ pub struct SettingsArgs {
     pub max_plan_bytes: Option<usize>,
     #[command(flatten)]
     pub ringcentral: RingCentralArgs,
+    // Secrets in Kafka properties (issue 10).
+    /// librdkafka properties from the environment (`RCKB_KAFKA_PROPERTIES`, then each
+    /// `RCKB_KAFKA_PROPERTY_<KEY>`), filled by [`Settings::load`]; the flags win over them.
+    #[arg(skip)]
+    pub kafka_properties_env: Vec<(String, String)>,
 }
 
 /// RingCentral API access and the subscription keeper (`[ringcentral]` in the file).
@@ -251,7 +296,7 @@ pub struct RingCentralSettings {
     pub webhook_address: Option<String>,
     pub event_filters: Vec<String>,
     pub expires_in: u64,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub keep_subscription: bool,
     pub check_interval: Duration,
     pub renew_before: Duration,
@@ -281,7 +326,16 @@ impl RingCentralSettings {
                 .rc_expires_in
                 .or(file.expires_in)
                 .unwrap_or(crate::ringcentral::MAX_EXPIRES_IN),
-            subscription_id: args.rc_subscription_id.or(file.subscription_id),
+            subscription_id: args
+                .rc_subscription_id
+                .or(file.subscription_id)
+                .map(|id| {
+                    SubscriptionId::parse(id).map_err(|e| ConfigError::Invalid {
+                        key: "ringcentral.subscription_id",
+                        message: e.to_string(),
+                    })
+                })
+                .transpose()?,
             keep_subscription: args.rc_keep_subscription || file.keep_subscription.unwrap_or(false),
             check_interval: args
                 .rc_check_interval
@@ -292,12 +346,12 @@ impl RingCentralSettings {
                 .or(file.renew_before)
                 .unwrap_or(Duration::from_secs(86_400)),
         };
-        if !settings.server.starts_with("https://") && !settings.server.starts_with("http://") {
-            return Err(ConfigError::Invalid {
+        crate::ringcentral::parse_server(&settings.server).map_err(|message| {
+            ConfigError::Invalid {
                 key: "ringcentral.server",
-                message: format!("`{}` is not an http(s) URL", settings.server),
-            });
-        }
+                message,
+            }
+        })?;
         if settings.expires_in == 0 || settings.expires_in > crate::ringcentral::MAX_EXPIRES_IN {
             return Err(ConfigError::Invalid {
                 key: "ringcentral.expires_in",
@@ -452,21 +506,194 @@ impl std::ops::Deref for KafkaProperties {
     }
 }
 
+/// Whether a librdkafka property's value is a secret, going by its name (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, `sasl.jaas.config`, ...).
+fn is_secret_property(key: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "key",
+        "token",
+        "jaas",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
 impl fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = |key: &str| {
-            ["password", "secret", "key", "token"]
-                .iter()
-                .any(|s| key.contains(s))
-        };
         f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if secret(k) { "***" } else { v.as_str() })),
-            )
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k,
+                    if is_secret_property(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
             .finish()
     }
+}
+
+impl KafkaProperties {
+    /// `text` (a librdkafka error) with every property value replaced by `<value of KEY>`, so that
+    /// a message about a property names its key only. Values of four characters or more, and those
+    /// of secret-looking keys, are masked wherever they appear; other short ones (`1`, `all`) only
+    /// as whole words, so that the numbers and words of the message stay readable.
+    pub fn redact(&self, text: &str) -> String {
+        let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        // Every occurrence is found in the original text, then overlapping ones are masked as one:
+        // masking values one after another could leave a piece of a longer one in view.
+        let mut spans: Vec<(usize, usize, &str)> = Vec::new();
+        for (key, value) in self.0.iter().filter(|(_, v)| !v.is_empty()) {
+            let anywhere = value.len() >= 4 || is_secret_property(key);
+            for (at, _) in text.match_indices(value.as_str()) {
+                let end = at + value.len();
+                let whole_word = !is_word(text[..at].chars().next_back())
+                    && !is_word(text[end..].chars().next());
+                if anywhere || whole_word {
+                    spans.push((at, end, key));
+                }
+            }
+        }
+        spans.sort_by_key(|&(at, end, _)| (at, std::cmp::Reverse(end)));
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        let mut spans = spans.into_iter().peekable();
+        while let Some((at, mut end, key)) = spans.next() {
+            while let Some(&(_, next_end, _)) = spans.peek().filter(|(next, _, _)| *next < end) {
+                end = end.max(next_end);
+                spans.next();
+            }
+            out.push_str(&text[copied..at]);
+            out.push_str(&format!("<value of {key}>"));
+            copied = end;
+        }
+        out.push_str(&text[copied..]);
+        out
+    }
+
+    /// Asks librdkafka whether it accepts every property, as it would when a client is made; the
+    /// error names the key only.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "kafka.properties",
+            message,
+        };
+        for (key, value) in &self.0 {
+            if key.contains('\0') || value.contains('\0') {
+                return Err(invalid(format!("`{key}`: contains a NUL character")));
+            }
+        }
+        let config: rdkafka::ClientConfig = self.0.clone().into_iter().collect();
+        match config.create_native_config() {
+            Ok(_) => Ok(()),
+            Err(rdkafka::error::KafkaError::ClientConfig(result, _, key, _)) => {
+                use rdkafka::types::RDKafkaConfRes as R;
+                let why = match result {
+                    R::RD_KAFKA_CONF_UNKNOWN => "no such librdkafka property (check the spelling)",
+                    _ => {
+                        "librdkafka refuses this value (not shown: it may be a secret); see \
+                         librdkafka's CONFIGURATION.md for the allowed values"
+                    }
+                };
+                Err(invalid(format!("`{key}`: {why}")))
+            }
+            Err(e) => Err(invalid(self.redact(&e.to_string()))),
+        }
+    }
+}
+
+/// The variable that lists librdkafka properties: `KEY=VALUE,KEY=VALUE`.
+pub const KAFKA_PROPERTIES_VAR: &str = "RCKB_KAFKA_PROPERTIES";
+/// The prefix of one-property variables: `RCKB_KAFKA_PROPERTY_SASL_PASSWORD` sets `sasl.password`.
+pub const KAFKA_PROPERTY_VAR_PREFIX: &str = "RCKB_KAFKA_PROPERTY_";
+
+/// The librdkafka properties given in `vars` (the process environment): first the items of
+/// `RCKB_KAFKA_PROPERTIES`, split on commas (`\,` is a comma inside a value, `\\` a backslash),
+/// then one property per `RCKB_KAFKA_PROPERTY_<KEY>` variable, whose value is taken whole; for one
+/// key, the latter wins. `<KEY>` is the property's name upper-cased with `.` as `_`. An empty
+/// variable counts as not set. Errors name the variable, never a value.
+pub fn kafka_properties_from_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut list = Vec::new();
+    let mut single = BTreeMap::new();
+    for (name, value) in vars {
+        let Some(name) = name.to_str() else { continue };
+        let is_list = name == KAFKA_PROPERTIES_VAR;
+        let key = name.strip_prefix(KAFKA_PROPERTY_VAR_PREFIX);
+        if !is_list && key.is_none() {
+            continue;
+        }
+        let refuse = |message: &str| ConfigError::Environment {
+            variable: name.to_string(),
+            message: message.to_string(),
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| refuse("is not UTF-8 (the value is not shown)"))?;
+        if value.is_empty() {
+            continue;
+        }
+        match key {
+            None => {
+                for (n, item) in split_escaped_list(&value).iter().enumerate() {
+                    if item.trim().is_empty() {
+                        continue;
+                    }
+                    let property = parse_property(item).map_err(|e| {
+                        refuse(&format!(
+                            "item {}: {e}; write a comma inside a value as `\\,`, or set the \
+                             property alone with {KAFKA_PROPERTY_VAR_PREFIX}<KEY>",
+                            n + 1
+                        ))
+                    })?;
+                    list.push(property);
+                }
+            }
+            Some(key) => {
+                let valid =
+                    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    return Err(refuse(
+                        "must be RCKB_KAFKA_PROPERTY_ followed by the property's name in capitals, \
+                         with `_` for `.` (RCKB_KAFKA_PROPERTY_SASL_PASSWORD for sasl.password)",
+                    ));
+                }
+                let property = key.to_ascii_lowercase().replace('_', ".");
+                if let Some(other) = single.insert(property.clone(), (name.to_string(), value)) {
+                    return Err(refuse(&format!(
+                        "sets `{property}`, as {} does: keep one of them",
+                        other.0
+                    )));
+                }
+            }
+        }
+    }
+    list.extend(single.into_iter().map(|(key, (_, value))| (key, value)));
+    Ok(list)
+}
+
+/// Splits on `,` except where escaped: `\,` is a comma, `\\` a backslash, any other `\` itself.
+fn split_escaped_list(text: &str) -> Vec<String> {
+    let mut items = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let item = items.last_mut().expect("never empty");
+        match (c, chars.peek()) {
+            ('\\', Some(&next @ (',' | '\\'))) => {
+                item.push(next);
+                chars.next();
+            }
+            (',', _) => items.push(String::new()),
+            _ => item.push(c),
+        }
+    }
+    items
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -482,6 +709,8 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
     #[error("routing: {0}")]
     Routing(#[from] RoutingError),
+    #[error("{variable}: {message}")]
+    Environment { variable: String, message: String },
 }
 
 /// librdkafka properties the bridge owns: setting them would break its delivery guarantees or
@@ -519,7 +748,9 @@ impl Settings {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        Settings::resolve(args.clone(), file)
+        let mut args = args.clone();
+        args.kafka_properties_env = kafka_properties_from_env(std::env::vars_os())?;
+        Settings::resolve(args, file)
     }
 
     pub fn resolve(args: SettingsArgs, file: FileConfig) -> Result<Settings, ConfigError> {
@@ -576,6 +807,7 @@ impl Settings {
             })?;
 
         let mut kafka_properties = file.kafka.properties;
+        kafka_properties.extend(args.kafka_properties_env);
         kafka_properties.extend(args.kafka_properties);
         for (key, why) in OWNED_KAFKA_PROPERTIES {
             if kafka_properties.contains_key(*key) {
@@ -585,6 +817,8 @@ impl Settings {
                 });
             }
         }
+        let kafka_properties = KafkaProperties(kafka_properties);
+        kafka_properties.check()?;
 
         let positive = |key: &'static str, value: u64| {
             if value == 0 {
@@ -665,7 +899,7 @@ impl Settings {
                     .unwrap_or(3)
                     .max(0) as u64,
             )? as i32,
-            kafka_properties: KafkaProperties(kafka_properties),
+            kafka_properties,
             hints: file.hints,
             ringcentral: RingCentralSettings::resolve(args.ringcentral, file.ringcentral)?,
             routing,
@@ -775,6 +1009,168 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("Bad"), "{err}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Result<Vec<(String, String)>, ConfigError> {
+        kafka_properties_from_env(
+            vars.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        )
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_environment() {
+        let got = env(&[
+            ("PATH", "/bin"),
+            ("RCKB_KAFKA_PROPERTY_SASL_PASSWORD", " pa,ss "),
+            (
+                "RCKB_KAFKA_PROPERTIES",
+                r"linger.ms=7, client.id=a\,b , sasl.password=list,",
+            ),
+            ("RCKB_KAFKA_PROPERTY_SSL_KEY_PASSWORD", ""),
+            ("RCKB_KAFKA_PROPERTY_CLIENT_RACK", r"c:\dir\\x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("linger.ms".to_string(), "7".to_string()),
+                ("client.id".into(), "a,b".into()),
+                ("sasl.password".into(), "list".into()),
+                // One-property variables come last, so they win; taken whole, never split.
+                ("client.rack".into(), r"c:\dir\\x".into()),
+                ("sasl.password".into(), " pa,ss ".into()),
+            ]
+        );
+        assert_eq!(
+            split_escaped_list(r"a=1\,2,b=x\\,c=\y"),
+            ["a=1,2", r"b=x\", r"c=\y"]
+        );
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable_not_the_value() {
+        for (vars, named) in [
+            (
+                vec![("RCKB_KAFKA_PROPERTIES", "sasl.password=hun,ter2")],
+                "RCKB_KAFKA_PROPERTIES",
+            ),
+            (
+                vec![("RCKB_KAFKA_PROPERTIES", "=hunter2")],
+                "RCKB_KAFKA_PROPERTIES",
+            ),
+            (
+                vec![("RCKB_KAFKA_PROPERTY_SASL.PASSWORD", "hunter2")],
+                "RCKB_KAFKA_PROPERTY_SASL.PASSWORD",
+            ),
+            (
+                vec![
+                    ("RCKB_KAFKA_PROPERTY_SASL_PASSWORD", "hunter2"),
+                    ("RCKB_KAFKA_PROPERTY_sasl_password", "hunter2"),
+                ],
+                "sasl.password",
+            ),
+        ] {
+            let err = env(&vars).unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+            assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let err = kafka_properties_from_env([(
+                OsString::from("RCKB_KAFKA_PROPERTY_SASL_PASSWORD"),
+                OsString::from_vec(vec![0xff, b'x']),
+            )])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("RCKB_KAFKA_PROPERTY_SASL_PASSWORD"), "{err}");
+        }
+    }
+
+    #[test]
+    fn property_errors_name_the_key_not_the_value() {
+        for text in ["hunter2", "=hunter2", "  =hunter2"] {
+            let err = parse_property(text).unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert_eq!(
+            parse_property(" sasl.password = a=b,c ").unwrap(),
+            ("sasl.password".into(), "a=b,c".into())
+        );
+        for (toml, key) in [
+            (
+                "[kafka.properties]\n\"linger.ms\" = \"hunter2\"",
+                "`linger.ms`",
+            ),
+            (
+                "[kafka.properties]\n\"sasl.pasword\" = \"hunter2\"",
+                "`sasl.pasword`",
+            ),
+            (
+                "[kafka.properties]\n\"compression.type\" = \"hunter2\"",
+                "`compression.type`",
+            ),
+        ] {
+            let err = from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let file: FileConfig = toml::from_str(
+            "[kafka.properties]\n\"linger.ms\" = \"1\"\n\"client.id\" = \"file\"\n\"client.rack\" = \"file\"",
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            kafka_properties_env: vec![
+                ("linger.ms".into(), "2".into()),
+                ("client.id".into(), "env".into()),
+            ],
+            kafka_properties: vec![("linger.ms".into(), "3".into())],
+            ..Default::default()
+        };
+        let s = Settings::resolve(args, file).unwrap();
+        assert_eq!(s.kafka_properties["linger.ms"], "3");
+        assert_eq!(s.kafka_properties["client.id"], "env");
+        assert_eq!(s.kafka_properties["client.rack"], "file");
+    }
+
+    #[test]
+    fn librdkafka_messages_are_redacted() {
+        let properties = KafkaProperties(BTreeMap::from([
+            ("sasl.mechanisms".to_string(), "HUNTER2".to_string()),
+            ("sasl.password".to_string(), "pw".to_string()),
+            ("linger.ms".to_string(), "5".to_string()),
+            ("client.id".to_string(), "HUNTER2-long".to_string()),
+        ]));
+        let redacted = properties.redact(
+            "Unsupported SASL mechanism: HUNTER2; pw=pwned; HUNTER2-long; \
+             value 5 outside 1..500, not 15",
+        );
+        assert_eq!(
+            redacted,
+            "Unsupported SASL mechanism: <value of sasl.mechanisms>; <value of sasl.password>=\
+             <value of sasl.password>ned; <value of client.id>; value <value of linger.ms> \
+             outside 1..500, not 15"
+        );
+    }
+
+    #[test]
+    fn the_subscription_id_and_the_server_are_checked() {
+        let err = from_toml("[ringcentral]\nsubscription_id = \"../x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ringcentral.subscription_id"), "{err}");
+        let err = from_toml("[ringcentral]\nserver = \"http://platform.ringcentral.com\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ringcentral.server"), "{err}");
+        assert!(err.contains("https://"), "{err}");
+        let s = from_toml("[ringcentral]\nserver = \"http://127.0.0.1:9\"").unwrap();
+        assert_eq!(s.ringcentral.server, "http://127.0.0.1:9");
     }
 
     #[test]

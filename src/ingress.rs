@@ -21,9 +21,12 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use tokio::sync::watch;
+
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::notification::{EventKind, Notification, ParseError};
+use crate::ringcentral::SubscriptionId;
 use crate::routing::RoutingTable;
 use crate::sink::{Acceptance, Sink, SinkError};
 
@@ -74,11 +77,14 @@ pub struct IngressState {
 #[derive(Debug, Default)]
 pub struct AllowedSubscriptions {
     configured: Vec<String>,
-    keeper: Option<Arc<ArcSwap<Option<String>>>>,
+    keeper: Option<watch::Receiver<Option<SubscriptionId>>>,
 }
 
 impl AllowedSubscriptions {
-    pub fn new(configured: Vec<String>, keeper: Option<Arc<ArcSwap<Option<String>>>>) -> Self {
+    pub fn new(
+        configured: Vec<String>,
+        keeper: Option<watch::Receiver<Option<SubscriptionId>>>,
+    ) -> Self {
         AllowedSubscriptions { configured, keeper }
     }
 
@@ -93,7 +99,7 @@ impl AllowedSubscriptions {
             || self
                 .keeper
                 .as_ref()
-                .is_some_and(|current| current.load().as_deref() == Some(id))
+                .is_some_and(|kept| kept.borrow().as_ref().map(SubscriptionId::as_str) == Some(id))
     }
 }
 

@@ -7,7 +7,9 @@ use rc_kafka_bridge::app::Application;
 use rc_kafka_bridge::config::{Settings, SettingsArgs};
 use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
-use rc_kafka_bridge::ringcentral::{self, NewSubscription, RingCentral, Subscription};
+use rc_kafka_bridge::ringcentral::{
+    self, NewSubscription, RingCentral, Subscription, SubscriptionId,
+};
 use rc_kafka_bridge::telemetry;
 
 // Many small allocations per notification (parsing, planning, spool entries, Kafka records):
@@ -67,19 +69,19 @@ enum SubscriptionCommand {
     },
     /// Show one subscription.
     Show {
-        id: String,
+        id: SubscriptionId,
         #[command(flatten)]
         settings: SettingsArgs,
     },
     /// Renew one subscription.
     Renew {
-        id: String,
+        id: SubscriptionId,
         #[command(flatten)]
         settings: SettingsArgs,
     },
     /// Delete one subscription.
     Delete {
-        id: String,
+        id: SubscriptionId,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -107,12 +109,19 @@ fn main() -> ExitCode {
             let brokers = s.brokers.as_deref().unwrap_or("localhost:9092");
             let _producer = ProducerFactory::new(brokers, &s.kafka_properties, Metrics::new())
                 .build()
-                .map_err(|e| format!("kafka.properties: {e}"))?;
+                .map_err(|e| {
+                    format!(
+                        "kafka.properties: {}",
+                        s.kafka_properties.redact(&e.to_string())
+                    )
+                })?;
             println!(
                 "configuration is valid: {} hints, {} topics",
                 s.routing.hints().count(),
                 s.routing.topics().len()
             );
+            // Secret values print as ***.
+            println!("kafka properties: {:?}", s.kafka_properties);
             Ok(())
         }),
         Command::Topics {
@@ -140,7 +149,8 @@ fn subscription(command: SubscriptionCommand) -> Result<(), String> {
     let settings = load(settings)?;
     telemetry::init(settings.log_format);
     let rc = &settings.ringcentral;
-    let client = RingCentral::new(rc.credentials().map_err(|e| e.to_string())?);
+    let client = RingCentral::new(rc.credentials().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     let show =
         |s: &Subscription| serde_json::to_string_pretty(s).expect("a subscription serialises");
     runtime()?.block_on(async {
@@ -243,7 +253,7 @@ fn serve(settings: Settings, args: SettingsArgs) -> Result<(), String> {
             .then_some((settings.partitions, settings.replication_factor));
         let mut app = Application::build(settings)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| properties.redact(&e.to_string()))?;
         // SIGHUP re-reads the configuration file (flags and environment as given at start); only
         // the routing (`[hints]`, the topic prefix) changes while running.
         app.reload_routing_with(Box::new(move || {
@@ -324,18 +334,23 @@ fn ensure(settings: &Settings) -> Result<(), String> {
     let factory = ProducerFactory::new(brokers, &settings.kafka_properties, Metrics::new());
     let mut wanted = settings.routing.topics();
     wanted.push(settings.dead_letter_topic.clone());
-    let missing = kafka::missing_topics(&factory, &wanted, Duration::from_secs(10))
-        .map_err(|e| format!("cannot read Kafka metadata: {e}"))?;
+    let missing =
+        kafka::missing_topics(&factory, &wanted, Duration::from_secs(10)).map_err(|e| {
+            let e = settings.kafka_properties.redact(&e.to_string());
+            format!("cannot read Kafka metadata: {e}")
+        })?;
     if missing.is_empty() {
         println!("all {} topics exist", wanted.len());
         return Ok(());
     }
-    runtime()?.block_on(kafka::create_topics(
-        &factory,
-        &missing,
-        settings.partitions,
-        settings.replication_factor,
-    ))?;
+    runtime()?
+        .block_on(kafka::create_topics(
+            &factory,
+            &missing,
+            settings.partitions,
+            settings.replication_factor,
+        ))
+        .map_err(|e| settings.kafka_properties.redact(&e))?;
     for topic in &missing {
         println!("created {topic}");
     }

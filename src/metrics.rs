@@ -37,6 +37,8 @@ pub struct Metrics {
     pub subscription_recreations: IntCounterVec,
     pub ringcentral_api_errors: IntCounterVec,
     pub notifications_unrouted: IntCounterVec,
+    // Keeper hardening (issue 10): reminders that name no subscription the keeper owns.
+    pub subscription_reminders_ignored: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -211,6 +213,14 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            subscription_reminders_ignored: IntCounterVec::new(
+                opts(
+                    "subscription_reminders_ignored_total",
+                    "Expiry reminders the keeper ignored, by reason (invalid_id, other_subscription, none_kept).",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -239,6 +249,7 @@ impl Metrics {
             Box::new(m.subscription_recreations.clone()),
             Box::new(m.ringcentral_api_errors.clone()),
             Box::new(m.notifications_unrouted.clone()),
+            Box::new(m.subscription_reminders_ignored.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

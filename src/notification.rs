@@ -102,7 +102,8 @@ fn is_account_id(id: &str) -> bool {
     id == "~" || is_digits(id)
 }
 
-/// RingCentral's resource ids (subscriptions): letters, digits and `-`, of a sane length.
+/// RingCentral's resource ids (subscriptions): letters, digits and `-`, 1 to 128 characters (theirs
+/// are 36).
 pub fn is_resource_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }

@@ -3,13 +3,17 @@
 //! address, or creates one), renews it on each expiry reminder and before it expires, checks its
 //! status periodically, and recreates it with the same filters, address and token when RingCentral
 //! blacklisted it, it expired or it is gone: the events users lose most often.
+//!
+//! Expiry reminders reach the keeper from the public webhook, so their subscription id is
+//! untrusted: a reminder acts only on the subscription the keeper owns, and is otherwise ignored
+//! with a log line and `rckb_subscription_reminders_ignored_total{reason}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{ApiError, NewSubscription, RingCentral, Subscription};
+use super::{ApiError, NewSubscription, RingCentral, Subscription, SubscriptionId};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 
@@ -25,7 +29,7 @@ pub struct KeeperSettings {
     /// The token RingCentral sends back as `Verification-Token` (the bridge's own).
     pub verification_token: Option<Secret>,
     /// A subscription to adopt; without it, the one whose address is `address`, else a new one.
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub check_interval: Duration,
     pub renew_before: Duration,
 }
@@ -35,6 +39,8 @@ pub struct Keeper {
     settings: KeeperSettings,
     metrics: Metrics,
     current: Option<Subscription>,
+    /// The id of `current`, published for the rest of the bridge.
+    kept: watch::Sender<Option<SubscriptionId>>,
 }
 
 impl Keeper {
@@ -44,11 +50,32 @@ impl Keeper {
             settings,
             metrics,
             current: None,
+            kept: watch::Sender::new(None),
         }
     }
 
+    /// The id of the subscription this keeper owns (the one it adopted or created), `None` until it
+    /// has one; it follows every recreation. Take it before [`Keeper::run`]: the receiver is cheap
+    /// to clone and to read (`borrow()`) from any task, and stays readable after the keeper
+    /// stopped. The ingress can use it to accept the kept subscription's notifications without
+    /// its id being configured.
+    pub fn subscription_id(&self) -> watch::Receiver<Option<SubscriptionId>> {
+        self.kept.subscribe()
+    }
+
+    /// Makes `subscription` the one kept, and publishes its id.
+    fn keep(&mut self, subscription: Option<Subscription>) {
+        let id = subscription.as_ref().map(|s| s.id.clone());
+        self.kept.send_if_modified(|kept| {
+            let changed = *kept != id;
+            *kept = id;
+            changed
+        });
+        self.current = subscription;
+    }
+
     /// Runs until `stop` turns true. `reminders` carries the subscription id of each expiry reminder
-    /// the bridge accepted.
+    /// the bridge accepted, as received (unvalidated).
     pub async fn run(
         mut self,
         mut reminders: mpsc::UnboundedReceiver<String>,
@@ -111,9 +138,10 @@ impl Keeper {
     }
 
     async fn act_on(&mut self, subscription: Subscription) {
+        // Kept before it is reported: whoever sees the status metric can rely on the kept id.
+        self.keep(Some(subscription.clone()));
         self.observe(&subscription.status, Some(&subscription));
         let to_expiry = subscription.seconds_to_expiry();
-        self.current = Some(subscription.clone());
         if subscription.status == "Blacklisted" {
             tracing::warn!(id = %subscription.id, details = ?subscription.blacklisted_data,
                 "subscription is blacklisted");
@@ -157,25 +185,41 @@ impl Keeper {
         }
     }
 
-    async fn on_reminder(&mut self, id: &str) {
-        let ours = self.current.as_ref().map(|s| s.id.as_str());
-        if ours.is_some_and(|ours| ours != id) {
-            tracing::info!(
-                reminded = id,
-                "expiry reminder for another subscription; not renewing it"
-            );
-            return;
+    async fn on_reminder(&mut self, reminded: &str) {
+        let Ok(reminded) = SubscriptionId::parse(reminded) else {
+            // Not logged: the text came from the internet and names nothing RingCentral knows.
+            return self.ignore_reminder("invalid_id", None);
+        };
+        let ours = self.current.as_ref().map(|s| s.id.clone());
+        match ours {
+            Some(ours) if ours == reminded => self.renew(&ours).await,
+            Some(_) => self.ignore_reminder("other_subscription", Some(&reminded)),
+            None => self.ignore_reminder("none_kept", Some(&reminded)),
         }
-        self.renew(id).await;
     }
 
-    async fn renew(&mut self, id: &str) {
+    /// A reminder that names no subscription this keeper owns: renewing it would act on whatever
+    /// id a client posted to the webhook.
+    fn ignore_reminder(&self, reason: &'static str, reminded: Option<&SubscriptionId>) {
+        self.metrics
+            .subscription_reminders_ignored
+            .with_label_values(&[reason])
+            .inc();
+        tracing::info!(
+            reason,
+            reminded = reminded.map(SubscriptionId::as_str),
+            kept = self.current.as_ref().map(|s| s.id.as_str()),
+            "expiry reminder not for the kept subscription; ignored"
+        );
+    }
+
+    async fn renew(&mut self, id: &SubscriptionId) {
         match self.client.renew_subscription(id).await {
             Ok(subscription) => {
                 self.metrics.subscription_renewals.inc();
-                tracing::info!(id, expires = ?subscription.expiration_time, "subscription renewed");
+                tracing::info!(%id, expires = ?subscription.expiration_time, "subscription renewed");
                 self.observe(&subscription.status, Some(&subscription));
-                self.current = Some(subscription);
+                self.keep(Some(subscription));
             }
             Err(e) if e.is_not_found() => {
                 self.observe("Missing", None);
@@ -227,12 +271,12 @@ impl Keeper {
                     "subscription created anew"
                 );
                 self.observe(&subscription.status, Some(&subscription));
-                self.current = Some(subscription);
+                self.keep(Some(subscription));
             }
             Err(e) => {
                 self.api_error("creating the subscription", &e);
                 // Keep pointing at the old one, so the next check tries again.
-                self.current = old;
+                self.keep(old);
             }
         }
     }

@@ -5,9 +5,10 @@
 pub mod keeper;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,11 +45,105 @@ pub struct Credentials {
     pub jwt: Secret,
 }
 
+/// A RingCentral subscription id (a UUID in practice). Ids arrive from the command line, from
+/// RingCentral's answers and from expiry reminders posted to the public webhook, and each becomes a
+/// segment of a request sent with the bridge's bearer token: only letters, digits and `-` are
+/// accepted, so no id can name another endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SubscriptionId(String);
+
+/// The longest subscription id accepted (`notification::is_resource_id`); RingCentral's are 36.
+const MAX_SUBSCRIPTION_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a RingCentral subscription id: only letters, digits and `-`, 1 to {MAX_SUBSCRIPTION_ID_LEN} characters"
+)]
+pub struct InvalidSubscriptionId;
+
+impl SubscriptionId {
+    pub fn parse(id: impl Into<String>) -> Result<SubscriptionId, InvalidSubscriptionId> {
+        let id = id.into();
+        if crate::notification::is_resource_id(&id) {
+            Ok(SubscriptionId(id))
+        } else {
+            Err(InvalidSubscriptionId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for SubscriptionId {
+    type Err = InvalidSubscriptionId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SubscriptionId::parse(s)
+    }
+}
+
+impl TryFrom<String> for SubscriptionId {
+    type Error = InvalidSubscriptionId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        SubscriptionId::parse(s)
+    }
+}
+
+impl From<SubscriptionId> for String {
+    fn from(id: SubscriptionId) -> String {
+        id.0
+    }
+}
+
+impl PartialEq<str> for SubscriptionId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+/// Parses the API server's address. The bridge sends its JWT, client secret and bearer tokens
+/// there, so it must be `https://`; plain `http://` is accepted only on loopback (127.0.0.0/8,
+/// `::1`, `localhost`), where nothing crosses a network (a local fake API, a local proxy).
+pub fn parse_server(server: &str) -> Result<Url, String> {
+    let url = Url::parse(server).map_err(|e| format!("`{server}` is not a URL: {e}"))?;
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(format!("`{server}` is not an http(s) server address"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "`{server}` must be a plain server address, without credentials, query or fragment"
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "`{server}` must use https:// (credentials and tokens are sent there);              http:// is allowed only on loopback"
+        )),
+        _ => Err(format!("`{server}` is not an https:// URL")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A webhook subscription as RingCentral describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
-    pub id: String,
+    pub id: SubscriptionId,
     #[serde(default)]
     pub status: String,
     #[serde(default)]
@@ -131,6 +226,8 @@ pub enum ApiError {
     },
     #[error("RingCentral's answer was not understood: {0}")]
     Decode(String),
+    #[error("cannot set up the RingCentral client: {0}")]
+    Setup(String),
 }
 
 fn code_suffix(code: &Option<String>) -> String {
@@ -171,6 +268,7 @@ impl ApiError {
         match self {
             ApiError::Network { .. } => "network",
             ApiError::Decode(_) => "decode",
+            ApiError::Setup(_) => "setup",
             ApiError::Api { status, code, .. } => match (status, code.as_deref()) {
                 (_, Some("SUB-505")) => "limit_reached",
                 (_, Some("SUB-520" | "SUB-525")) => "handshake",
@@ -211,6 +309,8 @@ struct Token {
 pub struct RingCentral {
     http: reqwest::Client,
     credentials: Credentials,
+    /// `credentials.server`, parsed: every request URL is this plus percent-encoded segments.
+    base: Url,
     token: Mutex<Option<Token>>,
 }
 
@@ -227,27 +327,49 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Mozilla's root certificates, compiled in. The shipped image installs no CA certificates, and a
+/// machine's own store may be missing or empty: these roots let the client reach RingCentral
+/// everywhere. The machine's roots, when there are any, are trusted as well (a corporate proxy's).
+fn bundled_roots() -> Result<Vec<reqwest::Certificate>, ApiError> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::Setup(format!("bundled root certificates: {e}")))
+}
+
 impl RingCentral {
-    pub fn new(credentials: Credentials) -> RingCentral {
+    /// A client for `credentials.server`, which must pass [`parse_server`].
+    pub fn new(credentials: Credentials) -> Result<RingCentral, ApiError> {
         install_crypto_provider();
+        let base = parse_server(&credentials.server).map_err(ApiError::Setup)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("rc-kafka-bridge/", env!("CARGO_PKG_VERSION")))
+            .tls_certs_merge(bundled_roots()?)
             .build()
-            .expect("an HTTP client with the default settings");
-        RingCentral {
+            .map_err(|e| ApiError::Setup(error_chain(&e)))?;
+        Ok(RingCentral {
             http,
             credentials,
+            base,
             token: Mutex::new(None),
-        }
+        })
     }
 
     pub fn server(&self) -> &str {
         &self.credentials.server
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.credentials.server.trim_end_matches('/'))
+    /// The URL of an API endpoint. Each segment is percent-encoded on its own (`/`, `?`, `#`, `%`
+    /// included; `.` and `..` are dropped), so no value placed in a segment can reach another
+    /// endpoint.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
     }
 
     fn network(&self, e: reqwest::Error) -> ApiError {
@@ -281,7 +403,7 @@ impl RingCentral {
         let response = self
             .send_with_retries(|| {
                 self.http
-                    .post(self.url("/restapi/oauth/token"))
+                    .post(self.url(&["restapi", "oauth", "token"]))
                     .basic_auth(
                         &self.credentials.client_id,
                         Some(self.credentials.client_secret.expose()),
@@ -344,15 +466,16 @@ impl RingCentral {
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         body: Option<&Value>,
     ) -> Result<T, ApiError> {
         let token = self.access_token().await?;
+        let url = self.url(path);
         let response = self
             .send_with_retries(|| {
                 let request = self
                     .http
-                    .request(method.clone(), self.url(path))
+                    .request(method.clone(), url.clone())
                     .bearer_auth(&token);
                 match body {
                     Some(body) => request.json(body),
@@ -368,8 +491,7 @@ impl RingCentral {
         new: &NewSubscription,
     ) -> Result<Subscription, ApiError> {
         let body = serde_json::to_value(new).map_err(|e| ApiError::Decode(e.to_string()))?;
-        self.call(Method::POST, "/restapi/v1.0/subscription", Some(&body))
-            .await
+        self.call(Method::POST, SUBSCRIPTIONS, Some(&body)).await
     }
 
     pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>, ApiError> {
@@ -377,40 +499,48 @@ impl RingCentral {
         struct Records {
             records: Vec<Subscription>,
         }
-        let records: Records = self
-            .call(Method::GET, "/restapi/v1.0/subscription", None)
-            .await?;
+        let records: Records = self.call(Method::GET, SUBSCRIPTIONS, None).await?;
         Ok(records.records)
     }
 
-    pub async fn subscription(&self, id: &str) -> Result<Subscription, ApiError> {
-        self.call(
-            Method::GET,
-            &format!("/restapi/v1.0/subscription/{id}"),
-            None,
-        )
-        .await
+    pub async fn subscription(&self, id: &SubscriptionId) -> Result<Subscription, ApiError> {
+        self.call(Method::GET, &subscription_path(id, None), None)
+            .await
     }
 
-    pub async fn renew_subscription(&self, id: &str) -> Result<Subscription, ApiError> {
-        self.call(
-            Method::POST,
-            &format!("/restapi/v1.0/subscription/{id}/renew"),
-            None,
-        )
-        .await
+    pub async fn renew_subscription(&self, id: &SubscriptionId) -> Result<Subscription, ApiError> {
+        self.call(Method::POST, &subscription_path(id, Some("renew")), None)
+            .await
     }
 
-    pub async fn delete_subscription(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_subscription(&self, id: &SubscriptionId) -> Result<(), ApiError> {
         let _: Value = self
-            .call(
-                Method::DELETE,
-                &format!("/restapi/v1.0/subscription/{id}"),
-                None,
-            )
+            .call(Method::DELETE, &subscription_path(id, None), None)
             .await?;
         Ok(())
     }
+}
+
+/// `/restapi/v1.0/subscription`, as path segments.
+const SUBSCRIPTIONS: &[&str] = &["restapi", "v1.0", "subscription"];
+
+fn subscription_path<'a>(id: &'a SubscriptionId, action: Option<&'a str>) -> Vec<&'a str> {
+    let mut path = SUBSCRIPTIONS.to_vec();
+    path.push(id.as_str());
+    path.extend(action);
+    path
+}
+
+/// An error with its causes: reqwest's own message rarely says what failed underneath.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Decodes a success body (an empty one as `null`), or turns an error answer into [`ApiError`].
@@ -487,6 +617,115 @@ mod tests {
         assert!(json["deliveryMode"].get("expiresIn").is_none());
         assert_eq!(json["deliveryMode"]["transportType"], "WebHook");
         assert_eq!(json["deliveryMode"]["verificationToken"], "t");
+    }
+
+    #[test]
+    fn subscription_ids_are_letters_digits_and_dashes() {
+        for good in ["a1b2c3d4-e5f6-7890-abcd-ef1234567890", "seeded-1", "X"] {
+            assert_eq!(SubscriptionId::parse(good).unwrap().as_str(), good);
+        }
+        let too_long = "a".repeat(MAX_SUBSCRIPTION_ID_LEN + 1);
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "a?b",
+            "a#b",
+            "%2e%2e",
+            "a b",
+            "a.b",
+            "~",
+            "é",
+            too_long.as_str(),
+        ] {
+            assert!(SubscriptionId::parse(bad).is_err(), "{bad:?}");
+        }
+        let answer = r#"{"id": "../renew", "status": "Active"}"#;
+        assert!(
+            serde_json::from_str::<Subscription>(answer).is_err(),
+            "an answer with such an id is not understood"
+        );
+    }
+
+    #[test]
+    fn the_server_is_https_except_on_loopback() {
+        for good in [
+            "https://platform.ringcentral.com",
+            "https://platform.devtest.ringcentral.com/",
+            "https://proxy.example/ringcentral",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://localhost:1234",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+        ] {
+            assert!(parse_server(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://platform.ringcentral.com",
+            "http://10.0.0.1",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "http://127.0.0.1.example.com",
+            "ftp://platform.ringcentral.com",
+            "platform.ringcentral.com",
+            "https://user:pass@platform.ringcentral.com",
+            "https://platform.ringcentral.com/?x=1",
+            "",
+        ] {
+            assert!(parse_server(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn client(server: &str) -> RingCentral {
+        RingCentral::new(Credentials {
+            server: server.into(),
+            client_id: "id".into(),
+            client_secret: Secret::new("secret"),
+            jwt: Secret::new("jwt"),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_path_segment_is_percent_encoded() {
+        let rc = client("https://platform.ringcentral.com");
+        let url = rc.url(&["restapi", "v1.0", "subscription", "../a/b?c#d%e"]);
+        assert_eq!(
+            url.as_str(),
+            "https://platform.ringcentral.com/restapi/v1.0/subscription/..%2Fa%2Fb%3Fc%23d%25e"
+        );
+        assert_eq!(
+            rc.url(&["restapi", "v1.0", "subscription", "..", "renew"])
+                .as_str(),
+            "https://platform.ringcentral.com/restapi/v1.0/subscription/renew",
+            "a `..` segment is dropped, never followed"
+        );
+        let id = SubscriptionId::parse("abc-1").unwrap();
+        assert_eq!(
+            rc.url(&subscription_path(&id, Some("renew"))).as_str(),
+            "https://platform.ringcentral.com/restapi/v1.0/subscription/abc-1/renew"
+        );
+        // A server with a path (a proxy) keeps it.
+        let proxied = client("https://proxy.example/rc/");
+        assert_eq!(
+            proxied.url(&["restapi", "oauth", "token"]).as_str(),
+            "https://proxy.example/rc/restapi/oauth/token"
+        );
+    }
+
+    #[test]
+    fn a_plain_http_server_off_loopback_is_an_error_not_a_panic() {
+        let err = RingCentral::new(Credentials {
+            server: "http://platform.ringcentral.com".into(),
+            client_id: "id".into(),
+            client_secret: Secret::new("secret"),
+            jwt: Secret::new("jwt"),
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), "setup");
+        assert!(err.to_string().contains("https://"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod common;
 
 mod delivery;
 mod exposure;
+mod keeper_hardening;
 mod operations;
 mod subscription;
 mod webhook;

@@ -29,6 +29,7 @@ fn client(fake: &FakeRingCentral, jwt: &str) -> RingCentral {
         client_secret: Secret::new(CLIENT_SECRET),
         jwt: Secret::new(jwt),
     })
+    .expect("a client for the fake")
 }
 
 /// Waits (bounded) until `condition` holds on the fake's state.
@@ -328,5 +329,41 @@ async fn the_keeper_creates_a_subscription_when_there_is_none() {
         created["deliveryMode"]["address"],
         format!("{}/webhook", app.address)
     );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_allow_list_the_keepers_own_subscription_is_allowed_too() {
+    let kafka = MockKafka::start();
+    let fake = FakeRingCentral::start().await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let address = format!("http://127.0.0.1:{port}/webhook");
+    let id = fake.seed(&address, "Active", Some("keeper-token"));
+    let keeper = keeper_args(&fake, address, "1h");
+    let app = TestApp::spawn(&kafka.bootstrap, move |a| {
+        keeper(a);
+        a.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        a.allowed_subscription_ids = vec!["configured-sub".into()];
+    })
+    .await;
+    app.metrics_until("the keeper to adopt", |m| {
+        sample(m, "rckb_subscription_status", &[("status", "Active")]) == 1.0
+    })
+    .await;
+    let post = |subscription: &str| {
+        let mut body =
+            crate::common::extension_update(&format!("allow-{}", unique()), "7", &["Features"]);
+        body["subscriptionId"] = serde_json::json!(subscription);
+        app.post_with(body.to_string(), &[("Verification-Token", "keeper-token")])
+    };
+    assert_eq!(post(&id).await.status(), 200, "the keeper's subscription");
+    assert_eq!(
+        post("configured-sub").await.status(),
+        200,
+        "the configured one"
+    );
+    assert_eq!(post("stranger").await.status(), 403, "any other");
     app.shutdown().await;
 }

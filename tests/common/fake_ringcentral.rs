@@ -1,13 +1,16 @@
 //! A fake RingCentral API: OAuth (JWT bearer and refresh-token grants) and the subscription
 //! endpoints, in memory. Creating a subscription performs the real validation handshake against the
-//! given address and fails with SUB-520 unless the `Validation-Token` comes back.
+//! given address and fails with SUB-520 unless the `Validation-Token` comes back. Every request is
+//! recorded as it arrived (method, raw path and query), including those to endpoints it lacks,
+//! which are answered 404 as RingCentral does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -30,6 +33,8 @@ pub struct FakeState {
     pub renewals: Vec<String>,
     pub deletions: Vec<String>,
     next: u64,
+    /// Every request, as `METHOD /path?query` exactly as received (still percent-encoded).
+    pub requests: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -49,6 +54,8 @@ impl FakeRingCentral {
             .route("/restapi/v1.0/subscription", post(create).get(list))
             .route("/restapi/v1.0/subscription/{id}", get(read).delete(delete))
             .route("/restapi/v1.0/subscription/{id}/renew", post(renew))
+            .fallback(no_such_endpoint)
+            .layer(middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -184,6 +191,25 @@ async fn token(
         "scope": "ReadAccounts WebhookSubscriptions",
     }))
     .into_response()
+}
+
+async fn record(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let line = format!("{} {target}", request.method());
+    state.lock().unwrap().requests.push(line);
+    next.run(request).await
+}
+
+async fn no_such_endpoint() -> Response {
+    error(StatusCode::NOT_FOUND, "CMN-102", "Resource is not found")
 }
 
 fn not_found() -> Response {
