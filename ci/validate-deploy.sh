@@ -260,8 +260,12 @@ settings_exist() {
     local unknown=0 name
     for name in $(grep -ohE '\bRCKB_[A-Z_]+' Dockerfile docker-compose.yml deploy/kubernetes/*.yaml \
         deploy/kubernetes/config.toml | sort -u); do
-        # `[env: NAME=]`, or `[env: NAME]` for settings whose values help hides.
+        # `[env: NAME=]`, or `[env: NAME]` for settings whose values help hides; the Kafka property
+        # variables, which the bridge reads itself, are named in the text of --kafka-property.
         grep -qE "\[env: $name(=|\])" "$WORK/serve-help.txt" \
+            || { [[ $name == RCKB_KAFKA_PROPERTIES ]] && grep -qw "$name" "$WORK/serve-help.txt"; } \
+            || { [[ $name == RCKB_KAFKA_PROPERTY_?* ]] \
+                && grep -qF "RCKB_KAFKA_PROPERTY_<KEY>" "$WORK/serve-help.txt"; } \
             || { echo "$name is not a setting of serve"; unknown=1; }
     done
     for name in $("$PY" ci/deploy_check.py compose-bridge-flags docker-compose.yml); do
