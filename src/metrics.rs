@@ -216,7 +216,7 @@ impl Metrics {
             subscription_reminders_ignored: IntCounterVec::new(
                 opts(
                     "subscription_reminders_ignored_total",
-                    "Expiry reminders the keeper ignored, by reason (invalid_id, other_subscription, none_kept).",
+                    "Expiry reminders the keeper ignored, by reason (invalid_id, other_subscription, none_kept, recently_renewed).",
                 ),
                 &["reason"],
             )

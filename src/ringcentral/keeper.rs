@@ -41,7 +41,14 @@ pub struct Keeper {
     current: Option<Subscription>,
     /// The id of `current`, published for the rest of the bridge.
     kept: watch::Sender<Option<SubscriptionId>>,
+    /// When a reminder last renewed the subscription.
+    last_reminded_renewal: Option<tokio::time::Instant>,
 }
+
+/// Reminders for the kept subscription closer together than this renew it once: RingCentral sends
+/// them at most hourly, and anyone holding the verification token could otherwise make the keeper
+/// call RingCentral for every notification they post.
+const REMINDER_RENEWAL_GAP: Duration = Duration::from_secs(60);
 
 impl Keeper {
     pub fn new(client: Arc<RingCentral>, settings: KeeperSettings, metrics: Metrics) -> Keeper {
@@ -51,6 +58,7 @@ impl Keeper {
             metrics,
             current: None,
             kept: watch::Sender::new(None),
+            last_reminded_renewal: None,
         }
     }
 
@@ -192,7 +200,17 @@ impl Keeper {
         };
         let ours = self.current.as_ref().map(|s| s.id.clone());
         match ours {
-            Some(ours) if ours == reminded => self.renew(&ours).await,
+            Some(_)
+                if self
+                    .last_reminded_renewal
+                    .is_some_and(|at| at.elapsed() < REMINDER_RENEWAL_GAP) =>
+            {
+                self.ignore_reminder("recently_renewed", Some(&reminded))
+            }
+            Some(ours) if ours == reminded => {
+                self.last_reminded_renewal = Some(tokio::time::Instant::now());
+                self.renew(&ours).await
+            }
             Some(_) => self.ignore_reminder("other_subscription", Some(&reminded)),
             None => self.ignore_reminder("none_kept", Some(&reminded)),
         }

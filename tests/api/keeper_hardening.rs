@@ -213,6 +213,9 @@ async fn the_keeper_acts_only_on_reminders_for_the_subscription_it_owns() {
         "",
         other.as_str(),
         ours.as_str(),
+        // A flood of genuine-looking reminders renews once.
+        ours.as_str(),
+        ours.as_str(),
     ] {
         keeper.reminders.send(reminded.to_string()).unwrap();
     }
@@ -233,6 +236,10 @@ async fn the_keeper_acts_only_on_reminders_for_the_subscription_it_owns() {
         fake.state.lock().unwrap().renewals,
         std::slice::from_ref(&ours)
     );
+    metrics_until(&keeper.metrics, "every reminder handled", |m| {
+        ignored(m, "recently_renewed") == 2.0
+    })
+    .await;
     let m = scrape(&keeper.metrics);
     assert_eq!(ignored(&m, "invalid_id"), 5.0);
     assert_eq!(ignored(&m, "other_subscription"), 1.0);
