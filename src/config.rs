@@ -13,6 +13,8 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::ringcentral::SubscriptionId;
+pub use crate::secret::Secret;
+
 use crate::routing::{DEFAULT_TOPIC_PREFIX, FanoutLimits, RoutingError, RoutingTable, Topic};
 
 /// How an accepted notification reaches Kafka.
@@ -34,33 +36,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A value that must never reach a log line.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)

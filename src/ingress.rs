@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 
 use tokio::sync::watch;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::metrics::Metrics;
 use crate::notification::{EventKind, Notification, ParseError};
 use crate::ringcentral::SubscriptionId;

@@ -14,6 +14,7 @@
 //! - [`kafka`]: the producer, error classification, topic checks, the embedded development broker.
 //! - [`ringcentral`]: RingCentral's REST API and the subscription keeper.
 //! - [`config`]: layered settings (flags, `RCKB_*` environment, TOML file).
+//! - [`secret`]: values that never reach a log line.
 //! - [`metrics`]: every Prometheus metric; [`telemetry`]: logging.
 //! - [`app`]: wiring, start-up and graceful shutdown.
 
@@ -26,6 +27,7 @@ pub mod notification;
 pub mod relay;
 pub mod ringcentral;
 pub mod routing;
+pub mod secret;
 pub mod sink;
 pub mod spool;
 pub mod telemetry;

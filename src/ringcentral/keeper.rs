@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{ApiError, NewSubscription, RingCentral, Subscription, SubscriptionId};
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::metrics::Metrics;
 
 /// The statuses the status gauge reports (one of them is 1).

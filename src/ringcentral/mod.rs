@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 pub const PRODUCTION_SERVER: &str = "https://platform.ringcentral.com";
 pub const SANDBOX_SERVER: &str = "https://platform.devtest.ringcentral.com";
