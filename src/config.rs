@@ -138,6 +138,28 @@ pub struct SettingsArgs {
     pub replication_factor: Option<i32>,
     #[command(flatten)]
     pub ringcentral: RingCentralArgs,
+    // HTTP limits on both listeners.
+    /// Time a client has to send a request's head, from connecting or from its first byte after
+    /// an idle keep-alive [default: 5s].
+    #[arg(long, env = "RCKB_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Time a client has to send a whole request body (408 after it), and to take the response
+    /// [default: 10s].
+    #[arg(long, env = "RCKB_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// How long a keep-alive connection may wait for its next request [default: 75s].
+    #[arg(long, env = "RCKB_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Largest request head (request line and headers), in bytes; larger gets 431 [default: 16384].
+    #[arg(long, env = "RCKB_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most open webhook connections; more wait in the listen backlog [default: 1024, lowered to fit
+    /// the descriptor limit].
+    #[arg(long, env = "RCKB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open admin connections; more wait in the listen backlog [default: 32].
+    #[arg(long, env = "RCKB_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<usize>,
 }
 
 /// RingCentral API access and the subscription keeper (`[ringcentral]` in the file).
@@ -336,6 +358,16 @@ pub struct FileConfig {
     hints: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     ringcentral: RingCentralFileConfig,
+    // HTTP limits on both listeners.
+    #[serde(default, with = "humantime_serde_opt")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    idle_timeout: Option<Duration>,
+    max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    admin_max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,6 +413,14 @@ pub struct Settings {
     pub hints: BTreeMap<String, Vec<String>>,
     pub routing: RoutingTable,
     pub ringcentral: RingCentralSettings,
+    // HTTP limits on both listeners.
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// `None`: the default, fitted to the descriptor limit at start-up.
+    pub max_connections: Option<usize>,
+    pub admin_max_connections: Option<usize>,
 }
 
 /// librdkafka properties as given. Printing them hides every value whose key looks secret
@@ -426,6 +466,9 @@ pub enum ConfigError {
     #[error("routing: {0}")]
     Routing(#[from] RoutingError),
 }
+
+/// Longest HTTP timeout accepted: anything longer is a typo, and would hold a connection for good.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// librdkafka properties the bridge owns: setting them would break its delivery guarantees or
 /// duplicate a first-class setting.
@@ -510,6 +553,55 @@ impl Settings {
             .brokers
             .or(file.brokers)
             .filter(|b| !b.trim().is_empty());
+        // HTTP limits on both listeners.
+        let timeout = |key: &'static str, value: Option<Duration>, default: u64| {
+            let value = value.unwrap_or(Duration::from_secs(default));
+            if value.is_zero() || value > MAX_TIMEOUT {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be more than zero and at most 1 day".into(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let header_timeout = timeout(
+            "header_timeout",
+            args.header_timeout.or(file.header_timeout),
+            5,
+        )?;
+        let body_timeout = timeout("body_timeout", args.body_timeout.or(file.body_timeout), 10)?;
+        let idle_timeout = timeout("idle_timeout", args.idle_timeout.or(file.idle_timeout), 75)?;
+        let max_header_bytes = args
+            .max_header_bytes
+            .or(file.max_header_bytes)
+            .unwrap_or(16 * 1024);
+        if max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_header_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        let shutdown_grace = args
+            .shutdown_grace
+            .or(file.shutdown_grace)
+            .unwrap_or(Duration::from_secs(10));
+        if shutdown_grace > MAX_TIMEOUT {
+            return Err(ConfigError::Invalid {
+                key: "shutdown_grace",
+                message: "must be at most 1 day".into(),
+            });
+        }
+        let max_connections = args.max_connections.or(file.max_connections);
+        let admin_max_connections = args.admin_max_connections.or(file.admin_max_connections);
+        for (key, cap) in [
+            ("max_connections", max_connections),
+            ("admin_max_connections", admin_max_connections),
+        ] {
+            if let Some(cap) = cap {
+                positive(key, cap as u64)?;
+            }
+        }
         Ok(Settings {
             listen: args
                 .listen
@@ -554,10 +646,7 @@ impl Settings {
                     .unwrap_or(100_000) as u64,
             )? as usize,
             dead_letter_topic,
-            shutdown_grace: args
-                .shutdown_grace
-                .or(file.shutdown_grace)
-                .unwrap_or(Duration::from_secs(10)),
+            shutdown_grace,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             ensure_topics: args.ensure_topics || file.ensure_topics.unwrap_or(false),
             partitions: positive(
@@ -575,6 +664,12 @@ impl Settings {
             hints: file.hints,
             ringcentral: RingCentralSettings::resolve(args.ringcentral, file.ringcentral)?,
             routing,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_header_bytes,
+            max_connections,
+            admin_max_connections,
         })
     }
 
@@ -637,6 +732,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("Bad"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_nonsense() {
+        let s = Settings::defaults();
+        assert_eq!(s.header_timeout, Duration::from_secs(5));
+        assert_eq!(s.body_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(75));
+        assert_eq!(s.max_header_bytes, 16 * 1024);
+        assert_eq!((s.max_connections, s.admin_max_connections), (None, None));
+        let s = from_toml("header_timeout = \"2s\"\nmax_connections = 10").unwrap();
+        assert_eq!(s.header_timeout, Duration::from_secs(2));
+        assert_eq!(s.max_connections, Some(10));
+        for (text, key) in [
+            ("header_timeout = \"0s\"", "header_timeout"),
+            ("idle_timeout = \"400d\"", "idle_timeout"),
+            ("body_timeout = \"soon\"", "body_timeout"),
+            ("max_header_bytes = 100", "max_header_bytes"),
+            ("max_connections = 0", "max_connections"),
+            ("admin_max_connections = 0", "admin_max_connections"),
+            ("shutdown_grace = \"400d\"", "shutdown_grace"),
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

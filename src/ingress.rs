@@ -54,6 +54,11 @@ impl SpoolHealth {
 /// What `/readyz` asks; implemented by the application over the spool.
 pub trait Readiness: Send + Sync + 'static {
     fn spool_health(&self) -> SpoolHealth;
+
+    /// Shutdown has begun: a load balancer should send nothing new.
+    fn shutting_down(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Clone)]
@@ -105,7 +110,8 @@ async fn ready(State(state): State<AdminState>) -> Response {
     // Kafka's state is reported, never a reason to be unready: a load balancer taking the bridge
     // out during a Kafka outage would turn the outage into lost webhooks.
     let brokers_up = state.metrics.kafka_brokers_up.get();
-    let ready = matches!(spool, SpoolHealth::Ok | SpoolHealth::Absent);
+    let shutting_down = state.readiness.shutting_down();
+    let ready = !shutting_down && matches!(spool, SpoolHealth::Ok | SpoolHealth::Absent);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -115,6 +121,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
         status,
         axum::Json(json!({
             "ready": ready,
+            "shuttingDown": shutting_down,
             "spool": spool.label(),
             "kafka": {"brokersUp": brokers_up},
         })),

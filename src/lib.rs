@@ -16,6 +16,8 @@
 //! - [`config`]: layered settings (flags, `RCKB_*` environment, TOML file).
 //! - [`metrics`]: every Prometheus metric; [`telemetry`]: logging.
 //! - [`app`]: wiring, start-up and graceful shutdown.
+//! - [`server`]: the HTTP server both listeners run on, bounding what each client can cost
+//!   (connection caps under the descriptor limit, header, body and idle deadlines).
 
 pub mod app;
 pub mod config;
@@ -26,6 +28,7 @@ pub mod notification;
 pub mod relay;
 pub mod ringcentral;
 pub mod routing;
+pub mod server;
 pub mod sink;
 pub mod spool;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 mod common;
 
 mod delivery;
+mod http_limits;
 mod operations;
 mod subscription;
 mod webhook;
