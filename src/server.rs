@@ -67,13 +67,13 @@ pub struct Limits {
 /// its replacement after a fatal error, the topic check), the embedded broker, the subscription
 /// keeper's HTTPS client, the listeners, the runtime's epoll and signal descriptors, stdio.
 /// A quarter of a small limit, at most this many.
-pub const RESERVED_DESCRIPTORS: u64 = 256;
+const RESERVED_DESCRIPTORS: u64 = 256;
 /// Default cap of the webhook listener: RingCentral delivers from a handful of servers, a proxy in
 /// front pools a few connections; far more open at once is an attack or a leak, and each open
 /// connection holds buffers.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default cap of the admin listener: Prometheus, the kubelet's probes, an operator.
-pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
+const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
 
 /// Both listeners' connection caps, sized under the process's descriptor limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
