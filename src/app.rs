@@ -1,13 +1,16 @@
 //! Wiring: builds every part from [`Settings`], binds both listeners, runs until a shutdown signal,
-//! then drains in order (stop accepting, finish requests, let the relay publish, flush).
+//! then drains in order (unready, stop accepting, finish requests, let the relay publish, flush),
+//! all within one grace period counted from the signal.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
 use crate::ingress::{self, AllowedSubscriptions, IngressState, Readiness, SpoolHealth};
@@ -17,6 +20,7 @@ use crate::relay::Relay;
 use crate::ringcentral::RingCentral;
 use crate::ringcentral::keeper::{Keeper, KeeperSettings};
 use crate::routing::RoutingTable;
+use crate::server::{self, ConnectionCaps, Limits};
 use crate::sink::{DirectSink, RecentUuids, Sink};
 use crate::spool::Spool;
 
@@ -67,6 +71,9 @@ pub struct Application {
     routing: Arc<ArcSwap<RoutingTable>>,
     delivery: Delivery,
     shutdown_grace: Duration,
+    webhook_limits: Limits,
+    admin_limits: Limits,
+    lifecycle: Arc<Lifecycle>,
     metrics: Metrics,
     reload: Option<Reload>,
     keeper: Option<(Keeper, mpsc::UnboundedReceiver<String>)>,
@@ -90,6 +97,57 @@ impl Readiness for DirectReadiness {
     }
 }
 
+/// What `/readyz` reports: the delivery's health, and unready from the moment shutdown begins.
+struct Lifecycle {
+    delivery: Arc<dyn Readiness>,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness for Lifecycle {
+    fn spool_health(&self) -> SpoolHealth {
+        self.delivery.spool_health()
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Both listeners' limits: the timeouts as set, the caps fitted under the descriptor limit (raised
+/// to the hard limit first).
+fn http_limits(settings: &Settings) -> (Limits, Limits) {
+    let descriptor_limit = server::raise_descriptor_limit();
+    let (caps, clamped) = ConnectionCaps::fit(
+        descriptor_limit,
+        settings.max_connections,
+        settings.admin_max_connections,
+    );
+    for clamp in clamped {
+        tracing::warn!(
+            setting = clamp.setting,
+            requested = clamp.requested,
+            allowed = clamp.allowed,
+            descriptor_limit,
+            "connection cap lowered to fit the descriptor limit"
+        );
+    }
+    tracing::info!(
+        descriptor_limit,
+        reserved = caps.reserved,
+        webhook_connections = caps.webhook,
+        admin_connections = caps.admin,
+        "connection caps"
+    );
+    let limits = |max_connections| Limits {
+        header_timeout: settings.header_timeout,
+        body_timeout: settings.body_timeout,
+        idle_timeout: settings.idle_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        max_connections,
+    };
+    (limits(caps.webhook), limits(caps.admin))
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
         let warnings = settings
@@ -98,6 +156,8 @@ impl Application {
         for warning in warnings {
             tracing::warn!("{warning}");
         }
+        // First, before Kafka and the spool take their descriptors.
+        let (webhook_limits, admin_limits) = http_limits(&settings);
         let metrics = Metrics::new();
         let embedded = match &settings.brokers {
             Some(_) => None,
@@ -176,15 +236,22 @@ impl Application {
         };
         let listener = bind(settings.listen).await?;
         let admin_listener = bind(settings.admin_listen).await?;
+        let lifecycle = Arc::new(Lifecycle {
+            delivery: readiness,
+            shutting_down: AtomicBool::new(false),
+        });
         Ok(Application {
             listener,
             admin_listener,
             webhook: ingress::router(state, settings.max_body_bytes),
-            admin: ingress::admin_router(metrics.clone(), readiness),
+            admin: ingress::admin_router(metrics.clone(), lifecycle.clone()),
             bootstrap_servers,
             routing,
             delivery,
             shutdown_grace: settings.shutdown_grace,
+            webhook_limits,
+            admin_limits,
+            lifecycle,
             metrics,
             reload: None,
             keeper,
@@ -224,9 +291,10 @@ impl Application {
         self.reload = Some(reload);
     }
 
-    /// Serves until `shutdown` completes, then drains: the webhook listener stops accepting and
-    /// finishes requests in flight, the relay publishes for up to the grace period, the producer
-    /// flushes. Whatever is left stays in the spool for the next start.
+    /// Serves until `shutdown` completes, then drains within the grace period: `/readyz` answers
+    /// 503, the webhook listener stops accepting and finishes requests in flight, the relay
+    /// publishes, the producer flushes; at the deadline whatever is still in flight is cut.
+    /// Whatever is left stays in the spool for the next start.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -243,35 +311,51 @@ impl Application {
                 stop_rx.clone(),
             ));
         }
-        let admin_stop = stop_rx.clone();
-        let admin = tokio::spawn(
-            axum::serve(self.admin_listener, self.admin)
-                .with_graceful_shutdown(wait_for(admin_stop))
-                .into_future(),
-        );
-        let webhook_stop = stop_rx.clone();
-        let webhook = axum::serve(self.listener, self.webhook)
-            .with_graceful_shutdown(async move {
+        // The admin listener serves until everything else has stopped: `/readyz` and `/metrics`
+        // tell how the drain goes.
+        let (admin_stop, admin_stopped) = oneshot::channel::<Instant>();
+        let admin = tokio::spawn(server::serve(
+            "admin",
+            self.admin_listener,
+            self.admin,
+            self.admin_limits,
+            async move { admin_stopped.await.unwrap_or_else(|_| Instant::now()) },
+        ));
+        let (deadline_tx, deadline_rx) = oneshot::channel::<Instant>();
+        let lifecycle = self.lifecycle.clone();
+        let grace = self.shutdown_grace;
+        server::serve(
+            "webhook",
+            self.listener,
+            self.webhook,
+            self.webhook_limits,
+            async move {
                 shutdown.await;
-                tracing::info!("shutting down: no new requests");
-            })
-            .into_future();
-        let served = webhook.await;
-        drop(webhook_stop);
+                lifecycle.shutting_down.store(true, Ordering::Relaxed);
+                let deadline = Instant::now() + grace;
+                let _ = deadline_tx.send(deadline);
+                tracing::info!(grace = ?grace, "shutting down: no new requests");
+                deadline
+            },
+        )
+        .await;
+        let deadline = deadline_rx.await.unwrap_or_else(|_| Instant::now());
 
         match self.delivery {
             Delivery::Direct(sink) => {
-                let _ = kafka::flush(sink.producer(), self.shutdown_grace);
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = kafka::flush(sink.producer(), left);
             }
             Delivery::Spooled { spool, relay } => {
-                relay.stop(self.shutdown_grace).await;
+                relay.stop(deadline.into_std()).await;
                 spool.close();
             }
         }
         let _ = stop_tx.send(true);
+        let _ = admin_stop.send(deadline);
         let _ = admin.await;
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 
     /// Serves until SIGTERM or SIGINT.
@@ -312,10 +396,6 @@ async fn reload_on_hangup(
             }
         }
     }
-}
-
-async fn wait_for(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {

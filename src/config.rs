@@ -36,7 +36,6 @@ pub enum LogFormat {
     Json,
 }
 
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like `2s` or `1h`: {e}"))
@@ -197,6 +196,28 @@ pub struct SettingsArgs {
     /// `RCKB_KAFKA_PROPERTY_<KEY>`), filled by [`Settings::load`]; the flags win over them.
     #[arg(skip)]
     pub kafka_properties_env: Vec<(String, String)>,
+    // HTTP limits on both listeners.
+    /// Time a client has to send a request's head, from connecting or from its first byte after
+    /// an idle keep-alive [default: 5s].
+    #[arg(long, env = "RCKB_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Time a client has to send a whole request body (408 after it), and to take the response
+    /// [default: 10s].
+    #[arg(long, env = "RCKB_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// How long a keep-alive connection may wait for its next request [default: 75s].
+    #[arg(long, env = "RCKB_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Largest request head (request line and headers), in bytes; larger gets 431 [default: 16384].
+    #[arg(long, env = "RCKB_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most open webhook connections; more wait in the listen backlog [default: 1024, lowered to fit
+    /// the descriptor limit].
+    #[arg(long, env = "RCKB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open admin connections; more wait in the listen backlog [default: 32].
+    #[arg(long, env = "RCKB_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<usize>,
 }
 
 /// RingCentral API access and the subscription keeper (`[ringcentral]` in the file).
@@ -411,6 +432,16 @@ pub struct FileConfig {
     max_changes_per_notification: Option<usize>,
     max_messages_per_notification: Option<usize>,
     max_plan_bytes: Option<usize>,
+    // HTTP limits on both listeners.
+    #[serde(default, with = "humantime_serde_opt")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    idle_timeout: Option<Duration>,
+    max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    admin_max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -458,6 +489,14 @@ pub struct Settings {
     pub ringcentral: RingCentralSettings,
     pub allow_unverified_webhooks: bool,
     pub allowed_subscription_ids: Vec<String>,
+    // HTTP limits on both listeners.
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// `None`: the default, fitted to the descriptor limit at start-up.
+    pub max_connections: Option<usize>,
+    pub admin_max_connections: Option<usize>,
 }
 
 /// Tokens shipped as placeholders in the deployment files: running with one is a mistake, never a choice.
@@ -688,6 +727,9 @@ pub enum ConfigError {
     Environment { variable: String, message: String },
 }
 
+/// Longest HTTP timeout accepted: anything longer is a typo, and would hold a connection for good.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// librdkafka properties the bridge owns: setting them would break its delivery guarantees or
 /// duplicate a first-class setting.
 const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
@@ -813,6 +855,55 @@ impl Settings {
             .brokers
             .or(file.brokers)
             .filter(|b| !b.trim().is_empty());
+        // HTTP limits on both listeners.
+        let timeout = |key: &'static str, value: Option<Duration>, default: u64| {
+            let value = value.unwrap_or(Duration::from_secs(default));
+            if value.is_zero() || value > MAX_TIMEOUT {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be more than zero and at most 1 day".into(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let header_timeout = timeout(
+            "header_timeout",
+            args.header_timeout.or(file.header_timeout),
+            5,
+        )?;
+        let body_timeout = timeout("body_timeout", args.body_timeout.or(file.body_timeout), 10)?;
+        let idle_timeout = timeout("idle_timeout", args.idle_timeout.or(file.idle_timeout), 75)?;
+        let max_header_bytes = args
+            .max_header_bytes
+            .or(file.max_header_bytes)
+            .unwrap_or(16 * 1024);
+        if max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_header_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        let shutdown_grace = args
+            .shutdown_grace
+            .or(file.shutdown_grace)
+            .unwrap_or(Duration::from_secs(10));
+        if shutdown_grace > MAX_TIMEOUT {
+            return Err(ConfigError::Invalid {
+                key: "shutdown_grace",
+                message: "must be at most 1 day".into(),
+            });
+        }
+        let max_connections = args.max_connections.or(file.max_connections);
+        let admin_max_connections = args.admin_max_connections.or(file.admin_max_connections);
+        for (key, cap) in [
+            ("max_connections", max_connections),
+            ("admin_max_connections", admin_max_connections),
+        ] {
+            if let Some(cap) = cap {
+                positive(key, cap as u64)?;
+            }
+        }
         Ok(Settings {
             listen: args
                 .listen
@@ -857,10 +948,7 @@ impl Settings {
                     .unwrap_or(100_000) as u64,
             )? as usize,
             dead_letter_topic,
-            shutdown_grace: args
-                .shutdown_grace
-                .or(file.shutdown_grace)
-                .unwrap_or(Duration::from_secs(10)),
+            shutdown_grace,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             ensure_topics: args.ensure_topics || file.ensure_topics.unwrap_or(false),
             partitions: positive(
@@ -881,6 +969,12 @@ impl Settings {
             allow_unverified_webhooks: args.allow_unverified_webhooks
                 || file.allow_unverified_webhooks.unwrap_or(false),
             allowed_subscription_ids,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_header_bytes,
+            max_connections,
+            admin_max_connections,
         })
     }
 
@@ -1146,6 +1240,31 @@ mod tests {
         assert!(err.contains("https://"), "{err}");
         let s = from_toml("[ringcentral]\nserver = \"http://127.0.0.1:9\"").unwrap();
         assert_eq!(s.ringcentral.server, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_nonsense() {
+        let s = Settings::defaults();
+        assert_eq!(s.header_timeout, Duration::from_secs(5));
+        assert_eq!(s.body_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(75));
+        assert_eq!(s.max_header_bytes, 16 * 1024);
+        assert_eq!((s.max_connections, s.admin_max_connections), (None, None));
+        let s = from_toml("header_timeout = \"2s\"\nmax_connections = 10").unwrap();
+        assert_eq!(s.header_timeout, Duration::from_secs(2));
+        assert_eq!(s.max_connections, Some(10));
+        for (text, key) in [
+            ("header_timeout = \"0s\"", "header_timeout"),
+            ("idle_timeout = \"400d\"", "idle_timeout"),
+            ("body_timeout = \"soon\"", "body_timeout"),
+            ("max_header_bytes = 100", "max_header_bytes"),
+            ("max_connections = 0", "max_connections"),
+            ("admin_max_connections = 0", "admin_max_connections"),
+            ("shutdown_grace = \"400d\"", "shutdown_grace"),
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -23,11 +23,11 @@ use time::format_description::well_known::Rfc3339;
 
 use tokio::sync::watch;
 
-use crate::secret::Secret;
 use crate::metrics::Metrics;
 use crate::notification::{EventKind, Notification, ParseError};
 use crate::ringcentral::SubscriptionId;
 use crate::routing::RoutingTable;
+use crate::secret::Secret;
 use crate::sink::{Acceptance, Sink, SinkError};
 
 pub const VALIDATION_TOKEN: &str = "validation-token";
@@ -57,6 +57,11 @@ impl SpoolHealth {
 /// What `/readyz` asks; implemented by the application over the spool.
 pub trait Readiness: Send + Sync + 'static {
     fn spool_health(&self) -> SpoolHealth;
+
+    /// Shutdown has begun: a load balancer should send nothing new.
+    fn shutting_down(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Clone)]
@@ -141,7 +146,8 @@ async fn ready(State(state): State<AdminState>) -> Response {
     // Kafka's state is reported, never a reason to be unready: a load balancer taking the bridge
     // out during a Kafka outage would turn the outage into lost webhooks.
     let brokers_up = state.metrics.kafka_brokers_up.get();
-    let ready = matches!(spool, SpoolHealth::Ok | SpoolHealth::Absent);
+    let shutting_down = state.readiness.shutting_down();
+    let ready = !shutting_down && matches!(spool, SpoolHealth::Ok | SpoolHealth::Absent);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -151,6 +157,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
         status,
         axum::Json(json!({
             "ready": ready,
+            "shuttingDown": shutting_down,
             "spool": spool.label(),
             "kafka": {"brokersUp": brokers_up},
         })),

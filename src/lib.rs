@@ -17,6 +17,8 @@
 //! - [`secret`]: values that never reach a log line.
 //! - [`metrics`]: every Prometheus metric; [`telemetry`]: logging.
 //! - [`app`]: wiring, start-up and graceful shutdown.
+//! - [`server`]: the HTTP server both listeners run on, bounding what each client can cost
+//!   (connection caps under the descriptor limit, header, body and idle deadlines).
 
 pub mod app;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod relay;
 pub mod ringcentral;
 pub mod routing;
 pub mod secret;
+pub mod server;
 pub mod sink;
 pub mod spool;
 pub mod telemetry;

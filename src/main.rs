@@ -244,7 +244,7 @@ fn print_routes(settings: &Settings) {
 fn serve(settings: Settings, args: SettingsArgs) -> Result<(), String> {
     telemetry::init(settings.log_format);
     let runtime = runtime()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let mut wanted = settings.routing.topics();
         wanted.push(settings.dead_letter_topic.clone());
         let properties = settings.kafka_properties.clone();
@@ -282,7 +282,11 @@ fn serve(settings: Settings, args: SettingsArgs) -> Result<(), String> {
             });
         }
         app.run_until_stopped().await.map_err(|e| e.to_string())
-    })
+    });
+    // A blocking call still waiting on Kafka (the topic check) must not hold the exit beyond the
+    // grace period: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    served
 }
 
 /// Reports (or creates) topics Kafka lacks. A failure here never stops the bridge: the spool keeps

@@ -8,7 +8,11 @@
 //! to the dead-letter topic, or to the spool's dead-letter area if that fails too, so it never blocks
 //! the rest. A producer in a fatal state (for instance after the broker lost its producer ids) is
 //! replaced by a new one.
+//!
+//! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
+//! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
+use std::future::{Future, pending};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,9 +63,9 @@ impl Relay {
         })
     }
 
-    /// Lets the relay publish what it can for up to `grace`, then flushes and stops it.
-    pub async fn stop(self, grace: Duration) {
-        let _ = self.stop.send(Some(Instant::now() + grace));
+    /// Lets the relay publish what it can until `deadline`, then flushes and stops it.
+    pub async fn stop(self, deadline: Instant) {
+        let _ = self.stop.send(Some(deadline));
         let _ = self.task.await;
     }
 }
@@ -82,6 +86,44 @@ struct Round {
     dead: Vec<DeadLetter>,
     retriable_failure: bool,
     fatal: bool,
+    /// Shutdown's deadline passed while the round waited on Kafka.
+    cut: bool,
+}
+
+/// Shutdown's deadline, for a round waiting on Kafka.
+struct Cut {
+    stop: watch::Receiver<Option<Instant>>,
+    passed: bool,
+}
+
+impl Cut {
+    /// `work`'s outcome, or `None` once the deadline has passed.
+    async fn before<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        if self.passed {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            outcome = work => Some(outcome),
+            () = deadline_passed(&mut self.stop) => {
+                self.passed = true;
+                None
+            }
+        }
+    }
+}
+
+async fn deadline_passed(stop: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *stop.borrow_and_update();
+        if let Some(deadline) = deadline {
+            return tokio::time::sleep_until(deadline.into()).await;
+        }
+        if stop.changed().await.is_err() {
+            // The relay was dropped without being stopped: no deadline will come.
+            return pending().await;
+        }
+    }
 }
 
 impl Worker {
@@ -120,21 +162,20 @@ impl Worker {
                 continue;
             }
 
-            let round = match deadline {
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline.into(), self.publish(&batch)).await {
-                        Ok(round) => round,
-                        Err(_) => break,
-                    }
-                }
-                None => self.publish(&batch).await,
-            };
+            let round = self.publish(&batch).await;
             let failed = round.retriable_failure;
             let fatal = round.fatal;
+            let cut = round.cut;
             let something_done = !round.released.is_empty() || !round.dead.is_empty();
             if something_done && let Err(e) = self.spool.release(round.released, round.dead).await {
                 // Not released means published again later: a duplicate, never a loss.
                 tracing::error!(error = %e, "cannot release published entries");
+            }
+            if cut {
+                tracing::warn!(
+                    "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
+                );
+                break;
             }
             if failed {
                 failed_rounds += 1;
@@ -159,8 +200,12 @@ impl Worker {
     }
 
     async fn pause(&mut self, duration: Duration) {
+        let mut until = Instant::now() + duration;
+        if let Some(deadline) = *self.stop.borrow() {
+            until = until.min(deadline);
+        }
         tokio::select! {
-            _ = tokio::time::sleep(duration) => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
             _ = self.stop.changed() => {}
         }
     }
@@ -178,6 +223,10 @@ impl Worker {
     /// Publishes every message of `batch` and reports what can be released.
     async fn publish(&self, batch: &[SpooledEntry]) -> Round {
         let mut round = Round::default();
+        let mut cut = Cut {
+            stop: self.stop.clone(),
+            passed: false,
+        };
         let mut pending = Vec::with_capacity(batch.len());
         'enqueue: for entry in batch {
             let mut deliveries = Vec::with_capacity(entry.plan.messages.len());
@@ -195,7 +244,7 @@ impl Worker {
                         round.fatal |= e.kind == ErrorKind::Fatal;
                         for (_, delivery) in deliveries {
                             if let Ok(delivery) = delivery {
-                                let _ = kafka::delivered(delivery).await;
+                                let _ = cut.before(kafka::delivered(delivery)).await;
                             }
                         }
                         break 'enqueue;
@@ -206,11 +255,14 @@ impl Worker {
         }
 
         let mut rejected: Vec<(&SpooledEntry, &OutboundMessage, ErrorKind)> = Vec::new();
-        for (entry, deliveries) in pending {
+        'await_acks: for (entry, deliveries) in pending {
             let mut complete = true;
             for (message, delivery) in deliveries {
                 let result = match delivery {
-                    Ok(delivery) => kafka::delivered(delivery).await,
+                    Ok(delivery) => match cut.before(kafka::delivered(delivery)).await {
+                        Some(result) => result,
+                        None => break 'await_acks,
+                    },
                     Err(e) => Err(e),
                 };
                 match result {
@@ -252,17 +304,20 @@ impl Worker {
             }
             round
                 .dead
-                .extend(self.dead_letter(entry, message, kind).await);
+                .extend(self.dead_letter(entry, message, kind, &mut cut).await);
         }
+        round.cut = cut.passed;
         round
     }
 
-    /// Sends a rejected message to the dead-letter topic; returns it for the spool if that fails too.
+    /// Sends a rejected message to the dead-letter topic; returns it for the spool if that fails
+    /// too, or if shutdown's deadline passes first.
     async fn dead_letter(
         &self,
         entry: &SpooledEntry,
         message: &OutboundMessage,
         kind: ErrorKind,
+        cut: &mut Cut,
     ) -> Option<DeadLetter> {
         tracing::error!(uuid = %entry.plan.uuid, topic = %message.topic, reason = kind.label(),
             "Kafka rejected a message for good; dead-lettering it");
@@ -275,8 +330,23 @@ impl Worker {
             .headers
             .push(("rc-dead-letter-reason".into(), kind.label().into()));
         let sent = match kafka::send(&self.producer, &letter) {
-            Ok(delivery) => kafka::delivered(delivery).await,
-            Err(e) => Err(e),
+            Ok(delivery) => cut.before(kafka::delivered(delivery)).await,
+            Err(e) => Some(Err(e)),
+        };
+        let sent = match sent {
+            Some(sent) => sent,
+            None => {
+                tracing::warn!(uuid = %entry.plan.uuid,
+                    "shutting down before the dead-letter topic acknowledged; keeping the message in the spool");
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["spool"])
+                    .inc();
+                return Some(DeadLetter {
+                    reason: kind.label().into(),
+                    message: message.clone(),
+                });
+            }
         };
         match sent {
             Ok(()) => {

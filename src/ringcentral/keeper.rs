@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{ApiError, NewSubscription, RingCentral, Subscription, SubscriptionId};
-use crate::secret::Secret;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 
 /// The statuses the status gauge reports (one of them is 1).
 const STATUSES: &[&str] = &["Active", "Blacklisted", "Suspended", "Missing", "Unknown"];

@@ -5,6 +5,7 @@ mod common;
 
 mod delivery;
 mod exposure;
+mod http_limits;
 mod keeper_hardening;
 mod operations;
 mod subscription;

@@ -1,0 +1,520 @@
+//! HTTP limits on both listeners and the shutdown deadline: slow, silent and trickling clients cost
+//! a connection slot for seconds, never the bridge; SIGTERM ends within the grace period whatever
+//! is in flight.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rc_kafka_bridge::metrics::Metrics;
+use rc_kafka_bridge::spool::Spool;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::MockKafka;
+use crate::common::{BridgeProcess, TestApp, extension_update, http, read_until, sample, unique};
+
+const FEATURES: &str = "ringcentral.account.extension.features";
+const TOKEN: &str = "http-limits-test-verification-token";
+
+/// The real binary on ephemeral ports with a verification token, its descriptor limit (soft and
+/// hard) set to `nofile` when given. Returns it with its log lines up to "listening".
+fn start_bridge(
+    brokers: &str,
+    spool_dir: &Path,
+    nofile: Option<u64>,
+    extra: &[&str],
+) -> (BridgeProcess, Vec<Value>) {
+    let binary = env!("CARGO_BIN_EXE_rc-kafka-bridge");
+    let mut command = std::process::Command::new("sh");
+    let limit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} && "));
+    command
+        .arg("-c")
+        .arg(format!("{limit}exec \"$0\" \"$@\""))
+        .arg(binary)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--brokers", brokers, "--log-format", "json"])
+        .args(["--verification-token", TOKEN])
+        .arg("--spool-dir")
+        .arg(spool_dir)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("bridge binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut start_up = Vec::new();
+    let (port, admin_port) = loop {
+        let line = lines
+            .next()
+            .expect("bridge exited before listening")
+            .expect("stderr readable");
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        start_up.push(event.clone());
+        if event["message"] == "listening" {
+            break (
+                event["port"].as_u64().unwrap(),
+                event["admin_port"].as_u64().unwrap(),
+            );
+        }
+    };
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if std::env::var_os("TEST_LOG").is_some() {
+                eprintln!("bridge: {line}");
+            }
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(event);
+            }
+        }
+    });
+    let bridge = BridgeProcess {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+        admin_address: format!("http://127.0.0.1:{admin_port}"),
+        logs,
+    };
+    (bridge, start_up)
+}
+
+/// The first start-up log line whose message is `message`.
+fn logged<'a>(start_up: &'a [Value], message: &str) -> &'a Value {
+    start_up
+        .iter()
+        .find(|e| e["message"] == message)
+        .unwrap_or_else(|| panic!("no {message:?} log line in {start_up:?}"))
+}
+
+fn host_port(address: &str) -> &str {
+    address.trim_start_matches("http://")
+}
+
+/// Posts one notification with the verification token; its status, or `None` if no answer came.
+async fn post_notification(address: &str, uuid: &str) -> Option<u16> {
+    http()
+        .post(format!("{address}/webhook"))
+        .header("content-type", "application/json")
+        .header("verification-token", TOKEN)
+        .body(extension_update(uuid, "12", &["Limits"]).to_string())
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn get_status(url: &str) -> Option<u16> {
+    http()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// Reads until the server closes the connection; what it sent, and whether it closed within `within`.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                // A reset is the server closing too (it had unread bytes of ours).
+                Err(_) => return,
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (received, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_cannot_exhaust_the_descriptors_of_a_1024_descriptor_process() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, start_up) = start_bridge(
+        &kafka.bootstrap,
+        dir.path(),
+        Some(1024),
+        &["--header-timeout", "1s", "--max-connections", "5000"],
+    );
+    let caps = logged(&start_up, "connection caps");
+    assert_eq!(caps["descriptor_limit"], 1024, "{caps}");
+    let clamped = logged(
+        &start_up,
+        "connection cap lowered to fit the descriptor limit",
+    );
+    assert_eq!(clamped["setting"], "max_connections", "{clamped}");
+    assert_eq!(clamped["requested"], 5000, "{clamped}");
+    assert_eq!(clamped["allowed"], caps["webhook_connections"], "{clamped}");
+    let webhook_cap = caps["webhook_connections"].as_u64().unwrap();
+    let admin_cap = caps["admin_connections"].as_u64().unwrap();
+    assert!(webhook_cap + admin_cap < 1024, "{caps}");
+
+    // 1,100 clients each send half a request head and then nothing: 1,000 on the webhook listener,
+    // 100 on the admin listener; both listeners get more than their cap.
+    let mut attackers = Vec::new();
+    for i in 0..1100 {
+        let address = if i < 1000 {
+            &bridge.address
+        } else {
+            &bridge.admin_address
+        };
+        let mut stream = TcpStream::connect(host_port(address)).await.unwrap();
+        stream
+            .write_all(b"POST /webhook HTTP/1.1\r\nHost: bridge\r\nContent-Le")
+            .await
+            .unwrap();
+        attackers.push(stream);
+    }
+    assert!(1000 > webhook_cap && 100 > admin_cap, "{caps}");
+    let attacked = Instant::now();
+
+    // Both listeners answer again within a few seconds of the header timeout.
+    let uuid = format!("after-attack-{}", unique());
+    let mut webhook = None;
+    let mut health = None;
+    while webhook != Some(200) || health != Some(200) {
+        assert!(
+            attacked.elapsed() < Duration::from_secs(10),
+            "not answering again: webhook {webhook:?}, healthz {health:?}"
+        );
+        if webhook != Some(200) {
+            webhook = post_notification(&bridge.address, &uuid).await;
+        }
+        if health != Some(200) {
+            health = get_status(&format!("{}/healthz", bridge.admin_address)).await;
+        }
+    }
+    assert_eq!(
+        get_status(&format!("{}/readyz", bridge.admin_address)).await,
+        Some(200)
+    );
+
+    // And every half-sent connection was closed by the server.
+    let mut still_open = 0;
+    for stream in &mut attackers {
+        let left = Duration::from_secs(15).saturating_sub(attacked.elapsed());
+        let (_, closed) = read_until_closed(stream, left).await;
+        still_open += usize::from(!closed);
+    }
+    assert_eq!(still_open, 0, "connections the server never closed");
+    let got = read_until(
+        &kafka.bootstrap,
+        &[FEATURES.into()],
+        Duration::from_secs(30),
+        {
+            let uuid = uuid.clone();
+            move |got| got.iter().any(|m| m.uuid() == uuid)
+        },
+    )
+    .await;
+    assert!(
+        got.iter().any(|m| m.uuid() == uuid),
+        "the notification reached Kafka"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_request_body_is_cut_at_the_body_timeout() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.body_timeout = Some(Duration::from_secs(1));
+    })
+    .await;
+    let mut stream = TcpStream::connect(host_port(&app.address)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /webhook HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0;
+        // One byte every 100 ms: the whole body would take 100 s.
+        while sent < 1000 && writer.write_all(b" ").await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    });
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .is_ok();
+    let cut_after = started.elapsed();
+    trickle.abort();
+    assert!(closed, "the trickling request was never cut");
+    assert!(
+        cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(3),
+        "cut after {cut_after:?}, the body timeout is 1 s"
+    );
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Nothing was kept, and the bridge serves others as before.
+    let uuid = format!("after-trickle-{}", unique());
+    let response = app
+        .post_webhook(extension_update(&uuid, "5", &["Limits"]).to_string())
+        .await;
+    assert_eq!(response.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idles_for_the_idle_timeout_not_the_header_timeout() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.header_timeout = Some(Duration::from_millis(500));
+        a.idle_timeout = Some(Duration::from_secs(2));
+    })
+    .await;
+    let mut stream = TcpStream::connect(host_port(&app.admin_address))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle_since = Instant::now();
+    let (extra, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let idled = idle_since.elapsed();
+    assert!(closed && extra.is_empty(), "closed quietly");
+    assert!(
+        idled >= Duration::from_millis(1800) && idled < Duration::from_secs(4),
+        "idle connection closed after {idled:?}, the idle timeout is 2 s"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_limit_gets_431() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.max_header_bytes = Some(4096);
+    })
+    .await;
+    let big = "x".repeat(5000);
+    let response = app.post_with("{}", &[("x-padding", big.as_str())]).await;
+    assert_eq!(response.status(), 431);
+    let small = "x".repeat(2000);
+    let handshake = app
+        .post_with(
+            "",
+            &[("x-padding", small.as_str()), ("Validation-Token", "t")],
+        )
+        .await;
+    assert_eq!(handshake.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_trickling_client_exits_within_the_grace_period() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bridge, _) = start_bridge(
+        &kafka.bootstrap,
+        dir.path(),
+        None,
+        &["--shutdown-grace", "2s", "--body-timeout", "60s"],
+    );
+    let mut stream = TcpStream::connect(host_port(&bridge.address))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n\
+         Verification-Token: {TOKEN}\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The handler reading the body is what makes hyper send 100 Continue: the request is in flight.
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("100 Continue")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let signalled = Instant::now();
+    bridge.signal("TERM");
+    let readyz = format!("{}/readyz", bridge.admin_address);
+    let mut draining = None;
+    while draining.is_none() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "/readyz still ready after SIGTERM"
+        );
+        let response = http()
+            .get(&readyz)
+            .send()
+            .await
+            .expect("admin answers while draining");
+        if response.status() == 503 {
+            draining = Some(response.json::<Value>().await.unwrap());
+        }
+    }
+    let draining = draining.unwrap();
+    assert_eq!(draining["shuttingDown"], true, "{draining}");
+    assert_eq!(draining["ready"], false, "{draining}");
+    assert!(bridge.child.try_wait().unwrap().is_none(), "still draining");
+
+    let (status, bridge) = tokio::task::spawn_blocking(move || {
+        let status = bridge.wait_exit(Duration::from_secs(10));
+        (status, bridge)
+    })
+    .await
+    .unwrap();
+    let exited_after = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        exited_after < Duration::from_secs(4),
+        "exited {exited_after:?} after SIGTERM with a 2 s grace period"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(1), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the trickling connection was closed");
+    trickle.abort();
+    drop(bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in_the_spool() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = [
+        "--shutdown-grace",
+        "2s",
+        // Kafka would be waited on for a minute without the deadline.
+        "--kafka-property",
+        "message.timeout.ms=60000",
+        "--kafka-property",
+        "statistics.interval.ms=100",
+    ];
+    let (mut bridge, _) = start_bridge(&kafka.bootstrap, dir.path(), None, &stuck);
+    kafka.down();
+    let uuid = format!("stuck-{}", unique());
+    assert_eq!(post_notification(&bridge.address, &uuid).await, Some(200));
+    // The relay's round is in flight once the producer holds the message.
+    scrape_until(&bridge.admin_address, |s| {
+        sample(s, "rckb_kafka_producer_queue_messages", &[]) >= 1.0
+    })
+    .await;
+
+    let signalled = Instant::now();
+    bridge.signal("TERM");
+    let (status, bridge) = tokio::task::spawn_blocking(move || {
+        let status = bridge.wait_exit(Duration::from_secs(30));
+        (status, bridge)
+    })
+    .await
+    .unwrap();
+    let exited_after = signalled.elapsed();
+    drop(bridge);
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        exited_after < Duration::from_secs(4),
+        "exited {exited_after:?} after SIGTERM with a 2 s grace period"
+    );
+
+    let spool = Spool::open(
+        dir.path(),
+        1 << 20,
+        Duration::from_secs(60),
+        10,
+        Metrics::new(),
+    )
+    .unwrap();
+    let waiting = spool.oldest(10, 1 << 20).unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].plan.uuid, uuid);
+    drop(waiting);
+    spool.close();
+    drop(spool);
+
+    kafka.up();
+    let (restarted, _) = start_bridge(&kafka.bootstrap, dir.path(), None, &[]);
+    let got = read_until(
+        &kafka.bootstrap,
+        &[FEATURES.into()],
+        Duration::from_secs(30),
+        {
+            let uuid = uuid.clone();
+            move |got| got.iter().any(|m| m.uuid() == uuid)
+        },
+    )
+    .await;
+    assert!(
+        got.iter().any(|m| m.uuid() == uuid),
+        "published after the restart"
+    );
+    let scrape = scrape_until(&restarted.admin_address, |s| {
+        sample(s, "rckb_messages_published_total", &[]) >= 1.0
+            && sample(s, "rckb_spool_entries", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(sample(&scrape, "rckb_spool_entries", &[]), 0.0);
+}
+
+/// Scrapes a bridge process's `/metrics` until `condition` holds (bounded).
+async fn scrape_until(
+    admin_address: &str,
+    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http()
+            .get(format!("{admin_address}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        if condition(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting on the metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
