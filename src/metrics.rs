@@ -36,6 +36,10 @@ pub struct Metrics {
     pub subscription_renewals: IntCounter,
     pub subscription_recreations: IntCounterVec,
     pub ringcentral_api_errors: IntCounterVec,
+    // A spool that fails loudly: the dead-letter area.
+    pub spool_dead_letters: IntGauge,
+    pub spool_dead_letter_bytes: IntGauge,
+    pub dead_letters_dropped: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -202,6 +206,21 @@ impl Metrics {
                 &["kind"],
             )
             .unwrap(),
+            spool_dead_letters: IntGauge::with_opts(opts(
+                "spool_dead_letters",
+                "Dead letters kept in the spool (rejected by their topic and by the dead-letter topic).",
+            ))
+            .unwrap(),
+            spool_dead_letter_bytes: IntGauge::with_opts(opts(
+                "spool_dead_letter_bytes",
+                "Bytes of dead letters kept in the spool; at most a tenth of --spool-max-bytes.",
+            ))
+            .unwrap(),
+            dead_letters_dropped: IntCounter::with_opts(opts(
+                "dead_letters_dropped_total",
+                "Dead letters dropped from the spool's full dead-letter area, oldest first.",
+            ))
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -229,6 +248,9 @@ impl Metrics {
             Box::new(m.subscription_renewals.clone()),
             Box::new(m.subscription_recreations.clone()),
             Box::new(m.ringcentral_api_errors.clone()),
+            Box::new(m.spool_dead_letters.clone()),
+            Box::new(m.spool_dead_letter_bytes.clone()),
+            Box::new(m.dead_letters_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
