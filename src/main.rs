@@ -9,7 +9,7 @@ use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::relay;
 use rc_kafka_bridge::ringcentral::{self, NewSubscription, RingCentral, Subscription};
-use rc_kafka_bridge::spool::{Spool, SpoolSummary};
+use rc_kafka_bridge::spool::{Spool, SpoolError, SpoolSummary};
 use rc_kafka_bridge::telemetry;
 
 // Many small allocations per notification (parsing, planning, spool entries, Kafka records):
@@ -401,7 +401,14 @@ fn spool(command: SpoolCommand) -> Result<(), String> {
         SpoolCommand::Export { .. } => {
             let spool = open()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let counts = spool.export(&mut out).map_err(|e| format!("spool: {e}"))?;
+            let counts = match spool.export(&mut out) {
+                Ok(counts) => counts,
+                // The reader had enough (`| head`): not an error.
+                Err(SpoolError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("spool: {e}")),
+            };
             eprintln!(
                 "exported {} pending messages and {} dead letters",
                 counts.pending_messages, counts.dead_letters
