@@ -1542,4 +1542,68 @@ mod tests {
         );
         assert_eq!(spool.accept(plan("a")).await.unwrap(), Acceptance::Accepted);
     }
+
+    #[test]
+    fn a_panic_inside_the_storage_engine_becomes_a_message() {
+        let caught = catch_storage_panic(|| -> u32 { panic!("page checksum mismatch") });
+        let message = caught.unwrap_err();
+        assert!(message.contains("page checksum mismatch"), "{message}");
+        assert!(message.contains("spool.rs"), "names where: {message}");
+        assert_eq!(catch_storage_panic(|| 7), Ok(7));
+    }
+
+    fn letter(uuid: &str, bytes: usize) -> DeadLetter {
+        let mut message = plan(uuid).messages.remove(0);
+        message.headers = vec![("rc-notification-uuid".into(), uuid.into())];
+        message.value = "x".repeat(bytes);
+        DeadLetter {
+            reason: "too_large".into(),
+            message,
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_letters_count_towards_the_spool_and_are_bounded_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let spool = Spool::open(
+            dir.path(),
+            10_000,
+            Duration::from_secs(3600),
+            1000,
+            metrics.clone(),
+        )
+        .unwrap();
+        // The area holds a tenth of the spool (1,000 bytes): room for one such letter at a time.
+        for uuid in ["first", "second", "third"] {
+            spool.release(vec![], vec![letter(uuid, 600)]).await.unwrap();
+        }
+        let held = spool.dead_letters().unwrap();
+        assert_eq!(held, vec![letter("third", 600)]);
+        assert!(spool.dead_letter_bytes() <= 1000);
+        assert_eq!(metrics.dead_letters_dropped.get(), 2);
+        assert_eq!(metrics.spool_dead_letters.get(), 1);
+        assert_eq!(
+            metrics.spool_dead_letter_bytes.get() as u64,
+            spool.dead_letter_bytes()
+        );
+
+        // Pending entries get what the dead letters leave.
+        let mut n = 0;
+        while spool.accept(plan(&format!("p{n}"))).await.is_ok() {
+            n += 1;
+        }
+        assert!(spool.bytes() + spool.dead_letter_bytes() <= 10_000);
+        let entry = serde_json::to_vec(&spool.oldest(1, usize::MAX).unwrap()[0])
+            .unwrap()
+            .len() as u64;
+        // Refused only once the next entry (a uuid at most two characters longer) no longer fitted.
+        assert!(spool.bytes() + spool.dead_letter_bytes() + entry + 2 > 10_000);
+
+        // A dead letter published after all leaves the spool.
+        let (id, _) = spool.dead_letters_from(0, 10).unwrap().remove(0);
+        spool.forget_dead_letters(vec![id]).await.unwrap();
+        assert!(spool.dead_letters().unwrap().is_empty());
+        assert_eq!(spool.dead_letter_bytes(), 0);
+    }
 }

@@ -5,6 +5,7 @@ mod common;
 
 mod delivery;
 mod operations;
+mod spool;
 mod subscription;
 mod webhook;
 
