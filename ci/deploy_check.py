@@ -9,7 +9,8 @@ Subcommands:
                              configMapGenerator files; enough to validate the base without kustomize)
   validate-k8s VERSION FILE  validate every object of a YAML stream against Kubernetes VERSION's schemas
                              (strict: unknown fields fail); CRDs are checked here by hand
-  check-wiring FILE          check what schemas cannot: selectors, ports, probes, references, grace period
+  check-wiring FILE          check what schemas cannot: selectors, ports, probes, references, grace period,
+                             a spool volume large enough for spool_max_bytes
   prometheusrule-spec FILE   print the `spec` of the PrometheusRule in a YAML stream (for promtool)
   same-rules RULES FILE      fail unless that PrometheusRule's spec equals the rules file RULES
   sync-prometheusrule RULES OUT   rewrite the PrometheusRule OUT to embed RULES
@@ -26,6 +27,7 @@ Subcommands:
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -330,6 +332,8 @@ def check_wiring(path):
     if not any(m["mountPath"] == spool and m["name"] in claims for m in container.get("volumeMounts", [])):
         problems.append(f"RCKB_SPOOL_DIR={spool} is not a volumeClaimTemplates volume")
 
+    spool_sizing = check_spool_volume(sts, env, config_maps, problems)
+
     # The pod must outlive the bridge's drain, or Kubernetes kills it mid-publish.
     grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
     drain = seconds(env.get("RCKB_SHUTDOWN_GRACE", {}).get("value", "10s"))
@@ -344,7 +348,55 @@ def check_wiring(path):
     if problems:
         fail(f"{len(problems)} wiring problem(s) in {path}")
     print(f"  ok   selectors, ports, probes, Secret and ConfigMap references, spool volume, "
-          f"grace period {grace} s > preStop {pause} s + drain {drain:g} s")
+          f"grace period {grace} s > preStop {pause} s + drain {drain:g} s, {spool_sizing}")
+
+
+# The spool's database file outgrows the bytes it accounts for (--spool-max-bytes): src/spool.rs
+# names the factor, measured by tests/api/spool.rs.
+SPOOL_SOURCE = Path(__file__).resolve().parent.parent / "src" / "spool.rs"
+# What a new ext4 or xfs volume leaves for files (journal, metadata, reserved blocks).
+FILESYSTEM_SHARE = 0.9
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+QUANTITY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(quantity):
+    match = re.fullmatch(r"(\d+)([kMGT]i?|)", str(quantity))
+    if not match:
+        fail(f"cannot read the storage quantity {quantity!r}")
+    return int(match.group(1)) * QUANTITY_UNITS[match.group(2)]
+
+
+def check_spool_volume(sts, env, config_maps, problems):
+    """A full spool's database file must fit the spool volume."""
+    factor = re.search(r"pub const FILE_SIZE_FACTOR: f64 = ([0-9.]+);", SPOOL_SOURCE.read_text())
+    if not factor:
+        fail(f"cannot find FILE_SIZE_FACTOR in {SPOOL_SOURCE}")
+    factor = float(factor.group(1))
+    max_bytes = env.get("RCKB_SPOOL_MAX_BYTES", {}).get("value")
+    if max_bytes is None:
+        for config_map in config_maps.values():
+            for text in config_map.get("data", {}).values():
+                try:
+                    max_bytes = tomllib.loads(text).get("spool_max_bytes", max_bytes)
+                except tomllib.TOMLDecodeError:
+                    continue
+    max_bytes = int(max_bytes) if max_bytes is not None else DEFAULT_SPOOL_MAX_BYTES
+    volume = None
+    spool = env.get("RCKB_SPOOL_DIR", {}).get("value")
+    mounted = {m["name"] for m in sts["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", [])
+               if m["mountPath"] == spool}
+    for claim in sts["spec"].get("volumeClaimTemplates", []):
+        if claim["metadata"]["name"] in mounted:
+            volume = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
+    if volume is None:
+        return "no spool volume to size"
+    needed = max_bytes * factor
+    if needed > volume * FILESYSTEM_SHARE:
+        problems.append(f"spool_max_bytes {max_bytes} lets the spool file grow to {needed:.0f} bytes "
+                        f"({factor} x), over {FILESYSTEM_SHARE:.0%} of the spool volume ({volume} bytes)")
+    return f"spool file up to {needed / 2**30:.2f} GiB on a {volume / 2**30:g} GiB volume"
 
 
 # ---- PrometheusRule ---------------------------------------------------------------------------------

@@ -297,7 +297,7 @@ check "yamllint (.yamllint) on every deployment YAML file" \
     yamllint -c .yamllint .yamllint docker-compose.yml deploy/
 check "kubernetes: render the kustomize base" render_kubernetes
 check "kubernetes: objects valid against Kubernetes ${KUBERNETES_VERSIONS[*]} (strict)" validate_kubernetes
-check "kubernetes: selectors, ports, probes, references, grace period" \
+check "kubernetes: selectors, ports, probes, references, grace period, spool volume size" \
     "$PY" ci/deploy_check.py check-wiring "$WORK/k8s.yaml"
 check "kubernetes: PrometheusRule embeds deploy/prometheus/alerts.yml" \
     "$PY" ci/deploy_check.py same-rules deploy/prometheus/alerts.yml "$WORK/k8s.yaml"

@@ -7,9 +7,11 @@ use rc_kafka_bridge::app::Application;
 use rc_kafka_bridge::config::{Settings, SettingsArgs};
 use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
+use rc_kafka_bridge::relay;
 use rc_kafka_bridge::ringcentral::{
     self, NewSubscription, RingCentral, Subscription, SubscriptionId,
 };
+use rc_kafka_bridge::spool::{Spool, SpoolError, SpoolSummary};
 use rc_kafka_bridge::telemetry;
 
 // Many small allocations per notification (parsing, planning, spool entries, Kafka records):
@@ -51,6 +53,34 @@ enum Command {
     Subscription {
         #[command(subcommand)]
         command: SubscriptionCommand,
+    },
+    /// Look into the spool of a stopped bridge (same --spool-dir and settings as serve).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Print what the spool holds: pending notifications, bytes, oldest age, dead letters.
+    Inspect {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Print every pending message and dead letter as JSON lines (topic, key, headers, value).
+    Export {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Publish the dead letters back to their original topics; each one Kafka acknowledges leaves
+    /// the spool (needs --brokers).
+    ReplayDeadLetters {
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
 }
 
@@ -128,6 +158,7 @@ fn main() -> ExitCode {
             command: TopicsCommand::Ensure { settings },
         } => load(&settings).and_then(|s| ensure(&s)),
         Command::Subscription { command } => subscription(command),
+        Command::Spool { command } => spool(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -359,4 +390,108 @@ fn ensure(settings: &Settings) -> Result<(), String> {
         println!("created {topic}");
     }
     Ok(())
+}
+
+fn spool(command: SpoolCommand) -> Result<(), String> {
+    let (SpoolCommand::Inspect { settings, .. }
+    | SpoolCommand::Export { settings }
+    | SpoolCommand::ReplayDeadLetters { settings }) = &command;
+    let settings = load(settings)?;
+    let open = || {
+        Spool::open_existing(
+            &settings.spool_dir,
+            settings.spool_max_bytes,
+            settings.dedup_window,
+            settings.dedup_capacity,
+            Metrics::new(),
+        )
+        .map_err(|e| format!("spool: {e}"))
+    };
+    match command {
+        SpoolCommand::Inspect { json, .. } => {
+            let summary = open()?.summary().map_err(|e| format!("spool: {e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+                );
+            } else {
+                print_summary(&summary);
+            }
+            Ok(())
+        }
+        SpoolCommand::Export { .. } => {
+            let spool = open()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let counts = match spool.export(&mut out) {
+                Ok(counts) => counts,
+                // The reader had enough (`| head`): not an error.
+                Err(SpoolError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("spool: {e}")),
+            };
+            eprintln!(
+                "exported {} pending messages and {} dead letters",
+                counts.pending_messages, counts.dead_letters
+            );
+            Ok(())
+        }
+        SpoolCommand::ReplayDeadLetters { .. } => {
+            let Some(brokers) = &settings.brokers else {
+                return Err("spool replay-dead-letters needs --brokers".into());
+            };
+            telemetry::init(settings.log_format);
+            let spool = open()?;
+            let producer =
+                ProducerFactory::new(brokers, &settings.kafka_properties, Metrics::new())
+                    .build()
+                    .map_err(|e| format!("Kafka client: {e}"))?;
+            let report = runtime()?
+                .block_on(relay::replay_dead_letters(&spool, &producer))
+                .map_err(|e| format!("spool: {e}"))?;
+            println!(
+                "replayed {} dead letters to their original topics",
+                report.replayed
+            );
+            if report.failed.is_empty() {
+                return Ok(());
+            }
+            Err(format!(
+                "{} dead letters were refused again and stay in the spool:\n  {}",
+                report.failed.len(),
+                report.failed.join("\n  ")
+            ))
+        }
+    }
+}
+
+fn print_summary(s: &SpoolSummary) {
+    let identity = match (&s.id, &s.created_at) {
+        (Some(id), Some(created_at)) => format!("spool {id}, created {created_at}"),
+        _ => "no identity yet: written when serve next opens it".into(),
+    };
+    let oldest = s
+        .oldest_age_seconds
+        .map(|age| {
+            format!(
+                ", oldest {}",
+                humantime::format_duration(Duration::from_secs(age as u64))
+            )
+        })
+        .unwrap_or_default();
+    println!("spool         {} ({identity})", s.path.display());
+    println!("file          {} bytes", s.file_bytes);
+    println!(
+        "pending       {} notifications, {} bytes{oldest}",
+        s.pending_entries, s.pending_bytes
+    );
+    println!(
+        "dead letters  {} messages, {} bytes (at most {})",
+        s.dead_letters, s.dead_letter_bytes, s.dead_letter_max_bytes
+    );
+    println!(
+        "limit         {} bytes (--spool-max-bytes: pending and dead letters together)",
+        s.max_bytes
+    );
 }

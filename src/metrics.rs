@@ -39,6 +39,10 @@ pub struct Metrics {
     pub notifications_unrouted: IntCounterVec,
     // Keeper hardening (issue 10): reminders that name no subscription the keeper owns.
     pub subscription_reminders_ignored: IntCounterVec,
+    // A spool that fails loudly: the dead-letter area.
+    pub spool_dead_letters: IntGauge,
+    pub spool_dead_letter_bytes: IntGauge,
+    pub dead_letters_dropped: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -221,6 +225,21 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            spool_dead_letters: IntGauge::with_opts(opts(
+                "spool_dead_letters",
+                "Dead letters kept in the spool (rejected by their topic and by the dead-letter topic).",
+            ))
+            .unwrap(),
+            spool_dead_letter_bytes: IntGauge::with_opts(opts(
+                "spool_dead_letter_bytes",
+                "Bytes of dead letters kept in the spool; at most a tenth of --spool-max-bytes.",
+            ))
+            .unwrap(),
+            dead_letters_dropped: IntCounter::with_opts(opts(
+                "dead_letters_dropped_total",
+                "Dead letters dropped from the spool's full dead-letter area, oldest first.",
+            ))
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -250,6 +269,9 @@ impl Metrics {
             Box::new(m.ringcentral_api_errors.clone()),
             Box::new(m.notifications_unrouted.clone()),
             Box::new(m.subscription_reminders_ignored.clone()),
+            Box::new(m.spool_dead_letters.clone()),
+            Box::new(m.spool_dead_letter_bytes.clone()),
+            Box::new(m.dead_letters_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

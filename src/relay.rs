@@ -371,3 +371,55 @@ impl Worker {
         }
     }
 }
+
+/// What [`replay_dead_letters`] did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Dead letters Kafka acknowledged on their original topic, now gone from the spool.
+    pub replayed: u64,
+    /// Those refused again, which stay in the spool: topic, notification uuid and error of each.
+    pub failed: Vec<String>,
+}
+
+/// Publishes the spool's dead letters back to their original topics, as they were first sent, and
+/// removes each from the spool once Kafka acknowledged it; a refused one stays for another try.
+pub async fn replay_dead_letters(
+    spool: &Spool,
+    producer: &KafkaProducer,
+) -> Result<ReplayReport, crate::spool::SpoolError> {
+    const PAGE: usize = 256;
+    let mut report = ReplayReport::default();
+    let mut from = 0;
+    loop {
+        let page = spool.dead_letters_from(from, PAGE)?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        from = last + 1;
+        let sent: Vec<_> = page
+            .iter()
+            .map(|(id, letter)| (*id, letter, kafka::send(producer, &letter.message)))
+            .collect();
+        let mut acknowledged = Vec::with_capacity(sent.len());
+        for (id, letter, delivery) in sent {
+            let result = match delivery {
+                Ok(delivery) => kafka::delivered(delivery).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => acknowledged.push(id),
+                Err(e) => report.failed.push(format!(
+                    "{} (notification {}): {}",
+                    letter.message.topic,
+                    letter.message.header("rc-notification-uuid").unwrap_or("?"),
+                    e
+                )),
+            }
+        }
+        report.replayed += acknowledged.len() as u64;
+        if !acknowledged.is_empty() {
+            spool.forget_dead_letters(acknowledged).await?;
+        }
+    }
+    Ok(report)
+}

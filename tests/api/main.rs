@@ -8,6 +8,7 @@ mod exposure;
 mod http_limits;
 mod keeper_hardening;
 mod operations;
+mod spool;
 mod subscription;
 mod webhook;
 
