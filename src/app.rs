@@ -56,9 +56,16 @@ pub enum StartError {
     #[error("Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("spool: {0}")]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(Box<crate::spool::SpoolError>),
     #[error("{0}")]
     RingCentral(#[from] crate::ringcentral::ApiError),
+}
+
+impl From<crate::spool::SpoolError> for StartError {
+    fn from(e: crate::spool::SpoolError) -> Self {
+        // Boxed: the spool's errors carry paths and ids, and would make every `Result` here large.
+        StartError::Spool(Box::new(e))
+    }
 }
 
 /// A running bridge: both listeners bound, Kafka connected (or connecting), the relay started.

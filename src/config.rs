@@ -144,7 +144,7 @@ pub struct SettingsArgs {
     /// Topic for messages Kafka rejects for good [default: <prefix>dead-letter].
     #[arg(long, env = "RCKB_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
-    /// On SIGTERM, how long the relay may keep publishing before exit [default: 10s].
+    /// After SIGTERM: the time for requests in flight and the relay, before exit [default: 10s].
     #[arg(long, env = "RCKB_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
     /// human or json [default: human].

@@ -4,6 +4,7 @@
 mod common;
 
 mod delivery;
+mod docs;
 mod exposure;
 mod http_limits;
 mod keeper_hardening;
