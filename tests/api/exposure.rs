@@ -1,6 +1,7 @@
 //! The public endpoint under hostile input: bounded fan-out, untrusted ids, authentication by default,
 //! the subscription allow-list.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -331,11 +332,11 @@ async fn a_hostile_corpus_gets_clear_answers_and_bounded_work() {
     app.shutdown().await;
 }
 
-/// Runs the binary with `args` after `serve`; returns its exit status and stderr when it exits by
-/// itself within a few seconds.
-fn serve_refuses(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+/// `serve` on loopback port 0 with a spool in `dir`, without whatever the environment says about
+/// brokers and webhook authentication.
+fn serve(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"));
+    command
         .args([
             "serve",
             "--listen",
@@ -343,13 +344,19 @@ fn serve_refuses(args: &[&str]) -> String {
             "--admin-listen",
             "127.0.0.1:0",
         ])
-        .arg("--spool-dir")
-        .arg(dir.path())
+        .args(["--log-format", "json", "--spool-dir"])
+        .arg(dir)
         .args(args)
         .env_remove("RCKB_VERIFICATION_TOKEN")
         .env_remove("RCKB_ALLOW_UNVERIFIED_WEBHOOKS")
-        .output()
-        .unwrap();
+        .env_remove("RCKB_BROKERS");
+    command
+}
+
+/// Runs `serve ARGS`, which must refuse to start; returns its stderr.
+fn serve_refuses(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = serve(dir.path(), args).output().unwrap();
     assert!(
         !output.status.success(),
         "serve {args:?} must refuse to start"
@@ -375,21 +382,7 @@ fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
 fn startup_log(args: &[&str]) -> Vec<String> {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .arg("--spool-dir")
-        .arg(dir.path())
-        .args(args)
-        .env_remove("RCKB_VERIFICATION_TOKEN")
-        .env_remove("RCKB_ALLOW_UNVERIFIED_WEBHOOKS")
-        .env_remove("RCKB_BROKERS")
+    let mut child = serve(dir.path(), args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
