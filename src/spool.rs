@@ -74,7 +74,8 @@ const MAX_GROUP: usize = 4096;
 const MAX_EXPIRE_PER_COMMIT: usize = 1024;
 
 /// What to do about the spool, ending every message about a spool that cannot be opened as it is.
-const START_EMPTY: &str = "to start an empty spool knowingly, move the directory away";
+// Files, not the directory: on Kubernetes the directory is a volume's mount point.
+const START_EMPTY: &str = "to start an empty spool knowingly, move spool.redb and spool.id out of";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -88,35 +89,33 @@ pub enum SpoolError {
     #[error("spool storage: {0}")]
     Storage(String),
     #[error(
-        "{path} is missing, but {identity} records that spool {id} was created here on {created_at}: \
-         the notifications it held are not there. Restore the file from a backup, or, {START_EMPTY} ({dir})"
+        "{} is missing, but {} records that spool {id} was created here on {created_at}: the \
+         notifications it held are not there. Restore the file from a backup, or, {START_EMPTY} {dir}",
+        .dir.join(DATABASE_FILE).display(), .dir.join(IDENTITY_FILE).display()
     )]
     Missing {
-        path: PathBuf,
-        identity: PathBuf,
+        dir: PathBuf,
         id: String,
         created_at: String,
-        dir: PathBuf,
     },
     #[error(
         "{path} is empty (0 bytes), but a spool database never is: the notifications it held are gone. \
-         Restore it from a backup, or, {START_EMPTY} ({dir})"
+         Restore it from a backup, or, {START_EMPTY} {dir}"
     )]
     Emptied { path: PathBuf, dir: PathBuf },
     #[error(
-        "{path} is not this spool's database: {identity} names spool {expected}, the database {found}. \
-         Put the right file back, or, {START_EMPTY} ({dir})"
+        "{} is not this spool's database: {} names spool {expected}, the database {found}. Put \
+         the right file back, or, {START_EMPTY} {dir}",
+        .dir.join(DATABASE_FILE).display(), .dir.join(IDENTITY_FILE).display()
     )]
     Replaced {
-        path: PathBuf,
-        identity: PathBuf,
+        dir: PathBuf,
         expected: String,
         found: String,
-        dir: PathBuf,
     },
     #[error(
         "{path} is damaged: {message}; move it away (keep it: it may hold notifications worth \
-         recovering) and restore a backup, or, {START_EMPTY} ({dir})"
+         recovering) and restore a backup, or, {START_EMPTY} {dir}"
     )]
     Damaged {
         path: PathBuf,
@@ -656,11 +655,9 @@ fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolError> {
     match (&identity, size) {
         (Some(identity), None) => {
             return Err(SpoolError::Missing {
-                path,
-                identity: identity_path,
+                dir: dir.to_path_buf(),
                 id: identity.id.clone(),
                 created_at: identity.created_at.clone(),
-                dir: dir.to_path_buf(),
             });
         }
         (_, Some(0)) => {
@@ -699,8 +696,7 @@ fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolError> {
         (Some(expected), Some(stored)) if expected.id == stored.id => Some(expected),
         (Some(expected), stored) => {
             return Err(SpoolError::Replaced {
-                path,
-                identity: identity_path,
+                dir: dir.to_path_buf(),
                 expected: expected.id,
                 found: match stored {
                     Some(stored) => {
@@ -708,7 +704,6 @@ fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolError> {
                     }
                     None => "has no identity (a spool of an earlier release?)".into(),
                 },
-                dir: dir.to_path_buf(),
             });
         }
         (None, Some(stored)) => {
