@@ -13,9 +13,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
-use crate::ingress::{self, AllowedSubscriptions, IngressState, Readiness, SpoolHealth};
+use crate::ingress::{self, AllowedSubscriptions, IngressState};
 use crate::kafka::{self, EmbeddedBroker, ProducerFactory};
 use crate::metrics::Metrics;
+use crate::readiness::{Readiness, SpoolHealth};
 use crate::relay::Relay;
 use crate::ringcentral::RingCentral;
 use crate::ringcentral::keeper::{Keeper, KeeperSettings};

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::notification::{EventKind, Notification, ParseError};
+use crate::readiness::{Readiness, SpoolHealth};
 use crate::ringcentral::SubscriptionId;
 use crate::routing::RoutingTable;
 use crate::secret::Secret;
@@ -32,37 +33,6 @@ use crate::sink::{Acceptance, Sink, SinkError};
 
 pub const VALIDATION_TOKEN: &str = "validation-token";
 pub const VERIFICATION_TOKEN: &str = "verification-token";
-
-/// Whether the bridge can accept notifications now, as `/readyz` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpoolHealth {
-    Ok,
-    Full,
-    Unwritable,
-    /// `direct` mode: there is no spool.
-    Absent,
-}
-
-impl SpoolHealth {
-    pub fn label(self) -> &'static str {
-        match self {
-            SpoolHealth::Ok => "ok",
-            SpoolHealth::Full => "full",
-            SpoolHealth::Unwritable => "unwritable",
-            SpoolHealth::Absent => "absent",
-        }
-    }
-}
-
-/// What `/readyz` asks; implemented by the application over the spool.
-pub trait Readiness: Send + Sync + 'static {
-    fn spool_health(&self) -> SpoolHealth;
-
-    /// Shutdown has begun: a load balancer should send nothing new.
-    fn shutting_down(&self) -> bool {
-        false
-    }
-}
 
 #[derive(Clone)]
 pub struct IngressState {

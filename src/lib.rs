@@ -9,6 +9,7 @@
 //! - [`notification`]: RingCentral's notification types and their lenient parsing.
 //! - [`routing`]: the hint table, topic derivation and message planning; pure, no I/O.
 //! - [`sink`]: the trait ingress hands a route plan to, and the `direct` delivery mode.
+//! - [`readiness`]: whether the bridge can take notifications now (`/readyz`).
 //! - [`spool`]: the durable local queue; a notification is answered once it is fsynced here.
 //! - [`relay`]: publishes spooled plans to Kafka in order and releases them once acknowledged.
 //! - [`kafka`]: the producer, error classification, topic checks, the embedded development broker.
@@ -26,6 +27,7 @@ pub mod ingress;
 pub mod kafka;
 pub mod metrics;
 pub mod notification;
+pub mod readiness;
 pub mod relay;
 pub mod ringcentral;
 pub mod routing;

@@ -43,8 +43,8 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ingress::{Readiness, SpoolHealth};
 use crate::metrics::Metrics;
+use crate::readiness::{Readiness, SpoolHealth};
 use crate::routing::{OutboundMessage, RoutePlan};
 use crate::sink::{Acceptance, Sink, SinkError, SinkFuture};
 
