@@ -18,20 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const HINTS: [&str; 12] = [
-    "AccountSettings",
-    "AccountStatus",
-    "AnsweringRules",
-    "CompanyNumbers",
-    "DialingPlan",
-    "ExtensionInfo",
-    "Features",
-    "Limits",
-    "Permissions",
-    "ProfileImage",
-    "VideoConfiguration",
-    "CallQueueMembersChange",
-];
+// The bridge's own hint table (the same file `src/routing.rs` uses).
+#[path = "../src/hint_table.rs"]
+mod hint_table;
+use hint_table::BUILT_IN_HINTS;
 
 #[derive(Clone)]
 struct Options {
@@ -134,7 +124,9 @@ impl Rng {
 }
 
 fn body(o: &Options, rng: &mut Rng, index: u64) -> String {
-    let pool: &[&str] = if o.single_topic { &HINTS[..11] } else { &HINTS };
+    let names: Vec<&str> = BUILT_IN_HINTS.iter().map(|(h, _)| *h).collect();
+    // One topic per hint: leave out CallQueueMembersChange, whose two targets make two messages.
+    let pool: &[&str] = if o.single_topic { &names[..11] } else { &names };
     let max = o.hints_max.min(pool.len());
     let k = o.hints_min.min(max) + rng.below(max - o.hints_min.min(max) + 1);
     let mut chosen: Vec<&str> = pool.to_vec();

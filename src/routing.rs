@@ -16,31 +16,11 @@ use crate::notification::{EventKind, ExtensionChange, Hint, Notification, is_res
 /// The default topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "ringcentral.";
 
-/// The built-in hint table of RingCentral's Extension Info Event, target APIs exactly as documented
-/// (including the stray leading and trailing slashes).
-pub const BUILT_IN_HINTS: &[(&str, &[&str])] = &[
-    ("AccountSettings", &["account/~"]),
-    ("AccountStatus", &["account/~"]),
-    ("AnsweringRules", &["account/~/extension/~"]),
-    ("CompanyNumbers", &["account/~/extension/~/phone-number"]),
-    ("DialingPlan", &["account/~/dialing-plan"]),
-    ("ExtensionInfo", &["account/~/extension/~/"]),
-    ("Features", &["account/~/extension/~/features"]),
-    ("Limits", &["account/~/extension/~/features"]),
-    ("Permissions", &["account/~/extension/~/features"]),
-    ("ProfileImage", &["/account/~/extension/~/profile-image"]),
-    (
-        "VideoConfiguration",
-        &["account/~/extension", "account/~/extension/~/"],
-    ),
-    (
-        "CallQueueMembersChange",
-        &[
-            "account/~/extension/~/call-queues",
-            "account/~/call-queues/~/bulk-assign",
-        ],
-    ),
-];
+// The table is its own file so that the load generator (`bench/loadgen.rs`, built without Cargo)
+// includes the same list.
+#[path = "hint_table.rs"]
+mod hint_table;
+pub use hint_table::BUILT_IN_HINTS;
 
 /// The target API of Get Extension Info: where deletions and creations go.
 const EXTENSION_INFO_TARGET: &str = "account/~/extension/~/";
