@@ -694,19 +694,20 @@ pub fn kafka_properties_from_env(
 
 /// Splits on `,` except where escaped: `\,` is a comma, `\\` a backslash, any other `\` itself.
 fn split_escaped_list(text: &str) -> Vec<String> {
-    let mut items = vec![String::new()];
+    let mut items = Vec::new();
+    let mut item = String::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        let item = items.last_mut().expect("never empty");
         match (c, chars.peek()) {
             ('\\', Some(&next @ (',' | '\\'))) => {
                 item.push(next);
                 chars.next();
             }
-            (',', _) => items.push(String::new()),
+            (',', _) => items.push(std::mem::take(&mut item)),
             _ => item.push(c),
         }
     }
+    items.push(item);
     items
 }
 

@@ -2,12 +2,14 @@
 //! the subscription allow-list.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::MockKafka;
-use crate::common::{BridgeProcess, TestApp, read_all_before_marker, read_n, sample, unique};
+use crate::common::{
+    BridgeProcess, TestApp, read_all_before_marker, read_n, sample, scrape_until, unique,
+};
 
 /// One change with as many distinct hints as fit in 64 KiB.
 fn hint_bomb(uuid: &str) -> String {
@@ -125,33 +127,6 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     assert_eq!(bombs.len(), 10, "each hint bomb carried once");
     for m in bombs {
         assert_eq!(m.header("rc-unrouted-reason"), Some("too_many_hints"));
-    }
-}
-
-/// Scrapes a bridge process's `/metrics` until `condition` holds (bounded).
-async fn scrape_until(
-    admin: &str,
-    what: &str,
-    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
-) -> prometheus_parse::Scrape {
-    let client = crate::common::http();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = client
-            .get(format!("{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        if condition(&scrape) {
-            return scrape;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

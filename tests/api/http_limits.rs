@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::MockKafka;
-use crate::common::{BridgeProcess, TestApp, extension_update, http, read_until, sample, unique};
+use crate::common::{
+    BridgeProcess, TestApp, extension_update, http, read_until, sample, scrape_until, unique,
+};
 
 const FEATURES: &str = "ringcentral.account.extension.features";
 const TOKEN: &str = "http-limits-test-verification-token";
@@ -431,9 +433,11 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
     let uuid = format!("stuck-{}", unique());
     assert_eq!(post_notification(&bridge.address, &uuid).await, Some(200));
     // The relay's round is in flight once the producer holds the message.
-    scrape_until(&bridge.admin_address, |s| {
-        sample(s, "rckb_kafka_producer_queue_messages", &[]) >= 1.0
-    })
+    scrape_until(
+        &bridge.admin_address,
+        "the producer to hold the message",
+        |s| sample(s, "rckb_kafka_producer_queue_messages", &[]) >= 1.0,
+    )
     .await;
 
     let signalled = Instant::now();
@@ -483,38 +487,10 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
         got.iter().any(|m| m.uuid() == uuid),
         "published after the restart"
     );
-    let scrape = scrape_until(&restarted.admin_address, |s| {
+    let scrape = scrape_until(&restarted.admin_address, "the spool to drain", |s| {
         sample(s, "rckb_messages_published_total", &[]) >= 1.0
             && sample(s, "rckb_spool_entries", &[]) == 0.0
     })
     .await;
     assert_eq!(sample(&scrape, "rckb_spool_entries", &[]), 0.0);
-}
-
-/// Scrapes a bridge process's `/metrics` until `condition` holds (bounded).
-async fn scrape_until(
-    admin_address: &str,
-    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
-) -> prometheus_parse::Scrape {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = http()
-            .get(format!("{admin_address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        if condition(&scrape) {
-            return scrape;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting on the metrics"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -3,7 +3,7 @@
 //! certificates, and Kafka property values never appear in an error.
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rc_kafka_bridge::config::Secret;
 use rc_kafka_bridge::metrics::Metrics;
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::MockKafka;
 use crate::common::fake_ringcentral::{CLIENT_ID, CLIENT_SECRET, FakeRingCentral, FakeState, JWT};
-use crate::common::{TestApp, reminder_notification, sample, unique};
+use crate::common::{TestApp, eventually, reminder_notification, sample, unique};
 
 /// A subscription id that, pasted into a path, would reach RingCentral's RingOut endpoint.
 const PATH_TRICK: &str = "../../v1.0/account/~/extension/~/ring-out?to=15551234567&";
@@ -34,11 +34,10 @@ async fn run(command: &mut tokio::process::Command) -> Output {
 
 /// Waits (bounded) until `condition` holds on the fake's state.
 async fn fake_until(fake: &FakeRingCentral, what: &str, condition: impl Fn(&FakeState) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition(&fake.state.lock().unwrap()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, Duration::from_secs(20), || {
+        condition(&fake.state.lock().unwrap())
+    })
+    .await;
 }
 
 fn scrape(metrics: &Metrics) -> prometheus_parse::Scrape {
@@ -52,11 +51,10 @@ async fn metrics_until(
     what: &str,
     condition: impl Fn(&prometheus_parse::Scrape) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition(&scrape(metrics)) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, Duration::from_secs(20), || {
+        condition(&scrape(metrics))
+    })
+    .await;
 }
 
 fn ignored(scrape: &prometheus_parse::Scrape, reason: &str) -> f64 {

@@ -133,8 +133,7 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> prometheus_parse::Scrape {
-        let text = self.get_admin("/metrics").await.text().await.unwrap();
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+        scrape(&self.admin_address).await
     }
 
     /// Scrapes `/metrics` until `condition` holds (bounded), and returns that scrape.
@@ -143,15 +142,7 @@ impl TestApp {
         what: &str,
         condition: impl Fn(&prometheus_parse::Scrape) -> bool,
     ) -> prometheus_parse::Scrape {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let scrape = self.metrics().await;
-            if condition(&scrape) {
-                return scrape;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        scrape_until(&self.admin_address, what, condition).await
     }
 
     /// Stops the bridge gracefully and waits for it.
@@ -234,6 +225,37 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
         .set("enable.partition.eof", "false")
         .create()
         .expect("consumer")
+}
+
+/// One scrape of the `/metrics` of the bridge whose admin listener is `admin_address`.
+pub async fn scrape(admin_address: &str) -> prometheus_parse::Scrape {
+    let text = http()
+        .get(format!("{admin_address}/metrics"))
+        .send()
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// Scrapes the `/metrics` of a bridge (in process or a child process) until `condition` holds, at
+/// most 30 s, and returns that scrape: the one wait on metrics every test uses.
+pub async fn scrape_until(
+    admin_address: &str,
+    what: &str,
+    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = scrape(admin_address).await;
+        if condition(&scrape) {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Reads `topics` from the beginning (partition 0 of each: test topics have one partition) until
