@@ -314,10 +314,12 @@ async fn webhook(
         .expect("now formats as RFC 3339");
     let routing = state.routing.load();
     let plan = routing.plan(&notification, &body, &received_at);
-    let unknown = match plan.unrouted_reason {
-        Some(_) => 0,
-        None => unknown_hints(&notification, &routing),
-    };
+    // One message per unknown hint is planned on the unrouted topic: count what was planned.
+    let unknown = plan
+        .messages
+        .iter()
+        .filter(|m| m.hint_label == "unknown")
+        .count() as u64;
 
     let unrouted_reason = plan.unrouted_reason;
     match state.sink.accept(plan).await {
@@ -355,18 +357,4 @@ async fn webhook(
             Err(Rejection::Unavailable(e))
         }
     }
-}
-
-fn unknown_hints(notification: &Notification, routing: &RoutingTable) -> u64 {
-    let changes = match &notification.kind {
-        EventKind::ExtensionInfo { change, .. } => std::slice::from_ref(change),
-        EventKind::ExtensionList { changes, .. } => changes.as_slice(),
-        _ => &[],
-    };
-    changes
-        .iter()
-        .filter(|c| c.event_type == "Update")
-        .flat_map(|c| &c.hints)
-        .filter(|h| !routing.is_known(h))
-        .count() as u64
 }

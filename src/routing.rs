@@ -372,13 +372,13 @@ impl RoutingTable {
                     .iter()
                     .map(|h| h.as_str().len() + 3)
                     .sum::<usize>();
-            for d in self.destinations(change) {
+            self.for_each_destination(change, |d| {
                 messages += 1;
                 bytes += per_change
                     + 2 * d.topic.as_str().len()
                     + 2 * d.target.map_or(0, |t| t.as_str().len())
                     + 3 * d.hint.map_or(0, |h| h.as_str().len());
-            }
+            });
             if messages > limits.max_messages {
                 return Some(Overflow::Messages);
             }
@@ -390,36 +390,38 @@ impl RoutingTable {
     }
 
     /// Where the messages of one change go, in publication order: the one place that decides it, for
-    /// both the caps and the plan.
-    fn destinations<'a>(
+    /// both the caps and the plan. A visitor rather than an iterator: nothing is allocated per hint.
+    fn for_each_destination<'a>(
         &'a self,
         change: &'a ExtensionChange,
-    ) -> Box<dyn Iterator<Item = Destination<'a>> + 'a> {
+        mut visit: impl FnMut(Destination<'a>),
+    ) {
         if change.event_type != "Update" || change.hints.is_empty() {
             // Delete, Create, or an Update without hints: the extension itself changed.
-            return Box::new(std::iter::once(Destination {
+            return visit(Destination {
                 topic: &self.extension_topic,
                 target: Some(&self.extension_target),
                 hint: None,
-            }));
+            });
         }
-        Box::new(change.hints.iter().flat_map(move |hint| {
-            let routes: Box<dyn Iterator<Item = Destination<'a>>> = match self.route(hint) {
+        for hint in &change.hints {
+            match self.route(hint) {
                 Some(route) => {
-                    Box::new(route.topics.iter().map(move |(topic, target)| Destination {
-                        topic,
-                        target: Some(target),
-                        hint: Some(hint),
-                    }))
+                    for (topic, target) in &route.topics {
+                        visit(Destination {
+                            topic,
+                            target: Some(target),
+                            hint: Some(hint),
+                        });
+                    }
                 }
-                None => Box::new(std::iter::once(Destination {
+                None => visit(Destination {
                     topic: &self.unrouted_topic,
                     target: None,
                     hint: Some(hint),
-                })),
-            };
-            routes
-        }))
+                }),
+            }
+        }
     }
 }
 
@@ -524,7 +526,8 @@ struct Part<'a> {
 
 impl Planner<'_> {
     fn change(&mut self, account_id: &str, change: &ExtensionChange) {
-        for d in self.table.destinations(change) {
+        let table = self.table;
+        table.for_each_destination(change, |d| {
             let hint_label = match (d.hint, d.target) {
                 (None, _) => "none",
                 (Some(hint), Some(_)) => hint.as_str(),
@@ -539,7 +542,7 @@ impl Planner<'_> {
                 target: d.target,
                 kind_label: "",
             });
-        }
+        });
     }
 
     fn reminder(&mut self) {
