@@ -22,7 +22,7 @@ fn body(hints: usize) -> Vec<u8> {
 }
 
 fn benches(c: &mut Criterion) {
-    let table = Settings::defaults().routing;
+    let table = Settings::default().routing;
     let received_at = "2026-11-27T21:16:08.672227592Z";
     for hints in [1usize, 12] {
         let raw = body(hints);

@@ -3,6 +3,7 @@
 //! all within one grace period counted from the signal.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -127,8 +128,8 @@ fn http_limits(settings: &Settings) -> (Limits, Limits) {
     let descriptor_limit = server::raise_descriptor_limit();
     let (caps, clamped) = ConnectionCaps::fit(
         descriptor_limit,
-        settings.max_connections,
-        settings.admin_max_connections,
+        settings.max_connections.map(NonZeroUsize::get),
+        settings.admin_max_connections.map(NonZeroUsize::get),
     );
     for clamp in clamped {
         tracing::warn!(
@@ -170,8 +171,7 @@ impl Application {
         let embedded = match &settings.brokers {
             Some(_) => None,
             None => {
-                let mut topics = settings.routing.topics();
-                topics.push(settings.dead_letter_topic.clone());
+                let topics = settings.routing.published_topics();
                 Some(EmbeddedBroker::start(&topics)?)
             }
         };
@@ -182,7 +182,7 @@ impl Application {
         };
         let factory = ProducerFactory::new(
             &bootstrap_servers,
-            &settings.kafka_properties,
+            &settings.kafka.properties,
             metrics.clone(),
         );
 
@@ -192,7 +192,7 @@ impl Application {
                     let sink = Arc::new(DirectSink::new(
                         factory.build()?,
                         settings.direct_timeout,
-                        RecentUuids::new(settings.dedup_window, settings.dedup_capacity),
+                        RecentUuids::new(settings.dedup_window, settings.dedup_capacity.get()),
                         metrics.clone(),
                     ));
                     (
@@ -204,15 +204,15 @@ impl Application {
                 DeliveryMode::Spool => {
                     let spool = Arc::new(Spool::open(
                         &settings.spool_dir,
-                        settings.spool_max_bytes,
+                        settings.spool_max_bytes.get(),
                         settings.dedup_window,
-                        settings.dedup_capacity,
+                        settings.dedup_capacity.get(),
                         metrics.clone(),
                     )?);
                     let relay = Relay::start(
                         spool.clone(),
                         factory.clone(),
-                        settings.dead_letter_topic.clone(),
+                        settings.routing.dead_letter_topic().clone(),
                         metrics.clone(),
                     )?;
                     (
@@ -238,7 +238,12 @@ impl Application {
             metrics: metrics.clone(),
             reminders,
             allowed: Arc::new(AllowedSubscriptions::new(
-                settings.allowed_subscription_ids.clone(),
+                settings
+                    .allowed_subscription_ids
+                    .iter()
+                    .cloned()
+                    .map(String::from)
+                    .collect(),
                 keeper.as_ref().map(|(keeper, _)| keeper.subscription_id()),
             )),
         };
@@ -251,7 +256,7 @@ impl Application {
         Ok(Application {
             listener,
             admin_listener,
-            webhook: ingress::router(state, settings.max_body_bytes),
+            webhook: ingress::router(state, settings.max_body_bytes.get()),
             admin: ingress::admin_router(metrics.clone(), lifecycle.clone()),
             bootstrap_servers,
             routing,

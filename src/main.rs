@@ -137,12 +137,12 @@ fn main() -> ExitCode {
             }
             // librdkafka checks its properties when a client is made; no connection is needed.
             let brokers = s.brokers.as_deref().unwrap_or("localhost:9092");
-            let _producer = ProducerFactory::new(brokers, &s.kafka_properties, Metrics::new())
+            let _producer = ProducerFactory::new(brokers, &s.kafka.properties, Metrics::new())
                 .build()
                 .map_err(|e| {
                     format!(
                         "kafka.properties: {}",
-                        s.kafka_properties.redact(&e.to_string())
+                        s.kafka.properties.redact(&e.to_string())
                     )
                 })?;
             println!(
@@ -151,7 +151,7 @@ fn main() -> ExitCode {
                 s.routing.topics().len()
             );
             // Secret values print as ***.
-            println!("kafka properties: {:?}", s.kafka_properties);
+            println!("kafka properties: {:?}", s.kafka.properties);
             Ok(())
         }),
         Command::Topics {
@@ -268,7 +268,8 @@ fn print_routes(settings: &Settings) {
     }
     println!(
         "{:<24} {:<40} -",
-        "(dead letters)", settings.dead_letter_topic
+        "(dead letters)",
+        settings.routing.dead_letter_topic()
     );
 }
 
@@ -276,12 +277,12 @@ fn serve(settings: Settings, args: SettingsArgs) -> Result<(), String> {
     telemetry::init(settings.log_format);
     let runtime = runtime()?;
     let served = runtime.block_on(async move {
-        let mut wanted = settings.routing.topics();
-        wanted.push(settings.dead_letter_topic.clone());
-        let properties = settings.kafka_properties.clone();
-        let ensure = settings
-            .ensure_topics
-            .then_some((settings.partitions, settings.replication_factor));
+        let wanted = settings.routing.published_topics();
+        let properties = settings.kafka.properties.clone();
+        let ensure = settings.ensure_topics.then_some((
+            settings.partitions.get().into(),
+            settings.replication_factor.get().into(),
+        ));
         let mut app = Application::build(settings)
             .await
             .map_err(|e| properties.redact(&e.to_string()))?;
@@ -366,12 +367,11 @@ fn ensure(settings: &Settings) -> Result<(), String> {
             "topics ensure needs --brokers (the embedded broker creates its own topics)".into(),
         );
     };
-    let factory = ProducerFactory::new(brokers, &settings.kafka_properties, Metrics::new());
-    let mut wanted = settings.routing.topics();
-    wanted.push(settings.dead_letter_topic.clone());
+    let factory = ProducerFactory::new(brokers, &settings.kafka.properties, Metrics::new());
+    let wanted = settings.routing.published_topics();
     let missing =
         kafka::missing_topics(&factory, &wanted, Duration::from_secs(10)).map_err(|e| {
-            let e = settings.kafka_properties.redact(&e.to_string());
+            let e = settings.kafka.properties.redact(&e.to_string());
             format!("cannot read Kafka metadata: {e}")
         })?;
     if missing.is_empty() {
@@ -382,10 +382,10 @@ fn ensure(settings: &Settings) -> Result<(), String> {
         .block_on(kafka::create_topics(
             &factory,
             &missing,
-            settings.partitions,
-            settings.replication_factor,
+            settings.partitions.get().into(),
+            settings.replication_factor.get().into(),
         ))
-        .map_err(|e| settings.kafka_properties.redact(&e))?;
+        .map_err(|e| settings.kafka.properties.redact(&e))?;
     for topic in &missing {
         println!("created {topic}");
     }
@@ -400,9 +400,9 @@ fn spool(command: SpoolCommand) -> Result<(), String> {
     let open = || {
         Spool::open_existing(
             &settings.spool_dir,
-            settings.spool_max_bytes,
+            settings.spool_max_bytes.get(),
             settings.dedup_window,
-            settings.dedup_capacity,
+            settings.dedup_capacity.get(),
             Metrics::new(),
         )
         .map_err(|e| format!("spool: {e}"))
@@ -444,7 +444,7 @@ fn spool(command: SpoolCommand) -> Result<(), String> {
             telemetry::init(settings.log_format);
             let spool = open()?;
             let producer =
-                ProducerFactory::new(brokers, &settings.kafka_properties, Metrics::new())
+                ProducerFactory::new(brokers, &settings.kafka.properties, Metrics::new())
                     .build()
                     .map_err(|e| format!("Kafka client: {e}"))?;
             let report = runtime()?

@@ -117,7 +117,8 @@ impl TargetApi {
 }
 
 /// A Kafka topic name that satisfies Kafka's rules. Only [`Topic::parse`] builds one.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Topic(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +159,20 @@ impl Topic {
     }
 }
 
+impl TryFrom<String> for Topic {
+    type Error = TopicError;
+    fn try_from(name: String) -> Result<Topic, TopicError> {
+        Topic::parse(name)
+    }
+}
+
+impl std::str::FromStr for Topic {
+    type Err = TopicError;
+    fn from_str(name: &str) -> Result<Topic, TopicError> {
+        Topic::parse(name)
+    }
+}
+
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -192,6 +207,7 @@ pub struct RoutingTable {
     extension_topic: Topic,
     subscription_topic: Topic,
     unrouted_topic: Topic,
+    dead_letter_topic: Topic,
     extension_target: TargetApi,
     limits: FanoutLimits,
 }
@@ -243,6 +259,7 @@ impl RoutingTable {
             extension_topic: fixed(&TargetApi::new(EXTENSION_INFO_TARGET).topic_suffix())?,
             subscription_topic: fixed("subscription")?,
             unrouted_topic: fixed("unrouted")?,
+            dead_letter_topic: fixed("dead-letter")?,
             extension_target: TargetApi::new(EXTENSION_INFO_TARGET),
             limits: FanoutLimits::default(),
         })
@@ -251,6 +268,12 @@ impl RoutingTable {
     /// The same table with other fan-out caps.
     pub fn with_limits(mut self, limits: FanoutLimits) -> RoutingTable {
         self.limits = limits;
+        self
+    }
+
+    /// The same table with another dead-letter topic than `<prefix>dead-letter`.
+    pub fn with_dead_letter_topic(mut self, topic: Topic) -> RoutingTable {
+        self.dead_letter_topic = topic;
         self
     }
 
@@ -290,6 +313,21 @@ impl RoutingTable {
 
     pub fn unrouted_topic(&self) -> &Topic {
         &self.unrouted_topic
+    }
+
+    /// Where the relay puts messages Kafka rejects for good.
+    pub fn dead_letter_topic(&self) -> &Topic {
+        &self.dead_letter_topic
+    }
+
+    /// Every topic this configuration publishes to, the dead-letter topic included: what `topics
+    /// ensure` creates and start-up checks.
+    pub fn published_topics(&self) -> Vec<Topic> {
+        let mut topics = self.topics();
+        if !topics.contains(&self.dead_letter_topic) {
+            topics.push(self.dead_letter_topic.clone());
+        }
+        topics
     }
 
     /// Plans every message of one notification. `raw` is the body as received (for unrouted events);

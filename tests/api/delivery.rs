@@ -158,7 +158,7 @@ async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_are
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_in(&kafka.bootstrap, dir.path().to_path_buf(), |a| {
-        a.kafka_properties
+        a.kafka_property
             .push(("message.max.bytes".into(), "3000".into()));
     })
     .await;
@@ -215,7 +215,10 @@ async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_are
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_answers_503_then_recovers_by_itself() {
     let kafka = MockKafka::start();
-    let app = TestApp::spawn(&kafka.bootstrap, |a| a.spool_max_bytes = Some(8_000)).await;
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.spool_max_bytes = 8_000.try_into().unwrap()
+    })
+    .await;
     kafka.down();
     let mut accepted = Vec::new();
     let refused = loop {
@@ -268,7 +271,7 @@ async fn a_restart_resumes_the_spool_and_remembers_uuids() {
     let body = extension_update(&uuid, "8", &["Limits"]).to_string();
     {
         let app = TestApp::spawn_in(&kafka.bootstrap, dir.path().to_path_buf(), |a| {
-            a.shutdown_grace = Some(Duration::from_millis(200));
+            a.shutdown_grace = Duration::from_millis(200);
         })
         .await;
         assert_eq!(app.post_webhook(body.clone()).await.status(), 200);

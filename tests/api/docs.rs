@@ -39,12 +39,18 @@ fn declared() -> Vec<Declared> {
             .iter()
             .find_map(|l| l.strip_prefix("[env: "))
             .map(|v| v.trim_end_matches(']').trim_end_matches('=').to_string());
+        // clap prints a declared default on its own line; a default that depends on other settings
+        // is written in the doc text.
+        let declared_default = text
+            .iter()
+            .find_map(|l| l.strip_prefix("[default: "))
+            .map(|v| v.trim_end_matches(']').to_string());
         let (meaning, default) = match description.split_once(" [default: ") {
             Some((meaning, rest)) => (
                 meaning.to_string(),
                 Some(rest.rsplit_once(']').map_or(rest, |(d, _)| d).to_string()),
             ),
-            None => (description.clone(), None),
+            None => (description.clone(), declared_default),
         };
         if flag != "-h," && flag != "--help" {
             settings.push(Declared {

@@ -194,11 +194,13 @@ async fn only_allowed_subscriptions_may_post() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
         // The markers of `read_all_before_marker` come from these two.
-        a.allowed_subscription_ids = vec![
-            "sub-ok".into(),
-            "9d38419f-645f-4ee3-a053-8cf1368c21c4".into(),
-            "sub-marker".into(),
-        ];
+        a.allowed_subscription_ids = [
+            "sub-ok",
+            "9d38419f-645f-4ee3-a053-8cf1368c21c4",
+            "sub-marker",
+        ]
+        .map(|id| id.parse().unwrap())
+        .into();
     })
     .await;
     let notification = |uuid: &str, subscription: Option<&str>| {

@@ -235,7 +235,7 @@ async fn half_sent_requests_cannot_exhaust_the_descriptors_of_a_1024_descriptor_
 async fn a_trickling_request_body_is_cut_at_the_body_timeout() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.body_timeout = Some(Duration::from_secs(1));
+        a.body_timeout = Duration::from_secs(1);
     })
     .await;
     let mut stream = TcpStream::connect(host_port(&app.address)).await.unwrap();
@@ -291,8 +291,8 @@ async fn a_trickling_request_body_is_cut_at_the_body_timeout() {
 async fn a_keep_alive_connection_idles_for_the_idle_timeout_not_the_header_timeout() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.header_timeout = Some(Duration::from_millis(500));
-        a.idle_timeout = Some(Duration::from_secs(2));
+        a.header_timeout = Duration::from_millis(500);
+        a.idle_timeout = Duration::from_secs(2);
     })
     .await;
     let mut stream = TcpStream::connect(host_port(&app.admin_address))
@@ -320,7 +320,7 @@ async fn a_keep_alive_connection_idles_for_the_idle_timeout_not_the_header_timeo
 async fn a_request_head_over_the_limit_gets_431() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.max_header_bytes = Some(4096);
+        a.max_header_bytes = 4096;
     })
     .await;
     let big = "x".repeat(5000);

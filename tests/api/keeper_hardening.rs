@@ -144,16 +144,16 @@ async fn a_reminder_posted_to_the_webhook_with_a_path_trick_id_reaches_no_other_
     let ours = fake.seed(&address, "Active", Some(TOKEN));
     let server = fake.url.clone();
     let app = TestApp::spawn(&kafka.bootstrap, move |a| {
-        a.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        a.listen = format!("127.0.0.1:{port}").parse().unwrap();
         a.verification_token = Some(Secret::new(TOKEN));
         let rc = &mut a.ringcentral;
-        rc.rc_server = Some(server);
-        rc.rc_client_id = Some(CLIENT_ID.into());
-        rc.rc_client_secret = Some(Secret::new(CLIENT_SECRET));
-        rc.rc_jwt = Some(Secret::new(JWT));
-        rc.rc_webhook_address = Some(address);
-        rc.rc_keep_subscription = true;
-        rc.rc_check_interval = Some(Duration::from_secs(3600));
+        rc.server = server;
+        rc.client_id = Some(CLIENT_ID.into());
+        rc.client_secret = Some(Secret::new(CLIENT_SECRET));
+        rc.jwt = Some(Secret::new(JWT));
+        rc.webhook_address = Some(address);
+        rc.keep_subscription = true;
+        rc.check_interval = Duration::from_secs(3600);
     })
     .await;
     // The status gauge is set while the keeper adopts; it reads reminders only after that.
@@ -345,7 +345,11 @@ async fn the_cli_refuses_subscription_ids_that_are_not_ids() {
     let out = run(bridge().args(["check-config", "--rc-subscription-id", "../x"])).await;
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("ringcentral.subscription_id"), "{stderr}");
+    assert!(stderr.contains("--rc-subscription-id"), "{stderr}");
+    assert!(
+        stderr.contains("not a RingCentral subscription id"),
+        "{stderr}"
+    );
 }
 
 /// `subscription list` against `server` with the fake's credentials.

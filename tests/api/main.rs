@@ -26,9 +26,8 @@ pub struct MockKafka {
 impl MockKafka {
     pub fn start() -> MockKafka {
         let cluster = MockCluster::new(1).expect("mock cluster");
-        let settings = Settings::defaults();
-        let mut topics = settings.routing.topics();
-        topics.push(settings.dead_letter_topic.clone());
+        let settings = Settings::default();
+        let topics = settings.routing.published_topics();
         for topic in topics {
             cluster.create_topic(topic.as_str(), 1, 1).expect("topic");
         }

@@ -51,7 +51,7 @@ fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
 async fn spool_holding(count: usize) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_in(NO_KAFKA, dir.path().to_path_buf(), |a| {
-        a.shutdown_grace = Some(Duration::from_millis(100));
+        a.shutdown_grace = Duration::from_millis(100);
     })
     .await;
     let mut uuids = Vec::new();
@@ -411,7 +411,7 @@ async fn dead_letters_share_the_spool_and_the_oldest_makes_room() {
 
     // Measure one dead letter first, so the area holds one and a half of them.
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.kafka_properties
+        a.kafka_property
             .push(("message.max.bytes".into(), "3000".into()));
     })
     .await;
@@ -432,9 +432,9 @@ async fn dead_letters_share_the_spool_and_the_oldest_makes_room() {
 
     let max_bytes = letter * 3 / 2 * spool::DEAD_LETTER_SHARE;
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.kafka_properties
+        a.kafka_property
             .push(("message.max.bytes".into(), "3000".into()));
-        a.spool_max_bytes = Some(max_bytes);
+        a.spool_max_bytes = max_bytes.try_into().unwrap();
     })
     .await;
     let uuids: Vec<String> = (0..3).map(|i| format!("dl-{}-{i}", unique())).collect();
@@ -463,9 +463,9 @@ async fn inspect_export_and_replay_show_and_recover_what_the_spool_holds() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_in(&kafka.bootstrap, dir.path().to_path_buf(), |a| {
         // Too small for the first notification's message, on its topic and on the dead-letter topic.
-        a.kafka_properties
+        a.kafka_property
             .push(("message.max.bytes".into(), "3000".into()));
-        a.shutdown_grace = Some(Duration::from_millis(100));
+        a.shutdown_grace = Duration::from_millis(100);
     })
     .await;
     let dead = format!("dead-{}", unique());
@@ -582,7 +582,7 @@ async fn inspect_export_and_replay_show_and_recover_what_the_spool_holds() {
 async fn spool_commands_refuse_politely_while_a_bridge_holds_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_in(NO_KAFKA, dir.path().to_path_buf(), |a| {
-        a.shutdown_grace = Some(Duration::from_millis(100));
+        a.shutdown_grace = Duration::from_millis(100);
     })
     .await;
     for command in [

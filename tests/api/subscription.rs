@@ -207,19 +207,19 @@ fn keeper_args(
     fake: &FakeRingCentral,
     address: String,
     interval: &str,
-) -> impl FnOnce(&mut rc_kafka_bridge::config::SettingsArgs) {
+) -> impl FnOnce(&mut rc_kafka_bridge::config::Settings) {
     let server = fake.url.clone();
     let interval = interval.to_string();
     move |a| {
         a.verification_token = Some(Secret::new("keeper-token"));
         let rc = &mut a.ringcentral;
-        rc.rc_server = Some(server);
-        rc.rc_client_id = Some(CLIENT_ID.into());
-        rc.rc_client_secret = Some(Secret::new(CLIENT_SECRET));
-        rc.rc_jwt = Some(Secret::new(JWT));
-        rc.rc_webhook_address = Some(address);
-        rc.rc_keep_subscription = true;
-        rc.rc_check_interval = Some(humantime::parse_duration(&interval).unwrap());
+        rc.server = server;
+        rc.client_id = Some(CLIENT_ID.into());
+        rc.client_secret = Some(Secret::new(CLIENT_SECRET));
+        rc.jwt = Some(Secret::new(JWT));
+        rc.webhook_address = Some(address);
+        rc.keep_subscription = true;
+        rc.check_interval = humantime::parse_duration(&interval).unwrap();
     }
 }
 
@@ -240,7 +240,7 @@ async fn bridge_with_keeper(
     let keeper = keeper_args(fake, address, interval);
     let app = TestApp::spawn(&kafka.bootstrap, move |a| {
         keeper(a);
-        a.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        a.listen = format!("127.0.0.1:{port}").parse().unwrap();
     })
     .await;
     (app, seeded)
@@ -344,8 +344,8 @@ async fn with_an_allow_list_the_keepers_own_subscription_is_allowed_too() {
     let keeper = keeper_args(&fake, address, "1h");
     let app = TestApp::spawn(&kafka.bootstrap, move |a| {
         keeper(a);
-        a.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-        a.allowed_subscription_ids = vec!["configured-sub".into()];
+        a.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        a.allowed_subscription_ids = vec!["configured-sub".parse().unwrap()];
     })
     .await;
     app.metrics_until("the keeper to adopt", |m| {

@@ -137,7 +137,7 @@ async fn rejected_requests_get_their_status_and_publish_nothing() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
         a.verification_token = Some(rc_kafka_bridge::config::Secret::new("tok"));
-        a.max_body_bytes = Some(4096);
+        a.max_body_bytes = 4096.try_into().unwrap();
     })
     .await;
     let auth = [("Verification-Token", "tok")];
@@ -235,7 +235,7 @@ async fn a_redelivered_uuid_is_answered_200_and_not_republished() {
 async fn direct_mode_answers_after_kafka_acknowledged() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.delivery = Some(rc_kafka_bridge::config::DeliveryMode::Direct);
+        a.delivery = rc_kafka_bridge::config::DeliveryMode::Direct;
     })
     .await;
     let response = app.post_webhook(DOCUMENTED_EXAMPLE).await;
@@ -264,8 +264,8 @@ async fn direct_mode_answers_503_when_kafka_does_not_acknowledge_in_time() {
     let kafka = MockKafka::start();
     kafka.down();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.delivery = Some(rc_kafka_bridge::config::DeliveryMode::Direct);
-        a.direct_timeout = Some(Duration::from_millis(300));
+        a.delivery = rc_kafka_bridge::config::DeliveryMode::Direct;
+        a.direct_timeout = Duration::from_millis(300);
     })
     .await;
     let response = app.post_webhook(DOCUMENTED_EXAMPLE).await;
@@ -289,8 +289,8 @@ async fn direct_mode_a_caller_hanging_up_does_not_turn_a_redelivery_into_a_dupli
     let kafka = MockKafka::start();
     kafka.down();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        a.delivery = Some(rc_kafka_bridge::config::DeliveryMode::Direct);
-        a.direct_timeout = Some(Duration::from_millis(300));
+        a.delivery = rc_kafka_bridge::config::DeliveryMode::Direct;
+        a.direct_timeout = Duration::from_millis(300);
     })
     .await;
     // The caller gives up long before Kafka's timeout.

@@ -126,9 +126,8 @@ async fn tansu_with_topics() -> Tansu {
 }
 
 async fn create_default_topics(tansu: &Tansu) {
-    let settings = Settings::defaults();
-    let mut topics = settings.routing.topics();
-    topics.push(settings.dead_letter_topic.clone());
+    let settings = Settings::default();
+    let topics = settings.routing.published_topics();
     create_topics(&tansu.bootstrap(), &topics).await;
 }
 
@@ -265,9 +264,8 @@ async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
         "{stdout}"
     );
 
-    let settings = Settings::defaults();
-    let mut wanted = settings.routing.topics();
-    wanted.push(settings.dead_letter_topic.clone());
+    let settings = Settings::default();
+    let wanted = settings.routing.published_topics();
     let factory = rc_kafka_bridge::kafka::ProducerFactory::new(
         &tansu.bootstrap(),
         &Default::default(),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rc_kafka_bridge::app::Application;
-use rc_kafka_bridge::config::{FileConfig, Settings, SettingsArgs};
+use rc_kafka_bridge::config::Settings;
 use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::routing::Topic;
@@ -43,18 +43,18 @@ pub struct TestApp {
 }
 
 /// Settings for a test: loopback listeners on port 0, a fresh spool directory, the given brokers.
-pub fn test_args(brokers: &str, spool_dir: &std::path::Path) -> SettingsArgs {
-    SettingsArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+pub fn test_args(brokers: &str, spool_dir: &std::path::Path) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         brokers: Some(brokers.to_string()),
-        spool_dir: Some(spool_dir.to_path_buf()),
+        spool_dir: spool_dir.to_path_buf(),
         // Short timeouts keep outage tests quick; the relay retries whatever times out.
-        kafka_properties: vec![
+        kafka_property: vec![
             ("message.timeout.ms".into(), "5000".into()),
             ("statistics.interval.ms".into(), "500".into()),
         ],
-        shutdown_grace: Some(Duration::from_secs(5)),
+        shutdown_grace: Duration::from_secs(5),
         // Tests that check verification set a token; the others post without one.
         allow_unverified_webhooks: true,
         ..Default::default()
@@ -63,7 +63,7 @@ pub fn test_args(brokers: &str, spool_dir: &std::path::Path) -> SettingsArgs {
 
 impl TestApp {
     /// Starts the bridge against `brokers` with a fresh spool; `tweak` adjusts the settings.
-    pub async fn spawn(brokers: &str, tweak: impl FnOnce(&mut SettingsArgs)) -> TestApp {
+    pub async fn spawn(brokers: &str, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut app = Self::spawn_in(brokers, dir.path().to_path_buf(), tweak).await;
         app._spool_guard = Some(dir);
@@ -74,12 +74,12 @@ impl TestApp {
     pub async fn spawn_in(
         brokers: &str,
         spool_dir: PathBuf,
-        tweak: impl FnOnce(&mut SettingsArgs),
+        tweak: impl FnOnce(&mut Settings),
     ) -> TestApp {
         rc_kafka_bridge::telemetry::init_for_tests();
         let mut args = test_args(brokers, &spool_dir);
         tweak(&mut args);
-        let settings = Settings::resolve(args, FileConfig::default()).expect("valid test settings");
+        let settings = args.resolve().expect("valid test settings");
         let app = Application::build(settings.clone())
             .await
             .expect("app builds");
@@ -161,9 +161,7 @@ impl TestApp {
 
     /// Every routed topic plus the dead-letter topic.
     pub fn topics(&self) -> Vec<Topic> {
-        let mut topics = self.settings.routing.topics();
-        topics.push(self.settings.dead_letter_topic.clone());
-        topics
+        self.settings.routing.published_topics()
     }
 }
 
