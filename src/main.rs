@@ -196,7 +196,7 @@ fn subscription(command: SubscriptionCommand) -> Result<(), String> {
                     address,
                     rc.event_filters.clone(),
                     rc.expires_in,
-                    &token,
+                    Some(&token),
                 );
                 let created = client.create_subscription(&new).await.map_err(|e| e.to_string())?;
                 println!("{}", show(&created));

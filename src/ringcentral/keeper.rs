@@ -263,19 +263,12 @@ impl Keeper {
             // creating the new one matters more.
             self.api_error("deleting the old subscription", &e);
         }
-        let new = NewSubscription {
-            event_filters: filters,
-            expires_in: self.settings.expires_in,
-            delivery_mode: super::DeliveryMode {
-                transport_type: "WebHook".into(),
-                address: Some(self.settings.address.clone()),
-                verification_token: self
-                    .settings
-                    .verification_token
-                    .as_ref()
-                    .map(|t| t.expose().to_string()),
-            },
-        };
+        let new = NewSubscription::webhook(
+            &self.settings.address,
+            filters,
+            self.settings.expires_in,
+            self.settings.verification_token.as_ref(),
+        );
         match self.client.create_subscription(&new).await {
             Ok(subscription) => {
                 self.metrics
