@@ -22,6 +22,7 @@
 //!   (connection caps under the descriptor limit, header, body and idle deadlines).
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod ingress;
 pub mod kafka;

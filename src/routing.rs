@@ -315,6 +315,16 @@ impl RoutingTable {
         &self.unrouted_topic
     }
 
+    /// Where deletions and creations go (Get Extension Info's topic).
+    pub fn extension_topic(&self) -> &Topic {
+        &self.extension_topic
+    }
+
+    /// Where subscription reminders go.
+    pub fn subscription_topic(&self) -> &Topic {
+        &self.subscription_topic
+    }
+
     /// Where the relay puts messages Kafka rejects for good.
     pub fn dead_letter_topic(&self) -> &Topic {
         &self.dead_letter_topic
