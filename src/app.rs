@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
@@ -21,8 +21,9 @@ use crate::readiness::{Readiness, SpoolHealth};
 use crate::relay::Relay;
 use crate::ringcentral::RingCentral;
 use crate::ringcentral::keeper::{Keeper, KeeperSettings};
-use crate::routing::RoutingTable;
+use crate::routing::{RoutingTable, Topic};
 use crate::server::{self, ConnectionCaps, Limits};
+use crate::shutdown::{self, Shutdown};
 use crate::sink::{DirectSink, RecentUuids, Sink};
 use crate::spool::Spool;
 
@@ -70,10 +71,38 @@ impl From<crate::spool::SpoolError> for StartError {
     }
 }
 
+/// Both listeners, bound before anything else is built: the keeper needs the webhook's address,
+/// and a test that binds port 0 learns it here.
+pub struct Listeners {
+    webhook: TcpListener,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> Result<Listeners, StartError> {
+        Ok(Listeners {
+            webhook: bind(settings.listen).await?,
+            admin: bind(settings.admin_listen).await?,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        port(&self.webhook)
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        port(&self.admin)
+    }
+}
+
+fn port(listener: &TcpListener) -> u16 {
+    // A bound TCP listener always has a local address.
+    listener.local_addr().map_or(0, |a| a.port())
+}
+
 /// A running bridge: both listeners bound, Kafka connected (or connecting), the relay started.
 pub struct Application {
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     webhook: axum::Router,
     admin: axum::Router,
     bootstrap_servers: String,
@@ -86,6 +115,7 @@ pub struct Application {
     metrics: Metrics,
     reload: Option<Reload>,
     keeper: Option<(Keeper, mpsc::UnboundedReceiver<String>)>,
+    topic_check: Option<TopicCheck>,
     // Dropped last: the embedded broker must outlive the producer.
     _embedded: Option<EmbeddedBroker>,
 }
@@ -158,7 +188,17 @@ fn http_limits(settings: &Settings) -> (Limits, Limits) {
 }
 
 impl Application {
+    /// Binds both listeners, then builds the bridge on them.
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let listeners = Listeners::bind(&settings).await?;
+        Application::build_on(listeners, settings).await
+    }
+
+    /// Builds the bridge on listeners already bound.
+    pub async fn build_on(
+        listeners: Listeners,
+        settings: Settings,
+    ) -> Result<Application, StartError> {
         let warnings = settings
             .check_webhook_auth()
             .map_err(|e| StartError::Config(e.to_string()))?;
@@ -247,15 +287,20 @@ impl Application {
                 keeper.as_ref().map(|(keeper, _)| keeper.subscription_id()),
             )),
         };
-        let listener = bind(settings.listen).await?;
-        let admin_listener = bind(settings.admin_listen).await?;
+        let topic_check = settings.brokers.is_some().then(|| TopicCheck {
+            factory: factory.clone(),
+            wanted: settings.routing.published_topics(),
+            ensure: settings.ensure_topics.then_some((
+                settings.partitions.get().into(),
+                settings.replication_factor.get().into(),
+            )),
+        });
         let lifecycle = Arc::new(Lifecycle {
             delivery: readiness,
             shutting_down: AtomicBool::new(false),
         });
         Ok(Application {
-            listener,
-            admin_listener,
+            listeners,
             webhook: ingress::router(state, settings.max_body_bytes.get()),
             admin: ingress::admin_router(metrics.clone(), lifecycle.clone()),
             bootstrap_servers,
@@ -268,16 +313,17 @@ impl Application {
             metrics,
             reload: None,
             keeper,
+            topic_check,
             _embedded: embedded,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().expect("bound").port()
+        self.listeners.port()
     }
 
     pub fn admin_port(&self) -> u16 {
-        self.admin_listener.local_addr().expect("bound").port()
+        self.listeners.admin_port()
     }
 
     /// Where Kafka is: the configured brokers or the embedded broker.
@@ -310,50 +356,52 @@ impl Application {
     /// Whatever is left stays in the spool for the next start.
     pub async fn run_until(
         self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // Two phases: the webhook and the delivery drain first (by the deadline `drain` carries); the
+        // background tasks and the admin listener stop after them, so that `/readyz` and
+        // `/metrics` tell how the drain goes.
+        let (drain, draining) = shutdown::channel();
+        let (stop, stopping) = shutdown::channel();
+        let mut background = Vec::new();
         if let Some((keeper, reminders)) = self.keeper {
-            tokio::spawn(keeper.run(reminders, stop_rx.clone()));
+            background.push(tokio::spawn(keeper.run(reminders, stopping.clone())));
         }
         if let Some(reload) = self.reload {
-            tokio::spawn(reload_on_hangup(
-                reload,
-                self.routing.clone(),
-                self.metrics.clone(),
-                stop_rx.clone(),
-            ));
+            let routing = self.routing.clone();
+            let reloading =
+                reload_on_hangup(reload, routing, self.metrics.clone(), stopping.clone());
+            background.push(tokio::spawn(reloading));
         }
-        // The admin listener serves until everything else has stopped: `/readyz` and `/metrics`
-        // tell how the drain goes.
-        let (admin_stop, admin_stopped) = oneshot::channel::<Instant>();
+        if let Some(check) = self.topic_check {
+            background.push(tokio::spawn(check.run(stopping.clone())));
+        }
+        let mut admin_stopping = stopping;
         let admin = tokio::spawn(server::serve(
             "admin",
-            self.admin_listener,
+            self.listeners.admin,
             self.admin,
             self.admin_limits,
-            async move { admin_stopped.await.unwrap_or_else(|_| Instant::now()) },
+            async move { admin_stopping.begun().await },
         ));
-        let (deadline_tx, deadline_rx) = oneshot::channel::<Instant>();
         let lifecycle = self.lifecycle.clone();
         let grace = self.shutdown_grace;
         server::serve(
             "webhook",
-            self.listener,
+            self.listeners.webhook,
             self.webhook,
             self.webhook_limits,
             async move {
-                shutdown.await;
+                signal.await;
                 lifecycle.shutting_down.store(true, Ordering::Relaxed);
-                let deadline = Instant::now() + grace;
-                let _ = deadline_tx.send(deadline);
                 tracing::info!(grace = ?grace, "shutting down: no new requests");
+                let deadline = Instant::now() + grace;
+                drain.begin(deadline);
                 deadline
             },
         )
         .await;
-        let deadline = deadline_rx.await.unwrap_or_else(|_| Instant::now());
-
+        let deadline = draining.deadline().unwrap_or_else(Instant::now);
         match self.delivery {
             Delivery::Direct(sink) => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -364,8 +412,10 @@ impl Application {
                 spool.close();
             }
         }
-        let _ = stop_tx.send(true);
-        let _ = admin_stop.send(deadline);
+        stop.begin(deadline);
+        for task in background {
+            let _ = task.await;
+        }
         let _ = admin.await;
         tracing::info!("stopped");
         Ok(())
@@ -381,7 +431,7 @@ async fn reload_on_hangup(
     reload: Reload,
     routing: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
-    mut stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
@@ -391,7 +441,7 @@ async fn reload_on_hangup(
     loop {
         tokio::select! {
             _ = hangup.recv() => {}
-            _ = stop.changed() => return,
+            _ = shutdown.begun() => return,
         }
         match reload() {
             Ok(table) => {
@@ -407,6 +457,56 @@ async fn reload_on_hangup(
                     .inc();
                 tracing::error!(error = %e, "SIGHUP: new configuration rejected; the previous routing keeps serving");
             }
+        }
+    }
+}
+
+/// Reports (or creates) the topics Kafka lacks, once, in the background: the bridge serves (and
+/// spools) while Kafka is slow to answer, and a failure here never stops it.
+struct TopicCheck {
+    factory: ProducerFactory,
+    wanted: Vec<Topic>,
+    /// Partitions and replication factor, when missing topics are to be created.
+    ensure: Option<(i32, i32)>,
+}
+
+impl TopicCheck {
+    async fn run(self, mut shutdown: Shutdown) {
+        tokio::select! {
+            _ = self.check() => {}
+            // The metadata request blocks a thread for up to its timeout; the runtime's own
+            // shutdown timeout bounds it.
+            _ = shutdown.begun() => {}
+        }
+    }
+
+    async fn check(&self) {
+        let (factory, wanted) = (self.factory.clone(), self.wanted.clone());
+        let missing = tokio::task::spawn_blocking(move || {
+            kafka::missing_topics(&factory, &wanted, Duration::from_secs(10))
+        })
+        .await;
+        let missing = match missing {
+            Ok(Ok(missing)) if missing.is_empty() => {
+                return tracing::info!("every routed topic exists");
+            }
+            Ok(Ok(missing)) => missing,
+            Ok(Err(e)) => {
+                return tracing::warn!(error = %e, "cannot check topics: Kafka unreachable?");
+            }
+            Err(e) => return tracing::warn!(error = %e, "topic check failed"),
+        };
+        let names: Vec<String> = missing.iter().map(|t| t.to_string()).collect();
+        let Some((partitions, replication_factor)) = self.ensure else {
+            return tracing::warn!(
+                topics = ?names,
+                "topics missing in Kafka: messages for them wait in the spool until they exist \
+                 (create them, or run `rc-kafka-bridge topics ensure`)"
+            );
+        };
+        match kafka::create_topics(&self.factory, &missing, partitions, replication_factor).await {
+            Ok(()) => tracing::info!(topics = ?names, "created missing topics"),
+            Err(e) => tracing::error!(topics = ?names, error = %e, "cannot create missing topics"),
         }
     }
 }

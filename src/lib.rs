@@ -34,6 +34,7 @@ pub mod ringcentral;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod telemetry;

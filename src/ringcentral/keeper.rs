@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use super::{ApiError, NewSubscription, RingCentral, Subscription, SubscriptionId};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::shutdown::Shutdown;
 
 /// The statuses the status gauge reports (one of them is 1).
 const STATUSES: &[&str] = &["Active", "Blacklisted", "Suspended", "Missing", "Unknown"];
@@ -82,12 +83,12 @@ impl Keeper {
         self.current = subscription;
     }
 
-    /// Runs until `stop` turns true. `reminders` carries the subscription id of each expiry reminder
+    /// Runs until the shutdown begins. `reminders` carries the subscription id of each expiry reminder
     /// the bridge accepted, as received (unvalidated).
     pub async fn run(
         mut self,
         mut reminders: mpsc::UnboundedReceiver<String>,
-        mut stop: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let mut ticker = tokio::time::interval(self.settings.check_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -95,7 +96,7 @@ impl Keeper {
             tokio::select! {
                 _ = ticker.tick() => self.check().await,
                 Some(id) = reminders.recv() => self.on_reminder(&id).await,
-                _ = stop.changed() => break,
+                _ = shutdown.begun() => break,
             }
         }
     }

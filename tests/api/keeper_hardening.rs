@@ -74,7 +74,7 @@ struct RunningKeeper {
     reminders: mpsc::UnboundedSender<String>,
     kept: watch::Receiver<Option<SubscriptionId>>,
     metrics: Metrics,
-    stop: watch::Sender<bool>,
+    stop: rc_kafka_bridge::shutdown::Trigger,
 }
 
 /// The address of the bridge's `/webhook` in keepers that never create a subscription.
@@ -110,7 +110,7 @@ fn start_keeper(
     );
     let kept = keeper.subscription_id();
     let (reminders, rx) = mpsc::unbounded_channel();
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopped) = rc_kafka_bridge::shutdown::channel();
     tokio::spawn(keeper.run(rx, stopped));
     RunningKeeper {
         reminders,
@@ -242,7 +242,7 @@ async fn the_keeper_acts_only_on_reminders_for_the_subscription_it_owns() {
     assert_eq!(ignored(&m, "invalid_id"), 5.0);
     assert_eq!(ignored(&m, "other_subscription"), 1.0);
     assert_eq!(sample(&m, "rckb_subscription_renewals_total", &[]), 1.0);
-    let _ = keeper.stop.send(true);
+    keeper.stop.begin(tokio::time::Instant::now());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +286,7 @@ async fn the_kept_subscription_id_follows_a_recreation() {
     })
     .await;
     assert!(fake.state.lock().unwrap().renewals.is_empty());
-    let _ = keeper.stop.send(true);
+    keeper.stop.begin(tokio::time::Instant::now());
     app.shutdown().await;
 }
 
@@ -320,7 +320,7 @@ async fn a_keeper_that_owns_no_subscription_renews_nothing() {
         requests(&fake)
     );
     assert!(keeper.kept.borrow().is_none());
-    let _ = keeper.stop.send(true);
+    keeper.stop.begin(tokio::time::Instant::now());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
