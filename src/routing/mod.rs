@@ -6,10 +6,6 @@
 //! subscription reminders on `<prefix>subscription`.
 
 use std::collections::BTreeMap;
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::notification::{EventKind, ExtensionChange, Hint, Notification, is_resource_id};
 
@@ -18,7 +14,7 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "ringcentral.";
 
 // The table is its own file so that the load generator (`bench/loadgen.rs`, built without Cargo)
 // includes the same list.
-#[path = "hint_table.rs"]
+#[path = "../hint_table.rs"]
 mod hint_table;
 pub use hint_table::BUILT_IN_HINTS;
 
@@ -28,156 +24,13 @@ const EXTENSION_INFO_TARGET: &str = "account/~/extension/~/";
 /// The header naming why a notification was carried raw on the unrouted topic.
 pub const UNROUTED_REASON_HEADER: &str = "rc-unrouted-reason";
 
-/// What one notification may cost, decided before anything is serialized. The webhook faces the
-/// internet: without caps a 64 KiB body of distinct hints becomes thousands of messages that each copy
-/// every hint. The defaults are far above anything RingCentral sends (its table has 12 hints) and let a
-/// body-limit-sized batch of ordinary Extension List entries through in full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FanoutLimits {
-    /// Distinct hints in one extension's change.
-    pub max_hints_per_change: usize,
-    /// Changes (entries of a batched Extension List) in one notification.
-    pub max_changes: usize,
-    /// Messages planned from one notification.
-    pub max_messages: usize,
-    /// Bytes of everything planned from one notification (topics, keys, headers, values).
-    pub max_plan_bytes: usize,
-}
-
-impl Default for FanoutLimits {
-    fn default() -> Self {
-        FanoutLimits {
-            max_hints_per_change: 64,
-            max_changes: 4096,
-            max_messages: 8192,
-            max_plan_bytes: 16 << 20,
-        }
-    }
-}
-
-/// Which cap a notification went over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
-    Hints,
-    Changes,
-    Messages,
-    Bytes,
-}
-
-impl Overflow {
-    /// A bounded label, for metrics and the `rc-unrouted-reason` header.
-    pub fn label(self) -> &'static str {
-        match self {
-            Overflow::Hints => "too_many_hints",
-            Overflow::Changes => "too_many_changes",
-            Overflow::Messages => "too_many_messages",
-            Overflow::Bytes => "plan_too_large",
-        }
-    }
-}
-
-/// A target API as written in the hint table, e.g. `account/~/extension/~/phone-number`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetApi(String);
-
-impl TargetApi {
-    pub fn new(target: impl Into<String>) -> Self {
-        TargetApi(target.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The topic name without prefix: trim `/`, split on `/`, drop `~` and empty segments, join with `.`.
-    pub fn topic_suffix(&self) -> String {
-        self.0
-            .split('/')
-            .filter(|s| !s.is_empty() && *s != "~")
-            .collect::<Vec<_>>()
-            .join(".")
-    }
-
-    /// `/restapi/v1.0/` + the target with the account `~` replaced by the account id and every other `~`
-    /// by the extension id.
-    pub fn resource_path(&self, account_id: &str, extension_id: &str) -> String {
-        let mut path = String::from("/restapi/v1.0");
-        let mut previous = "";
-        for segment in self.0.split('/').filter(|s| !s.is_empty()) {
-            path.push('/');
-            path.push_str(match segment {
-                "~" if previous == "account" => account_id,
-                "~" => extension_id,
-                other => other,
-            });
-            previous = segment;
-        }
-        path
-    }
-}
-
-/// A Kafka topic name that satisfies Kafka's rules. Only [`Topic::parse`] builds one.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Topic(String);
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TopicError {
-    #[error("topic name is empty")]
-    Empty,
-    #[error("topic `{0}` is longer than 249 characters")]
-    TooLong(String),
-    #[error("topic `{0}` is not allowed by Kafka")]
-    Reserved(String),
-    #[error("topic `{0}` has characters outside [a-zA-Z0-9._-]")]
-    InvalidCharacter(String),
-}
-
-impl Topic {
-    pub fn parse(name: impl Into<String>) -> Result<Topic, TopicError> {
-        let name = name.into();
-        if name.is_empty() {
-            return Err(TopicError::Empty);
-        }
-        if name.len() > 249 {
-            return Err(TopicError::TooLong(name));
-        }
-        if name == "." || name == ".." {
-            return Err(TopicError::Reserved(name));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(TopicError::InvalidCharacter(name));
-        }
-        Ok(Topic(name))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Topic {
-    type Error = TopicError;
-    fn try_from(name: String) -> Result<Topic, TopicError> {
-        Topic::parse(name)
-    }
-}
-
-impl std::str::FromStr for Topic {
-    type Err = TopicError;
-    fn from_str(name: &str) -> Result<Topic, TopicError> {
-        Topic::parse(name)
-    }
-}
-
-impl fmt::Display for Topic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+mod limits;
+mod plan;
+mod topic;
+pub use limits::{FanoutLimits, Overflow};
+use plan::{Destination, Planner};
+pub use plan::{OutboundMessage, RoutePlan};
+pub use topic::{TargetApi, Topic, TopicError};
 
 /// Where one hint goes: each distinct topic with the first target API (in table order) that derives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +89,7 @@ impl RoutingTable {
 
         let mut hints = BTreeMap::new();
         for (hint, targets) in entries {
-            let targets: Vec<TargetApi> = targets.into_iter().map(TargetApi).collect();
+            let targets: Vec<TargetApi> = targets.into_iter().map(TargetApi::new).collect();
             let mut topics: Vec<(Topic, TargetApi)> = Vec::new();
             for target in &targets {
                 let suffix = target.topic_suffix();
@@ -473,234 +326,10 @@ impl RoutingTable {
     }
 }
 
-/// One message of a change: its topic, the target API it stands for (none for an unknown hint) and
-/// its hint (none when the extension itself changed).
-struct Destination<'a> {
-    topic: &'a Topic,
-    target: Option<&'a TargetApi>,
-    hint: Option<&'a Hint>,
-}
-
-/// Every Kafka message planned from one notification, in publication order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoutePlan {
-    pub uuid: String,
-    /// The event kind label, for metrics and logs.
-    pub kind: String,
-    pub messages: Vec<OutboundMessage>,
-    /// Why the notification was carried raw on the unrouted topic (a cap, an invalid id); for metrics.
-    #[serde(skip)]
-    pub unrouted_reason: Option<&'static str>,
-}
-
-impl RoutePlan {
-    /// The size of everything this plan will put on the wire: what the spool accounts for.
-    pub fn payload_bytes(&self) -> usize {
-        self.messages.iter().map(OutboundMessage::wire_bytes).sum()
-    }
-}
-
-/// One Kafka record, ready to produce.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboundMessage {
-    pub topic: String,
-    pub key: String,
-    pub headers: Vec<(String, String)>,
-    /// The JSON value as text.
-    pub value: String,
-    /// The hint this message is for; a metrics label (`unknown` for a hint not in the table).
-    pub hint_label: String,
-}
-
-impl OutboundMessage {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn wire_bytes(&self) -> usize {
-        self.topic.len()
-            + self.key.len()
-            + self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
-    }
-}
-
-/// The JSON value of a routed message (the message contract).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MessageValue<'a> {
-    uuid: &'a str,
-    event: &'a str,
-    timestamp: &'a Value,
-    subscription_id: Option<&'a str>,
-    owner_id: Option<&'a str>,
-    account_id: Option<&'a str>,
-    extension_id: Option<&'a str>,
-    event_type: Option<&'a str>,
-    hint: Option<&'a str>,
-    target_api: Option<&'a str>,
-    resource_path: Option<String>,
-    hints: &'a [Hint],
-    received_at: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a Value>,
-}
-
-struct Planner<'a> {
-    table: &'a RoutingTable,
-    notification: &'a Notification,
-    received_at: &'a str,
-    messages: Vec<OutboundMessage>,
-}
-
-/// What distinguishes one message of a notification from the others.
-struct Part<'a> {
-    topic: &'a Topic,
-    account_id: Option<&'a str>,
-    change: Option<&'a ExtensionChange>,
-    hint: Option<&'a Hint>,
-    hint_label: &'a str,
-    target: Option<&'a TargetApi>,
-    /// For messages without an event type: the kind that stands in for it in the message id.
-    kind_label: &'a str,
-}
-
-impl Planner<'_> {
-    fn change(&mut self, account_id: &str, change: &ExtensionChange) {
-        let table = self.table;
-        table.for_each_destination(change, |d| {
-            let hint_label = match (d.hint, d.target) {
-                (None, _) => "none",
-                (Some(hint), Some(_)) => hint.as_str(),
-                (Some(_), None) => "unknown",
-            };
-            self.push(Part {
-                topic: d.topic,
-                account_id: Some(account_id),
-                change: Some(change),
-                hint: d.hint,
-                hint_label,
-                target: d.target,
-                kind_label: "",
-            });
-        });
-    }
-
-    fn reminder(&mut self) {
-        self.push(Part {
-            topic: &self.table.subscription_topic,
-            account_id: None,
-            change: None,
-            hint: None,
-            hint_label: "none",
-            target: None,
-            kind_label: "SubscriptionReminder",
-        });
-    }
-
-    /// An event the bridge does not route: the notification exactly as received, with the reason
-    /// when it was refused routing (a cap, an invalid id).
-    fn raw(&mut self, raw: &[u8], reason: Option<&'static str>) {
-        let n = self.notification;
-        let topic = self.table.unrouted_topic.as_str();
-        let mut headers = self.headers(&format!("{}::Unrouted:{topic}", n.uuid), None, None);
-        if let Some(reason) = reason {
-            headers.push((UNROUTED_REASON_HEADER.into(), reason.into()));
-        }
-        self.messages.push(OutboundMessage {
-            topic: topic.to_string(),
-            key: fallback_key(n).to_string(),
-            headers,
-            value: String::from_utf8_lossy(raw).into_owned(),
-            hint_label: "none".into(),
-        });
-    }
-
-    fn push(&mut self, part: Part<'_>) {
-        let n = self.notification;
-        let extension_id = part.change.map(|c| c.extension_id.as_str());
-        let event_type = part.change.map(|c| c.event_type.as_str());
-        let hint = part.hint.map(Hint::as_str);
-        let value = MessageValue {
-            uuid: &n.uuid,
-            event: &n.event,
-            timestamp: &n.timestamp,
-            subscription_id: n.subscription_id.as_deref(),
-            owner_id: n.owner_id.as_deref(),
-            account_id: part.account_id,
-            extension_id,
-            event_type,
-            hint,
-            target_api: part.target.map(TargetApi::as_str),
-            resource_path: part
-                .target
-                .zip(part.account_id.zip(extension_id))
-                .map(|(t, (account, extension))| t.resource_path(account, extension)),
-            hints: part.change.map(|c| c.hints.as_slice()).unwrap_or_default(),
-            received_at: self.received_at,
-            body: part.change.is_none().then_some(&n.body),
-        };
-        let topic = part.topic.as_str();
-        let message_id = format!(
-            "{}:{}:{}:{topic}",
-            n.uuid,
-            extension_id.unwrap_or_default(),
-            hint.or(event_type).unwrap_or(part.kind_label),
-        );
-        self.messages.push(OutboundMessage {
-            topic: topic.to_string(),
-            key: extension_id.unwrap_or_else(|| fallback_key(n)).to_string(),
-            headers: self.headers(&message_id, event_type, hint),
-            value: serde_json::to_string(&value).expect("a message value always serialises"),
-            hint_label: part.hint_label.to_string(),
-        });
-    }
-
-    fn headers(
-        &self,
-        message_id: &str,
-        event_type: Option<&str>,
-        hint: Option<&str>,
-    ) -> Vec<(String, String)> {
-        let n = self.notification;
-        let mut headers = vec![
-            ("rc-message-id".to_string(), message_id.to_string()),
-            ("rc-notification-uuid".to_string(), n.uuid.clone()),
-        ];
-        if let Some(event_type) = event_type {
-            headers.push(("rc-event-type".into(), event_type.into()));
-        }
-        if let Some(hint) = hint {
-            headers.push(("rc-hint".into(), hint.into()));
-        }
-        if let Some(subscription) = &n.subscription_id {
-            headers.push(("rc-subscription-id".into(), subscription.clone()));
-        }
-        headers.push(("content-type".into(), "application/json".into()));
-        headers
-    }
-}
-
-/// The key of a message without an extension id: the subscription id, else the notification uuid,
-/// each only when it looks like an id (a key is not a place for whatever a client sent); else none.
-fn fallback_key(n: &Notification) -> &str {
-    [n.subscription_id.as_deref(), Some(n.uuid.as_str())]
-        .into_iter()
-        .flatten()
-        .find(|id| is_resource_id(id))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use serde_json::json;
 
     fn table() -> RoutingTable {
@@ -1180,6 +809,7 @@ mod tests {
 mod properties {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
     use serde_json::json;
 
     fn hint() -> impl Strategy<Value = String> {

@@ -1,0 +1,232 @@
+//! Planning: every Kafka message of one notification, built once routing has decided where each
+//! change goes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::*;
+
+/// One message of a change: its topic, the target API it stands for (none for an unknown hint) and
+/// its hint (none when the extension itself changed).
+pub(super) struct Destination<'a> {
+    pub(super) topic: &'a Topic,
+    pub(super) target: Option<&'a TargetApi>,
+    pub(super) hint: Option<&'a Hint>,
+}
+
+/// Every Kafka message planned from one notification, in publication order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePlan {
+    pub uuid: String,
+    /// The event kind label, for metrics and logs.
+    pub kind: String,
+    pub messages: Vec<OutboundMessage>,
+    /// Why the notification was carried raw on the unrouted topic (a cap, an invalid id); for metrics.
+    #[serde(skip)]
+    pub unrouted_reason: Option<&'static str>,
+}
+
+impl RoutePlan {
+    /// The size of everything this plan will put on the wire: what the spool accounts for.
+    pub fn payload_bytes(&self) -> usize {
+        self.messages.iter().map(OutboundMessage::wire_bytes).sum()
+    }
+}
+
+/// One Kafka record, ready to produce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    pub topic: String,
+    pub key: String,
+    pub headers: Vec<(String, String)>,
+    /// The JSON value as text.
+    pub value: String,
+    /// The hint this message is for; a metrics label (`unknown` for a hint not in the table).
+    pub hint_label: String,
+}
+
+impl OutboundMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn wire_bytes(&self) -> usize {
+        self.topic.len()
+            + self.key.len()
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// The JSON value of a routed message (the message contract).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageValue<'a> {
+    uuid: &'a str,
+    event: &'a str,
+    timestamp: &'a Value,
+    subscription_id: Option<&'a str>,
+    owner_id: Option<&'a str>,
+    account_id: Option<&'a str>,
+    extension_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    hint: Option<&'a str>,
+    target_api: Option<&'a str>,
+    resource_path: Option<String>,
+    hints: &'a [Hint],
+    received_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a Value>,
+}
+
+pub(super) struct Planner<'a> {
+    pub(super) table: &'a RoutingTable,
+    pub(super) notification: &'a Notification,
+    pub(super) received_at: &'a str,
+    pub(super) messages: Vec<OutboundMessage>,
+}
+
+/// What distinguishes one message of a notification from the others.
+struct Part<'a> {
+    topic: &'a Topic,
+    account_id: Option<&'a str>,
+    change: Option<&'a ExtensionChange>,
+    hint: Option<&'a Hint>,
+    hint_label: &'a str,
+    target: Option<&'a TargetApi>,
+    /// For messages without an event type: the kind that stands in for it in the message id.
+    kind_label: &'a str,
+}
+
+impl Planner<'_> {
+    pub(super) fn change(&mut self, account_id: &str, change: &ExtensionChange) {
+        let table = self.table;
+        table.for_each_destination(change, |d| {
+            let hint_label = match (d.hint, d.target) {
+                (None, _) => "none",
+                (Some(hint), Some(_)) => hint.as_str(),
+                (Some(_), None) => "unknown",
+            };
+            self.push(Part {
+                topic: d.topic,
+                account_id: Some(account_id),
+                change: Some(change),
+                hint: d.hint,
+                hint_label,
+                target: d.target,
+                kind_label: "",
+            });
+        });
+    }
+
+    pub(super) fn reminder(&mut self) {
+        self.push(Part {
+            topic: &self.table.subscription_topic,
+            account_id: None,
+            change: None,
+            hint: None,
+            hint_label: "none",
+            target: None,
+            kind_label: "SubscriptionReminder",
+        });
+    }
+
+    /// An event the bridge does not route: the notification exactly as received, with the reason
+    /// when it was refused routing (a cap, an invalid id).
+    pub(super) fn raw(&mut self, raw: &[u8], reason: Option<&'static str>) {
+        let n = self.notification;
+        let topic = self.table.unrouted_topic.as_str();
+        let mut headers = self.headers(&format!("{}::Unrouted:{topic}", n.uuid), None, None);
+        if let Some(reason) = reason {
+            headers.push((UNROUTED_REASON_HEADER.into(), reason.into()));
+        }
+        self.messages.push(OutboundMessage {
+            topic: topic.to_string(),
+            key: fallback_key(n).to_string(),
+            headers,
+            value: String::from_utf8_lossy(raw).into_owned(),
+            hint_label: "none".into(),
+        });
+    }
+
+    fn push(&mut self, part: Part<'_>) {
+        let n = self.notification;
+        let extension_id = part.change.map(|c| c.extension_id.as_str());
+        let event_type = part.change.map(|c| c.event_type.as_str());
+        let hint = part.hint.map(Hint::as_str);
+        let value = MessageValue {
+            uuid: &n.uuid,
+            event: &n.event,
+            timestamp: &n.timestamp,
+            subscription_id: n.subscription_id.as_deref(),
+            owner_id: n.owner_id.as_deref(),
+            account_id: part.account_id,
+            extension_id,
+            event_type,
+            hint,
+            target_api: part.target.map(TargetApi::as_str),
+            resource_path: part
+                .target
+                .zip(part.account_id.zip(extension_id))
+                .map(|(t, (account, extension))| t.resource_path(account, extension)),
+            hints: part.change.map(|c| c.hints.as_slice()).unwrap_or_default(),
+            received_at: self.received_at,
+            body: part.change.is_none().then_some(&n.body),
+        };
+        let topic = part.topic.as_str();
+        let message_id = format!(
+            "{}:{}:{}:{topic}",
+            n.uuid,
+            extension_id.unwrap_or_default(),
+            hint.or(event_type).unwrap_or(part.kind_label),
+        );
+        self.messages.push(OutboundMessage {
+            topic: topic.to_string(),
+            key: extension_id.unwrap_or_else(|| fallback_key(n)).to_string(),
+            headers: self.headers(&message_id, event_type, hint),
+            value: serde_json::to_string(&value).expect("a message value always serialises"),
+            hint_label: part.hint_label.to_string(),
+        });
+    }
+
+    fn headers(
+        &self,
+        message_id: &str,
+        event_type: Option<&str>,
+        hint: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let n = self.notification;
+        let mut headers = vec![
+            ("rc-message-id".to_string(), message_id.to_string()),
+            ("rc-notification-uuid".to_string(), n.uuid.clone()),
+        ];
+        if let Some(event_type) = event_type {
+            headers.push(("rc-event-type".into(), event_type.into()));
+        }
+        if let Some(hint) = hint {
+            headers.push(("rc-hint".into(), hint.into()));
+        }
+        if let Some(subscription) = &n.subscription_id {
+            headers.push(("rc-subscription-id".into(), subscription.clone()));
+        }
+        headers.push(("content-type".into(), "application/json".into()));
+        headers
+    }
+}
+
+/// The key of a message without an extension id: the subscription id, else the notification uuid,
+/// each only when it looks like an id (a key is not a place for whatever a client sent); else none.
+fn fallback_key(n: &Notification) -> &str {
+    [n.subscription_id.as_deref(), Some(n.uuid.as_str())]
+        .into_iter()
+        .flatten()
+        .find(|id| is_resource_id(id))
+        .unwrap_or_default()
+}
