@@ -1,0 +1,272 @@
+//! The writer thread: group commits of appends and releases, and the counters they move.
+
+use super::*;
+
+/// What one group commit changed, applied to the counters only once it is durable.
+#[derive(Default)]
+pub(super) struct Delta {
+    added_entries: u64,
+    added_bytes: u64,
+    removed_entries: u64,
+    removed_bytes: u64,
+    added_dead_letters: u64,
+    added_dead_letter_bytes: u64,
+    removed_dead_letters: u64,
+    removed_dead_letter_bytes: u64,
+    /// Dead letters dropped to keep the area within its share: logged once the commit is durable.
+    dropped: Vec<DeadLetter>,
+}
+
+impl Shared {
+    pub(super) fn dead_letter_max_bytes(&self) -> u64 {
+        self.max_bytes / DEAD_LETTER_SHARE
+    }
+
+    pub(super) fn database(&self) -> Result<Arc<Database>, SpoolError> {
+        self.db.read().unwrap().clone().ok_or_else(|| {
+            SpoolError::Storage("spool is closed, or reopening after an I/O error".into())
+        })
+    }
+
+    /// After an I/O error redb refuses every later write until the database is opened again; the
+    /// last durable commit is intact, so reopening is how the spool recovers once the disk does.
+    pub(super) fn reopen(&self) {
+        let mut slot = self.db.write().unwrap();
+        // The old handle must be gone before the file can be opened again.
+        drop(slot.take());
+        // Open, never create: a file that vanished while serving must not come back empty.
+        match catch_storage_panic(|| builder().open(&self.path)) {
+            Ok(Ok(db)) => {
+                tracing::info!("spool reopened");
+                *slot = Some(Arc::new(db));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "spool cannot be reopened yet"),
+            Err(panic) => {
+                tracing::error!(error = %panic, "spool cannot be reopened: the storage engine failed on it")
+            }
+        }
+    }
+
+    pub(super) fn run_writer(&self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    pub(super) fn commit_group(&self, group: Vec<Command>) {
+        let mut appends = Vec::new();
+        let mut releases = Vec::new();
+        for command in group {
+            match command {
+                Command::Append(append) => appends.push(append),
+                Command::Release(release) => releases.push(release),
+            }
+        }
+        let mut outcomes: Vec<Result<Acceptance, SinkError>> = Vec::with_capacity(appends.len());
+        let result = self.write(&appends, &releases, &mut outcomes);
+        match result {
+            Ok(delta) => {
+                let full_before = self.health.load(Ordering::Relaxed) == HEALTH_FULL;
+                self.entries
+                    .fetch_add(delta.added_entries, Ordering::Relaxed);
+                self.entries
+                    .fetch_sub(delta.removed_entries, Ordering::Relaxed);
+                self.bytes.fetch_add(delta.added_bytes, Ordering::Relaxed);
+                self.bytes.fetch_sub(delta.removed_bytes, Ordering::Relaxed);
+                self.dead_letters
+                    .fetch_add(delta.added_dead_letters, Ordering::Relaxed);
+                self.dead_letters
+                    .fetch_sub(delta.removed_dead_letters, Ordering::Relaxed);
+                self.dead_letter_bytes
+                    .fetch_add(delta.added_dead_letter_bytes, Ordering::Relaxed);
+                self.dead_letter_bytes
+                    .fetch_sub(delta.removed_dead_letter_bytes, Ordering::Relaxed);
+                for letter in &delta.dropped {
+                    self.metrics.dead_letters_dropped.inc();
+                    tracing::error!(
+                        uuid = letter.message.header("rc-notification-uuid").unwrap_or_default(),
+                        topic = %letter.message.topic,
+                        reason = %letter.reason,
+                        max_bytes = self.dead_letter_max_bytes(),
+                        "the spool's dead-letter area is full: dropped its oldest dead letter"
+                    );
+                }
+                let rejected_for_space = outcomes
+                    .iter()
+                    .any(|o| matches!(o, Err(SinkError::SpoolFull)));
+                let freed = delta.removed_entries > 0 || delta.removed_dead_letters > 0;
+                let health = if rejected_for_space || (full_before && !freed) {
+                    HEALTH_FULL
+                } else {
+                    HEALTH_OK
+                };
+                self.health.store(health, Ordering::Relaxed);
+                self.publish_gauges();
+                if delta.added_entries > 0 {
+                    self.appended.notify_one();
+                }
+                for (append, outcome) in appends.into_iter().zip(outcomes) {
+                    let _ = append.reply.send(outcome);
+                }
+                for release in releases {
+                    let _ = release.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Nothing of this group was kept: every request in it gets 503, and the next group
+                // tries again, so the spool recovers by itself when the disk does.
+                tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
+                self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
+                self.reopen();
+                for append in appends {
+                    let _ = append.reply.send(Err(SinkError::SpoolUnwritable));
+                }
+                for release in releases {
+                    let _ = release.reply.send(Err(SpoolError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+
+    pub(super) fn write(
+        &self,
+        appends: &[Append],
+        releases: &[Release],
+        outcomes: &mut Vec<Result<Acceptance, SinkError>>,
+    ) -> Result<Delta, SpoolError> {
+        let mut delta = Delta::default();
+        let now = now_ms();
+        let txn = self.database()?.begin_write().map_err(storage)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut seen = txn.open_table(SEEN).map_err(storage)?;
+            let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
+            let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
+
+            for release in releases {
+                for seq in &release.seqs {
+                    if let Some(old) = entries.remove(seq).map_err(storage)? {
+                        delta.removed_entries += 1;
+                        delta.removed_bytes += old.value().len() as u64;
+                    }
+                }
+                for id in &release.forget {
+                    if let Some(old) = dead_table.remove(id).map_err(storage)? {
+                        delta.removed_dead_letters += 1;
+                        delta.removed_dead_letter_bytes += old.value().len() as u64;
+                    }
+                }
+                let next_dead = dead_table
+                    .last()
+                    .map_err(storage)?
+                    .map(|(k, _)| k.value() + 1)
+                    .unwrap_or(0);
+                for (key, letter) in (next_dead..).zip(&release.dead) {
+                    let bytes = serde_json::to_vec(letter).map_err(storage)?;
+                    dead_table.insert(key, bytes.as_slice()).map_err(storage)?;
+                    delta.added_dead_letters += 1;
+                    delta.added_dead_letter_bytes += bytes.len() as u64;
+                }
+            }
+            // The dead-letter area keeps its share of the spool: the oldest letters make room.
+            let mut dead_bytes = self.dead_letter_bytes.load(Ordering::Relaxed)
+                + delta.added_dead_letter_bytes
+                - delta.removed_dead_letter_bytes;
+            while dead_bytes > self.dead_letter_max_bytes() {
+                let Some(len) = dead_table.pop_first().map_err(storage)?.map(|(_, value)| {
+                    if let Ok(letter) = serde_json::from_slice(value.value()) {
+                        delta.dropped.push(letter);
+                    }
+                    value.value().len() as u64
+                }) else {
+                    break;
+                };
+                dead_bytes -= len;
+                delta.removed_dead_letters += 1;
+                delta.removed_dead_letter_bytes += len;
+            }
+
+            let mut next_seq = entries
+                .last()
+                .map_err(storage)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(0);
+            // Pending entries and dead letters share --spool-max-bytes.
+            let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
+            for Append { plan, .. } in appends {
+                if seen.get(plan.uuid.as_str()).map_err(storage)?.is_some() {
+                    outcomes.push(Ok(Acceptance::Duplicate));
+                    continue;
+                }
+                let entry = StoredEntry {
+                    accepted_at_ms: now,
+                    plan,
+                };
+                let value = serde_json::to_vec(&entry).map_err(storage)?;
+                if bytes + value.len() as u64 > self.max_bytes {
+                    outcomes.push(Err(SinkError::SpoolFull));
+                    continue;
+                }
+                entries
+                    .insert(next_seq, value.as_slice())
+                    .map_err(storage)?;
+                seen.insert(plan.uuid.as_str(), now).map_err(storage)?;
+                seen_order
+                    .insert((now, next_seq), plan.uuid.as_str())
+                    .map_err(storage)?;
+                bytes += value.len() as u64;
+                delta.added_entries += 1;
+                delta.added_bytes += value.len() as u64;
+                next_seq += 1;
+                outcomes.push(Ok(Acceptance::Accepted));
+            }
+
+            // Forget uuids older than the window, or beyond the capacity, a bounded number at a time.
+            let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
+            let mut over =
+                (seen_order.len().map_err(storage)? as usize).saturating_sub(self.dedup_capacity);
+            for _ in 0..MAX_EXPIRE_PER_COMMIT {
+                let Some(((at, seq), uuid)) = seen_order
+                    .first()
+                    .map_err(storage)?
+                    .map(|(k, v)| (k.value(), v.value().to_string()))
+                else {
+                    break;
+                };
+                if at >= horizon && over == 0 {
+                    break;
+                }
+                seen_order.remove((at, seq)).map_err(storage)?;
+                // The same uuid may have been accepted again later; only its own record goes.
+                if seen.get(uuid.as_str()).map_err(storage)?.map(|v| v.value()) == Some(at) {
+                    seen.remove(uuid.as_str()).map_err(storage)?;
+                }
+                over = over.saturating_sub(1);
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(delta)
+    }
+
+    pub(super) fn publish_gauges(&self) {
+        self.metrics
+            .spool_entries
+            .set(self.entries.load(Ordering::Relaxed) as i64);
+        self.metrics
+            .spool_bytes
+            .set(self.bytes.load(Ordering::Relaxed) as i64);
+        self.metrics
+            .spool_dead_letters
+            .set(self.dead_letters.load(Ordering::Relaxed) as i64);
+        self.metrics
+            .spool_dead_letter_bytes
+            .set(self.dead_letter_bytes.load(Ordering::Relaxed) as i64);
+    }
+}
