@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-// The bridge's own hint table (the same file `src/routing.rs` uses).
+// The bridge's own hint table (the same file `src/routing/mod.rs` uses).
 #[path = "../src/hint_table.rs"]
 mod hint_table;
 use hint_table::BUILT_IN_HINTS;

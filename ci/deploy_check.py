@@ -351,9 +351,9 @@ def check_wiring(path):
           f"grace period {grace} s > preStop {pause} s + drain {drain:g} s, {spool_sizing}")
 
 
-# The spool's database file outgrows the bytes it accounts for (--spool-max-bytes): src/spool.rs
+# The spool's database file outgrows the bytes it accounts for (--spool-max-bytes): src/spool/files.rs
 # names the factor, measured by tests/api/spool.rs.
-SPOOL_SOURCE = Path(__file__).resolve().parent.parent / "src" / "spool.rs"
+SPOOL_SOURCE = Path(__file__).resolve().parent.parent / "src" / "spool" / "files.rs"
 # What a new ext4 or xfs volume leaves for files (journal, metadata, reserved blocks).
 FILESYSTEM_SHARE = 0.9
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
