@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
 use crate::ingress::{self, AllowedSubscriptions, IngressState};
-use crate::kafka::{self, EmbeddedBroker, ProducerFactory};
+use crate::kafka::{self, EmbeddedBroker, Producer, ProducerFactory};
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SpoolHealth};
 use crate::relay::Relay;
@@ -405,10 +405,10 @@ impl Application {
         match self.delivery {
             Delivery::Direct(sink) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let _ = kafka::flush(sink.producer(), left);
+                sink.producer().flush(left);
             }
             Delivery::Spooled { spool, relay } => {
-                relay.stop(deadline.into_std()).await;
+                relay.stop(deadline).await;
                 spool.close();
             }
         }

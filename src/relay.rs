@@ -12,16 +12,18 @@
 //! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
-use std::future::{Future, pending};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use rdkafka::error::KafkaError;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::kafka::{self, ErrorKind, KafkaProducer, ProducerFactory};
+use crate::kafka::{ErrorKind, KafkaProducer, Pending, Producer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
 use crate::routing::{OutboundMessage, Topic};
+use crate::shutdown::{self, Shutdown, Trigger};
 use crate::spool::{DeadLetter, Spool, SpooledEntry};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
@@ -35,8 +37,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// an idempotent producer whose broker lost its state can stall without ever reporting one.
 const ROUNDS_BEFORE_NEW_PRODUCER: u32 = 2;
 
+/// Builds a producer: at start, and again after a fatal error or repeated failed rounds.
+pub type ProducerSource<P> = Box<dyn Fn() -> Result<P, KafkaError> + Send + Sync>;
+
 pub struct Relay {
-    stop: watch::Sender<Option<Instant>>,
+    stop: Trigger,
     task: JoinHandle<()>,
 }
 
@@ -46,16 +51,27 @@ impl Relay {
         factory: ProducerFactory,
         dead_letter_topic: Topic,
         metrics: Metrics,
-    ) -> Result<Relay, rdkafka::error::KafkaError> {
-        let producer = factory.build()?;
-        let (stop, stop_rx) = watch::channel(None);
+    ) -> Result<Relay, KafkaError> {
+        let source: ProducerSource<KafkaProducer> = Box::new(move || factory.build());
+        Relay::start_with(spool, source, dead_letter_topic, metrics)
+    }
+
+    /// [`Relay::start`] with any producer: what the unit tests use.
+    pub fn start_with<P: Producer>(
+        spool: Arc<Spool>,
+        source: ProducerSource<P>,
+        dead_letter_topic: Topic,
+        metrics: Metrics,
+    ) -> Result<Relay, KafkaError> {
+        let publisher = Publisher::new(source()?, metrics.clone());
+        let (stop, shutdown) = shutdown::channel();
         let worker = Worker {
             spool,
-            factory,
-            producer,
+            source,
+            publisher,
             dead_letter_topic,
             metrics,
-            stop: stop_rx,
+            shutdown,
         };
         Ok(Relay {
             stop,
@@ -65,18 +81,18 @@ impl Relay {
 
     /// Lets the relay publish what it can until `deadline`, then flushes and stops it.
     pub async fn stop(self, deadline: Instant) {
-        let _ = self.stop.send(Some(deadline));
+        self.stop.begin(deadline);
         let _ = self.task.await;
     }
 }
 
-struct Worker {
+struct Worker<P: Producer> {
     spool: Arc<Spool>,
-    factory: ProducerFactory,
-    producer: KafkaProducer,
+    source: ProducerSource<P>,
+    publisher: Publisher<P>,
     dead_letter_topic: Topic,
     metrics: Metrics,
-    stop: watch::Receiver<Option<Instant>>,
+    shutdown: Shutdown,
 }
 
 /// The outcome of one round.
@@ -90,9 +106,16 @@ struct Round {
     cut: bool,
 }
 
+impl Round {
+    fn failed(&mut self, kind: ErrorKind) {
+        self.retriable_failure = true;
+        self.fatal |= kind == ErrorKind::Fatal;
+    }
+}
+
 /// Shutdown's deadline, for a round waiting on Kafka.
 struct Cut {
-    stop: watch::Receiver<Option<Instant>>,
+    shutdown: Shutdown,
     passed: bool,
 }
 
@@ -105,7 +128,7 @@ impl Cut {
         tokio::select! {
             biased;
             outcome = work => Some(outcome),
-            () = deadline_passed(&mut self.stop) => {
+            () = self.shutdown.deadline_passed() => {
                 self.passed = true;
                 None
             }
@@ -113,110 +136,122 @@ impl Cut {
     }
 }
 
-async fn deadline_passed(stop: &mut watch::Receiver<Option<Instant>>) {
-    loop {
-        let deadline = *stop.borrow_and_update();
-        if let Some(deadline) = deadline {
-            return tokio::time::sleep_until(deadline.into()).await;
-        }
-        if stop.changed().await.is_err() {
-            // The relay was dropped without being stopped: no deadline will come.
-            return pending().await;
-        }
-    }
-}
+/// Messages of one entry, enqueued.
+type Enqueued<'b, D> = (&'b SpooledEntry, Vec<Pending<'b, D>>);
 
-impl Worker {
+impl<P: Producer> Worker<P> {
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         let mut failed_rounds = 0u32;
         loop {
-            let deadline = *self.stop.borrow();
+            let deadline = self.shutdown.deadline();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let spool = self.spool.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || spool.oldest(ROUND_ENTRIES, ROUND_BYTES))
-                    .await
-                {
-                    Ok(Ok(batch)) => batch,
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot read the spool");
-                        self.pause(MAX_BACKOFF).await;
-                        continue;
-                    }
-                    Err(_) => break,
-                };
+            let Some(batch) = self.read_batch().await else {
+                break;
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(()) => {
+                    self.pause(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
             self.spool.observe_oldest(batch.first());
             if batch.is_empty() {
                 if deadline.is_some() {
                     break;
                 }
-                tokio::select! {
-                    _ = self.spool.appended() => {}
-                    _ = self.stop.changed() => {}
-                    // The age gauge and a missed wake-up are both covered by a periodic look.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+                self.wait_for_work().await;
                 continue;
             }
-
             let round = self.publish(&batch).await;
-            let failed = round.retriable_failure;
-            let fatal = round.fatal;
-            let cut = round.cut;
-            let something_done = !round.released.is_empty() || !round.dead.is_empty();
-            if something_done && let Err(e) = self.spool.release(round.released, round.dead).await {
-                // Not released means published again later: a duplicate, never a loss.
-                tracing::error!(error = %e, "cannot release published entries");
-            }
+            let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
+            self.release(round).await;
             if cut {
                 tracing::warn!(
                     "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
                 );
                 break;
             }
-            if failed {
-                failed_rounds += 1;
-                if fatal || failed_rounds >= ROUNDS_BEFORE_NEW_PRODUCER {
-                    self.renew_producer();
-                    failed_rounds = 0;
-                }
-                self.pause(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            } else {
+            if !failed {
                 failed_rounds = 0;
                 backoff = MIN_BACKOFF;
+                continue;
             }
+            failed_rounds += 1;
+            if fatal || failed_rounds >= ROUNDS_BEFORE_NEW_PRODUCER {
+                self.renew_producer();
+                failed_rounds = 0;
+            }
+            self.pause(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let remaining = self
-            .stop
-            .borrow()
+            .shutdown
+            .deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or_default();
-        let _ = kafka::flush(&self.producer, remaining.max(Duration::from_millis(100)));
+        self.publisher
+            .producer()
+            .flush(remaining.max(Duration::from_millis(100)));
         tracing::info!(left_in_spool = self.spool.entries(), "relay stopped");
+    }
+
+    /// The oldest entries; `Err` when the spool cannot be read now, `None` when the runtime is
+    /// shutting down under the relay.
+    async fn read_batch(&self) -> Option<Result<Vec<SpooledEntry>, ()>> {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.oldest(ROUND_ENTRIES, ROUND_BYTES)).await {
+            Ok(Ok(batch)) => Some(Ok(batch)),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                Some(Err(()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Waits for a new entry or the shutdown; a periodic look covers the age gauge and a missed
+    /// wake-up.
+    async fn wait_for_work(&mut self) {
+        tokio::select! {
+            _ = self.spool.appended() => {}
+            _ = self.shutdown.begun() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 
     async fn pause(&mut self, duration: Duration) {
         let mut until = Instant::now() + duration;
-        if let Some(deadline) = *self.stop.borrow() {
+        if let Some(deadline) = self.shutdown.deadline() {
             until = until.min(deadline);
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(until.into()) => {}
-            _ = self.stop.changed() => {}
+            _ = tokio::time::sleep_until(until) => {}
+            _ = self.shutdown.begun(), if self.shutdown.deadline().is_none() => {}
         }
     }
 
     fn renew_producer(&mut self) {
-        match self.factory.build() {
+        match (self.source)() {
             Ok(producer) => {
                 tracing::warn!("replacing the Kafka producer after repeated failures");
-                self.producer = producer;
+                self.publisher = Publisher::new(producer, self.metrics.clone());
             }
             Err(e) => tracing::error!(error = %e, "cannot build a new Kafka producer"),
+        }
+    }
+
+    /// Releases what the round published (or dead-lettered). Not released means published again
+    /// later: a duplicate, never a loss.
+    async fn release(&self, round: Round) {
+        if round.released.is_empty() && round.dead.is_empty() {
+            return;
+        }
+        if let Err(e) = self.spool.release(round.released, round.dead).await {
+            tracing::error!(error = %e, "cannot release published entries");
         }
     }
 
@@ -224,68 +259,74 @@ impl Worker {
     async fn publish(&self, batch: &[SpooledEntry]) -> Round {
         let mut round = Round::default();
         let mut cut = Cut {
-            stop: self.stop.clone(),
+            shutdown: self.shutdown.clone(),
             passed: false,
         };
-        let mut pending = Vec::with_capacity(batch.len());
-        'enqueue: for entry in batch {
-            let mut deliveries = Vec::with_capacity(entry.plan.messages.len());
+        let enqueued = self.enqueue(batch, &mut round, &mut cut).await;
+        let rejected = self
+            .await_acknowledgements(enqueued, &mut round, &mut cut)
+            .await;
+        self.dead_letter_rejected(rejected, &mut round, &mut cut)
+            .await;
+        round.cut = cut.passed;
+        round
+    }
+
+    /// Hands the batch's messages to the producer, entry by entry, until it refuses one for a
+    /// retriable reason (queue full or worse): the entry it belongs to waits for a later round.
+    async fn enqueue<'b>(
+        &self,
+        batch: &'b [SpooledEntry],
+        round: &mut Round,
+        cut: &mut Cut,
+    ) -> Vec<Enqueued<'b, P::Delivery>> {
+        let mut enqueued = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let mut messages = Vec::with_capacity(entry.plan.messages.len());
             for message in &entry.plan.messages {
-                match kafka::send(&self.producer, message) {
-                    Ok(delivery) => deliveries.push((message, Ok(delivery))),
-                    Err(e) if e.kind.is_permanent() => deliveries.push((message, Err(e))),
+                match self.publisher.enqueue(message) {
+                    Ok(pending) => messages.push(pending),
                     Err(e) => {
-                        // Queue full or worse: publish what is queued; the rest waits for a later round.
-                        self.metrics
-                            .publish_errors
-                            .with_label_values(&[e.kind.label()])
-                            .inc();
-                        round.retriable_failure = true;
-                        round.fatal |= e.kind == ErrorKind::Fatal;
-                        for (_, delivery) in deliveries {
-                            if let Ok(delivery) = delivery {
-                                let _ = cut.before(kafka::delivered(delivery)).await;
-                            }
+                        round.failed(e.kind);
+                        // The entry is published again whole: settle its part without counting it.
+                        for pending in messages {
+                            let _ = cut.before(pending.settle()).await;
                         }
-                        break 'enqueue;
+                        return enqueued;
                     }
                 }
             }
-            pending.push((entry, deliveries));
+            enqueued.push((entry, messages));
         }
+        enqueued
+    }
 
-        let mut rejected: Vec<(&SpooledEntry, &OutboundMessage, ErrorKind)> = Vec::new();
-        'await_acks: for (entry, deliveries) in pending {
+    /// Awaits Kafka's outcome for every enqueued message, in order. An entry whose messages were
+    /// all acknowledged (or refused for good) is released; the refused messages of released
+    /// entries are returned for the dead-letter topic.
+    async fn await_acknowledgements<'b>(
+        &self,
+        enqueued: Vec<Enqueued<'b, P::Delivery>>,
+        round: &mut Round,
+        cut: &mut Cut,
+    ) -> Vec<(&'b SpooledEntry, &'b OutboundMessage, ErrorKind)> {
+        let mut rejected = Vec::new();
+        for (entry, messages) in enqueued {
             let mut complete = true;
-            for (message, delivery) in deliveries {
-                let result = match delivery {
-                    Ok(delivery) => match cut.before(kafka::delivered(delivery)).await {
-                        Some(result) => result,
-                        None => break 'await_acks,
-                    },
-                    Err(e) => Err(e),
+            let mut refused = Vec::new();
+            for pending in messages {
+                let message = pending.message;
+                let Some(outcome) = cut.before(self.publisher.acknowledged(pending)).await else {
+                    return rejected;
                 };
-                match result {
-                    Ok(()) => {
-                        self.metrics
-                            .messages_published
-                            .with_label_values(&[&message.topic, &message.hint_label])
-                            .inc();
-                    }
+                match outcome {
+                    Ok(()) => {}
+                    Err(e) if e.kind.is_permanent() => refused.push((entry, message, e.kind)),
                     Err(e) => {
-                        self.metrics
-                            .publish_errors
-                            .with_label_values(&[e.kind.label()])
-                            .inc();
-                        if e.kind.is_permanent() {
-                            rejected.push((entry, message, e.kind));
-                        } else {
-                            complete = false;
-                            round.retriable_failure = true;
-                            round.fatal |= e.kind == ErrorKind::Fatal;
-                            tracing::warn!(uuid = %entry.plan.uuid, topic = %message.topic,
-                                error = %e.error, "publish failed; will retry");
-                        }
+                        complete = false;
+                        round.failed(e.kind);
+                        tracing::warn!(uuid = %entry.plan.uuid, topic = %message.topic,
+                            error = %e.error, "publish failed; will retry");
                     }
                 }
             }
@@ -294,20 +335,25 @@ impl Worker {
                 self.metrics
                     .accept_to_ack
                     .observe(entry.age().as_secs_f64());
+                // Only entries being released dead-letter their refused messages; the others
+                // are published again whole.
+                rejected.extend(refused);
             }
         }
+        rejected
+    }
 
-        // Only entries being released dead-letter their rejected messages; the others retry whole.
+    async fn dead_letter_rejected(
+        &self,
+        rejected: Vec<(&SpooledEntry, &OutboundMessage, ErrorKind)>,
+        round: &mut Round,
+        cut: &mut Cut,
+    ) {
         for (entry, message, kind) in rejected {
-            if !round.released.contains(&entry.seq) {
-                continue;
-            }
             round
                 .dead
-                .extend(self.dead_letter(entry, message, kind, &mut cut).await);
+                .extend(self.dead_letter(entry, message, kind, cut).await);
         }
-        round.cut = cut.passed;
-        round
     }
 
     /// Sends a rejected message to the dead-letter topic; returns it for the spool if that fails
@@ -329,46 +375,33 @@ impl Worker {
         letter
             .headers
             .push(("rc-dead-letter-reason".into(), kind.label().into()));
-        let sent = match kafka::send(&self.producer, &letter) {
-            Ok(delivery) => cut.before(kafka::delivered(delivery)).await,
+        // Counted as a dead letter, not as a published message.
+        let sent = match self.publisher.producer().send(&letter) {
+            Ok(delivery) => cut.before(delivery).await,
             Err(e) => Some(Err(e)),
         };
-        let sent = match sent {
-            Some(sent) => sent,
-            None => {
-                tracing::warn!(uuid = %entry.plan.uuid,
-                    "shutting down before the dead-letter topic acknowledged; keeping the message in the spool");
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["spool"])
-                    .inc();
-                return Some(DeadLetter {
-                    reason: kind.label().into(),
-                    message: message.clone(),
-                });
-            }
+        let kept = DeadLetter {
+            reason: kind.label().into(),
+            message: message.clone(),
         };
         match sent {
-            Ok(()) => {
+            Some(Ok(())) => {
                 self.metrics
                     .dead_letters
                     .with_label_values(&["topic"])
                     .inc();
-                None
+                return None;
             }
-            Err(e) => {
-                tracing::error!(uuid = %entry.plan.uuid, error = %e.error,
-                    "dead-letter topic refused the message too; keeping it in the spool");
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["spool"])
-                    .inc();
-                Some(DeadLetter {
-                    reason: kind.label().into(),
-                    message: message.clone(),
-                })
-            }
+            None => tracing::warn!(uuid = %entry.plan.uuid,
+                "shutting down before the dead-letter topic acknowledged; keeping the message in the spool"),
+            Some(Err(e)) => tracing::error!(uuid = %entry.plan.uuid, error = %e.error,
+                "dead-letter topic refused the message too; keeping it in the spool"),
         }
+        self.metrics
+            .dead_letters
+            .with_label_values(&["spool"])
+            .inc();
+        Some(kept)
     }
 }
 
@@ -385,7 +418,7 @@ pub struct ReplayReport {
 /// removes each from the spool once Kafka acknowledged it; a refused one stays for another try.
 pub async fn replay_dead_letters(
     spool: &Spool,
-    producer: &KafkaProducer,
+    producer: &impl Producer,
 ) -> Result<ReplayReport, crate::spool::SpoolError> {
     const PAGE: usize = 256;
     let mut report = ReplayReport::default();
@@ -398,12 +431,12 @@ pub async fn replay_dead_letters(
         from = last + 1;
         let sent: Vec<_> = page
             .iter()
-            .map(|(id, letter)| (*id, letter, kafka::send(producer, &letter.message)))
+            .map(|(id, letter)| (*id, letter, producer.send(&letter.message)))
             .collect();
         let mut acknowledged = Vec::with_capacity(sent.len());
         for (id, letter, delivery) in sent {
             let result = match delivery {
-                Ok(delivery) => kafka::delivered(delivery).await,
+                Ok(delivery) => delivery.await,
                 Err(e) => Err(e),
             };
             match result {
@@ -422,4 +455,287 @@ pub async fn replay_dead_letters(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The relay's round against a producer double: what Kafka answers is scripted per message.
+
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::*;
+    use crate::kafka::PublishError;
+    use crate::routing::RoutePlan;
+    use crate::sink::Sink;
+
+    /// What the double answers for one message.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        Ack,
+        /// Refused when enqueued (queue full, fatal producer).
+        RefuseEnqueue(ErrorKind),
+        /// Enqueued, then failed by "Kafka".
+        Fail(ErrorKind),
+    }
+
+    /// The answer to a message given its earlier attempts and the number of the producer (1, 2, ...).
+    type Script = dyn Fn(&OutboundMessage, usize, usize) -> Answer + Send + Sync;
+
+    /// Every message sent, with the number of the producer that sent it.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<(usize, OutboundMessage)>>>);
+
+    impl Log {
+        fn sent(&self) -> Vec<(usize, OutboundMessage)> {
+            self.0.lock().unwrap().clone()
+        }
+
+        fn count(&self, topic: &str) -> usize {
+            self.sent().iter().filter(|(_, m)| m.topic == topic).count()
+        }
+    }
+
+    struct Double {
+        number: usize,
+        script: Arc<Script>,
+        log: Log,
+    }
+
+    fn error(kind: ErrorKind) -> PublishError {
+        PublishError {
+            kind,
+            error: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+        }
+    }
+
+    impl Producer for Double {
+        type Delivery = std::future::Ready<Result<(), PublishError>>;
+
+        fn send(&self, message: &OutboundMessage) -> Result<Self::Delivery, PublishError> {
+            let mut log = self.log.0.lock().unwrap();
+            let attempt = log.iter().filter(|(_, m)| m == message).count();
+            let answer = (self.script)(message, attempt, self.number);
+            if let Answer::RefuseEnqueue(kind) = answer {
+                return Err(error(kind));
+            }
+            log.push((self.number, message.clone()));
+            Ok(std::future::ready(match answer {
+                Answer::Fail(kind) => Err(error(kind)),
+                _ => Ok(()),
+            }))
+        }
+
+        fn flush(&self, _: Duration) {}
+    }
+
+    struct Bench {
+        spool: Arc<Spool>,
+        relay: Option<Relay>,
+        log: Log,
+        builds: Arc<AtomicUsize>,
+        metrics: Metrics,
+        _dir: tempfile::TempDir,
+    }
+
+    fn message(topic: &str, key: &str) -> OutboundMessage {
+        OutboundMessage {
+            topic: topic.into(),
+            key: key.into(),
+            headers: vec![("rc-notification-uuid".into(), key.into())],
+            value: "{}".into(),
+            hint_label: "ExtensionInfo".into(),
+        }
+    }
+
+    fn plan(uuid: &str, topics: &[&str]) -> RoutePlan {
+        RoutePlan {
+            uuid: uuid.into(),
+            kind: "extension_info".into(),
+            messages: topics.iter().map(|t| message(t, uuid)).collect(),
+            unrouted_reason: None,
+        }
+    }
+
+    fn open(dir: &Path, metrics: &Metrics) -> Arc<Spool> {
+        Arc::new(Spool::open(dir, 1 << 20, Duration::from_secs(60), 100, metrics.clone()).unwrap())
+    }
+
+    /// A spool holding `plans`, and a relay publishing it through doubles that follow `script`.
+    async fn bench(
+        plans: Vec<RoutePlan>,
+        script: impl Fn(&OutboundMessage, usize, usize) -> Answer + Send + Sync + 'static,
+    ) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let spool = open(dir.path(), &metrics);
+        for plan in plans {
+            spool.accept(plan).await.unwrap();
+        }
+        let (log, builds, script): (Log, Arc<AtomicUsize>, Arc<Script>) =
+            (Log::default(), Arc::default(), Arc::new(script));
+        let source: ProducerSource<Double> = {
+            let (log, builds) = (log.clone(), builds.clone());
+            Box::new(move || {
+                Ok(Double {
+                    number: builds.fetch_add(1, Ordering::SeqCst) + 1,
+                    script: script.clone(),
+                    log: log.clone(),
+                })
+            })
+        };
+        let dead_letters = Topic::parse("dlq").unwrap();
+        let relay =
+            Relay::start_with(spool.clone(), source, dead_letters, metrics.clone()).unwrap();
+        Bench {
+            spool,
+            relay: Some(relay),
+            log,
+            builds,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting for {what}");
+    }
+
+    impl Bench {
+        /// Waits until the spool is empty, then stops the relay.
+        async fn drain(&mut self) {
+            until("an empty spool", || self.spool.entries() == 0).await;
+            if let Some(relay) = self.relay.take() {
+                relay.stop(Instant::now()).await;
+            }
+        }
+
+        fn counted(&self, metric: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
+            metric.with_label_values(labels).get()
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_entries_are_published_in_order_and_released() {
+        let mut bench = bench(
+            vec![plan("a", &["t1", "t2"]), plan("b", &["t1"])],
+            |_, _, _| Answer::Ack,
+        )
+        .await;
+        bench.drain().await;
+        let sent: Vec<(String, String)> = bench
+            .log
+            .sent()
+            .into_iter()
+            .map(|(_, m)| (m.key, m.topic))
+            .collect();
+        assert_eq!(
+            sent,
+            [("a", "t1"), ("a", "t2"), ("b", "t1")].map(|(k, t)| (k.to_string(), t.to_string()))
+        );
+        let published = &bench.metrics.messages_published;
+        assert_eq!(bench.counted(published, &["t1", "ExtensionInfo"]), 2);
+        assert_eq!(bench.counted(published, &["t2", "ExtensionInfo"]), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retriable_failure_keeps_the_entry_until_kafka_acknowledges_it() {
+        // The first two attempts at `a`'s second message time out.
+        let mut bench = bench(vec![plan("a", &["t1", "t2"])], |m, attempt, _| {
+            match (m.topic.as_str(), attempt) {
+                ("t2", 0 | 1) => Answer::Fail(ErrorKind::Timeout),
+                _ => Answer::Ack,
+            }
+        })
+        .await;
+        until("three attempts at t2", || bench.log.count("t2") >= 3).await;
+        bench.drain().await;
+        // Published again whole each round: t1 as often as t2, nothing dead-lettered.
+        assert_eq!(bench.log.count("t1"), 3);
+        assert_eq!(bench.log.count("dlq"), 0);
+        assert_eq!(
+            bench.counted(&bench.metrics.publish_errors, &["timeout"]),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_refused_for_good_goes_to_the_dead_letter_topic_and_the_entry_is_released() {
+        let mut bench = bench(vec![plan("a", &["big", "t1"])], |m, _, _| {
+            match m.topic.as_str() {
+                "big" => Answer::Fail(ErrorKind::TooLarge),
+                _ => Answer::Ack,
+            }
+        })
+        .await;
+        bench.drain().await;
+        let letters: Vec<OutboundMessage> = bench
+            .log
+            .sent()
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| m.topic == "dlq")
+            .collect();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].header("rc-original-topic"), Some("big"));
+        assert_eq!(
+            letters[0].header("rc-dead-letter-reason"),
+            Some("too_large")
+        );
+        assert_eq!(bench.counted(&bench.metrics.dead_letters, &["topic"]), 1);
+        assert!(bench.spool.dead_letters().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_the_topic_refuses_too_stays_in_the_spool() {
+        let mut bench = bench(vec![plan("a", &["big"])], |m, _, _| {
+            match m.topic.as_str() {
+                "big" => Answer::Fail(ErrorKind::TooLarge),
+                _ => Answer::Fail(ErrorKind::Authorization),
+            }
+        })
+        .await;
+        bench.drain().await;
+        let kept = bench.spool.dead_letters().unwrap();
+        assert_eq!(kept.len(), 1, "kept in the spool's dead-letter area");
+        assert_eq!(kept[0].message.topic, "big");
+        assert_eq!(kept[0].reason, "too_large");
+        assert_eq!(bench.counted(&bench.metrics.dead_letters, &["spool"]), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fatal_producer_is_replaced_and_the_entry_published_by_the_new_one() {
+        // The first producer is fatally broken; the second works.
+        let mut bench = bench(vec![plan("a", &["t1"])], |_, _, producer| match producer {
+            1 => Answer::RefuseEnqueue(ErrorKind::Fatal),
+            _ => Answer::Ack,
+        })
+        .await;
+        bench.drain().await;
+        assert_eq!(
+            bench.builds.load(Ordering::SeqCst),
+            2,
+            "a new producer was built"
+        );
+        assert_eq!(
+            bench
+                .log
+                .sent()
+                .iter()
+                .map(|(n, m)| (*n, m.topic.as_str()))
+                .collect::<Vec<_>>(),
+            [(2, "t1")]
+        );
+        assert_eq!(bench.counted(&bench.metrics.publish_errors, &["fatal"]), 1);
+    }
 }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kafka::{self, KafkaProducer};
+use crate::kafka::{ErrorKind, KafkaProducer, Publisher};
 use crate::metrics::Metrics;
 use crate::routing::RoutePlan;
 
@@ -118,7 +118,7 @@ pub struct DirectSink {
 }
 
 struct Direct {
-    producer: KafkaProducer,
+    publisher: Publisher<KafkaProducer>,
     timeout: Duration,
     recent: Mutex<RecentUuids>,
     metrics: Metrics,
@@ -133,7 +133,7 @@ impl DirectSink {
     ) -> Self {
         DirectSink {
             inner: Arc::new(Direct {
-                producer,
+                publisher: Publisher::new(producer, metrics.clone()),
                 timeout,
                 recent: Mutex::new(recent),
                 metrics,
@@ -142,7 +142,7 @@ impl DirectSink {
     }
 
     pub fn producer(&self) -> &KafkaProducer {
-        &self.inner.producer
+        self.inner.publisher.producer()
     }
 }
 
@@ -151,33 +151,23 @@ impl Direct {
         let started = Instant::now();
         let mut pending = Vec::with_capacity(plan.messages.len());
         for message in &plan.messages {
-            match kafka::send(&self.producer, message) {
-                Ok(delivery) => pending.push((message, delivery)),
-                Err(e) => {
-                    self.metrics
-                        .publish_errors
-                        .with_label_values(&[e.kind.label()])
-                        .inc();
-                    return Err(SinkError::KafkaFailed);
-                }
+            let queued = self
+                .publisher
+                .enqueue(message)
+                .map_err(|_| SinkError::KafkaFailed)?;
+            if queued.refused() {
+                // Counted as it is settled; the notification fails whole, as it would at once.
+                let _ = self.publisher.acknowledged(queued).await;
+                return Err(SinkError::KafkaFailed);
             }
+            pending.push(queued);
         }
         let all = async {
-            for (message, delivery) in pending {
-                match kafka::delivered(delivery).await {
-                    Ok(()) => self
-                        .metrics
-                        .messages_published
-                        .with_label_values(&[&message.topic, &message.hint_label])
-                        .inc(),
-                    Err(e) => {
-                        self.metrics
-                            .publish_errors
-                            .with_label_values(&[e.kind.label()])
-                            .inc();
-                        tracing::warn!(uuid = %plan.uuid, topic = %message.topic, error = %e, "publish failed");
-                        return Err(SinkError::KafkaFailed);
-                    }
+            for queued in pending {
+                let topic = queued.message.topic.clone();
+                if let Err(e) = self.publisher.acknowledged(queued).await {
+                    tracing::warn!(uuid = %plan.uuid, topic = %topic, error = %e, "publish failed");
+                    return Err(SinkError::KafkaFailed);
                 }
             }
             Ok(())
@@ -190,10 +180,7 @@ impl Direct {
                 result
             }
             Err(_) => {
-                self.metrics
-                    .publish_errors
-                    .with_label_values(&["timeout"])
-                    .inc();
+                self.publisher.count_error(ErrorKind::Timeout);
                 Err(SinkError::KafkaTimeout)
             }
         }

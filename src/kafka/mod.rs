@@ -10,13 +10,15 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 
 use crate::metrics::Metrics;
-use crate::routing::{OutboundMessage, Topic};
+use crate::routing::Topic;
+
+mod publisher;
+pub use publisher::{Delivery, Pending, Producer, Publisher};
 
 /// How a failed publish is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,41 +194,6 @@ impl ProducerFactory {
     }
 }
 
-/// Enqueues one message. The returned future resolves when Kafka acknowledged it or gave up
-/// (bounded by `message.timeout.ms`); enqueueing itself never blocks.
-pub fn send(
-    producer: &KafkaProducer,
-    message: &OutboundMessage,
-) -> Result<DeliveryFuture, PublishError> {
-    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-    for (name, value) in &message.headers {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value.as_bytes()),
-        });
-    }
-    let record = FutureRecord::to(&message.topic)
-        .key(message.key.as_str())
-        .payload(message.value.as_str())
-        .headers(headers);
-    producer
-        .send_result(record)
-        .map_err(|(error, _)| PublishError::classify(error))
-}
-
-/// Awaits a delivery and classifies its outcome.
-pub async fn delivered(future: DeliveryFuture) -> Result<(), PublishError> {
-    match future.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _))) => Err(PublishError::classify(error)),
-        // The producer was dropped before reporting: treat as a timeout, the message will be retried.
-        Err(_) => Err(PublishError {
-            kind: ErrorKind::Timeout,
-            error: KafkaError::Canceled,
-        }),
-    }
-}
-
 /// The topics of `wanted` that the cluster does not have.
 pub fn missing_topics(
     factory: &ProducerFactory,
@@ -280,11 +247,6 @@ pub async fn create_topics(
     } else {
         Err(failures.join(", "))
     }
-}
-
-/// Flushes what the producer still holds, bounded by `timeout`.
-pub fn flush(producer: &KafkaProducer, timeout: Duration) -> Result<(), KafkaError> {
-    producer.flush(timeout)
 }
 
 /// An in-process Kafka-protocol broker (librdkafka's mock cluster) for development: it keeps nothing

@@ -1,0 +1,162 @@
+//! One way to publish: enqueue, await Kafka's acknowledgement, classify, count. The relay and the
+//! direct delivery mode both publish through a [`Publisher`]; the [`Producer`] trait is where a test
+//! puts a double in place of Kafka's producer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+
+use super::{ErrorKind, KafkaProducer, PublishError};
+use crate::metrics::Metrics;
+use crate::routing::OutboundMessage;
+
+/// What messages are sent through: Kafka's idempotent producer, or a double in tests.
+pub trait Producer: Send + Sync + 'static {
+    /// Completes once Kafka acknowledged the message or gave up on it.
+    type Delivery: Future<Output = Result<(), PublishError>> + Send + 'static;
+
+    /// Enqueues one message without blocking.
+    fn send(&self, message: &OutboundMessage) -> Result<Self::Delivery, PublishError>;
+
+    /// Waits up to `timeout` for what is enqueued to be delivered.
+    fn flush(&self, timeout: Duration);
+}
+
+impl Producer for KafkaProducer {
+    type Delivery = Delivery;
+
+    fn send(&self, message: &OutboundMessage) -> Result<Delivery, PublishError> {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(&message.topic)
+            .key(message.key.as_str())
+            .payload(message.value.as_str())
+            .headers(headers);
+        self.send_result(record)
+            .map(Delivery)
+            .map_err(|(error, _)| PublishError::classify(error))
+    }
+
+    fn flush(&self, timeout: Duration) {
+        // What is not flushed in time is retried from the spool (or answered 503 in direct mode).
+        let _ = rdkafka::producer::Producer::flush(self, timeout);
+    }
+}
+
+/// Kafka's acknowledgement of one message, classified.
+pub struct Delivery(DeliveryFuture);
+
+impl Future for Delivery {
+    type Output = Result<(), PublishError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.get_mut().0)
+            .poll(cx)
+            .map(|outcome| match outcome {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(PublishError::classify(error)),
+                // The producer was dropped before reporting: a timeout, and the message is retried.
+                Err(_) => Err(PublishError {
+                    kind: ErrorKind::Timeout,
+                    error: KafkaError::Canceled,
+                }),
+            })
+    }
+}
+
+/// A message handed to the producer, its outcome still to come; or one the producer refused for
+/// good at once, which has its outcome already.
+pub struct Pending<'m, D> {
+    pub message: &'m OutboundMessage,
+    delivery: Result<D, PublishError>,
+}
+
+impl<D: Future<Output = Result<(), PublishError>>> Pending<'_, D> {
+    /// Whether the producer refused the message for good when it was enqueued.
+    pub fn refused(&self) -> bool {
+        self.delivery.is_err()
+    }
+
+    /// Waits for the outcome without counting it: for messages whose entry is published again.
+    pub async fn settle(self) {
+        if let Ok(delivery) = self.delivery {
+            let _ = delivery.await;
+        }
+    }
+}
+
+/// Publishes messages through a producer and counts every outcome.
+pub struct Publisher<P> {
+    producer: P,
+    metrics: Metrics,
+}
+
+impl<P: Producer> Publisher<P> {
+    pub fn new(producer: P, metrics: Metrics) -> Self {
+        Publisher { producer, metrics }
+    }
+
+    pub fn producer(&self) -> &P {
+        &self.producer
+    }
+
+    /// Enqueues one message. A permanent refusal becomes the message's outcome; a retriable one
+    /// (queue full, a fatal producer) is counted and returned, as enqueueing more would fail alike.
+    pub fn enqueue<'m>(
+        &self,
+        message: &'m OutboundMessage,
+    ) -> Result<Pending<'m, P::Delivery>, PublishError> {
+        match self.producer.send(message) {
+            Ok(delivery) => Ok(Pending {
+                message,
+                delivery: Ok(delivery),
+            }),
+            Err(e) if e.kind.is_permanent() => Ok(Pending {
+                message,
+                delivery: Err(e),
+            }),
+            Err(e) => {
+                self.count_error(e.kind);
+                Err(e)
+            }
+        }
+    }
+
+    /// Kafka's outcome for a pending message, counted.
+    pub async fn acknowledged(
+        &self,
+        pending: Pending<'_, P::Delivery>,
+    ) -> Result<(), PublishError> {
+        let outcome = match pending.delivery {
+            Ok(delivery) => delivery.await,
+            Err(e) => Err(e),
+        };
+        match &outcome {
+            Ok(()) => self
+                .metrics
+                .messages_published
+                .with_label_values(&[&pending.message.topic, &pending.message.hint_label])
+                .inc(),
+            Err(e) => self.count_error(e.kind),
+        }
+        outcome
+    }
+
+    /// Counts a failure that happened around the producer (a timeout waiting for it).
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.metrics
+            .publish_errors
+            .with_label_values(&[kind.label()])
+            .inc();
+    }
+}
