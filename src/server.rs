@@ -43,9 +43,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
+
+use crate::shutdown::{self, Shutdown};
 
 /// What one listener allows each client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +177,7 @@ pub async fn serve(
     shutdown: impl Future<Output = Instant>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (stop, stopping) = watch::channel(None);
+    let (stop, stopping) = shutdown::channel();
     let mut shutdown = pin!(shutdown);
     let grace = loop {
         let slot = tokio::select! {
@@ -208,7 +210,7 @@ pub async fn serve(
         }
     };
     drop(listener);
-    let _ = stop.send(Some(grace));
+    stop.begin(grace);
     // Every open connection holds a slot: holding them all means every connection is closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
@@ -220,7 +222,7 @@ async fn connection(
     stream: TcpStream,
     router: Router,
     limits: Limits,
-    mut stopping: watch::Receiver<Option<Instant>>,
+    mut stopping: Shutdown,
     _slot: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new(Instant::now()));
@@ -240,7 +242,7 @@ async fn connection(
         // hyper needs at least 8 KiB; the head must fit whole.
         .max_buf_size(limits.max_header_bytes.max(8192));
     let mut served = pin!(builder.serve_connection(io, service));
-    let mut grace = *stopping.borrow_and_update();
+    let mut grace = stopping.deadline();
     if grace.is_some() {
         return;
     }
@@ -263,11 +265,8 @@ async fn connection(
             }
             _ = sleep_until(deadline) => {}
             _ = activity.changed.notified() => {}
-            changed = stopping.changed(), if grace.is_none() => {
-                grace = match changed {
-                    Ok(()) => *stopping.borrow_and_update(),
-                    Err(_) => Some(now),
-                };
+            deadline = stopping.begun(), if grace.is_none() => {
+                grace = Some(deadline);
                 served.as_mut().graceful_shutdown();
             }
         }
