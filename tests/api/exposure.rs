@@ -1,15 +1,17 @@
 //! The public endpoint under hostile input: bounded fan-out, untrusted ids, authentication by default,
 //! the subscription allow-list.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::MockKafka;
-use crate::common::{
-    BridgeProcess, TestApp, read_all_before_marker, read_n, sample, scrape_until, unique,
-};
+use crate::common::app::{TestApp, http};
+use crate::common::contract::read_all_before_marker;
+use crate::common::kafka::read_until;
+use crate::common::metrics::{sample, scrape_until};
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::unique;
+use crate::common::process::{BridgeProcess, Serve};
 
 /// One change with as many distinct hints as fit in 64 KiB.
 fn hint_bomb(uuid: &str) -> String {
@@ -65,8 +67,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
-    let client = crate::common::http();
+    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]).await;
+    let client = http();
     let run = unique();
     let mut bodies = Vec::new();
     let mut batch_entries = 0;
@@ -81,7 +83,7 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     for group in bodies.chunks(4) {
         let answers = futures_join(group.iter().map(|body| {
             let client = client.clone();
-            let url = format!("{}/webhook", bridge.address);
+            let url = format!("{}/webhook", bridge.address());
             let body = body.clone();
             async move { client.post(url).body(body).send().await.unwrap().status() }
         }))
@@ -89,7 +91,7 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
         assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     }
 
-    let scrape = scrape_until(&bridge.admin_address, "everything relayed", |s| {
+    let scrape = scrape_until(&bridge.admin_address(), "everything relayed", |s| {
         sample(s, "rckb_spool_entries", &[]) == 0.0
             && sample(s, "rckb_notifications_total", &[("outcome", "accepted")]) >= 20.0
     })
@@ -113,11 +115,11 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     eprintln!("peak RSS {} MiB", peak / 1024);
     assert!(peak < 150 * 1024, "peak RSS {} MiB", peak / 1024);
 
-    let bombs = read_n(
+    let bombs = read_until(
         &kafka.bootstrap,
         &["ringcentral.unrouted".to_string()],
-        10,
         Duration::from_secs(20),
+        |got| got.len() >= 10,
     )
     .await;
     let bombs: Vec<_> = bombs
@@ -280,7 +282,7 @@ async fn a_hostile_corpus_gets_clear_answers_and_bounded_work() {
             .to_string().into_bytes(), &[200]),
         ("a 1 MiB body", vec![b' '; 1 << 20], &[413]),
     ];
-    let client = crate::common::http();
+    let client = http();
     for (what, body, expected) in &corpus {
         let response = client
             .post(format!("{}/webhook", app.address))
@@ -307,41 +309,16 @@ async fn a_hostile_corpus_gets_clear_answers_and_bounded_work() {
     app.shutdown().await;
 }
 
-/// `serve` on loopback port 0 with a spool in `dir`, without whatever the environment says about
-/// brokers and webhook authentication.
-fn serve(dir: &Path, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--spool-dir"])
-        .arg(dir)
-        .args(args)
-        .env_remove("RCKB_VERIFICATION_TOKEN")
-        .env_remove("RCKB_ALLOW_UNVERIFIED_WEBHOOKS")
-        .env_remove("RCKB_BROKERS");
-    command
-}
-
-/// Runs `serve ARGS`, which must refuse to start; returns its stderr.
-fn serve_refuses(args: &[&str]) -> String {
+/// Runs `serve ARGS` (no brokers and no webhook authentication but what ARGS say), which must
+/// refuse to start; returns its stderr.
+async fn serve_refuses(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let output = serve(dir.path(), args).output().unwrap();
-    assert!(
-        !output.status.success(),
-        "serve {args:?} must refuse to start"
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    Serve::new(dir.path()).args(args).refuses().await
 }
 
-#[test]
-fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
-    let stderr = serve_refuses(&["--brokers", "127.0.0.1:1"]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
+    let stderr = serve_refuses(&["--brokers", "127.0.0.1:1"]).await;
     assert!(stderr.contains("verification_token"), "{stderr}");
     assert!(stderr.contains("--allow-unverified-webhooks"), "{stderr}");
     let stderr = serve_refuses(&[
@@ -349,44 +326,22 @@ fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
         "127.0.0.1:1",
         "--verification-token",
         "REPLACE-WITH-THE-SUBSCRIPTION-VERIFICATION-TOKEN",
-    ]);
+    ])
+    .await;
     assert!(stderr.contains("placeholder"), "{stderr}");
 }
 
 /// The log lines of `serve ARGS` up to "listening" (the process is stopped then).
-fn startup_log(args: &[&str]) -> Vec<String> {
-    use std::io::BufRead;
+async fn startup_log(args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = serve(dir.path(), args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = Vec::new();
-    for line in std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-    {
-        let done = line.contains("\"listening\"");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        lines.last().is_some_and(|l| l.contains("listening")),
-        "serve {args:?} did not start: {lines:?}"
-    );
-    lines
+    let bridge = Serve::new(dir.path()).args(args).start().await;
+    bridge.start_up_lines().to_vec()
 }
 
-#[test]
-fn opting_out_and_short_tokens_start_with_a_warning() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opting_out_and_short_tokens_start_with_a_warning() {
     let kafka = MockKafka::start();
-    let log = startup_log(&["--brokers", &kafka.bootstrap, "--allow-unverified-webhooks"]);
+    let log = startup_log(&["--brokers", &kafka.bootstrap, "--allow-unverified-webhooks"]).await;
     assert!(
         log.iter()
             .any(|l| l.contains("WARN") && l.contains("without a verification token")),
@@ -397,7 +352,8 @@ fn opting_out_and_short_tokens_start_with_a_warning() {
         &kafka.bootstrap,
         "--verification-token",
         "short",
-    ]);
+    ])
+    .await;
     assert!(
         log.iter()
             .any(|l| l.contains("WARN") && l.contains("shorter than 16")),
@@ -405,8 +361,8 @@ fn opting_out_and_short_tokens_start_with_a_warning() {
     );
 }
 
-#[test]
-fn the_embedded_broker_needs_no_token() {
-    let log = startup_log(&[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_needs_no_token() {
+    let log = startup_log(&[]).await;
     assert!(!log.iter().any(|l| l.contains("verification")), "{log:?}");
 }

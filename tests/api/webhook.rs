@@ -5,11 +5,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::MockKafka;
-use crate::common::{
-    DOCUMENTED_EXAMPLE, TestApp, check_contract, extension_update, read_all_before_marker, read_n,
-    sample, unique,
-};
+use crate::common::app::{TestApp, http};
+use crate::common::contract::{check_contract, read_all_before_marker};
+use crate::common::kafka::read_until;
+use crate::common::metrics::sample;
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{DOCUMENTED_EXAMPLE, extension_update, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_variant_is_published_as_the_contract_says() {
@@ -243,11 +244,11 @@ async fn direct_mode_answers_after_kafka_acknowledged() {
     // Acknowledged before the answer: the publish counter already shows both messages.
     let metrics = app.metrics().await;
     assert_eq!(sample(&metrics, "rckb_messages_published_total", &[]), 2.0);
-    let got = read_n(
+    let got = read_until(
         &app.bootstrap,
         &["ringcentral.account.extension.phone-number".to_string()],
-        1,
         Duration::from_secs(10),
+        |got| !got.is_empty(),
     )
     .await;
     assert_eq!(got[0].key, "8475874957");
@@ -294,7 +295,7 @@ async fn direct_mode_a_caller_hanging_up_does_not_turn_a_redelivery_into_a_dupli
     })
     .await;
     // The caller gives up long before Kafka's timeout.
-    let hung_up = crate::common::http()
+    let hung_up = http()
         .post(format!("{}/webhook", app.address))
         .body(DOCUMENTED_EXAMPLE)
         .timeout(Duration::from_millis(50))
