@@ -1,6 +1,6 @@
 //! Delivery through the spool: outages, ordering, poison messages, a full spool, restarts, crashes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::spool::Spool;
@@ -14,7 +14,9 @@ use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::polling::eventually;
 use crate::common::process::Serve;
-use crate::common::scenarios::kill_repeatedly_under_load;
+use crate::common::scenarios::{
+    an_outage_costs_no_notification_and_no_slow_answer, kill_repeatedly_under_load,
+};
 
 const FEATURES: &str = "ringcentral.account.extension.features";
 
@@ -22,35 +24,7 @@ const FEATURES: &str = "ringcentral.account.extension.features";
 async fn kafka_down_notifications_are_answered_fast_and_delivered_when_it_returns() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
-    kafka.down();
-    let mut uuids = Vec::new();
-    for i in 0..40 {
-        let uuid = format!("outage-{}-{i}", unique());
-        let started = Instant::now();
-        let response = app
-            .post_webhook(extension_update(&uuid, "7", &["Limits"]).to_string())
-            .await;
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "answered in {:?}",
-            started.elapsed()
-        );
-        uuids.push(uuid);
-    }
-    // Ready: Kafka's outage must not take the bridge out of a load balancer.
-    let ready = app.get_admin("/readyz").await;
-    assert_eq!(ready.status(), 200);
-    let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready["spool"], "ok");
-    assert!(ready["kafka"]["brokersUp"].is_number());
-    // Handshakes still work.
-    let handshake = app.post_with("", &[("Validation-Token", "t")]).await;
-    assert_eq!(handshake.status(), 200);
-
-    kafka.up();
-    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(60)).await;
-    assert!(missing.is_empty(), "lost {missing:?}");
+    an_outage_costs_no_notification_and_no_slow_answer(&app, &kafka).await;
     app.shutdown().await;
 }
 

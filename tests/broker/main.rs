@@ -17,7 +17,7 @@ mod common {
 }
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
@@ -29,7 +29,9 @@ use common::kafka::{default_topics, missing_after_delivery};
 use common::payloads::{extension_update, unique};
 use common::polling::eventually;
 use common::process::{BridgeProcess, bridge_command};
-use common::scenarios::{Outage, kill_repeatedly_under_load};
+use common::scenarios::{
+    Outage, an_outage_costs_no_notification_and_no_slow_answer, kill_repeatedly_under_load,
+};
 
 /// A Tansu broker on a free loopback port, in memory; killed when dropped.
 struct Tansu {
@@ -171,27 +173,7 @@ async fn every_documented_variant_is_published_as_the_contract_says() {
 async fn a_hung_broker_costs_no_notification_and_no_slow_answer() {
     let tansu = tansu_with_topics().await;
     let app = TestApp::spawn(&tansu.bootstrap(), |_| {}).await;
-    tansu.hang();
-    let mut uuids = Vec::new();
-    for i in 0..50 {
-        let uuid = format!("hung-{}-{i}", unique());
-        let started = Instant::now();
-        let response = app
-            .post_webhook(extension_update(&uuid, "11", &["Limits"]).to_string())
-            .await;
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "answered in {:?}",
-            started.elapsed()
-        );
-        uuids.push(uuid);
-    }
-    let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
-    assert_eq!(ready["ready"], true);
-    tansu.resume();
-    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(90)).await;
-    assert!(missing.is_empty(), "lost {missing:?}");
+    an_outage_costs_no_notification_and_no_slow_answer(&app, &tansu).await;
     app.shutdown().await;
 }
 

@@ -1,13 +1,15 @@
-//! Scenarios both suites run, each against its own broker: the bridge killed repeatedly under load.
-//! Each suite says what an outage of its broker is ([`Outage`]).
+//! Scenarios both suites run, each against its own broker: a broker outage, and the bridge killed
+//! repeatedly under load. Each suite says what an outage of its broker is ([`Outage`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::app::http;
+use super::app::{TestApp, http};
+use super::kafka::missing_after_delivery;
 use super::payloads::{extension_update, unique};
 use super::polling::eventually;
 use super::process::BridgeProcess;
@@ -16,6 +18,43 @@ use super::process::BridgeProcess;
 pub trait Outage {
     fn begin(&self);
     fn end(&self);
+}
+
+/// While the broker is away, notifications are answered 200 within a second each, the bridge stays
+/// ready (a Kafka outage must not take it out of a load balancer) and answers handshakes; once the
+/// broker is back, every notification answered reaches Kafka.
+pub async fn an_outage_costs_no_notification_and_no_slow_answer(
+    app: &TestApp,
+    broker: &impl Outage,
+) {
+    broker.begin();
+    let mut uuids = Vec::new();
+    for i in 0..50 {
+        let uuid = format!("outage-{}-{i}", unique());
+        let started = Instant::now();
+        let response = app
+            .post_webhook(extension_update(&uuid, "7", &["Limits"]).to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        uuids.push(uuid);
+    }
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["spool"], "ok", "{ready}");
+    assert!(ready["kafka"]["brokersUp"].is_number(), "{ready}");
+    let handshake = app.post_with("", &[("Validation-Token", "t")]).await;
+    assert_eq!(handshake.status(), 200);
+
+    broker.end();
+    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(90)).await;
+    assert!(missing.is_empty(), "lost {missing:?}");
 }
 
 /// Runs the real binary on `spool_dir` under load and SIGKILLs it three times in a row, then starts
