@@ -1,4 +1,5 @@
-//! The bridge end to end over real HTTP, with Kafka from librdkafka's in-process mock cluster.
+//! The bridge end to end over real HTTP, with Kafka from librdkafka's in-process mock cluster; and
+//! what the webhook router decides alone, in process.
 
 /// The helpers of `tests/common`, one module per concern. Each suite declares the modules it uses
 /// and no other: a helper no test of a suite calls would be dead code in that suite's binary, which
@@ -16,6 +17,7 @@ mod common {
     pub mod payloads;
     pub mod polling;
     pub mod process;
+    pub mod router;
     pub mod scenarios;
 }
 
@@ -25,6 +27,7 @@ mod exposure;
 mod http_limits;
 mod keeper_hardening;
 mod operations;
+mod rejections;
 mod spool;
 mod subscription;
 mod webhook;
