@@ -255,16 +255,17 @@ async fn secrets_never_reach_the_logs() {
     let client = http();
     let url = format!("{}/webhook", bridge.address());
     let body = extension_update(&format!("secret-{}", unique()), "1", &["Limits"]).to_string();
-    for headers in [
-        vec![("Verification-Token", token)],
-        vec![("Verification-Token", "wrong")],
-        vec![],
+    for (headers, status) in [
+        (vec![("Verification-Token", token)], 200),
+        (vec![("Verification-Token", "wrong")], 401),
+        (vec![], 401),
     ] {
         let mut request = client.post(&url).body(body.clone());
-        for (k, v) in headers {
-            request = request.header(k, v);
+        for (k, v) in &headers {
+            request = request.header(*k, *v);
         }
-        request.send().await.unwrap();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{headers:?}");
     }
     let handshake = client
         .post(&url)
@@ -275,7 +276,8 @@ async fn secrets_never_reach_the_logs() {
         .unwrap();
     assert_eq!(handshake.status(), 200);
     bridge.signal("TERM");
-    bridge.wait_exit(Duration::from_secs(20)).await;
+    let status = bridge.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
     let logs = bridge.all_logs().await;
     assert!(logs.len() > 3, "trace logging produced lines");
     for line in logs {
