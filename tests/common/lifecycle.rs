@@ -26,28 +26,21 @@ impl Serve {
     /// panic and without ever listening. Returns its stderr.
     pub async fn refuses(self) -> String {
         let description = format!("{:?}", self.args);
-        let (mut child, mut lines) = self.spawn();
-        let mut stderr = Vec::new();
+        let mut bridge = self.spawn();
         eventually(
             "serve to stop by itself",
             Duration::from_secs(30),
             async || {
-                while let Ok(line) = lines.try_recv() {
-                    if line.contains("\"listening\"") {
-                        let _ = child.kill();
-                        panic!("serve {description} started: {stderr:#?}");
-                    }
-                    stderr.push(line);
+                bridge.receive();
+                if let Some(line) = bridge.log.iter().find(|l| l.contains("\"listening\"")) {
+                    panic!("serve {description} started: {line}");
                 }
-                lines.is_closed() && lines.is_empty()
+                bridge.stderr_closed()
             },
         )
         .await;
-        let status = eventually("serve to exit", Duration::from_secs(10), async || {
-            child.try_wait().expect("the child can be waited for")
-        })
-        .await;
-        let stderr = stderr.join("\n");
+        let status = bridge.wait_exit(Duration::from_secs(10)).await;
+        let stderr = bridge.log.join("\n");
         assert!(!status.success(), "serve {description} exited 0: {stderr}");
         assert!(status.code().is_some(), "killed by a signal: {status:?}");
         assert_ne!(status.code(), Some(101), "a panic: {stderr}");
@@ -99,7 +92,7 @@ impl BridgeProcess {
             Duration::from_secs(10),
             async || {
                 self.receive();
-                self.lines.is_closed() && self.lines.is_empty()
+                self.stderr_closed()
             },
         )
         .await;

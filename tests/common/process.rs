@@ -69,9 +69,9 @@ impl Serve {
         self
     }
 
-    /// Spawns the binary, its stderr lines arriving on the receiver (echoed when `TEST_LOG` is set)
-    /// until it closes stderr by exiting.
-    pub(super) fn spawn(self) -> (Child, mpsc::UnboundedReceiver<String>) {
+    /// Spawns the binary; its stderr lines arrive on the [`BridgeProcess`] (echoed when `TEST_LOG`
+    /// is set) until it closes stderr by exiting.
+    pub(super) fn spawn(self) -> BridgeProcess {
         let mut command = match self.nofile {
             None => bridge_command(),
             Some(limit) => {
@@ -107,19 +107,18 @@ impl Serve {
                 }
             }
         });
-        (child, lines)
-    }
-
-    /// Starts the bridge and waits (at most 30 s) for its "listening" log line.
-    pub async fn start(self) -> BridgeProcess {
-        let (child, lines) = self.spawn();
-        let mut bridge = BridgeProcess {
+        BridgeProcess {
             child,
             lines,
             log: Vec::new(),
             start_up: 0,
             read: 0,
-        };
+        }
+    }
+
+    /// Starts the bridge and waits (at most 30 s) for its "listening" log line.
+    pub async fn start(self) -> BridgeProcess {
+        let mut bridge = self.spawn();
         let listening = eventually(
             "the bridge to listen",
             Duration::from_secs(30),
@@ -129,7 +128,7 @@ impl Serve {
                     .log
                     .iter()
                     .position(|line| event(line).is_some_and(|e| e["message"] == "listening"));
-                if position.is_none() && bridge.lines.is_closed() && bridge.lines.is_empty() {
+                if position.is_none() && bridge.stderr_closed() {
                     panic!("the bridge exited before listening: {:#?}", bridge.log);
                 }
                 position
@@ -147,10 +146,10 @@ pub(super) fn event(line: &str) -> Option<Value> {
     serde_json::from_str(line).ok()
 }
 
-/// The real binary running `serve`; killed when dropped.
+/// The real binary running `serve` (or refusing to); killed when dropped.
 pub struct BridgeProcess {
     pub child: Child,
-    pub(super) lines: mpsc::UnboundedReceiver<String>,
+    lines: mpsc::UnboundedReceiver<String>,
     /// Every stderr line so far.
     pub(super) log: Vec<String>,
     /// How many lines of `log` came up to and including "listening".
@@ -177,6 +176,11 @@ impl BridgeProcess {
         while let Ok(line) = self.lines.try_recv() {
             self.log.push(line);
         }
+    }
+
+    /// Whether the bridge closed its stderr (it exited) and every line of it is in `log`.
+    pub(super) fn stderr_closed(&self) -> bool {
+        self.lines.is_closed() && self.lines.is_empty()
     }
 
     /// The `listening` event's value of `field` (a port).
