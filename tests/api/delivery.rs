@@ -1,16 +1,21 @@
 //! Delivery through the spool: outages, ordering, poison messages, a full spool, restarts, crashes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::spool::Spool;
 use rdkafka::types::RDKafkaRespErr;
 use serde_json::Value;
 
-use crate::MockKafka;
-use crate::common::{
-    TestApp, extension_update, kill_repeatedly_under_load, missing_after_delivery, read_n,
-    read_until, sample, unique,
+use crate::common::app::TestApp;
+use crate::common::kafka::{missing_after_delivery, read_until};
+use crate::common::metrics::sample;
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{extension_update, unique};
+use crate::common::polling::eventually;
+use crate::common::process::Serve;
+use crate::common::scenarios::{
+    an_outage_costs_no_notification_and_no_slow_answer, kill_repeatedly_under_load,
 };
 
 const FEATURES: &str = "ringcentral.account.extension.features";
@@ -19,35 +24,7 @@ const FEATURES: &str = "ringcentral.account.extension.features";
 async fn kafka_down_notifications_are_answered_fast_and_delivered_when_it_returns() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
-    kafka.down();
-    let mut uuids = Vec::new();
-    for i in 0..40 {
-        let uuid = format!("outage-{}-{i}", unique());
-        let started = Instant::now();
-        let response = app
-            .post_webhook(extension_update(&uuid, "7", &["Limits"]).to_string())
-            .await;
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "answered in {:?}",
-            started.elapsed()
-        );
-        uuids.push(uuid);
-    }
-    // Ready: Kafka's outage must not take the bridge out of a load balancer.
-    let ready = app.get_admin("/readyz").await;
-    assert_eq!(ready.status(), 200);
-    let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready["spool"], "ok");
-    assert!(ready["kafka"]["brokersUp"].is_number());
-    // Handshakes still work.
-    let handshake = app.post_with("", &[("Validation-Token", "t")]).await;
-    assert_eq!(handshake.status(), 200);
-
-    kafka.up();
-    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(60)).await;
-    assert!(missing.is_empty(), "lost {missing:?}");
+    an_outage_costs_no_notification_and_no_slow_answer(&app, &kafka).await;
     app.shutdown().await;
 }
 
@@ -111,11 +88,11 @@ async fn a_message_kafka_rejects_for_good_goes_to_the_dead_letter_topic_and_bloc
             .await;
         assert_eq!(response.status(), 200);
     }
-    let later = read_n(
+    let later = read_until(
         &app.bootstrap,
         &[FEATURES.to_string()],
-        1,
         Duration::from_secs(30),
+        |got| !got.is_empty(),
     )
     .await;
     assert_eq!(
@@ -123,11 +100,11 @@ async fn a_message_kafka_rejects_for_good_goes_to_the_dead_letter_topic_and_bloc
         after,
         "the next notification was not blocked"
     );
-    let dead = read_n(
+    let dead = read_until(
         &app.bootstrap,
         &["ringcentral.dead-letter".to_string()],
-        1,
         Duration::from_secs(30),
+        |got| !got.is_empty(),
     )
     .await;
     assert_eq!(dead[0].uuid(), poisoned);
@@ -171,11 +148,11 @@ async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_are
             .await;
         assert_eq!(response.status(), 200);
     }
-    let later = read_n(
+    let later = read_until(
         &app.bootstrap,
         &[FEATURES.to_string()],
-        1,
         Duration::from_secs(30),
+        |got| !got.is_empty(),
     )
     .await;
     assert_eq!(
@@ -221,17 +198,19 @@ async fn a_full_spool_answers_503_then_recovers_by_itself() {
     .await;
     kafka.down();
     let mut accepted = Vec::new();
-    let refused = loop {
-        let uuid = format!("full-{}-{}", unique(), accepted.len());
+    let mut refused = None;
+    for i in 0..100 {
+        let uuid = format!("full-{}-{i}", unique());
         let response = app
             .post_webhook(extension_update(&uuid, "3", &["Limits"]).to_string())
             .await;
         if response.status() != 200 {
-            break response;
+            refused = Some(response);
+            break;
         }
         accepted.push(uuid);
-        assert!(accepted.len() < 100, "the spool never filled");
-    };
+    }
+    let refused = refused.expect("the spool filled");
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "5");
     assert_eq!(
@@ -246,19 +225,19 @@ async fn a_full_spool_answers_503_then_recovers_by_itself() {
     let missing = missing_after_delivery(&app.bootstrap, &accepted, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "lost {missing:?}");
     // Once drained, the spool takes notifications again and says so.
-    let mut ready = false;
-    for _ in 0..500 {
-        let uuid = format!("after-full-{}", unique());
-        let response = app
-            .post_webhook(extension_update(&uuid, "3", &["Limits"]).to_string())
-            .await;
-        if response.status() == 200 {
-            ready = app.get_admin("/readyz").await.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "the bridge recovered");
+    eventually(
+        "the spool to take notifications again",
+        Duration::from_secs(10),
+        async || {
+            let uuid = format!("after-full-{}", unique());
+            let response = app
+                .post_webhook(extension_update(&uuid, "3", &["Limits"]).to_string())
+                .await;
+            response.status() == 200
+        },
+    )
+    .await;
+    assert_eq!(app.get_admin("/readyz").await.status(), 200, "ready again");
     app.shutdown().await;
 }
 
@@ -292,10 +271,7 @@ async fn a_restart_resumes_the_spool_and_remembers_uuids() {
 async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let (accepted, bridge) = kill_repeatedly_under_load(&kafka.bootstrap, dir.path(), |down| {
-        if down { kafka.down() } else { kafka.up() }
-    })
-    .await;
+    let (accepted, bridge) = kill_repeatedly_under_load(&kafka.bootstrap, dir.path(), &kafka).await;
     let missing =
         missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(90)).await;
     drop(bridge);
@@ -308,25 +284,15 @@ async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
     );
 }
 
-#[test]
-fn an_unusable_spool_directory_stops_start_up_with_a_clear_message() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_spool_directory_stops_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, "").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--brokers", "127.0.0.1:1", "--allow-unverified-webhooks"])
-        .arg("--spool-dir")
-        .arg(file.join("spool"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = Serve::new(file.join("spool"))
+        .brokers("127.0.0.1:1")
+        .args(&["--allow-unverified-webhooks"])
+        .refuses()
+        .await;
     assert!(stderr.contains("cannot create spool directory"), "{stderr}");
 }

@@ -1,15 +1,18 @@
-//! The public endpoint under hostile input: bounded fan-out, untrusted ids, authentication by default,
-//! the subscription allow-list.
+//! The public endpoint under hostile input: bounded fan-out, untrusted ids, authentication by
+//! default. Hostile bodies and the subscription allow-list, which the router alone decides, are in
+//! `rejections.rs`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::MockKafka;
-use crate::common::{
-    BridgeProcess, TestApp, read_all_before_marker, read_n, sample, scrape_until, unique,
-};
+use crate::common::app::{TestApp, http};
+use crate::common::contract::read_all_before_marker;
+use crate::common::kafka::read_until;
+use crate::common::metrics::{sample, scrape_until};
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::unique;
+use crate::common::process::{BridgeProcess, Serve};
 
 /// One change with as many distinct hints as fit in 64 KiB.
 fn hint_bomb(uuid: &str) -> String {
@@ -65,8 +68,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]);
-    let client = crate::common::http();
+    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]).await;
+    let client = http();
     let run = unique();
     let mut bodies = Vec::new();
     let mut batch_entries = 0;
@@ -81,7 +84,7 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     for group in bodies.chunks(4) {
         let answers = futures_join(group.iter().map(|body| {
             let client = client.clone();
-            let url = format!("{}/webhook", bridge.address);
+            let url = format!("{}/webhook", bridge.address());
             let body = body.clone();
             async move { client.post(url).body(body).send().await.unwrap().status() }
         }))
@@ -89,7 +92,7 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
         assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     }
 
-    let scrape = scrape_until(&bridge.admin_address, "everything relayed", |s| {
+    let scrape = scrape_until(&bridge.admin_address(), "everything relayed", |s| {
         sample(s, "rckb_spool_entries", &[]) == 0.0
             && sample(s, "rckb_notifications_total", &[("outcome", "accepted")]) >= 20.0
     })
@@ -113,11 +116,11 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     eprintln!("peak RSS {} MiB", peak / 1024);
     assert!(peak < 150 * 1024, "peak RSS {} MiB", peak / 1024);
 
-    let bombs = read_n(
+    let bombs = read_until(
         &kafka.bootstrap,
         &["ringcentral.unrouted".to_string()],
-        10,
         Duration::from_secs(20),
+        |got| got.len() >= 10,
     )
     .await;
     let bombs: Vec<_> = bombs
@@ -189,161 +192,16 @@ async fn distinct_big_numeric_uuids_are_not_duplicates() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_allowed_subscriptions_may_post() {
-    let kafka = MockKafka::start();
-    let app = TestApp::spawn(&kafka.bootstrap, |a| {
-        // The markers of `read_all_before_marker` come from these two.
-        a.allowed_subscription_ids = [
-            "sub-ok",
-            "9d38419f-645f-4ee3-a053-8cf1368c21c4",
-            "sub-marker",
-        ]
-        .map(|id| id.parse().unwrap())
-        .into();
-    })
-    .await;
-    let notification = |uuid: &str, subscription: Option<&str>| {
-        let mut body = json!({"uuid": uuid, "event": "/restapi/v1.0/account/~/extension/1",
-            "body": {"extensionId": "1", "eventType": "Update", "hints": ["Features"]}});
-        if let Some(id) = subscription {
-            body["subscriptionId"] = json!(id);
-        }
-        body.to_string()
-    };
-    let run = unique();
-    for (what, subscription) in [("another", Some("sub-other")), ("none", None)] {
-        let response = app
-            .post_webhook(notification(&format!("no-{run}-{what}"), subscription))
-            .await;
-        assert_eq!(response.status(), 403, "{what}");
-        assert!(response.text().await.unwrap().len() < 100);
-    }
-    let allowed = format!("yes-{run}");
-    let response = app
-        .post_webhook(notification(&allowed, Some("sub-ok")))
-        .await;
-    assert_eq!(response.status(), 200);
-
-    let by_topic = read_all_before_marker(&app, Duration::from_secs(20)).await;
-    let uuids: Vec<&str> = by_topic.values().flatten().map(|m| m.uuid()).collect();
-    assert_eq!(
-        uuids,
-        vec![allowed.as_str()],
-        "only the allowed one published"
-    );
-    let scrape = app.metrics().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            "rckb_notifications_total",
-            &[("outcome", "rejected_forbidden")]
-        ),
-        2.0
-    );
-    app.shutdown().await;
-}
-
-/// Bodies a hostile client might send. None may crash the bridge, none may be answered 5xx, and
-/// what is accepted is bounded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_corpus_gets_clear_answers_and_bounded_work() {
-    let kafka = MockKafka::start();
-    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
-    let u = unique();
-    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let deep_body = format!(
-        r#"{{"uuid":"deep-{u}","event":"/restapi/v1.0/account/~/extension/1","body":{}}}"#,
-        "{\"a\":".repeat(2000) + "1" + &"}".repeat(2000)
-    );
-    let corpus: Vec<(&str, Vec<u8>, &[u16])> = vec![
-        ("deeply nested arrays", deep.into_bytes(), &[400, 413]),
-        ("deeply nested body", deep_body.into_bytes(), &[400]),
-        ("invalid UTF-8", b"{\"uuid\":\"\xff\xfe\",\"event\":\"/x\"}".to_vec(), &[400]),
-        ("NUL bytes", b"\0\0\0\0".to_vec(), &[400]),
-        ("huge number uuid", format!(r#"{{"uuid":{},"event":"/x"}}"#, "9".repeat(5000)).into_bytes(), &[200]),
-        ("exponent uuid", format!(r#"{{"uuid":1e999999,"event":"/x-{u}"}}"#).into_bytes(), &[200, 400]),
-        ("hints as objects", json!({"uuid": format!("obj-{u}"), "event": "/restapi/v1.0/account/~/extension/1",
-            "body": {"extensionId": "1", "eventType": "Update", "hints": [{"a": [1, 2]}, null, true, 7]}})
-            .to_string().into_bytes(), &[200]),
-        ("extension id as an object", json!({"uuid": format!("eobj-{u}"), "event": "/restapi/v1.0/account/~/extension/1",
-            "body": {"extensionId": {"x": 1}, "eventType": "Update", "hints": ["Features"]}})
-            .to_string().into_bytes(), &[200]),
-        ("account id with a path", json!({"uuid": format!("acc-{u}"), "event": "/restapi/v1.0/account/..%2f..%2f/extension/1",
-            "body": {"extensionId": "1", "eventType": "Update", "hints": ["Features"]}})
-            .to_string().into_bytes(), &[200]),
-        ("newlines in a hint", json!({"uuid": format!("nl-{u}"), "event": "/restapi/v1.0/account/~/extension/1",
-            "body": {"extensionId": "1", "eventType": "Update", "hints": ["A\r\nX-Injected: 1"]}})
-            .to_string().into_bytes(), &[200]),
-        ("a batch of 5000 empty entries", json!({"uuid": format!("empty-{u}"), "event": "/restapi/v1.0/account/~/extension",
-            "body": {"extensions": vec![json!({}); 5000]}}).to_string().into_bytes(), &[200]),
-        ("a batch of 1600 deletions", json!({"uuid": format!("many-{u}"), "event": "/restapi/v1.0/account/~/extension",
-            "body": {"extensions": vec![json!({"extensionId": 1, "eventType": "Delete"}); 1600]}})
-            .to_string().into_bytes(), &[200]),
-        ("a 1 MiB body", vec![b' '; 1 << 20], &[413]),
-    ];
-    let client = crate::common::http();
-    for (what, body, expected) in &corpus {
-        let response = client
-            .post(format!("{}/webhook", app.address))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
-        let status = response.status().as_u16();
-        assert!(expected.contains(&status), "{what}: answered {status}");
-        assert!(
-            response.bytes().await.unwrap().len() < 200,
-            "{what}: tiny answer"
-        );
-    }
-    // Still serving, and what was accepted stayed within the default caps.
-    assert_eq!(app.get_admin("/healthz").await.status(), 200);
-    let scrape = app
-        .metrics_until("everything relayed", |s| {
-            sample(s, "rckb_spool_entries", &[]) == 0.0
-        })
-        .await;
-    let published = sample(&scrape, "rckb_messages_published_total", &[]);
-    assert!(published < 5000.0, "{published} messages from the corpus");
-    app.shutdown().await;
-}
-
-/// `serve` on loopback port 0 with a spool in `dir`, without whatever the environment says about
-/// brokers and webhook authentication.
-fn serve(dir: &Path, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--spool-dir"])
-        .arg(dir)
-        .args(args)
-        .env_remove("RCKB_VERIFICATION_TOKEN")
-        .env_remove("RCKB_ALLOW_UNVERIFIED_WEBHOOKS")
-        .env_remove("RCKB_BROKERS");
-    command
-}
-
-/// Runs `serve ARGS`, which must refuse to start; returns its stderr.
-fn serve_refuses(args: &[&str]) -> String {
+/// Runs `serve ARGS` (no brokers and no webhook authentication but what ARGS say), which must
+/// refuse to start; returns its stderr.
+async fn serve_refuses(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let output = serve(dir.path(), args).output().unwrap();
-    assert!(
-        !output.status.success(),
-        "serve {args:?} must refuse to start"
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    Serve::new(dir.path()).args(args).refuses().await
 }
 
-#[test]
-fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
-    let stderr = serve_refuses(&["--brokers", "127.0.0.1:1"]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
+    let stderr = serve_refuses(&["--brokers", "127.0.0.1:1"]).await;
     assert!(stderr.contains("verification_token"), "{stderr}");
     assert!(stderr.contains("--allow-unverified-webhooks"), "{stderr}");
     let stderr = serve_refuses(&[
@@ -351,44 +209,22 @@ fn a_real_broker_needs_a_verification_token_or_an_explicit_opt_out() {
         "127.0.0.1:1",
         "--verification-token",
         "REPLACE-WITH-THE-SUBSCRIPTION-VERIFICATION-TOKEN",
-    ]);
+    ])
+    .await;
     assert!(stderr.contains("placeholder"), "{stderr}");
 }
 
 /// The log lines of `serve ARGS` up to "listening" (the process is stopped then).
-fn startup_log(args: &[&str]) -> Vec<String> {
-    use std::io::BufRead;
+async fn startup_log(args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = serve(dir.path(), args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = Vec::new();
-    for line in std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-    {
-        let done = line.contains("\"listening\"");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        lines.last().is_some_and(|l| l.contains("listening")),
-        "serve {args:?} did not start: {lines:?}"
-    );
-    lines
+    let bridge = Serve::new(dir.path()).args(args).start().await;
+    bridge.start_up_lines().to_vec()
 }
 
-#[test]
-fn opting_out_and_short_tokens_start_with_a_warning() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opting_out_and_short_tokens_start_with_a_warning() {
     let kafka = MockKafka::start();
-    let log = startup_log(&["--brokers", &kafka.bootstrap, "--allow-unverified-webhooks"]);
+    let log = startup_log(&["--brokers", &kafka.bootstrap, "--allow-unverified-webhooks"]).await;
     assert!(
         log.iter()
             .any(|l| l.contains("WARN") && l.contains("without a verification token")),
@@ -399,7 +235,8 @@ fn opting_out_and_short_tokens_start_with_a_warning() {
         &kafka.bootstrap,
         "--verification-token",
         "short",
-    ]);
+    ])
+    .await;
     assert!(
         log.iter()
             .any(|l| l.contains("WARN") && l.contains("shorter than 16")),
@@ -407,8 +244,8 @@ fn opting_out_and_short_tokens_start_with_a_warning() {
     );
 }
 
-#[test]
-fn the_embedded_broker_needs_no_token() {
-    let log = startup_log(&[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_needs_no_token() {
+    let log = startup_log(&[]).await;
     assert!(!log.iter().any(|l| l.contains("verification")), "{log:?}");
 }

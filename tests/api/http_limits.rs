@@ -2,98 +2,50 @@
 //! a connection slot for seconds, never the bridge; SIGTERM ends within the grace period whatever
 //! is in flight.
 
-use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::spool::Spool;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::MockKafka;
-use crate::common::{
-    BridgeProcess, TestApp, extension_update, http, read_until, sample, scrape_until, unique,
-};
+use crate::common::app::{TestApp, http};
+use crate::common::kafka::read_until;
+use crate::common::metrics::{sample, scrape_until};
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{extension_update, unique};
+use crate::common::polling::eventually;
+use crate::common::process::{BridgeProcess, Serve};
 
 const FEATURES: &str = "ringcentral.account.extension.features";
 const TOKEN: &str = "http-limits-test-verification-token";
 
 /// The real binary on ephemeral ports with a verification token, its descriptor limit (soft and
-/// hard) set to `nofile` when given. Returns it with its log lines up to "listening".
-fn start_bridge(
+/// hard) set to `nofile` when given.
+async fn start_bridge(
     brokers: &str,
     spool_dir: &Path,
     nofile: Option<u64>,
     extra: &[&str],
-) -> (BridgeProcess, Vec<Value>) {
-    let binary = env!("CARGO_BIN_EXE_rc-kafka-bridge");
-    let mut command = std::process::Command::new("sh");
-    let limit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} && "));
-    command
-        .arg("-c")
-        .arg(format!("{limit}exec \"$0\" \"$@\""))
-        .arg(binary)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--brokers", brokers, "--log-format", "json"])
-        .args(["--verification-token", TOKEN])
-        .arg("--spool-dir")
-        .arg(spool_dir)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().expect("bridge binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let mut start_up = Vec::new();
-    let (port, admin_port) = loop {
-        let line = lines
-            .next()
-            .expect("bridge exited before listening")
-            .expect("stderr readable");
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        start_up.push(event.clone());
-        if event["message"] == "listening" {
-            break (
-                event["port"].as_u64().unwrap(),
-                event["admin_port"].as_u64().unwrap(),
-            );
-        }
-    };
-    let (tx, logs) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if std::env::var_os("TEST_LOG").is_some() {
-                eprintln!("bridge: {line}");
-            }
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(event);
-            }
-        }
-    });
-    let bridge = BridgeProcess {
-        child,
-        address: format!("http://127.0.0.1:{port}"),
-        admin_address: format!("http://127.0.0.1:{admin_port}"),
-        logs,
-    };
-    (bridge, start_up)
+) -> BridgeProcess {
+    let mut serve = Serve::new(spool_dir)
+        .brokers(brokers)
+        .args(&["--verification-token", TOKEN])
+        .args(extra);
+    if let Some(limit) = nofile {
+        serve = serve.descriptor_limit(limit);
+    }
+    serve.start().await
 }
 
-/// The first start-up log line whose message is `message`.
-fn logged<'a>(start_up: &'a [Value], message: &str) -> &'a Value {
+/// The first start-up log event whose message is `message`.
+fn logged(start_up: &[Value], message: &str) -> Value {
     start_up
         .iter()
         .find(|e| e["message"] == message)
+        .cloned()
         .unwrap_or_else(|| panic!("no {message:?} log line in {start_up:?}"))
 }
 
@@ -126,7 +78,10 @@ async fn get_status(url: &str) -> Option<u16> {
 }
 
 /// Reads until the server closes the connection; what it sent, and whether it closed within `within`.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+async fn read_until_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    within: Duration,
+) -> (Vec<u8>, bool) {
     let mut received = Vec::new();
     let closed = tokio::time::timeout(within, async {
         let mut buf = [0u8; 4096];
@@ -148,12 +103,15 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>
 async fn half_sent_requests_cannot_exhaust_the_descriptors_of_a_1024_descriptor_process() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let (bridge, start_up) = start_bridge(
+    let bridge = start_bridge(
         &kafka.bootstrap,
         dir.path(),
         Some(1024),
         &["--header-timeout", "1s", "--max-connections", "5000"],
-    );
+    )
+    .await;
+    let (address, admin_address) = (bridge.address(), bridge.admin_address());
+    let start_up = bridge.start_up_events();
     let caps = logged(&start_up, "connection caps");
     assert_eq!(caps["descriptor_limit"], 1024, "{caps}");
     let clamped = logged(
@@ -171,11 +129,7 @@ async fn half_sent_requests_cannot_exhaust_the_descriptors_of_a_1024_descriptor_
     // 100 on the admin listener; both listeners get more than their cap.
     let mut attackers = Vec::new();
     for i in 0..1100 {
-        let address = if i < 1000 {
-            &bridge.address
-        } else {
-            &bridge.admin_address
-        };
+        let address = if i < 1000 { &address } else { &admin_address };
         let mut stream = TcpStream::connect(host_port(address)).await.unwrap();
         stream
             .write_all(b"POST /webhook HTTP/1.1\r\nHost: bridge\r\nContent-Le")
@@ -188,22 +142,20 @@ async fn half_sent_requests_cannot_exhaust_the_descriptors_of_a_1024_descriptor_
 
     // Both listeners answer again within a few seconds of the header timeout.
     let uuid = format!("after-attack-{}", unique());
-    let mut webhook = None;
-    let mut health = None;
-    while webhook != Some(200) || health != Some(200) {
-        assert!(
-            attacked.elapsed() < Duration::from_secs(10),
-            "not answering again: webhook {webhook:?}, healthz {health:?}"
-        );
+    let (mut webhook, mut health) = (None, None);
+    let again = Duration::from_secs(10).saturating_sub(attacked.elapsed());
+    eventually("both listeners to answer again", again, async || {
         if webhook != Some(200) {
-            webhook = post_notification(&bridge.address, &uuid).await;
+            webhook = post_notification(&address, &uuid).await;
         }
         if health != Some(200) {
-            health = get_status(&format!("{}/healthz", bridge.admin_address)).await;
+            health = get_status(&format!("{admin_address}/healthz")).await;
         }
-    }
+        webhook == Some(200) && health == Some(200)
+    })
+    .await;
     assert_eq!(
-        get_status(&format!("{}/readyz", bridge.admin_address)).await,
+        get_status(&format!("{admin_address}/readyz")).await,
         Some(200)
     );
 
@@ -250,25 +202,14 @@ async fn a_trickling_request_body_is_cut_at_the_body_timeout() {
     let (mut reader, mut writer) = stream.into_split();
     let trickle = tokio::spawn(async move {
         let mut sent = 0;
-        // One byte every 100 ms: the whole body would take 100 s.
+        // One byte every 100 ms (the client's pace, not a wait): the whole body would take 100 s.
         while sent < 1000 && writer.write_all(b" ").await.is_ok() {
             sent += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         sent
     });
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = reader.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            received.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .is_ok();
+    let (received, closed) = read_until_closed(&mut reader, Duration::from_secs(5)).await;
     let cut_after = started.elapsed();
     trickle.abort();
     assert!(closed, "the trickling request was never cut");
@@ -341,13 +282,14 @@ async fn a_request_head_over_the_limit_gets_431() {
 async fn sigterm_with_a_trickling_client_exits_within_the_grace_period() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let (mut bridge, _) = start_bridge(
+    let mut bridge = start_bridge(
         &kafka.bootstrap,
         dir.path(),
         None,
         &["--shutdown-grace", "2s", "--body-timeout", "60s"],
-    );
-    let mut stream = TcpStream::connect(host_port(&bridge.address))
+    )
+    .await;
+    let mut stream = TcpStream::connect(host_port(&bridge.address()))
         .await
         .unwrap();
     let head = format!(
@@ -368,6 +310,7 @@ async fn sigterm_with_a_trickling_client_exits_within_the_grace_period() {
     );
     let (mut reader, mut writer) = stream.into_split();
     let trickle = tokio::spawn(async move {
+        // A byte every 100 ms: the client's pace, not a wait.
         while writer.write_all(b" ").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -375,33 +318,29 @@ async fn sigterm_with_a_trickling_client_exits_within_the_grace_period() {
 
     let signalled = Instant::now();
     bridge.signal("TERM");
-    let readyz = format!("{}/readyz", bridge.admin_address);
-    let mut draining = None;
-    while draining.is_none() {
-        assert!(
-            signalled.elapsed() < Duration::from_secs(1),
-            "/readyz still ready after SIGTERM"
-        );
-        let response = http()
-            .get(&readyz)
-            .send()
-            .await
-            .expect("admin answers while draining");
-        if response.status() == 503 {
-            draining = Some(response.json::<Value>().await.unwrap());
-        }
-    }
-    let draining = draining.unwrap();
+    let readyz = format!("{}/readyz", bridge.admin_address());
+    let within = Duration::from_secs(1).saturating_sub(signalled.elapsed());
+    let draining = eventually(
+        "/readyz to say the bridge is draining",
+        within,
+        async || {
+            let response = http()
+                .get(&readyz)
+                .send()
+                .await
+                .expect("admin answers while draining");
+            match response.status().as_u16() {
+                503 => Some(response.json::<Value>().await.unwrap()),
+                _ => None,
+            }
+        },
+    )
+    .await;
     assert_eq!(draining["shuttingDown"], true, "{draining}");
     assert_eq!(draining["ready"], false, "{draining}");
     assert!(bridge.child.try_wait().unwrap().is_none(), "still draining");
 
-    let (status, bridge) = tokio::task::spawn_blocking(move || {
-        let status = bridge.wait_exit(Duration::from_secs(10));
-        (status, bridge)
-    })
-    .await
-    .unwrap();
+    let status = bridge.wait_exit(Duration::from_secs(10)).await;
     let exited_after = signalled.elapsed();
     assert!(status.success(), "exit status {status:?}");
     assert!(
@@ -428,13 +367,13 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
         "--kafka-property",
         "statistics.interval.ms=100",
     ];
-    let (mut bridge, _) = start_bridge(&kafka.bootstrap, dir.path(), None, &stuck);
+    let mut bridge = start_bridge(&kafka.bootstrap, dir.path(), None, &stuck).await;
     kafka.down();
     let uuid = format!("stuck-{}", unique());
-    assert_eq!(post_notification(&bridge.address, &uuid).await, Some(200));
+    assert_eq!(post_notification(&bridge.address(), &uuid).await, Some(200));
     // The relay's round is in flight once the producer holds the message.
     scrape_until(
-        &bridge.admin_address,
+        &bridge.admin_address(),
         "the producer to hold the message",
         |s| sample(s, "rckb_kafka_producer_queue_messages", &[]) >= 1.0,
     )
@@ -442,12 +381,7 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
 
     let signalled = Instant::now();
     bridge.signal("TERM");
-    let (status, bridge) = tokio::task::spawn_blocking(move || {
-        let status = bridge.wait_exit(Duration::from_secs(30));
-        (status, bridge)
-    })
-    .await
-    .unwrap();
+    let status = bridge.wait_exit(Duration::from_secs(30)).await;
     let exited_after = signalled.elapsed();
     drop(bridge);
     assert!(status.success(), "exit status {status:?}");
@@ -472,7 +406,7 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
     drop(spool);
 
     kafka.up();
-    let (restarted, _) = start_bridge(&kafka.bootstrap, dir.path(), None, &[]);
+    let restarted = start_bridge(&kafka.bootstrap, dir.path(), None, &[]).await;
     let got = read_until(
         &kafka.bootstrap,
         &[FEATURES.into()],
@@ -487,7 +421,7 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
         got.iter().any(|m| m.uuid() == uuid),
         "published after the restart"
     );
-    let scrape = scrape_until(&restarted.admin_address, "the spool to drain", |s| {
+    let scrape = scrape_until(&restarted.admin_address(), "the spool to drain", |s| {
         sample(s, "rckb_messages_published_total", &[]) >= 1.0
             && sample(s, "rckb_spool_entries", &[]) == 0.0
     })

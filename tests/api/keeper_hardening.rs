@@ -11,9 +11,13 @@ use rc_kafka_bridge::ringcentral::keeper::{Keeper, KeeperSettings};
 use rc_kafka_bridge::ringcentral::{Credentials, RingCentral, SubscriptionId};
 use tokio::sync::{mpsc, watch};
 
-use crate::MockKafka;
-use crate::common::fake_ringcentral::{CLIENT_ID, CLIENT_SECRET, FakeRingCentral, FakeState, JWT};
-use crate::common::{TestApp, eventually, reminder_notification, sample, unique};
+use crate::common::app::TestApp;
+use crate::common::fake_ringcentral::{CLIENT_ID, CLIENT_SECRET, FakeRingCentral, JWT};
+use crate::common::metrics::{render, render_until, sample};
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{reminder_notification, unique};
+use crate::common::polling::eventually;
+use crate::common::process::{Serve, bridge_command};
 
 /// A subscription id that, pasted into a path, would reach RingCentral's RingOut endpoint.
 const PATH_TRICK: &str = "../../v1.0/account/~/extension/~/ring-out?to=15551234567&";
@@ -24,37 +28,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The binary, run without blocking the test's runtime.
 fn bridge() -> tokio::process::Command {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    tokio::process::Command::from(bridge_command())
 }
 
 async fn run(command: &mut tokio::process::Command) -> Output {
     command.output().await.expect("the binary runs")
-}
-
-/// Waits (bounded) until `condition` holds on the fake's state.
-async fn fake_until(fake: &FakeRingCentral, what: &str, condition: impl Fn(&FakeState) -> bool) {
-    eventually(what, Duration::from_secs(20), || {
-        condition(&fake.state.lock().unwrap())
-    })
-    .await;
-}
-
-fn scrape(metrics: &Metrics) -> prometheus_parse::Scrape {
-    let text = metrics.render();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
-}
-
-/// Waits (bounded) until `condition` holds on the metrics of a keeper run in this test.
-async fn metrics_until(
-    metrics: &Metrics,
-    what: &str,
-    condition: impl Fn(&prometheus_parse::Scrape) -> bool,
-) {
-    eventually(what, Duration::from_secs(20), || {
-        condition(&scrape(metrics))
-    })
-    .await;
 }
 
 fn ignored(scrape: &prometheus_parse::Scrape, reason: &str) -> f64 {
@@ -121,14 +101,12 @@ fn start_keeper(
 }
 
 /// Waits (bounded) until the keeper publishes `want` as its subscription.
-async fn kept_becomes(kept: &mut watch::Receiver<Option<SubscriptionId>>, want: &str) {
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        kept.wait_for(|id| id.as_ref().is_some_and(|id| id == want)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the keeper never kept {want}"))
-    .expect("the keeper is running");
+async fn kept_becomes(kept: &watch::Receiver<Option<SubscriptionId>>, want: &str) {
+    let what = format!("the keeper to keep {want}");
+    eventually(what, Duration::from_secs(20), async || {
+        kept.borrow().as_ref().is_some_and(|id| id == want)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +146,7 @@ async fn a_reminder_posted_to_the_webhook_with_a_path_trick_id_reaches_no_other_
             .await;
     }
     // Reminders are handled in order: once ours is renewed, the others were handled too.
-    fake_until(&fake, "the renewal of the kept subscription", |s| {
+    fake.until("the renewal of the kept subscription", |s| {
         s.renewals.contains(&ours)
     })
     .await;
@@ -200,8 +178,8 @@ async fn the_keeper_acts_only_on_reminders_for_the_subscription_it_owns() {
     let fake = FakeRingCentral::start().await;
     let ours = fake.seed(ADDRESS, "Active", Some(TOKEN));
     let other = fake.seed("https://other.example/webhook", "Active", None);
-    let mut keeper = start_keeper(&fake, JWT, ADDRESS, Some(&ours), Duration::from_secs(3600));
-    kept_becomes(&mut keeper.kept, &ours).await;
+    let keeper = start_keeper(&fake, JWT, ADDRESS, Some(&ours), Duration::from_secs(3600));
+    kept_becomes(&keeper.kept, &ours).await;
 
     for reminded in [
         PATH_TRICK,
@@ -217,7 +195,7 @@ async fn the_keeper_acts_only_on_reminders_for_the_subscription_it_owns() {
     ] {
         keeper.reminders.send(reminded.to_string()).unwrap();
     }
-    fake_until(&fake, "the renewal of the kept subscription", |s| {
+    fake.until("the renewal of the kept subscription", |s| {
         s.renewals.contains(&ours)
     })
     .await;
@@ -234,11 +212,11 @@ async fn the_keeper_acts_only_on_reminders_for_the_subscription_it_owns() {
         fake.state.lock().unwrap().renewals,
         std::slice::from_ref(&ours)
     );
-    metrics_until(&keeper.metrics, "every reminder handled", |m| {
+    render_until(&keeper.metrics, "every reminder handled", |m| {
         ignored(m, "recently_renewed") == 2.0
     })
     .await;
-    let m = scrape(&keeper.metrics);
+    let m = render(&keeper.metrics);
     assert_eq!(ignored(&m, "invalid_id"), 5.0);
     assert_eq!(ignored(&m, "other_subscription"), 1.0);
     assert_eq!(sample(&m, "rckb_subscription_renewals_total", &[]), 1.0);
@@ -253,26 +231,28 @@ async fn the_kept_subscription_id_follows_a_recreation() {
     let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
     let address = format!("{}/webhook", app.address);
     let ours = fake.seed(&address, "Active", None);
-    let mut keeper = start_keeper(
+    let keeper = start_keeper(
         &fake,
         JWT,
         &address,
         Some(&ours),
         Duration::from_millis(100),
     );
-    kept_becomes(&mut keeper.kept, &ours).await;
+    kept_becomes(&keeper.kept, &ours).await;
 
     fake.set_status(&ours, "Blacklisted");
-    tokio::time::timeout(
+    let new = eventually(
+        "a new subscription to be kept",
         Duration::from_secs(20),
-        keeper
-            .kept
-            .wait_for(|id| id.as_ref().is_some_and(|id| *id != *ours.as_str())),
+        async || {
+            keeper
+                .kept
+                .borrow()
+                .clone()
+                .filter(|id| *id != *ours.as_str())
+        },
     )
-    .await
-    .expect("a new subscription is kept")
-    .unwrap();
-    let new = keeper.kept.borrow().clone().unwrap();
+    .await;
     {
         let state = fake.state.lock().unwrap();
         assert!(state.subscriptions.contains_key(new.as_str()));
@@ -281,7 +261,7 @@ async fn the_kept_subscription_id_follows_a_recreation() {
 
     // A reminder for the replaced subscription is no longer acted on.
     keeper.reminders.send(ours.clone()).unwrap();
-    metrics_until(&keeper.metrics, "the stale reminder to be ignored", |m| {
+    render_until(&keeper.metrics, "the stale reminder to be ignored", |m| {
         ignored(m, "other_subscription") == 1.0
     })
     .await;
@@ -302,12 +282,12 @@ async fn a_keeper_that_owns_no_subscription_renews_nothing() {
         Some(&id),
         Duration::from_secs(3600),
     );
-    metrics_until(&keeper.metrics, "the failed adoption", |m| {
+    render_until(&keeper.metrics, "the failed adoption", |m| {
         sample(m, "rckb_ringcentral_api_errors_total", &[]) >= 1.0
     })
     .await;
     keeper.reminders.send(id.clone()).unwrap();
-    metrics_until(&keeper.metrics, "the reminder to be ignored", |m| {
+    render_until(&keeper.metrics, "the reminder to be ignored", |m| {
         ignored(m, "none_kept") == 1.0
     })
     .await;
@@ -414,17 +394,13 @@ async fn the_client_works_on_a_machine_without_ca_certificates() {
     assert!(text(&out.stdout).contains(&id));
 }
 
-/// `check-config` with extra arguments and environment; every other `RCKB_*` variable removed.
+/// `check-config` with extra arguments and environment (and no other `RCKB_*` variable).
 async fn check_config(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = bridge();
-    command.arg("check-config").args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("RCKB_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().copied());
-    run(&mut command).await
+    run(bridge()
+        .arg("check-config")
+        .args(args)
+        .envs(env.iter().copied()))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,18 +523,13 @@ async fn kafka_property_errors_name_the_key_and_never_the_value() {
 async fn serve_names_a_refused_kafka_property_without_its_value() {
     const SECRET: &str = "S3cr3tMechanism";
     let dir = tempfile::tempdir().unwrap();
-    let out = run(bridge()
-        .args(["serve", "--brokers", "127.0.0.1:9"])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--spool-dir")
-        .arg(dir.path())
-        .args(["--verification-token", "a-long-enough-verification-token"])
-        .args(["--kafka-property", "security.protocol=sasl_plaintext"])
-        .args(["--kafka-property", &format!("sasl.mechanisms={SECRET}")])
-        .kill_on_drop(true))
-    .await;
-    assert!(!out.status.success());
-    let stderr = text(&out.stderr);
+    let stderr = Serve::new(dir.path())
+        .brokers("127.0.0.1:9")
+        .args(&["--verification-token", "a-long-enough-verification-token"])
+        .args(&["--kafka-property", "security.protocol=sasl_plaintext"])
+        .args(&["--kafka-property", &format!("sasl.mechanisms={SECRET}")])
+        .refuses()
+        .await;
     assert!(stderr.contains("sasl.mechanisms"), "{stderr}");
     assert!(!stderr.contains(SECRET), "{stderr}");
 }

@@ -1,7 +1,25 @@
-//! The bridge end to end over real HTTP, with Kafka from librdkafka's in-process mock cluster.
+//! The bridge end to end over real HTTP, with Kafka from librdkafka's in-process mock cluster; and
+//! what the webhook router decides alone, in process.
 
-#[path = "../common/mod.rs"]
-mod common;
+/// The helpers of `tests/common`, one module per concern. Each suite declares the modules it uses
+/// and no other: a helper no test of a suite calls would be dead code in that suite's binary, which
+/// the lints refuse. A helper only this suite needs goes in a module the real-broker suite
+/// (`tests/broker/main.rs`) does not declare.
+#[path = "../common"]
+mod common {
+    pub mod app;
+    pub mod contract;
+    pub mod fake_ringcentral;
+    pub mod kafka;
+    pub mod lifecycle;
+    pub mod metrics;
+    pub mod mock_kafka;
+    pub mod payloads;
+    pub mod polling;
+    pub mod process;
+    pub mod router;
+    pub mod scenarios;
+}
 
 mod delivery;
 mod docs;
@@ -9,37 +27,7 @@ mod exposure;
 mod http_limits;
 mod keeper_hardening;
 mod operations;
+mod rejections;
 mod spool;
 mod subscription;
 mod webhook;
-
-use rc_kafka_bridge::config::Settings;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-
-/// A mock Kafka cluster with every default topic created (one partition each).
-pub struct MockKafka {
-    pub cluster: MockCluster<'static, DefaultProducerContext>,
-    pub bootstrap: String,
-}
-
-impl MockKafka {
-    pub fn start() -> MockKafka {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        let settings = Settings::default();
-        let topics = settings.routing.published_topics();
-        for topic in topics {
-            cluster.create_topic(topic.as_str(), 1, 1).expect("topic");
-        }
-        let bootstrap = cluster.bootstrap_servers();
-        MockKafka { cluster, bootstrap }
-    }
-
-    pub fn down(&self) {
-        self.cluster.broker_down(1).expect("broker down");
-    }
-
-    pub fn up(&self) {
-        self.cluster.broker_up(1).expect("broker up");
-    }
-}

@@ -2,11 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::MockKafka;
-use crate::common::{
-    BridgeProcess, DOCUMENTED_EXAMPLE, Load, TestApp, extension_update, missing_after_delivery,
-    read_until, sample, unique,
-};
+use crate::common::app::{TestApp, http};
+use crate::common::kafka::{missing_after_delivery, read_until};
+use crate::common::metrics::sample;
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{DOCUMENTED_EXAMPLE, extension_update, unique};
+use crate::common::process::{BridgeProcess, Serve, bridge_command};
+use crate::common::scenarios::Load;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_tell_what_was_received_delivered_and_rejected() {
@@ -128,17 +130,11 @@ async fn sigterm_under_load_delivers_every_answered_notification_and_exits_zero(
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
     let mut bridge =
-        BridgeProcess::start(&kafka.bootstrap, dir.path(), &["--shutdown-grace", "10s"]);
-    let load = Load::until_accepted(&bridge.address, 4, 300).await;
+        BridgeProcess::start(&kafka.bootstrap, dir.path(), &["--shutdown-grace", "10s"]).await;
+    let load = Load::until_accepted(&bridge.address(), 4, 300).await;
     let signalled = Instant::now();
     bridge.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = bridge.wait_exit(Duration::from_secs(20));
-        (status, bridge)
-    })
-    .await
-    .unwrap();
-    let (status, bridge) = status;
+    let status = bridge.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
         signalled.elapsed() < Duration::from_secs(12),
@@ -168,15 +164,17 @@ async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one(
     let config = dir.path().join("bridge.toml");
     std::fs::write(&config, "[hints]\n").unwrap();
     let spool = dir.path().join("spool");
-    let bridge = BridgeProcess::start(
+    let mut bridge = BridgeProcess::start(
         &kafka.bootstrap,
         &spool,
         &["--config", config.to_str().unwrap()],
-    );
-    let client = crate::common::http();
+    )
+    .await;
+    let client = http();
+    let url = format!("{}/webhook", bridge.address());
     let post = |uuid: String| {
         let client = client.clone();
-        let url = format!("{}/webhook", bridge.address);
+        let url = url.clone();
         async move {
             let body = extension_update(&uuid, "31", &["Holidays"]).to_string();
             let r = client.post(url).body(body).send().await.unwrap();
@@ -188,7 +186,9 @@ async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one(
 
     std::fs::write(&config, "[hints]\nHolidays = [\"account/~/holidays\"]\n").unwrap();
     bridge.signal("HUP");
-    bridge.wait_for_log("routing reloaded", Duration::from_secs(10));
+    bridge
+        .wait_for_log("routing reloaded", Duration::from_secs(10))
+        .await;
     let after = format!("hup-after-{}", unique());
     post(after.clone()).await;
 
@@ -198,7 +198,9 @@ async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one(
     )
     .unwrap();
     bridge.signal("HUP");
-    let rejected = bridge.wait_for_log("rejected", Duration::from_secs(10));
+    let rejected = bridge
+        .wait_for_log("rejected", Duration::from_secs(10))
+        .await;
     assert!(
         rejected["error"].as_str().unwrap().contains("Holidays"),
         "{rejected}"
@@ -243,25 +245,27 @@ async fn secrets_never_reach_the_logs() {
     let token = "token-hunter2-never-logged";
     let password = "password-swordfish-never-logged";
     let property = format!("sasl.password={password}");
-    let mut bridge = BridgeProcess::start_with_env(
-        &kafka.bootstrap,
-        dir.path(),
-        &["--verification-token", token, "--kafka-property", &property],
-        &[("RUST_LOG", "trace")],
-    );
-    let client = crate::common::http();
-    let url = format!("{}/webhook", bridge.address);
+    let mut bridge = Serve::new(dir.path())
+        .brokers(&kafka.bootstrap)
+        .args(&["--kafka-property", "message.timeout.ms=5000"])
+        .args(&["--verification-token", token, "--kafka-property", &property])
+        .env("RUST_LOG", "trace")
+        .start()
+        .await;
+    let client = http();
+    let url = format!("{}/webhook", bridge.address());
     let body = extension_update(&format!("secret-{}", unique()), "1", &["Limits"]).to_string();
-    for headers in [
-        vec![("Verification-Token", token)],
-        vec![("Verification-Token", "wrong")],
-        vec![],
+    for (headers, status) in [
+        (vec![("Verification-Token", token)], 200),
+        (vec![("Verification-Token", "wrong")], 401),
+        (vec![], 401),
     ] {
         let mut request = client.post(&url).body(body.clone());
-        for (k, v) in headers {
-            request = request.header(k, v);
+        for (k, v) in &headers {
+            request = request.header(*k, *v);
         }
-        request.send().await.unwrap();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{headers:?}");
     }
     let handshake = client
         .post(&url)
@@ -272,18 +276,11 @@ async fn secrets_never_reach_the_logs() {
         .unwrap();
     assert_eq!(handshake.status(), 200);
     bridge.signal("TERM");
-    let bridge = tokio::task::spawn_blocking(move || {
-        bridge.wait_exit(Duration::from_secs(20));
-        bridge
-    })
-    .await
-    .unwrap();
-    let logs: Vec<String> =
-        std::iter::from_fn(|| bridge.logs.recv_timeout(Duration::from_secs(2)).ok())
-            .map(|v| v.to_string())
-            .collect();
+    let status = bridge.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+    let logs = bridge.all_logs().await;
     assert!(logs.len() > 3, "trace logging produced lines");
-    for line in &logs {
+    for line in logs {
         assert!(!line.contains(token), "token logged: {line}");
         assert!(!line.contains(password), "password logged: {line}");
     }
@@ -292,7 +289,7 @@ async fn secrets_never_reach_the_logs() {
 #[test]
 fn check_config_validates_the_file_and_the_kafka_properties() {
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        bridge_command()
             .arg("check-config")
             .args(args)
             .output()
@@ -323,7 +320,7 @@ fn check_config_validates_the_file_and_the_kafka_properties() {
 
 #[test]
 fn routes_prints_every_hint_with_its_topics() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    let out = bridge_command()
         .args(["routes", "--topic-prefix", "rc."])
         .output()
         .unwrap();

@@ -2,13 +2,10 @@
 //! files, bounded dead letters, the `spool` commands, and the size of the database file against
 //! `--spool-max-bytes`.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::routing::{OutboundMessage, RoutePlan};
@@ -16,12 +13,13 @@ use rc_kafka_bridge::sink::{Sink, SinkError};
 use rc_kafka_bridge::spool::{self, Spool, SpoolError};
 use serde_json::Value;
 
-use crate::MockKafka;
-use crate::common::{
-    TestApp, extension_update, missing_after_delivery, read_until, sample, unique,
-};
+use crate::common::app::TestApp;
+use crate::common::kafka::{missing_after_delivery, read_until};
+use crate::common::metrics::sample;
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{extension_update, unique};
+use crate::common::process::{BridgeProcess, Serve, bridge_command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rc-kafka-bridge");
 /// Nothing listens there: notifications stay in the spool.
 const NO_KAFKA: &str = "127.0.0.1:1";
 const TOKEN: &str = "spool-tests-verification-token";
@@ -67,100 +65,34 @@ async fn spool_holding(count: usize) -> (tempfile::TempDir, Vec<String>) {
     (dir, uuids)
 }
 
-/// `rc-kafka-bridge serve` on `dir`, its stderr lines arriving on the receiver.
-fn serve(
-    dir: &Path,
-    brokers: &str,
-    extra: &[&str],
-) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--brokers", brokers, "--verification-token", TOKEN])
-        .args(["--log-format", "json", "--spool-dir"])
-        .arg(dir)
+/// `serve` on `dir` against `brokers`, with a verification token.
+fn serve(dir: &Path, brokers: &str, extra: &[&str]) -> Serve {
+    Serve::new(dir)
+        .brokers(brokers)
+        .args(&["--verification-token", TOKEN])
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bridge binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
 }
 
-/// Every log event of `serve` up to and including "listening"; the bridge keeps running.
-fn serve_until_listening(
+/// The bridge on `dir`, running, and every log event of its start-up.
+async fn serve_until_listening(
     dir: &Path,
     brokers: &str,
     extra: &[&str],
-) -> (std::process::Child, Vec<Value>) {
-    let (mut child, lines) = serve(dir, brokers, extra);
-    let mut events = Vec::new();
-    loop {
-        match lines.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                let listening = event["message"] == "listening";
-                events.push(event);
-                if listening {
-                    return (child, events);
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                panic!("the bridge did not start ({e:?}): {events:?}");
-            }
-        }
-    }
+) -> (BridgeProcess, Vec<Value>) {
+    let bridge = serve(dir, brokers, extra).start().await;
+    let events = bridge.start_up_events();
+    (bridge, events)
 }
 
 /// Runs `serve` on `dir` and expects it to refuse to start: it exits by itself, non-zero, without a
 /// panic. Returns its stderr.
-fn serve_refuses(dir: &Path) -> String {
-    let (mut child, lines) = serve(dir, NO_KAFKA, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stderr = Vec::new();
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains("\"listening\"") => {
-                let _ = child.kill();
-                panic!("serve started on {}: {stderr:#?}", dir.display());
-            }
-            Ok(line) => stderr.push(line),
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("serve neither started nor stopped: {stderr:#?}");
-            }
-        }
-    }
-    let status = child.wait().unwrap();
-    let stderr = stderr.join("\n");
-    assert!(!status.success(), "serve exited 0: {stderr}");
-    assert!(status.code().is_some(), "killed by a signal: {status:?}");
-    assert_ne!(status.code(), Some(101), "a panic: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
+async fn serve_refuses(dir: &Path) -> String {
+    serve(dir, NO_KAFKA, &[]).refuses().await
 }
 
 /// Runs a `spool` command; returns its exit success, stdout and stderr.
 fn spool_command(args: &[&str], dir: &Path) -> (bool, String, String) {
-    let out = Command::new(BIN)
+    let out = bridge_command()
         .arg("spool")
         .args(args)
         .arg("--spool-dir")
@@ -207,7 +139,7 @@ async fn an_emptied_database_stops_start_up_naming_the_file() {
     std::fs::File::create(&file).unwrap();
     let id_before = spool_id(dir.path());
 
-    let stderr = serve_refuses(dir.path());
+    let stderr = serve_refuses(dir.path()).await;
     assert!(
         stderr.contains(&format!("{} is empty", file.display())),
         "{stderr}"
@@ -226,7 +158,7 @@ async fn a_missing_database_stops_start_up_when_the_identity_says_a_spool_was_he
     let file = database(dir.path());
     std::fs::remove_file(&file).unwrap();
 
-    let stderr = serve_refuses(dir.path());
+    let stderr = serve_refuses(dir.path()).await;
     assert!(
         stderr.contains(&format!("{} is missing", file.display())),
         "{stderr}"
@@ -242,7 +174,7 @@ async fn another_spools_database_stops_start_up() {
     drop(open(other.path(), 1 << 20).unwrap());
     std::fs::copy(database(other.path()), database(dir.path())).unwrap();
 
-    let stderr = serve_refuses(dir.path());
+    let stderr = serve_refuses(dir.path()).await;
     let file = database(dir.path());
     assert!(
         stderr.contains(&format!("{} is not this spool's database", file.display())),
@@ -259,7 +191,7 @@ async fn scribbled_pages_stop_start_up_with_a_clear_error_never_a_panic() {
     let len = std::fs::metadata(&file).unwrap().len();
     scribble(&file, len / 4..len * 3 / 4);
 
-    let stderr = serve_refuses(dir.path());
+    let stderr = serve_refuses(dir.path()).await;
     assert!(
         stderr.contains(&format!("{} is damaged", file.display())),
         "{stderr}"
@@ -319,7 +251,7 @@ async fn a_spool_of_an_earlier_release_is_adopted_and_delivered() {
     }
 
     let kafka = MockKafka::start();
-    let (mut bridge, events) = serve_until_listening(dir.path(), &kafka.bootstrap, &[]);
+    let (bridge, events) = serve_until_listening(dir.path(), &kafka.bootstrap, &[]).await;
     let adopted = events
         .iter()
         .find(|e| {
@@ -333,14 +265,12 @@ async fn a_spool_of_an_earlier_release_is_adopted_and_delivered() {
     assert_eq!(adopted["id"], id.as_str());
     let missing = missing_after_delivery(&kafka.bootstrap, &uuids, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "not delivered: {missing:?}");
-    bridge.kill().unwrap();
-    bridge.wait().unwrap();
+    drop(bridge);
 
     // Adopted for good: the next start finds the same spool.
-    let (mut bridge, _) = serve_until_listening(dir.path(), &kafka.bootstrap, &[]);
+    let (bridge, _) = serve_until_listening(dir.path(), &kafka.bootstrap, &[]).await;
     assert_eq!(spool_id(dir.path()), id);
-    bridge.kill().unwrap();
-    bridge.wait().unwrap();
+    drop(bridge);
 }
 
 #[test]
@@ -372,17 +302,16 @@ fn spool_files_are_readable_by_their_owner_only() {
     assert_eq!(mode(&file), 0o600);
 }
 
-#[test]
-fn start_up_warns_when_the_filesystem_cannot_hold_a_full_spool() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_warns_when_the_filesystem_cannot_hold_a_full_spool() {
     let warning = |events: &[Value]| -> Option<Value> {
         events.iter().find(|e| e["free_bytes"].is_u64()).cloned()
     };
     let dir = tempfile::tempdir().unwrap();
     let huge = (1u64 << 62).to_string();
-    let (mut bridge, events) =
-        serve_until_listening(dir.path(), NO_KAFKA, &["--spool-max-bytes", &huge]);
-    bridge.kill().unwrap();
-    bridge.wait().unwrap();
+    let (bridge, events) =
+        serve_until_listening(dir.path(), NO_KAFKA, &["--spool-max-bytes", &huge]).await;
+    drop(bridge);
     let warned = warning(&events).unwrap_or_else(|| panic!("no warning in {events:#?}"));
     assert_eq!(warned["level"], "WARN");
     assert_eq!(
@@ -396,10 +325,9 @@ fn start_up_warns_when_the_filesystem_cannot_hold_a_full_spool() {
     assert!(message.contains(&huge), "{message}");
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut bridge, events) =
-        serve_until_listening(dir.path(), NO_KAFKA, &["--spool-max-bytes", "1048576"]);
-    bridge.kill().unwrap();
-    bridge.wait().unwrap();
+    let (bridge, events) =
+        serve_until_listening(dir.path(), NO_KAFKA, &["--spool-max-bytes", "1048576"]).await;
+    drop(bridge);
     assert_eq!(warning(&events), None);
 }
 
@@ -534,7 +462,7 @@ async fn inspect_export_and_replay_show_and_recover_what_the_spool_holds() {
 
     // Back to its original topic, now that messages of its size are allowed.
     kafka.up();
-    let out = Command::new(BIN)
+    let out = bridge_command()
         .args([
             "spool",
             "replay-dead-letters",

@@ -2,18 +2,26 @@
 //! "create subscription" performs the real validation handshake against the bridge.
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rc_kafka_bridge::config::Secret;
 use rc_kafka_bridge::ringcentral::{Credentials, RingCentral};
 use serde_json::Value;
 
-use crate::MockKafka;
+use crate::common::app::TestApp;
 use crate::common::fake_ringcentral::{CLIENT_ID, CLIENT_SECRET, FakeRingCentral, JWT};
-use crate::common::{TestApp, reminder_notification, sample, unique};
+use crate::common::metrics::sample;
+use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{extension_update, reminder_notification, unique};
+use crate::common::process::bridge_command;
+
+/// The binary, run without blocking the test's runtime.
+fn bridge() -> tokio::process::Command {
+    tokio::process::Command::from(bridge_command())
+}
 
 async fn cli(fake: &FakeRingCentral, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"));
+    let mut command = bridge();
     command.arg("subscription").args(args).args(fake.cli_args());
     command.output().await.unwrap()
 }
@@ -30,19 +38,6 @@ fn client(fake: &FakeRingCentral, jwt: &str) -> RingCentral {
         jwt: Secret::new(jwt),
     })
     .expect("a client for the fake")
-}
-
-/// Waits (bounded) until `condition` holds on the fake's state.
-async fn fake_until(
-    fake: &FakeRingCentral,
-    what: &str,
-    condition: impl Fn(&crate::common::fake_ringcentral::FakeState) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition(&fake.state.lock().unwrap()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +138,8 @@ async fn subscription_list_show_renew_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_names_missing_credentials() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    let out = bridge()
         .args(["subscription", "list", "--rc-client-id", "x"])
-        .env_remove("RCKB_RC_CLIENT_SECRET")
         .output()
         .await
         .unwrap();
@@ -188,12 +182,13 @@ async fn tokens_are_acquired_with_the_jwt_and_refreshed_before_they_expire() {
     assert!(wrong.to_string().contains("OAU-151"), "{wrong}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The client waits on tokio's clock, so the test's clock is paused: the second passes at once.
+#[tokio::test(start_paused = true)]
 async fn a_429_is_retried_after_the_time_retry_after_asks() {
     let fake = FakeRingCentral::start().await;
     fake.state.lock().unwrap().rate_limit_next = 1;
     let rc = client(&fake, JWT);
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     rc.list_subscriptions().await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -253,14 +248,14 @@ async fn the_keeper_renews_on_an_expiry_reminder() {
     let (app, id) = bridge_with_keeper(&kafka, &fake, "1h", Some("Active")).await;
     let id = id.unwrap();
     // The keeper's first look adopts the seeded subscription (its address is this bridge's).
-    fake_until(&fake, "the keeper to look", |s| s.api_calls >= 1).await;
+    fake.until("the keeper to look", |s| s.api_calls >= 1).await;
 
     let reminder = reminder_notification(&format!("reminder-{}", unique()), &id).to_string();
     let response = app
         .post_with(reminder, &[("Verification-Token", "keeper-token")])
         .await;
     assert_eq!(response.status(), 200);
-    fake_until(&fake, "a renewal", |s| s.renewals.contains(&id)).await;
+    fake.until("a renewal", |s| s.renewals.contains(&id)).await;
     app.metrics_until("the renewal to be counted", |m| {
         sample(m, "rckb_subscription_renewals_total", &[]) >= 1.0
     })
@@ -280,11 +275,12 @@ async fn the_keeper_recreates_a_blacklisted_subscription_with_the_same_filters_a
     let (app, id) = bridge_with_keeper(&kafka, &fake, "100ms", Some("Active")).await;
     let id = id.unwrap();
     let address = format!("{}/webhook", app.address);
-    fake_until(&fake, "the keeper to adopt", |s| s.api_calls >= 2).await;
+    fake.until("the keeper to adopt", |s| s.api_calls >= 2)
+        .await;
     let before = fake.state.lock().unwrap().subscriptions[&id].clone();
 
     fake.set_status(&id, "Blacklisted");
-    fake_until(&fake, "a new subscription", |s| {
+    fake.until("a new subscription", |s| {
         s.subscriptions.len() == 1 && !s.subscriptions.contains_key(&id)
     })
     .await;
@@ -322,7 +318,8 @@ async fn the_keeper_creates_a_subscription_when_there_is_none() {
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
     let (app, _) = bridge_with_keeper(&kafka, &fake, "1h", None).await;
-    fake_until(&fake, "a subscription", |s| s.subscriptions.len() == 1).await;
+    fake.until("a subscription", |s| s.subscriptions.len() == 1)
+        .await;
     let subscriptions = fake.state.lock().unwrap().subscriptions.clone();
     let created = subscriptions.values().next().unwrap();
     assert_eq!(
@@ -353,8 +350,7 @@ async fn with_an_allow_list_the_keepers_own_subscription_is_allowed_too() {
     })
     .await;
     let post = |subscription: &str| {
-        let mut body =
-            crate::common::extension_update(&format!("allow-{}", unique()), "7", &["Features"]);
+        let mut body = extension_update(&format!("allow-{}", unique()), "7", &["Features"]);
         body["subscriptionId"] = serde_json::json!(subscription);
         app.post_with(body.to_string(), &[("Verification-Token", "keeper-token")])
     };

@@ -2,18 +2,35 @@
 //! Tansu. Run by `scripts/broker-tests.sh`, which installs Tansu; these tests are ignored by a plain
 //! `cargo test` because they need that binary (`TANSU_BIN`, or `tansu` on the PATH).
 
-#[path = "../common/mod.rs"]
-mod common;
+/// The helpers of `tests/common` this suite uses, and no other: a helper no test of this suite
+/// calls would be dead code in its binary, which the lints refuse. The mock-cluster suite
+/// (`tests/api/main.rs`) declares more of them.
+#[path = "../common"]
+mod common {
+    pub mod app;
+    pub mod contract;
+    pub mod kafka;
+    pub mod payloads;
+    pub mod polling;
+    pub mod process;
+    pub mod scenarios;
+}
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rc_kafka_bridge::config::Settings;
+use rc_kafka_bridge::kafka::{self, ProducerFactory};
+use rc_kafka_bridge::metrics::Metrics;
 use serde_json::Value;
 
-use common::{
-    BridgeProcess, TestApp, check_contract, create_topics, extension_update,
-    kill_repeatedly_under_load, missing_after_delivery, unique,
+use common::app::{TestApp, http};
+use common::contract::check_contract;
+use common::kafka::{default_topics, missing_after_delivery};
+use common::payloads::{extension_update, unique};
+use common::polling::eventually;
+use common::process::{BridgeProcess, bridge_command};
+use common::scenarios::{
+    Outage, an_outage_costs_no_notification_and_no_slow_answer, kill_repeatedly_under_load,
 };
 
 /// A Tansu broker on a free loopback port, in memory; killed when dropped.
@@ -27,7 +44,7 @@ impl Tansu {
         std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".to_string())
     }
 
-    fn start() -> Tansu {
+    async fn start() -> Tansu {
         // Tansu takes its port as an argument, so the port is chosen here; a collision with another
         // process in between is retried.
         for _ in 0..5 {
@@ -36,15 +53,16 @@ impl Tansu {
                 .local_addr()
                 .unwrap()
                 .port();
-            if let Some(child) = Self::spawn_on(port) {
+            if let Some(child) = Self::spawn_on(port).await {
                 return Tansu { port, child };
             }
         }
         panic!("Tansu did not start");
     }
 
-    /// Starts Tansu on `port` and waits until it accepts connections.
-    fn spawn_on(port: u16) -> Option<Child> {
+    /// Starts Tansu on `port` and waits until it accepts connections; `None` if it exits first (the
+    /// port was taken).
+    async fn spawn_on(port: u16) -> Option<Child> {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = Command::new(Self::binary())
             .args(["broker", "--storage-engine", "memory://tansu/"])
@@ -53,19 +71,17 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu binary (set TANSU_BIN or put tansu on the PATH)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        let what = format!("Tansu to accept connections on port {port}");
+        let accepting = eventually(what, Duration::from_secs(20), async || {
             if let Ok(Some(_)) = child.try_wait() {
-                return None;
+                return Some(false);
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(child);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()
+                .then_some(true)
+        })
+        .await;
+        accepting.then_some(child)
     }
 
     fn bootstrap(&self) -> String {
@@ -90,21 +106,26 @@ impl Tansu {
     }
 
     /// Kill and start again on the same port: the broker lost its topics and producer ids.
-    fn restart_losing_state(&mut self) {
+    async fn restart_losing_state(&mut self) {
         self.signal("KILL");
         let _ = self.child.wait();
         let port = self.port;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(child) = Self::spawn_on(port) {
-                self.child = child;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Tansu did not restart on port {port}"
-            );
-        }
+        let what = format!("Tansu to restart on port {port}");
+        self.child = eventually(what, Duration::from_secs(20), async || {
+            Self::spawn_on(port).await
+        })
+        .await;
+    }
+}
+
+/// An outage of Tansu: hung (SIGSTOP), then resumed with its state.
+impl Outage for Tansu {
+    fn begin(&self) {
+        self.hang();
+    }
+
+    fn end(&self) {
+        self.resume();
     }
 }
 
@@ -120,15 +141,22 @@ impl Drop for Tansu {
 }
 
 async fn tansu_with_topics() -> Tansu {
-    let tansu = Tansu::start();
+    let tansu = Tansu::start().await;
     create_default_topics(&tansu).await;
     tansu
 }
 
+/// The producer side of the bridge's own Kafka code, for the topic checks.
+fn factory(tansu: &Tansu) -> ProducerFactory {
+    ProducerFactory::new(&tansu.bootstrap(), &Default::default(), Metrics::new())
+}
+
+/// Creates the default topics with one partition each, so every topic is totally ordered: Tansu
+/// does not create topics on produce.
 async fn create_default_topics(tansu: &Tansu) {
-    let settings = Settings::default();
-    let topics = settings.routing.published_topics();
-    create_topics(&tansu.bootstrap(), &topics).await;
+    kafka::create_topics(&factory(tansu), &default_topics(), 1, 1)
+        .await
+        .expect("topics created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,27 +173,7 @@ async fn every_documented_variant_is_published_as_the_contract_says() {
 async fn a_hung_broker_costs_no_notification_and_no_slow_answer() {
     let tansu = tansu_with_topics().await;
     let app = TestApp::spawn(&tansu.bootstrap(), |_| {}).await;
-    tansu.hang();
-    let mut uuids = Vec::new();
-    for i in 0..50 {
-        let uuid = format!("hung-{}-{i}", unique());
-        let started = Instant::now();
-        let response = app
-            .post_webhook(extension_update(&uuid, "11", &["Limits"]).to_string())
-            .await;
-        assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "answered in {:?}",
-            started.elapsed()
-        );
-        uuids.push(uuid);
-    }
-    let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
-    assert_eq!(ready["ready"], true);
-    tansu.resume();
-    let missing = missing_after_delivery(&app.bootstrap, &uuids, Duration::from_secs(90)).await;
-    assert!(missing.is_empty(), "lost {missing:?}");
+    an_outage_costs_no_notification_and_no_slow_answer(&app, &tansu).await;
     app.shutdown().await;
 }
 
@@ -176,8 +184,10 @@ async fn a_broker_that_lost_its_state_gets_every_spooled_notification() {
     let app = TestApp::spawn(&tansu.bootstrap(), |_| {}).await;
     // Delivered before the restart: proves the producer was running idempotently on the old broker.
     let before = format!("before-{}", unique());
-    app.post_webhook(extension_update(&before, "12", &["Limits"]).to_string())
+    let response = app
+        .post_webhook(extension_update(&before, "12", &["Limits"]).to_string())
         .await;
+    assert_eq!(response.status(), 200);
     let missing = missing_after_delivery(&app.bootstrap, &[before], Duration::from_secs(30)).await;
     assert!(missing.is_empty());
 
@@ -192,7 +202,7 @@ async fn a_broker_that_lost_its_state_gets_every_spooled_notification() {
         assert_eq!(response.status(), 200);
         spooled.push(uuid);
     }
-    tansu.restart_losing_state();
+    tansu.restart_losing_state().await;
     create_default_topics(&tansu).await;
     for i in 0..10 {
         let uuid = format!("after-restart-{}-{i}", unique());
@@ -212,10 +222,8 @@ async fn a_broker_that_lost_its_state_gets_every_spooled_notification() {
 async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
     let tansu = tansu_with_topics().await;
     let dir = tempfile::tempdir().unwrap();
-    let (accepted, bridge) = kill_repeatedly_under_load(&tansu.bootstrap(), dir.path(), |hang| {
-        if hang { tansu.hang() } else { tansu.resume() }
-    })
-    .await;
+    let (accepted, bridge) =
+        kill_repeatedly_under_load(&tansu.bootstrap(), dir.path(), &tansu).await;
     let missing =
         missing_after_delivery(&tansu.bootstrap(), &accepted, Duration::from_secs(120)).await;
     drop(bridge);
@@ -231,10 +239,12 @@ async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
 async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
-    let tansu = Tansu::start();
+    let tansu = Tansu::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
-    let report = bridge.wait_for_log("topics missing", Duration::from_secs(30));
+    let mut bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]).await;
+    let report = bridge
+        .wait_for_log("topics missing", Duration::from_secs(30))
+        .await;
     let listed = report["topics"].as_str().unwrap_or_default().to_string();
     for topic in [
         "ringcentral.account",
@@ -248,7 +258,7 @@ async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
     }
     drop(bridge);
 
-    let output = Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    let output = bridge_command()
         .args(["topics", "ensure", "--brokers", &tansu.bootstrap()])
         .args(["--partitions", "2", "--replication-factor", "1"])
         .output()
@@ -264,19 +274,13 @@ async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
         "{stdout}"
     );
 
-    let settings = Settings::default();
-    let wanted = settings.routing.published_topics();
-    let factory = rc_kafka_bridge::kafka::ProducerFactory::new(
-        &tansu.bootstrap(),
-        &Default::default(),
-        rc_kafka_bridge::metrics::Metrics::new(),
-    );
     let missing =
-        rc_kafka_bridge::kafka::missing_topics(&factory, &wanted, Duration::from_secs(10)).unwrap();
+        kafka::missing_topics(&factory(&tansu), &default_topics(), Duration::from_secs(10))
+            .unwrap();
     assert!(missing.is_empty(), "still missing {missing:?}");
 
     // A second run finds nothing to do.
-    let again = Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    let again = bridge_command()
         .args(["topics", "ensure", "--brokers", &tansu.bootstrap()])
         .output()
         .unwrap();
@@ -284,16 +288,18 @@ async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("exist"));
 
     // And the bridge starts without a report.
-    let bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]);
-    bridge.wait_for_log("every routed topic exists", Duration::from_secs(30));
+    let mut bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &[]).await;
+    bridge
+        .wait_for_log("every routed topic exists", Duration::from_secs(30))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
 async fn serve_with_ensure_topics_creates_them_and_delivers() {
-    let tansu = Tansu::start();
+    let tansu = Tansu::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = BridgeProcess::start(
+    let mut bridge = BridgeProcess::start(
         &tansu.bootstrap(),
         dir.path(),
         &[
@@ -303,11 +309,14 @@ async fn serve_with_ensure_topics_creates_them_and_delivers() {
             "--replication-factor",
             "1",
         ],
-    );
-    bridge.wait_for_log("created missing topics", Duration::from_secs(30));
+    )
+    .await;
+    bridge
+        .wait_for_log("created missing topics", Duration::from_secs(30))
+        .await;
     let uuid = format!("ensured-{}", unique());
-    let response = common::http()
-        .post(format!("{}/webhook", bridge.address))
+    let response = http()
+        .post(format!("{}/webhook", bridge.address()))
         .body(extension_update(&uuid, "3", &["Limits"]).to_string())
         .send()
         .await
@@ -391,17 +400,16 @@ async fn a_full_disk_answers_503_keeps_nothing_half_and_recovers_when_space_retu
     assert_eq!(ready["spool"], "unwritable", "{ready}");
 
     std::fs::remove_file(filler).unwrap();
-    let mut recovered = false;
-    for i in 0..500 {
-        let uuid = format!("disk-back-{}-{i}", unique());
-        if post(uuid.clone()).await.status() == 200 {
-            accepted.push(uuid);
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(recovered, "the bridge accepts again once space returns");
+    let recovered = eventually(
+        "the bridge to accept again once space returns",
+        Duration::from_secs(10),
+        async || {
+            let uuid = format!("disk-back-{}", unique());
+            (post(uuid.clone()).await.status() == 200).then_some(uuid)
+        },
+    )
+    .await;
+    accepted.push(recovered);
     let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
     assert_eq!(ready["spool"], "ok", "{ready}");
     let missing = missing_after_delivery(&app.bootstrap, &accepted, Duration::from_secs(60)).await;

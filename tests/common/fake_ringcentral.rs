@@ -15,6 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use super::app::http;
+use super::payloads::unique;
+use super::polling::eventually;
+
 pub const CLIENT_ID: &str = "fake-client-id";
 pub const CLIENT_SECRET: &str = "fake-client-secret";
 pub const JWT: &str = "fake-jwt-credential";
@@ -88,6 +92,14 @@ impl FakeRingCentral {
             s["blacklistedData"] =
                 json!({"blacklistedAt": now(0), "reason": "Webhook responded with 503"});
         }
+    }
+
+    /// Waits (at most 20 s) until `condition` holds on the fake's state.
+    pub async fn until(&self, what: &str, condition: impl Fn(&FakeState) -> bool) {
+        eventually(what, std::time::Duration::from_secs(20), async || {
+            condition(&self.state.lock().unwrap())
+        })
+        .await;
     }
 
     /// The arguments every CLI call needs to reach this fake.
@@ -266,8 +278,8 @@ async fn create(
         .unwrap_or_default()
         .to_string();
     // The validation handshake, as RingCentral performs it.
-    let validation = format!("validation-{}", crate::common::unique());
-    let answer = crate::common::http()
+    let validation = format!("validation-{}", unique());
+    let answer = http()
         .post(&address)
         .header("Validation-Token", &validation)
         .timeout(std::time::Duration::from_secs(3))

@@ -1,0 +1,101 @@
+//! What the mock-cluster suite checks of the real binary's life beyond starting it
+//! ([`super::process`]): the environment and descriptor limit it starts with, its start-up log, a
+//! refusal to start, its admin listener, signals, its exit and every line it logged.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::polling::eventually;
+use super::process::{BridgeProcess, Serve, event};
+
+impl Serve {
+    pub fn env(mut self, name: &str, value: &str) -> Serve {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Starts the binary with this descriptor limit, soft and hard.
+    pub fn descriptor_limit(mut self, limit: u64) -> Serve {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Runs `serve`, which must refuse to start: it exits by itself within 30 s, non-zero, without a
+    /// panic and without ever listening. Returns its stderr.
+    pub async fn refuses(self) -> String {
+        let description = format!("{:?}", self.args);
+        let mut bridge = self.spawn();
+        eventually(
+            "serve to stop by itself",
+            Duration::from_secs(30),
+            async || {
+                bridge.receive();
+                if let Some(line) = bridge.log.iter().find(|l| l.contains("\"listening\"")) {
+                    panic!("serve {description} started: {line}");
+                }
+                bridge.stderr_closed()
+            },
+        )
+        .await;
+        let status = bridge.wait_exit(Duration::from_secs(10)).await;
+        let stderr = bridge.log.join("\n");
+        assert!(!status.success(), "serve {description} exited 0: {stderr}");
+        assert!(status.code().is_some(), "killed by a signal: {status:?}");
+        assert_ne!(status.code(), Some(101), "a panic: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+}
+
+impl BridgeProcess {
+    /// The admin listener, as `http://127.0.0.1:PORT`.
+    pub fn admin_address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.listening("admin_port"))
+    }
+
+    /// Every stderr line up to and including "listening", as written.
+    pub fn start_up_lines(&self) -> &[String] {
+        &self.log[..self.start_up]
+    }
+
+    /// The JSON log events up to and including "listening".
+    pub fn start_up_events(&self) -> Vec<Value> {
+        self.start_up_lines()
+            .iter()
+            .filter_map(|line| event(line))
+            .collect()
+    }
+
+    /// Sends `signal` (a name such as `TERM`) to the bridge.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits for the bridge to exit by itself, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        eventually("the bridge to exit", timeout, async || {
+            self.child.try_wait().expect("the child can be waited for")
+        })
+        .await
+    }
+
+    /// Every line the bridge wrote to stderr, once it has exited and closed it.
+    pub async fn all_logs(&mut self) -> &[String] {
+        eventually(
+            "the bridge's stderr to close",
+            Duration::from_secs(10),
+            async || {
+                self.receive();
+                self.stderr_closed()
+            },
+        )
+        .await;
+        &self.log
+    }
+}
