@@ -113,16 +113,11 @@ async fn kept_becomes(kept: &watch::Receiver<Option<SubscriptionId>>, want: &str
 async fn a_reminder_posted_to_the_webhook_with_a_path_trick_id_reaches_no_other_endpoint() {
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
-    // The keeper needs its own address in its settings, so the port is picked before the bridge
-    // binds it (a tiny window in which another process could take it).
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    let address = format!("http://127.0.0.1:{port}/webhook");
-    let ours = fake.seed(&address, "Active", Some(TOKEN));
+    let mut ours = String::new();
     let server = fake.url.clone();
-    let app = TestApp::spawn(&kafka.bootstrap, move |a| {
-        a.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let app = TestApp::spawn_bound(&kafka.bootstrap, |a, port| {
+        let address = format!("http://127.0.0.1:{port}/webhook");
+        ours = fake.seed(&address, "Active", Some(TOKEN));
         a.verification_token = Some(Secret::new(TOKEN));
         let rc = &mut a.ringcentral;
         rc.server = server;

@@ -218,24 +218,19 @@ fn keeper_args(
     }
 }
 
-/// A bridge whose keeper looks after the subscription of its own address. The keeper needs that
-/// address in its settings, so the port is picked before the bridge binds it (a tiny window in which
-/// another process could take it). `seed` adds an existing subscription for the address first.
+/// A bridge whose keeper looks after the subscription of its own address. `seed` adds an existing
+/// subscription for the address first.
 async fn bridge_with_keeper(
     kafka: &MockKafka,
     fake: &FakeRingCentral,
     interval: &str,
     seed: Option<&str>,
 ) -> (TestApp, Option<String>) {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    let address = format!("http://127.0.0.1:{port}/webhook");
-    let seeded = seed.map(|status| fake.seed(&address, status, Some("keeper-token")));
-    let keeper = keeper_args(fake, address, interval);
-    let app = TestApp::spawn(&kafka.bootstrap, move |a| {
-        keeper(a);
-        a.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut seeded = None;
+    let app = TestApp::spawn_bound(&kafka.bootstrap, |a, port| {
+        let address = format!("http://127.0.0.1:{port}/webhook");
+        seeded = seed.map(|status| fake.seed(&address, status, Some("keeper-token")));
+        keeper_args(fake, address, interval)(a);
     })
     .await;
     (app, seeded)
@@ -333,15 +328,11 @@ async fn the_keeper_creates_a_subscription_when_there_is_none() {
 async fn with_an_allow_list_the_keepers_own_subscription_is_allowed_too() {
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    let address = format!("http://127.0.0.1:{port}/webhook");
-    let id = fake.seed(&address, "Active", Some("keeper-token"));
-    let keeper = keeper_args(&fake, address, "1h");
-    let app = TestApp::spawn(&kafka.bootstrap, move |a| {
-        keeper(a);
-        a.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut id = String::new();
+    let app = TestApp::spawn_bound(&kafka.bootstrap, |a, port| {
+        let address = format!("http://127.0.0.1:{port}/webhook");
+        id = fake.seed(&address, "Active", Some("keeper-token"));
+        keeper_args(&fake, address, "1h")(a);
         a.allowed_subscription_ids = vec!["configured-sub".parse().unwrap()];
     })
     .await;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rc_kafka_bridge::app::Application;
+use rc_kafka_bridge::app::{Application, Listeners};
 use rc_kafka_bridge::config::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -69,9 +69,19 @@ impl TestApp {
         spool_dir: PathBuf,
         tweak: impl FnOnce(&mut Settings),
     ) -> TestApp {
-        rc_kafka_bridge::telemetry::init_for_tests();
         let settings = test_settings(brokers, &spool_dir, tweak);
-        let app = Application::build(settings.clone())
+        let listeners = Listeners::bind(&settings).await.expect("loopback ports");
+        Self::start(settings, listeners, None).await
+    }
+
+    /// Starts the bridge on listeners already bound; `spool_guard` removes the spool with the app.
+    pub async fn start(
+        settings: Settings,
+        listeners: Listeners,
+        spool_guard: Option<tempfile::TempDir>,
+    ) -> TestApp {
+        rc_kafka_bridge::telemetry::init_for_tests();
+        let app = Application::build_on(listeners, settings.clone())
             .await
             .expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -89,7 +99,7 @@ impl TestApp {
             client: http(),
             stop,
             task,
-            _spool_guard: None,
+            _spool_guard: spool_guard,
         }
     }
 

@@ -1,12 +1,16 @@
 //! What the mock-cluster suite checks of the real binary's life beyond starting it
 //! ([`super::process`]): the environment and descriptor limit it starts with, its start-up log, a
-//! refusal to start, its admin listener, signals, its exit and every line it logged.
+//! refusal to start, its admin listener, signals, its exit and every line it logged; and an
+//! in-process bridge whose settings need its own bound port.
 
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use rc_kafka_bridge::app::Listeners;
+use rc_kafka_bridge::config::Settings;
 use serde_json::Value;
 
+use super::app::{TestApp, test_settings};
 use super::polling::eventually;
 use super::process::{BridgeProcess, Serve, event};
 
@@ -97,5 +101,19 @@ impl BridgeProcess {
         )
         .await;
         &self.log
+    }
+}
+
+impl TestApp {
+    /// Starts the bridge with settings that need its own webhook address (the keeper's): the
+    /// listeners are bound first, then `tweak` gets the webhook port. No port is picked and freed
+    /// for the bridge to bind later, so no other process can take it in between.
+    pub async fn spawn_bound(brokers: &str, tweak: impl FnOnce(&mut Settings, u16)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = test_settings(brokers, dir.path(), |_| {});
+        let listeners = Listeners::bind(&settings).await.expect("loopback ports");
+        tweak(&mut settings, listeners.port());
+        let settings = settings.resolve().expect("valid test settings");
+        Self::start(settings, listeners, Some(dir)).await
     }
 }
