@@ -12,7 +12,8 @@
 //! - `readiness`: whether the bridge can take notifications now (`/readyz`).
 //! - [`spool`]: the durable local queue; a notification is answered once it is fsynced here.
 //! - [`relay`]: publishes spooled plans to Kafka in order and releases them once acknowledged.
-//! - [`kafka`]: the producer, error classification, topic checks, the embedded development broker.
+//! - [`kafka`]: the producer and the one publisher both delivery modes use, error classification,
+//!   topic checks, the embedded development broker.
 //! - [`ringcentral`]: RingCentral's REST API and the subscription keeper.
 //! - [`config`]: layered settings (flags, `RCKB_*` environment, TOML file).
 //! - `secret`: values that never reach a log line.
