@@ -41,4 +41,5 @@ mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod state;
 pub mod telemetry;
