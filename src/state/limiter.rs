@@ -432,3 +432,427 @@ impl Drop for Permit<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const LIGHT: RateGroup = RateGroup::Light;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A 200 announcing a budget of `limit` per `window` seconds with `remaining` left.
+    fn announcing(limit: u32, remaining: u32, window: u64) -> RateAnswer {
+        RateAnswer {
+            status: 200,
+            group: Some(LIGHT),
+            limit: Some(limit),
+            remaining: Some(remaining),
+            window: Some(secs(window)),
+            retry_after: None,
+        }
+    }
+
+    fn status(status: u16, retry_after: Option<u64>) -> RateAnswer {
+        RateAnswer {
+            status,
+            retry_after: retry_after.map(secs),
+            ..RateAnswer::default()
+        }
+    }
+
+    /// How long `acquire` waited.
+    async fn wait_for_turn(limiter: &RateLimiter, group: RateGroup) -> (Duration, Permit<'_>) {
+        let asked = Instant::now();
+        let permit = limiter.acquire(group).await;
+        (asked.elapsed(), permit)
+    }
+
+    #[test]
+    fn the_default_budgets_are_ringcentrals() {
+        let limiter = RateLimiter::new();
+        let budgets = RateGroup::ALL.map(|group| limiter.budget(group));
+        assert_eq!(
+            budgets.map(|b| (b.requests, b.window)),
+            [(50, secs(60)), (40, secs(60)), (10, secs(60))]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_sends_its_announced_budget_then_waits_for_the_window() {
+        let limiter = RateLimiter::new();
+        let (_, first) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(first.observe(&announcing(3, 2, 10)), None);
+        assert_eq!(
+            limiter.budget(LIGHT),
+            Budget {
+                requests: 3,
+                window: secs(10)
+            }
+        );
+        for _ in 0..2 {
+            let (waited, permit) = wait_for_turn(&limiter, LIGHT).await;
+            assert_eq!(waited, Duration::ZERO);
+            drop(permit);
+        }
+        let (waited, _) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(
+            waited,
+            secs(10) + ARRIVAL_MARGIN,
+            "the fourth waits until the first leaves the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_the_budget_is_announced_one_request_is_in_flight() {
+        let limiter = Arc::new(RateLimiter::new());
+        let probe = limiter.acquire(LIGHT).await;
+        let second = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let _permit = limiter.acquire(LIGHT).await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(secs(5)).await;
+        assert!(
+            !second.is_finished(),
+            "the second waits for the probe's answer"
+        );
+        // An answer without the budget: the next request probes again.
+        let answered = Instant::now();
+        assert_eq!(probe.observe(&status(500, None)), None);
+        assert_eq!(second.await.unwrap(), answered);
+
+        let probe = limiter.acquire(LIGHT).await;
+        drop(probe);
+        let (waited, permit) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(
+            waited,
+            Duration::ZERO,
+            "a probe without an answer ends when dropped"
+        );
+        let _ = permit.observe(&announcing(50, 47, 60));
+        let permits: Vec<Permit<'_>> = permits_at_once(&limiter, 5).await;
+        assert_eq!(permits.len(), 5, "once announced, requests go in parallel");
+    }
+
+    /// `n` permits of Light taken at once, without answering any.
+    async fn permits_at_once(limiter: &RateLimiter, n: usize) -> Vec<Permit<'_>> {
+        let start = Instant::now();
+        let mut permits = Vec::new();
+        for _ in 0..n {
+            permits.push(limiter.acquire(LIGHT).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        permits
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_zero_waits_a_whole_window() {
+        let limiter = RateLimiter::new();
+        let permit = limiter.acquire(LIGHT).await;
+        assert_eq!(
+            permit.observe(&announcing(10, 0, 20)),
+            Some(Pause {
+                group: LIGHT,
+                reason: PauseReason::BudgetSpent,
+                duration: secs(20),
+            })
+        );
+        assert_eq!(limiter.paused_for(LIGHT), Some(secs(20)));
+        let (waited, _) = wait_for_turn(&limiter, LIGHT).await;
+        // The budget is spent as of the answer: those sends leave the window a margin later.
+        assert_eq!(waited, secs(20) + ARRIVAL_MARGIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_its_group_for_retry_after_and_no_other_group() {
+        let limiter = RateLimiter::new();
+        let permit = limiter.acquire(RateGroup::Medium).await;
+        assert_eq!(
+            permit.observe(&status(429, Some(7))),
+            Some(Pause {
+                group: RateGroup::Medium,
+                reason: PauseReason::TooManyRequests,
+                duration: secs(7),
+            })
+        );
+        assert_eq!(limiter.paused_for(RateGroup::Medium), Some(secs(7)));
+        assert_eq!(limiter.paused_for(LIGHT), None);
+        let (waited, _) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(waited, Duration::ZERO);
+        let (waited, _) = wait_for_turn(&limiter, RateGroup::Medium).await;
+        assert_eq!(waited, secs(7));
+        assert_eq!(limiter.paused_for(RateGroup::Medium), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_retry_after_waits_30_seconds() {
+        let limiter = RateLimiter::new();
+        let permit = limiter.acquire(RateGroup::Heavy).await;
+        let pause = permit.observe(&status(429, None)).unwrap();
+        assert_eq!(pause.duration, DEFAULT_RETRY_AFTER);
+        assert_eq!(pause.duration, secs(30));
+        let (waited, _) = wait_for_turn(&limiter, RateGroup::Heavy).await;
+        assert_eq!(waited, secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_503_pauses_only_when_it_says_how_long() {
+        let limiter = RateLimiter::new();
+        let permit = limiter.acquire(LIGHT).await;
+        assert_eq!(permit.observe(&status(503, None)), None);
+        let permit = limiter.acquire(LIGHT).await;
+        let pause = permit.observe(&status(503, Some(12))).unwrap();
+        assert_eq!(pause.reason, PauseReason::Unavailable);
+        let (waited, _) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(waited, secs(12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remaining_lower_than_counted_counts_the_other_clients_of_the_user() {
+        let limiter = RateLimiter::new();
+        let permit = limiter.acquire(LIGHT).await;
+        // The bridge sent 1 of 5; RingCentral counts 4.
+        assert_eq!(permit.observe(&announcing(5, 1, 60)), None);
+        let (waited, _) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(waited, Duration::ZERO);
+        let (waited, _) = wait_for_turn(&limiter, LIGHT).await;
+        assert_eq!(waited, secs(60) + ARRIVAL_MARGIN);
+    }
+
+    #[test]
+    fn headers_are_read_tolerantly() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().unwrap());
+            }
+            map
+        };
+        let answer = RateAnswer::from_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[
+                ("X-Rate-Limit-Group", "Medium"),
+                ("X-Rate-Limit-Limit", "40"),
+                ("X-Rate-Limit-Remaining", "0"),
+                ("X-Rate-Limit-Window", "60"),
+                ("Retry-After", " 15 "),
+            ]),
+        );
+        assert_eq!(
+            answer,
+            RateAnswer {
+                status: 429,
+                group: Some(RateGroup::Medium),
+                limit: Some(40),
+                remaining: Some(0),
+                window: Some(secs(60)),
+                retry_after: Some(secs(15)),
+            }
+        );
+        let odd = RateAnswer::from_response(
+            StatusCode::OK,
+            &headers(&[
+                ("X-Rate-Limit-Group", "auth-plus"),
+                ("X-Rate-Limit-Limit", "many"),
+                ("X-Rate-Limit-Remaining", "-1"),
+                ("X-Rate-Limit-Window", "0"),
+                ("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ]),
+        );
+        assert_eq!(
+            odd,
+            RateAnswer {
+                status: 200,
+                ..RateAnswer::default()
+            },
+            "what is not understood is left out"
+        );
+        let huge = RateAnswer::from_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[
+                ("X-Rate-Limit-Limit", "99999999999"),
+                ("X-Rate-Limit-Window", "99999999999999"),
+                ("Retry-After", "18446744073709551615"),
+            ]),
+        );
+        assert_eq!(huge.limit, Some(u32::MAX));
+        assert_eq!(huge.window, Some(MAX_HEADER_DURATION));
+        assert_eq!(huge.retry_after, Some(MAX_HEADER_DURATION));
+    }
+
+    #[test]
+    fn group_names_are_read_in_any_case() {
+        for (name, group) in [
+            ("light", LIGHT),
+            ("Medium", RateGroup::Medium),
+            ("HEAVY", RateGroup::Heavy),
+        ] {
+            assert_eq!(name.parse::<RateGroup>(), Ok(group));
+        }
+        assert_eq!(
+            "auth".parse::<RateGroup>(),
+            Err(UnknownRateGroup("auth".into()))
+        );
+    }
+
+    /// What the simulated RingCentral answers to one request.
+    #[derive(Debug, Clone)]
+    enum Reply {
+        /// A 200; `others` requests of other clients are counted besides the bridge's.
+        Ok {
+            others: u32,
+        },
+        TooManyRequests {
+            retry_after: Option<u64>,
+        },
+        Unavailable {
+            retry_after: Option<u64>,
+        },
+        ServerError,
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        prop_oneof![
+            6 => (0u32..4).prop_map(|others| Reply::Ok { others }),
+            1 => proptest::option::of(0u64..90)
+                .prop_map(|retry_after| Reply::TooManyRequests { retry_after }),
+            1 => proptest::option::of(0u64..30)
+                .prop_map(|retry_after| Reply::Unavailable { retry_after }),
+            1 => Just(Reply::ServerError),
+        ]
+    }
+
+    /// Up to `max` requests asked for within `span` ms, each with how long its answer takes (below
+    /// `latency` ms) and the answer.
+    fn requests(
+        max: usize,
+        span: u64,
+        latency: u64,
+    ) -> impl Strategy<Value = Vec<(u64, u64, Reply)>> {
+        proptest::collection::vec((0..span, 0..latency, reply()), 1..max)
+    }
+
+    struct Run {
+        sends: Vec<Instant>,
+        /// When an answer paused the group, and for how long.
+        pauses: Vec<(Instant, Duration)>,
+    }
+
+    /// Runs the requests through one limiter against a RingCentral that counts the bridge's sends
+    /// (and `others`) in a sliding window, announcing `budget` in every answer if there is one.
+    fn simulate(budget: Option<(u32, u64)>, requests: Vec<(u64, u64, Reply)>) -> Run {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let limiter = Arc::new(RateLimiter::new());
+            let sends = Arc::new(Mutex::new(Vec::new()));
+            let pauses = Arc::new(Mutex::new(Vec::new()));
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for (asked_at, latency, reply) in requests {
+                let (limiter, sends, pauses) = (limiter.clone(), sends.clone(), pauses.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(start + Duration::from_millis(asked_at)).await;
+                    let permit = limiter.acquire(LIGHT).await;
+                    sends.lock().unwrap().push(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                    let now = Instant::now();
+                    let (code, retry_after, others) = match reply {
+                        Reply::Ok { others } => (200, None, others),
+                        Reply::TooManyRequests { retry_after } => (429, retry_after, 0),
+                        Reply::Unavailable { retry_after } => (503, retry_after, 0),
+                        Reply::ServerError => (500, None, 0),
+                    };
+                    let mut answer = status(code, retry_after);
+                    if let Some((limit, window)) = budget {
+                        let counted = sends
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .filter(|&&s| s + secs(window) > now)
+                            .count() as u32;
+                        answer = RateAnswer {
+                            remaining: Some(limit.saturating_sub(counted + others)),
+                            ..announcing(limit, 0, window)
+                        };
+                        answer.status = code;
+                        answer.retry_after = retry_after.map(secs);
+                    }
+                    if let Some(pause) = permit.observe(&answer) {
+                        pauses.lock().unwrap().push((now, pause.duration));
+                    }
+                }));
+            }
+            let all = async {
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            };
+            tokio::time::timeout(secs(86_400), all)
+                .await
+                .expect("every request gets its turn within a day");
+            let mut sends = sends.lock().unwrap().clone();
+            sends.sort();
+            let pauses = pauses.lock().unwrap().clone();
+            Run { sends, pauses }
+        })
+    }
+
+    /// The most sends in any window of `window`.
+    fn busiest_window(sends: &[Instant], window: Duration) -> usize {
+        sends
+            .iter()
+            .map(|&from| {
+                sends
+                    .iter()
+                    .filter(|&&s| s >= from && s < from + window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn no_window_holds_more_sends_than_the_announced_budget(
+            limit in 1u32..8,
+            window in 1u64..30,
+            requests in requests(40, 180_000, 3_000),
+        ) {
+            let run = simulate(Some((limit, window)), requests);
+            prop_assert!(busiest_window(&run.sends, secs(window)) <= limit as usize);
+            for (at, pause) in &run.pauses {
+                prop_assert!(
+                    run.sends.iter().all(|&s| s <= *at || s >= *at + *pause),
+                    "a send during a pause of {pause:?} from {at:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn without_headers_no_window_holds_more_than_the_default_budget(
+            // More than the budget, asked for within one window and answered fast (one request is in
+            // flight at a time while no budget is announced).
+            requests in requests(120, 60_000, 200),
+        ) {
+            let run = simulate(None, requests);
+            let budget = LIGHT.default_budget();
+            prop_assert!(busiest_window(&run.sends, budget.window) <= budget.requests as usize);
+            for (at, pause) in &run.pauses {
+                prop_assert!(run.sends.iter().all(|&s| s <= *at || s >= *at + *pause));
+            }
+        }
+    }
+}
