@@ -3,7 +3,11 @@
 //! consumers need neither RingCentral credentials nor a share of the app's rate limits.
 //!
 //! - [`fetch_table`]: which GET returns each hint's state, its rate-limit group and its state topic.
-//! - [`limiter`]: one rate limiter per usage-plan group, adjusted from RingCentral's answers.
+//! - [`get_template`]: a state GET as documented, and the concrete path of one resource.
+//! - [`rate_limits`]: RingCentral's usage-plan groups, default budgets and rate-limit headers.
+//! - [`limiter`]: one rate limiter per group, adjusted from RingCentral's answers.
 
 pub mod fetch_table;
+pub mod get_template;
 pub mod limiter;
+pub mod rate_limits;
