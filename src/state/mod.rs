@@ -6,8 +6,13 @@
 //! - [`get_template`]: a state GET as documented, and the concrete path of one resource.
 //! - [`rate_limits`]: RingCentral's usage-plan groups, default budgets and rate-limit headers.
 //! - [`limiter`]: one rate limiter per group, adjusted from RingCentral's answers.
+//! - [`fetch`]: one resource fetched whole (all pages) and its answer classified.
 
+pub mod fetch;
 pub mod fetch_table;
 pub mod get_template;
 pub mod limiter;
 pub mod rate_limits;
+
+#[cfg(test)]
+mod fake_api;
