@@ -1,6 +1,6 @@
 //! A scripted RingCentral REST API on a loopback port, for the fetcher's tests: the token endpoint
-//! grants `token-1`, `token-2`, …; every GET gets the answers scripted for its path and query, in
-//! order (the last one repeats), and is recorded with its `Authorization` header.
+//! grants `token-1`, `token-2`, … (or refuses them all); every GET gets the answers scripted for its
+//! path and query, in order (the last one repeats), and is recorded with its `Authorization` header.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,7 @@ struct Script {
     answers: HashMap<String, VecDeque<Answer>>,
     requests: Vec<Request>,
     tokens_granted: u32,
+    refuse_tokens: bool,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -105,6 +106,11 @@ impl FakeApi {
             .push_back(answer);
     }
 
+    /// Answers every token request as RingCentral answers a bad JWT.
+    pub fn refuse_tokens(&self) {
+        self.script.lock().unwrap().refuse_tokens = true;
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.script.lock().unwrap().requests.clone()
     }
@@ -120,6 +126,10 @@ impl FakeApi {
 
 async fn token(State(script): State<Shared>) -> Response {
     let mut script = script.lock().unwrap();
+    if script.refuse_tokens {
+        let body = serde_json::json!({"error": "invalid_grant", "errorCode": "OAU-151"});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     script.tokens_granted += 1;
     let body = serde_json::json!({
         "access_token": format!("token-{}", script.tokens_granted),

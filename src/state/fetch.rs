@@ -185,7 +185,8 @@ fn token_failure(e: ApiError) -> FetchOutcome {
             retry(FetchErrorKind::Server, e.to_string())
         }
         ApiError::Setup(_) => retry(FetchErrorKind::Paging, e.to_string()),
-        ApiError::Api { .. } | ApiError::Decode(_) => retry(FetchErrorKind::Client, e.to_string()),
+        ApiError::Decode(_) => retry(FetchErrorKind::Decode, e.to_string()),
+        ApiError::Api { .. } => retry(FetchErrorKind::Client, e.to_string()),
     }
 }
 
@@ -415,6 +416,18 @@ mod tests {
         ));
         assert_eq!(api.requests().len(), 2, "renewed once, not more");
         assert_eq!(api.tokens_granted(), 2);
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_unauthorized_and_send_no_get() {
+        let api = FakeApi::start().await;
+        api.refuse_tokens();
+        api.answer(EXTENSION, Answer::new(200, "{}"));
+        assert!(matches!(
+            fetch_from(&api, &resource("ExtensionInfo")).await,
+            FetchOutcome::Unauthorized
+        ));
+        assert!(api.requests().is_empty());
     }
 
     #[tokio::test]
