@@ -42,4 +42,5 @@ mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod state;
 pub mod telemetry;

@@ -521,6 +521,39 @@ impl RingCentral {
             .await?;
         Ok(())
     }
+
+    /// One authorized GET of `path` (path and query, percent-encoded, e.g.
+    /// `/restapi/v1.0/account/1/extension/2?x=y`), sent once and returned whatever its status: for the
+    /// state fetcher, which handles rate limits, paging and errors itself. The path goes under the
+    /// server's own path, and one resolving outside its `restapi/` is refused: the bearer token reaches
+    /// nothing else.
+    pub async fn get_once(&self, path: &str) -> Result<reqwest::Response, ApiError> {
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        let mut url = self.base.clone();
+        let root = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{root}{path}"));
+        url.set_query(query);
+        if !url.path().starts_with(&format!("{root}/restapi/")) || url.fragment().is_some() {
+            return Err(ApiError::Setup(format!("`{path}` is not a REST API path")));
+        }
+        let token = self.access_token().await?;
+        self.http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.network(e))
+    }
+
+    /// Makes the next request renew the access token (with the refresh token while it is valid): a
+    /// 401 means RingCentral no longer takes the one held.
+    pub async fn expire_access_token(&self) {
+        if let Some(token) = self.token.lock().await.as_mut() {
+            token.expires_at = Instant::now();
+        }
+    }
 }
 
 /// `/restapi/v1.0/subscription`, as path segments.

@@ -1,0 +1,18 @@
+//! State topics: the current state of each changed resource, fetched once from RingCentral and
+//! published to compacted topics keyed by extension (account for account-level resources), so that
+//! consumers need neither RingCentral credentials nor a share of the app's rate limits.
+//!
+//! - [`fetch_table`]: which GET returns each hint's state, its rate-limit group and its state topic.
+//! - [`get_template`]: a state GET as documented, and the concrete path of one resource.
+//! - [`rate_limits`]: RingCentral's usage-plan groups, default budgets and rate-limit headers.
+//! - [`limiter`]: one rate limiter per group, adjusted from RingCentral's answers.
+//! - [`fetch`]: one resource fetched whole (all pages) and its answer classified.
+
+pub mod fetch;
+pub mod fetch_table;
+pub mod get_template;
+pub mod limiter;
+pub mod rate_limits;
+
+#[cfg(test)]
+mod fake_api;
