@@ -26,6 +26,7 @@ use crate::server::{self, ConnectionCaps, Limits};
 use crate::shutdown::{self, Shutdown};
 use crate::sink::{DirectSink, RecentUuids, Sink};
 use crate::spool::Spool;
+use crate::state::fetcher::Fetcher;
 
 /// The subscription keeper, when `keep_subscription` is on.
 fn keeper(settings: &Settings, metrics: &Metrics) -> Result<Option<Keeper>, StartError> {
@@ -33,7 +34,7 @@ fn keeper(settings: &Settings, metrics: &Metrics) -> Result<Option<Keeper>, Star
     if !rc.keep_subscription {
         return Ok(None);
     }
-    let invalid = |e: crate::config::ConfigError| StartError::Config(e.to_string());
+    let invalid = invalid_config;
     let client = Arc::new(RingCentral::new(rc.credentials().map_err(invalid)?)?);
     let keeper_settings = KeeperSettings {
         address: rc.address().map_err(invalid)?.to_string(),
@@ -45,6 +46,10 @@ fn keeper(settings: &Settings, metrics: &Metrics) -> Result<Option<Keeper>, Star
         renew_before: rc.renew_before,
     };
     Ok(Some(Keeper::new(client, keeper_settings, metrics.clone())))
+}
+
+fn invalid_config(e: crate::config::ConfigError) -> StartError {
+    StartError::Config(e.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +121,7 @@ pub struct Application {
     reload: Option<Reload>,
     keeper: Option<(Keeper, mpsc::UnboundedReceiver<String>)>,
     topic_check: Option<TopicCheck>,
+    fetcher: Option<Fetcher>,
     // Dropped last: the embedded broker must outlive the producer.
     _embedded: Option<EmbeddedBroker>,
 }
@@ -290,6 +296,7 @@ impl Application {
         let topic_check = settings.brokers.is_some().then(|| TopicCheck {
             factory: factory.clone(),
             wanted: settings.routing.published_topics(),
+            compacted: settings.routing.state_topics(),
             ensure: settings.ensure_topics.then_some((
                 settings.partitions.get().into(),
                 settings.replication_factor.get().into(),
@@ -299,6 +306,20 @@ impl Application {
             delivery: readiness,
             shutting_down: AtomicBool::new(false),
         });
+        let fetcher = match settings.routing.state() {
+            Some(state) => {
+                let client = Arc::new(RingCentral::new(
+                    settings.ringcentral.credentials().map_err(invalid_config)?,
+                )?);
+                let group = format!("{}state-fetchers", settings.topic_prefix);
+                let config = factory.client_config();
+                let producer = factory.build()?;
+                let fetcher =
+                    Fetcher::new(&config, &group, state, producer, client, metrics.clone());
+                Some(fetcher?)
+            }
+            None => None,
+        };
         Ok(Application {
             listeners,
             webhook: ingress::router(state, settings.max_body_bytes.get()),
@@ -314,6 +335,7 @@ impl Application {
             reload: None,
             keeper,
             topic_check,
+            fetcher,
             _embedded: embedded,
         })
     }
@@ -372,6 +394,9 @@ impl Application {
             let reloading =
                 reload_on_hangup(reload, routing, self.metrics.clone(), stopping.clone());
             background.push(tokio::spawn(reloading));
+        }
+        if let Some(fetcher) = self.fetcher {
+            background.push(tokio::spawn(fetcher.run(stopping.clone())));
         }
         if let Some(check) = self.topic_check {
             background.push(tokio::spawn(check.run(stopping.clone())));
@@ -466,6 +491,8 @@ async fn reload_on_hangup(
 struct TopicCheck {
     factory: ProducerFactory,
     wanted: Vec<Topic>,
+    /// The state topics among them.
+    compacted: Vec<Topic>,
     /// Partitions and replication factor, when missing topics are to be created.
     ensure: Option<(i32, i32)>,
 }
@@ -504,7 +531,14 @@ impl TopicCheck {
                  (create them, or run `rc-kafka-bridge topics ensure`)"
             );
         };
-        match kafka::create_topics(&self.factory, &missing, partitions, replication_factor).await {
+        let created = kafka::create_topics(
+            &self.factory,
+            &missing,
+            &self.compacted,
+            partitions,
+            replication_factor,
+        );
+        match created.await {
             Ok(()) => tracing::info!(topics = ?names, "created missing topics"),
             Err(e) => tracing::error!(topics = ?names, error = %e, "cannot create missing topics"),
         }

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub spool_dead_letters: IntGauge,
     pub spool_dead_letter_bytes: IntGauge,
     pub dead_letters_dropped: IntCounter,
+    // State topics.
+    pub state_fetches: IntCounterVec,
+    pub state_rate_limit_pauses: IntCounterVec,
+    pub state_lag: Histogram,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -241,6 +245,22 @@ impl Metrics {
             ))
             .unwrap(),
             registry,
+            state_fetches: IntCounterVec::new(
+                opts("state_fetches_total", "State fetches from RingCentral, by rate-limit group and outcome."),
+                &["group", "outcome"],
+            )
+            .unwrap(),
+            state_rate_limit_pauses: IntCounterVec::new(
+                opts("state_rate_limit_pauses_total", "Pauses of a rate-limit group after a 429 or an exhausted budget."),
+                &["group"],
+            )
+            .unwrap(),
+            state_lag: Histogram::with_opts(
+                HistogramOpts::new("state_lag_seconds", "Time from accepting a hint to publishing the state it caused.")
+                    .namespace(NAMESPACE)
+                    .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]),
+            )
+            .unwrap(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.http_requests.clone()),
@@ -272,6 +292,9 @@ impl Metrics {
             Box::new(m.spool_dead_letters.clone()),
             Box::new(m.spool_dead_letter_bytes.clone()),
             Box::new(m.dead_letters_dropped.clone()),
+            Box::new(m.state_fetches.clone()),
+            Box::new(m.state_rate_limit_pauses.clone()),
+            Box::new(m.state_lag.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

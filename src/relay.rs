@@ -548,6 +548,7 @@ mod tests {
             headers: vec![("rc-notification-uuid".into(), key.into())],
             value: "{}".into(),
             hint_label: "ExtensionInfo".into(),
+            tombstone: false,
         }
     }
 

@@ -22,6 +22,22 @@ pub(super) fn routes(settings: &Settings) -> Result<(), CommandError> {
     ] {
         println!("{what:<24} {topic:<40} -");
     }
+    if let Some(state) = routing.state() {
+        println!("\n{:<24} STATE TOPIC (GET, rate-limit group)", "HINT");
+        for (hint, fetch) in state.fetches.hints() {
+            match fetch {
+                Ok(f) => println!(
+                    "{:<24} {} ({}, {})",
+                    hint,
+                    f.topic.topic,
+                    f.get.as_str(),
+                    f.group.label()
+                ),
+                Err(why) => println!("{hint:<24} not fetched: {why}"),
+            }
+        }
+        println!("{:<24} {}", "(fetch requests)", state.requests_topic);
+    }
     Ok(())
 }
 

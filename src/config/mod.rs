@@ -16,6 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::ringcentral::SubscriptionId;
 pub use crate::secret::Secret;
+use crate::state::fetch_table::{FetchTable, FetchTableError, StateFetchOverride};
+use crate::state::request::StateRouting;
 
 mod kafka_properties;
 pub use kafka_properties::{
@@ -182,6 +184,8 @@ pub struct Settings {
     pub max_plan_bytes: NonZeroUsize,
     #[command(flatten)]
     pub ringcentral: RingCentralSettings,
+    #[command(flatten)]
+    pub state: StateSettings,
     // HTTP limits on both listeners.
     /// Time a client has to send a request's head, from connecting or from its first byte after
     /// an idle keep-alive.
@@ -272,6 +276,26 @@ pub struct RingCentralSettings {
           value_parser = parse_duration)]
     #[serde(deserialize_with = "duration")]
     pub renew_before: Duration,
+}
+
+/// State topics: `--state`, `[state]` in the file.
+#[derive(Debug, Clone, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    /// Fetch the current state of every changed resource once, with the --rc-* credentials, and
+    /// publish it to compacted <prefix>state.* topics keyed by extension.
+    #[arg(long = "state", env = "RCKB_STATE")]
+    pub enabled: bool,
+    /// `[state.fetch]`, only in the file: a hint's GET, rate-limit group and paging, overriding the
+    /// built-in fetch table or adding a hint; a hint without `get` is not fetched.
+    #[arg(skip)]
+    pub fetch: BTreeMap<String, StateFetchOverride>,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        declared_defaults()
+    }
 }
 
 impl Default for Settings {
@@ -472,6 +496,8 @@ pub enum ConfigError {
     Environment { variable: String, message: String },
     #[error("{0}")]
     Arguments(String),
+    #[error("state.fetch: {0}")]
+    State(#[from] FetchTableError),
 }
 
 impl Settings {
@@ -536,6 +562,17 @@ impl Settings {
         let mut routing = RoutingTable::new(&self.topic_prefix, &self.hints)?.with_limits(limits);
         if let Some(topic) = &self.dead_letter_topic {
             routing = routing.with_dead_letter_topic(topic.clone());
+        }
+        if self.state.enabled {
+            // The fetches need RingCentral's API: missing credentials stop start-up here.
+            self.ringcentral.credentials()?;
+            let requests_topic = Topic::parse(format!("{}state-requests", self.topic_prefix))
+                .map_err(RoutingError::Prefix)?;
+            let fetches = FetchTable::new(&self.topic_prefix, &self.state.fetch)?;
+            routing = routing.with_state(StateRouting {
+                fetches,
+                requests_topic,
+            });
         }
         self.routing = routing;
         Ok(self)

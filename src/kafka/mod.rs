@@ -215,20 +215,51 @@ pub fn missing_topics(
         .collect())
 }
 
-/// Creates the given topics; a topic that already exists is not an error.
+/// Creates the given topics; a topic that already exists is not an error. Those also in
+/// `compacted` (the state topics) are created with `cleanup.policy=compact`: the latest record of
+/// each key is the state.
 pub async fn create_topics(
     factory: &ProducerFactory,
     topics: &[Topic],
+    compacted: &[Topic],
     partitions: i32,
     replication: i32,
 ) -> Result<(), String> {
+    let (state, other): (Vec<&Topic>, Vec<&Topic>) =
+        topics.iter().partition(|t| compacted.contains(t));
+    create(factory, &other, partitions, replication, &[]).await?;
+    create(
+        factory,
+        &state,
+        partitions,
+        replication,
+        &[("cleanup.policy", "compact")],
+    )
+    .await
+}
+
+async fn create(
+    factory: &ProducerFactory,
+    topics: &[&Topic],
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) -> Result<(), String> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = factory
         .client_config()
         .create()
         .map_err(|e| e.to_string())?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(replication)))
+        .map(|t| {
+            let topic = NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(replication));
+            config
+                .iter()
+                .fold(topic, |topic, (key, value)| topic.set(key, value))
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin

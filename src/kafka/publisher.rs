@@ -40,8 +40,12 @@ impl Producer for KafkaProducer {
         }
         let record = FutureRecord::to(&message.topic)
             .key(message.key.as_str())
-            .payload(message.value.as_str())
             .headers(headers);
+        // A tombstone has no value at all: that is what compaction deletes a key on.
+        let record = match message.tombstone {
+            true => record,
+            false => record.payload(message.value.as_str()),
+        };
         self.send_result(record)
             .map(Delivery)
             .map_err(|(error, _)| PublishError::classify(error))

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::notification::{EventKind, ExtensionChange, Hint, Notification, is_resource_id};
+use crate::state::request::StateRouting;
 
 /// The default topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "ringcentral.";
@@ -63,6 +64,8 @@ pub struct RoutingTable {
     dead_letter_topic: Topic,
     extension_target: TargetApi,
     limits: FanoutLimits,
+    /// With `--state`: the fetch table and the requests topic.
+    state: Option<StateRouting>,
 }
 
 impl RoutingTable {
@@ -115,6 +118,7 @@ impl RoutingTable {
             dead_letter_topic: fixed("dead-letter")?,
             extension_target: TargetApi::new(EXTENSION_INFO_TARGET),
             limits: FanoutLimits::default(),
+            state: None,
         })
     }
 
@@ -122,6 +126,28 @@ impl RoutingTable {
     pub fn with_limits(mut self, limits: FanoutLimits) -> RoutingTable {
         self.limits = limits;
         self
+    }
+
+    /// The same table planning a fetch request for every fetchable hint (`--state`).
+    pub fn with_state(mut self, state: StateRouting) -> RoutingTable {
+        self.state = Some(state);
+        self
+    }
+
+    /// The state topics, created compacted: none without `--state`.
+    pub fn state_topics(&self) -> Vec<Topic> {
+        self.state.as_ref().map_or_else(Vec::new, |s| {
+            s.fetches
+                .state_topics()
+                .into_iter()
+                .map(|s| s.topic)
+                .collect()
+        })
+    }
+
+    /// The fetch table and requests topic, with `--state`.
+    pub fn state(&self) -> Option<&StateRouting> {
+        self.state.as_ref()
     }
 
     /// The same table with another dead-letter topic than `<prefix>dead-letter`.
@@ -187,9 +213,13 @@ impl RoutingTable {
     /// ensure` creates and start-up checks.
     pub fn published_topics(&self) -> Vec<Topic> {
         let mut topics = self.topics();
-        if !topics.contains(&self.dead_letter_topic) {
-            topics.push(self.dead_letter_topic.clone());
+        topics.push(self.dead_letter_topic.clone());
+        if let Some(state) = &self.state {
+            topics.push(state.requests_topic.clone());
+            topics.extend(state.fetches.state_topics().into_iter().map(|s| s.topic));
         }
+        topics.sort();
+        topics.dedup();
         topics
     }
 

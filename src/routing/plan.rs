@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::*;
+use crate::state::request::Request;
 
 /// One message of a change: its topic, the target API it stands for (none for an unknown hint) and
 /// its hint (none when the extension itself changed).
@@ -43,6 +44,9 @@ pub struct OutboundMessage {
     pub value: String,
     /// The hint this message is for; a metrics label (`unknown` for a hint not in the table).
     pub hint_label: String,
+    /// A state topic's tombstone: published with no value at all (`value` is empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tombstone: bool,
 }
 
 impl OutboundMessage {
@@ -124,6 +128,53 @@ impl Planner<'_> {
                 kind_label: "",
             });
         });
+        if let Some(state) = &table.state {
+            self.state_requests(state, account_id, change);
+        }
+    }
+
+    /// With `--state`: a request to fetch each distinct resource the change names (the extension's
+    /// record for a creation or an update without hints), or to tombstone a deleted extension.
+    fn state_requests(&mut self, state: &StateRouting, account_id: &str, change: &ExtensionChange) {
+        let n = self.notification;
+        let extension = change.extension_id.as_str();
+        let cause = |what: &str, topic: &Topic| format!("{}:{extension}:{what}:{topic}", n.uuid);
+        let own_record = || {
+            let cause = cause(&change.event_type, &self.table.extension_topic);
+            (Hint::new("ExtensionInfo"), cause)
+        };
+        let wanted: Vec<(Hint, String)> = match change.event_type.as_str() {
+            "Delete" => {
+                let cause = cause("Delete", &self.table.extension_topic);
+                let delete = Request::delete(&state.fetches, extension, cause, self.received_at);
+                self.messages.push(delete.message(&state.requests_topic));
+                return;
+            }
+            "Update" if !change.hints.is_empty() => change
+                .hints
+                .iter()
+                .map(|hint| {
+                    let topic = self.table.route(hint).and_then(|r| r.topics.first());
+                    let topic = topic.map_or(&self.table.unrouted_topic, |(t, _)| t);
+                    (hint.clone(), cause(hint.as_str(), topic))
+                })
+                .collect(),
+            _ => vec![own_record()],
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (hint, cause) in wanted {
+            let Ok(fetch) = state.fetches.fetch_for(&hint) else {
+                continue;
+            };
+            // Ids were validated when the notification was parsed; a refusal here fetches nothing.
+            let Ok(resource) = fetch.resource(account_id, extension) else {
+                continue;
+            };
+            if seen.insert(resource.key.clone()) {
+                let request = Request::fetch(&resource, cause, self.received_at);
+                self.messages.push(request.message(&state.requests_topic));
+            }
+        }
     }
 
     pub(super) fn reminder(&mut self) {
@@ -153,6 +204,7 @@ impl Planner<'_> {
             headers,
             value: String::from_utf8_lossy(raw).into_owned(),
             hint_label: "none".into(),
+            tombstone: false,
         });
     }
 
@@ -193,6 +245,7 @@ impl Planner<'_> {
             headers: self.headers(&message_id, event_type, hint),
             value: serde_json::to_string(&value).expect("a message value always serialises"),
             hint_label: part.hint_label.to_string(),
+            tombstone: false,
         });
     }
 

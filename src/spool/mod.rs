@@ -539,6 +539,7 @@ mod tests {
                 headers: vec![],
                 value: "{}".into(),
                 hint_label: "none".into(),
+                tombstone: false,
             }],
         }
     }

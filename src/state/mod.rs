@@ -7,12 +7,15 @@
 //! - [`rate_limits`]: RingCentral's usage-plan groups, default budgets and rate-limit headers.
 //! - [`limiter`]: one rate limiter per group, adjusted from RingCentral's answers.
 //! - [`fetch`]: one resource fetched whole (all pages) and its answer classified.
+//! - [`request`]: a fetch request, as queued on the internal requests topic.
 
 pub mod fetch;
 pub mod fetch_table;
+pub mod fetcher;
 pub mod get_template;
 pub mod limiter;
 pub mod rate_limits;
+pub mod request;
 
 #[cfg(test)]
 mod fake_api;

@@ -122,6 +122,7 @@ fn toml_key(flag: &str) -> Option<String> {
         "kafka-property" => "[kafka.properties]".to_string(),
         "allowed-subscription-id" => "allowed_subscription_ids".to_string(),
         "rc-event-filter" => "event_filters".to_string(),
+        "state" => "[state]".to_string(),
         other => other.trim_start_matches("rc-").replace('-', "_"),
     };
     Some(key)

@@ -9,6 +9,7 @@
 mod common {
     pub mod app;
     pub mod contract;
+    pub mod fake_extensions;
     pub mod fake_ringcentral;
     pub mod kafka;
     pub mod lifecycle;
@@ -29,5 +30,6 @@ mod keeper_hardening;
 mod operations;
 mod rejections;
 mod spool;
+mod state;
 mod subscription;
 mod webhook;

@@ -551,6 +551,7 @@ fn plan(uuid: String, messages: usize, value_bytes: usize) -> RoutePlan {
                     "x".repeat(value_bytes)
                 ),
                 hint_label: "Limits".into(),
+                tombstone: false,
             })
             .collect(),
     }

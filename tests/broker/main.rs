@@ -154,7 +154,7 @@ fn factory(tansu: &Tansu) -> ProducerFactory {
 /// Creates the default topics with one partition each, so every topic is totally ordered: Tansu
 /// does not create topics on produce.
 async fn create_default_topics(tansu: &Tansu) {
-    kafka::create_topics(&factory(tansu), &default_topics(), 1, 1)
+    kafka::create_topics(&factory(tansu), &default_topics(), &[], 1, 1)
         .await
         .expect("topics created");
 }

@@ -244,6 +244,7 @@ pub async fn check_contract(app: &TestApp) {
             ("content-type".into(), "application/json".into()),
         ]
     );
+    assert!(!m.tombstone, "a hint message always has a value");
     let mut value = m.value();
     let received_at = value["receivedAt"].take();
     assert!(

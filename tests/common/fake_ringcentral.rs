@@ -39,6 +39,9 @@ pub struct FakeState {
     next: u64,
     /// Every request, as `METHOD /path?query` exactly as received (still percent-encoded).
     pub requests: Vec<String>,
+    /// Extension records by id (`fake_extensions`), and how many resource GETs were answered.
+    pub extensions: BTreeMap<String, Value>,
+    pub state_gets: usize,
 }
 
 #[derive(Clone)]
@@ -58,6 +61,7 @@ impl FakeRingCentral {
             .route("/restapi/v1.0/subscription", post(create).get(list))
             .route("/restapi/v1.0/subscription/{id}", get(read).delete(delete))
             .route("/restapi/v1.0/subscription/{id}/renew", post(renew))
+            .merge(super::fake_extensions::routes())
             .fallback(no_such_endpoint)
             .layer(middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
@@ -150,7 +154,7 @@ fn subscription_json(
     })
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({"errorCode": code, "message": message, "errors": [{"errorCode": code, "message": message}]})),
@@ -233,7 +237,7 @@ fn not_found() -> Response {
 }
 
 /// Checks the bearer token and the rate limit of an API call; the refusal, if any.
-fn refusal(state: &mut FakeState, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn refusal(state: &mut FakeState, headers: &HeaderMap) -> Option<Response> {
     state.api_calls += 1;
     if state.rate_limit_next > 0 {
         state.rate_limit_next -= 1;

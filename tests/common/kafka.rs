@@ -24,6 +24,8 @@ pub struct Received {
     pub key: String,
     pub headers: Vec<(String, String)>,
     pub raw: String,
+    /// No value at all: a tombstone.
+    pub tombstone: bool,
 }
 
 impl Received {
@@ -41,6 +43,7 @@ impl Received {
                 })
                 .unwrap_or_default(),
             raw: m.payload().map(text).unwrap_or_default(),
+            tombstone: m.payload().is_none(),
         }
     }
 
