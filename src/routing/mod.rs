@@ -833,6 +833,45 @@ mod tests {
         assert!(Topic::parse("a".repeat(249)).is_ok());
         assert!(Topic::parse("a".repeat(250)).is_err());
     }
+
+    #[test]
+    fn state_adds_fetch_requests_and_leaves_the_hint_messages_byte_identical() {
+        use crate::state::fetch_table::FetchTable;
+        use crate::state::request::{Request, StateRouting};
+        let with_state = table().with_state(StateRouting {
+            fetches: FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
+            requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
+        });
+        // ExtensionInfo and ProfileImage share one resource; DialingPlan has no GET.
+        let body = update(&["ExtensionInfo", "ProfileImage", "Features", "DialingPlan"]);
+        let raw = body.to_string();
+        let n = Notification::parse(raw.as_bytes()).unwrap();
+        let without = table().plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
+        let with = with_state.plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
+        let (requests, hints): (Vec<_>, Vec<_>) = with
+            .messages
+            .into_iter()
+            .partition(|m| m.topic == "ringcentral.state-requests");
+        assert_eq!(hints, without.messages, "hint topics do not change with state on");
+        let requests: Vec<Request> = requests
+            .iter()
+            .map(|m| serde_json::from_str(&m.value).unwrap())
+            .collect();
+        let fetched: Vec<(&str, &str)> = requests
+            .iter()
+            .map(|r| match r {
+                Request::Fetch { state_topic, key, .. } => (state_topic.as_str(), key.as_str()),
+                Request::Delete { .. } => ("delete", ""),
+            })
+            .collect();
+        assert_eq!(
+            fetched,
+            [
+                ("ringcentral.state.account.extension", "8475874957"),
+                ("ringcentral.state.account.extension.features", "8475874957"),
+            ]
+        );
+    }
 }
 
 #[cfg(test)]
