@@ -15,6 +15,7 @@
 //! - [`kafka`]: the producer and the one publisher both delivery modes use, error classification,
 //!   topic checks, the embedded development broker.
 //! - [`ringcentral`]: RingCentral's REST API and the subscription keeper.
+//! - [`state`]: with `--state`, the current state of each changed resource on compacted topics.
 //! - [`config`]: layered settings (flags, `RCKB_*` environment, TOML file).
 //! - `secret`: values that never reach a log line.
 //! - [`metrics`]: every Prometheus metric; [`telemetry`]: logging.
