@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::common::app::TestApp;
 use crate::common::fake_ringcentral::{CLIENT_ID, CLIENT_SECRET, FakeRingCentral, JWT};
 use crate::common::kafka::{Received, read_until};
+use crate::common::metrics::sample;
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 
@@ -170,4 +171,32 @@ async fn without_credentials_state_refuses_to_start_naming_them() {
     settings.state.enabled = true;
     let err = settings.resolve().unwrap_err().to_string();
     assert!(err.contains("ringcentral.client_id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_the_group_for_retry_after_and_the_state_still_arrives() {
+    let (kafka, fake) = setup().await;
+    let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
+    // The fake answers its next API call 429 with `Retry-After: 1`.
+    fake.state.lock().unwrap().rate_limit_next = 1;
+    let uuid = format!("limited-{}", unique());
+    let body = extension_update(&uuid, EXTENSION, &["ExtensionInfo"]);
+    assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+    let topic = vec![EXTENSION_TOPIC.to_string()];
+    let read = read_until(&kafka.bootstrap, &topic, Duration::from_secs(30), |read| {
+        latest(read, EXTENSION_TOPIC).is_some()
+    })
+    .await;
+    assert!(latest(&read, EXTENSION_TOPIC).is_some(), "the state after the pause");
+    let scrape = app
+        .metrics_until("the pause to be counted", |m| {
+            sample(m, "rckb_state_rate_limit_pauses_total", &[("group", "light")]) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        sample(&scrape, "rckb_state_fetches_total", &[("group", "light"), ("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(fake.state.lock().unwrap().rate_limit_next, 0, "the 429 was answered");
+    app.shutdown().await;
 }
