@@ -311,11 +311,9 @@ impl Application {
                 let client = Arc::new(RingCentral::new(
                     settings.ringcentral.credentials().map_err(invalid_config)?,
                 )?);
-                let group = format!("{}state-fetchers", settings.topic_prefix);
                 let config = factory.client_config();
                 let producer = factory.build()?;
-                let fetcher =
-                    Fetcher::new(&config, &group, state, producer, client, metrics.clone());
+                let fetcher = Fetcher::new(&config, state, producer, client, metrics.clone());
                 Some(fetcher?)
             }
             None => None,

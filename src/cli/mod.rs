@@ -11,6 +11,7 @@ use crate::spool::SpoolError;
 mod configuration;
 mod serve;
 mod spool;
+mod state;
 mod subscription;
 mod topics;
 
@@ -53,6 +54,20 @@ enum Command {
     Spool {
         #[command(subcommand)]
         command: SpoolCommand,
+    },
+    /// State topics (--state).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print the fetch queue: per partition of the requests topic, how far the fetchers got.
+    Status {
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
 }
 
@@ -174,6 +189,9 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         } => topics::ensure(&Settings::load(&settings)?),
         Command::Subscription { command } => subscription::run(command),
         Command::Spool { command } => spool::run(command),
+        Command::State {
+            command: StateCommand::Status { settings },
+        } => state::status(&Settings::load(&settings)?),
     }
 }
 

@@ -572,6 +572,7 @@ impl Settings {
             routing = routing.with_state(StateRouting {
                 fetches,
                 requests_topic,
+                fetcher_group: format!("{}state-fetchers", self.topic_prefix),
             });
         }
         self.routing = routing;

@@ -841,6 +841,7 @@ mod tests {
         let with_state = table().with_state(StateRouting {
             fetches: FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
             requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
+            fetcher_group: "ringcentral.state-fetchers".into(),
         });
         // ExtensionInfo and ProfileImage share one resource; DialingPlan has no GET.
         let body = update(&["ExtensionInfo", "ProfileImage", "Features", "DialingPlan"]);
@@ -852,7 +853,10 @@ mod tests {
             .messages
             .into_iter()
             .partition(|m| m.topic == "ringcentral.state-requests");
-        assert_eq!(hints, without.messages, "hint topics do not change with state on");
+        assert_eq!(
+            hints, without.messages,
+            "hint topics do not change with state on"
+        );
         let requests: Vec<Request> = requests
             .iter()
             .map(|m| serde_json::from_str(&m.value).unwrap())
@@ -860,7 +864,9 @@ mod tests {
         let fetched: Vec<(&str, &str)> = requests
             .iter()
             .map(|r| match r {
-                Request::Fetch { state_topic, key, .. } => (state_topic.as_str(), key.as_str()),
+                Request::Fetch {
+                    state_topic, key, ..
+                } => (state_topic.as_str(), key.as_str()),
                 Request::Delete { .. } => ("delete", ""),
             })
             .collect();

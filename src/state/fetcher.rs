@@ -45,11 +45,9 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// Joins the fetchers' consumer group `group_id` on the requests topic; [`Fetcher::run`]
-    /// fetches.
+    /// Joins the fetchers' consumer group on the requests topic; [`Fetcher::run`] fetches.
     pub fn new(
         config: &ClientConfig,
-        group_id: &str,
         state: &StateRouting,
         producer: KafkaProducer,
         client: Arc<RingCentral>,
@@ -57,7 +55,7 @@ impl Fetcher {
     ) -> Result<Fetcher, KafkaError> {
         let consumer: StreamConsumer = config
             .clone()
-            .set("group.id", group_id)
+            .set("group.id", &state.fetcher_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create()?;

@@ -107,4 +107,6 @@ impl Request {
 pub struct StateRouting {
     pub fetches: FetchTable,
     pub requests_topic: Topic,
+    /// The consumer group every replica's fetcher joins.
+    pub fetcher_group: String,
 }

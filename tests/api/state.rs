@@ -12,6 +12,7 @@ use crate::common::kafka::{Received, read_until};
 use crate::common::metrics::sample;
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
+use crate::common::process::bridge_command;
 
 const EXTENSION: &str = "101";
 const EXTENSION_TOPIC: &str = "ringcentral.state.account.extension";
@@ -187,16 +188,68 @@ async fn a_429_pauses_the_group_for_retry_after_and_the_state_still_arrives() {
         latest(read, EXTENSION_TOPIC).is_some()
     })
     .await;
-    assert!(latest(&read, EXTENSION_TOPIC).is_some(), "the state after the pause");
+    assert!(
+        latest(&read, EXTENSION_TOPIC).is_some(),
+        "the state after the pause"
+    );
     let scrape = app
         .metrics_until("the pause to be counted", |m| {
-            sample(m, "rckb_state_rate_limit_pauses_total", &[("group", "light")]) >= 1.0
+            sample(
+                m,
+                "rckb_state_rate_limit_pauses_total",
+                &[("group", "light")],
+            ) >= 1.0
         })
         .await;
     assert_eq!(
-        sample(&scrape, "rckb_state_fetches_total", &[("group", "light"), ("outcome", "ok")]),
+        sample(
+            &scrape,
+            "rckb_state_fetches_total",
+            &[("group", "light"), ("outcome", "ok")]
+        ),
         1.0
     );
-    assert_eq!(fake.state.lock().unwrap().rate_limit_next, 0, "the 429 was answered");
+    assert_eq!(
+        fake.state.lock().unwrap().rate_limit_next,
+        0,
+        "the 429 was answered"
+    );
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_status_prints_the_fetch_queue() {
+    let (kafka, fake) = setup().await;
+    // Two requests queued, and no fetcher running.
+    let mut settings = Settings::default();
+    with_state(&fake)(&mut settings);
+    let state = settings.resolve().unwrap();
+    let requests = state.routing.state().unwrap().requests_topic.to_string();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .unwrap();
+    for key in ["101", "102"] {
+        let record = rdkafka::producer::FutureRecord::to(&requests)
+            .key(key)
+            .payload("{}");
+        producer.send(record, Duration::from_secs(5)).await.unwrap();
+    }
+    let output = bridge_command()
+        .args(["state", "status", "--state", "--brokers", &kafka.bootstrap])
+        .args(["--rc-server", &fake.url, "--rc-client-id", CLIENT_ID])
+        .args(["--rc-client-secret", CLIENT_SECRET, "--rc-jwt", JWT])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("ringcentral.state-requests (consumer group ringcentral.state-fetchers)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 requests queued"), "{stdout}");
 }
