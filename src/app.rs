@@ -284,12 +284,7 @@ impl Application {
             metrics: metrics.clone(),
             reminders,
             allowed: Arc::new(AllowedSubscriptions::new(
-                settings
-                    .allowed_subscription_ids
-                    .iter()
-                    .cloned()
-                    .map(String::from)
-                    .collect(),
+                settings.allowed_subscription_ids.clone(),
                 keeper.as_ref().map(|(keeper, _)| keeper.subscription_id()),
             )),
         };

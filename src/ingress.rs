@@ -51,13 +51,13 @@ pub struct IngressState {
 /// current subscription (which changes when the keeper recreates it). Empty and without a keeper: any.
 #[derive(Debug, Default)]
 pub struct AllowedSubscriptions {
-    configured: Vec<String>,
+    configured: Vec<SubscriptionId>,
     keeper: Option<watch::Receiver<Option<SubscriptionId>>>,
 }
 
 impl AllowedSubscriptions {
     pub fn new(
-        configured: Vec<String>,
+        configured: Vec<SubscriptionId>,
         keeper: Option<watch::Receiver<Option<SubscriptionId>>>,
     ) -> Self {
         AllowedSubscriptions { configured, keeper }
@@ -70,7 +70,7 @@ impl AllowedSubscriptions {
             return true;
         }
         let Some(id) = id else { return false };
-        self.configured.iter().any(|allowed| allowed == id)
+        self.configured.iter().any(|allowed| allowed.as_str() == id)
             || self
                 .keeper
                 .as_ref()

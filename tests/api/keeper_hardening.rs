@@ -114,16 +114,12 @@ async fn a_reminder_posted_to_the_webhook_with_a_path_trick_id_reaches_no_other_
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
     let mut ours = String::new();
-    let server = fake.url.clone();
     let app = TestApp::spawn_bound(&kafka.bootstrap, |a, port| {
         let address = format!("http://127.0.0.1:{port}/webhook");
         ours = fake.seed(&address, "Active", Some(TOKEN));
         a.verification_token = Some(Secret::new(TOKEN));
+        fake.credentials(a);
         let rc = &mut a.ringcentral;
-        rc.server = server;
-        rc.client_id = Some(CLIENT_ID.into());
-        rc.client_secret = Some(Secret::new(CLIENT_SECRET));
-        rc.jwt = Some(Secret::new(JWT));
         rc.webhook_address = Some(address);
         rc.keep_subscription = true;
         rc.check_interval = Duration::from_secs(3600);

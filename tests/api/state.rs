@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use rc_kafka_bridge::config::{Secret, Settings};
+use rc_kafka_bridge::config::Settings;
 use serde_json::json;
 
 use crate::common::app::TestApp;
-use crate::common::fake_ringcentral::{CLIENT_ID, CLIENT_SECRET, FakeRingCentral, JWT};
+use crate::common::fake_ringcentral::FakeRingCentral;
 use crate::common::kafka::{Received, read_until};
 use crate::common::metrics::sample;
 use crate::common::mock_kafka::MockKafka;
@@ -20,14 +20,9 @@ const FEATURES_TOPIC: &str = "ringcentral.state.account.extension.features";
 const NUMBERS_TOPIC: &str = "ringcentral.state.account.extension.phone-number";
 
 fn with_state(fake: &FakeRingCentral) -> impl FnOnce(&mut Settings) {
-    let server = fake.url.clone();
     move |a| {
         a.state.enabled = true;
-        let rc = &mut a.ringcentral;
-        rc.server = server;
-        rc.client_id = Some(CLIENT_ID.into());
-        rc.client_secret = Some(Secret::new(CLIENT_SECRET));
-        rc.jwt = Some(Secret::new(JWT));
+        fake.credentials(a);
     }
 }
 
@@ -237,8 +232,7 @@ async fn state_status_prints_the_fetch_queue() {
     }
     let output = bridge_command()
         .args(["state", "status", "--state", "--brokers", &kafka.bootstrap])
-        .args(["--rc-server", &fake.url, "--rc-client-id", CLIENT_ID])
-        .args(["--rc-client-secret", CLIENT_SECRET, "--rc-jwt", JWT])
+        .args(fake.cli_args())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

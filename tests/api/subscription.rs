@@ -203,15 +203,11 @@ fn keeper_args(
     address: String,
     interval: &str,
 ) -> impl FnOnce(&mut rc_kafka_bridge::config::Settings) {
-    let server = fake.url.clone();
     let interval = interval.to_string();
     move |a| {
         a.verification_token = Some(Secret::new("keeper-token"));
+        fake.credentials(a);
         let rc = &mut a.ringcentral;
-        rc.server = server;
-        rc.client_id = Some(CLIENT_ID.into());
-        rc.client_secret = Some(Secret::new(CLIENT_SECRET));
-        rc.jwt = Some(Secret::new(JWT));
         rc.webhook_address = Some(address);
         rc.keep_subscription = true;
         rc.check_interval = humantime::parse_duration(&interval).unwrap();

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use rc_kafka_bridge::config::{Secret, Settings};
 use serde_json::{Value, json};
 
 use super::app::http;
@@ -71,6 +72,15 @@ impl FakeRingCentral {
         FakeRingCentral { url, state }
     }
 
+    /// Points `settings` at this fake, with the app's credentials.
+    pub fn credentials(&self, settings: &mut Settings) {
+        let rc = &mut settings.ringcentral;
+        rc.server = self.url.clone();
+        rc.client_id = Some(CLIENT_ID.into());
+        rc.client_secret = Some(Secret::new(CLIENT_SECRET));
+        rc.jwt = Some(Secret::new(JWT));
+    }
+
     /// Adds a subscription as if created earlier.
     pub fn seed(&self, address: &str, status: &str, token: Option<&str>) -> String {
         let mut state = self.state.lock().unwrap();
@@ -108,19 +118,9 @@ impl FakeRingCentral {
 
     /// The arguments every CLI call needs to reach this fake.
     pub fn cli_args(&self) -> Vec<String> {
-        [
-            "--rc-server",
-            &self.url,
-            "--rc-client-id",
-            CLIENT_ID,
-            "--rc-client-secret",
-            CLIENT_SECRET,
-            "--rc-jwt",
-            JWT,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let app = ["--rc-server", &self.url, "--rc-client-id", CLIENT_ID];
+        let secrets = ["--rc-client-secret", CLIENT_SECRET, "--rc-jwt", JWT];
+        app.iter().chain(&secrets).map(|s| s.to_string()).collect()
     }
 }
 

@@ -67,12 +67,7 @@ impl Ingress {
             metrics: metrics.clone(),
             reminders: None,
             allowed: Arc::new(AllowedSubscriptions::new(
-                settings
-                    .allowed_subscription_ids
-                    .iter()
-                    .cloned()
-                    .map(String::from)
-                    .collect(),
+                settings.allowed_subscription_ids.clone(),
                 None,
             )),
         };
