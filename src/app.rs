@@ -431,8 +431,12 @@ impl Application {
             }
         }
         stop.begin(deadline);
-        for task in background {
-            let _ = task.await;
+        // Each task stops at the signal, but one may be inside a call to RingCentral or Kafka: the
+        // grace period bounds the wait, and what is still running then is cut.
+        for mut task in background {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         let _ = admin.await;
         tracing::info!("stopped");

@@ -44,7 +44,11 @@ impl Shutdown {
 
     /// The deadline, once the shutdown has begun.
     pub fn deadline(&self) -> Option<Instant> {
-        *self.0.borrow()
+        match *self.0.borrow() {
+            // A trigger dropped without a deadline: due now, as `begun` says.
+            None if self.0.has_changed().is_err() => Some(Instant::now()),
+            deadline => deadline,
+        }
     }
 
     /// Completes at the deadline: never while the bridge runs.
@@ -78,6 +82,7 @@ mod tests {
         let (trigger, mut signal) = channel();
         drop(trigger);
         let before = Instant::now();
+        assert_eq!(signal.deadline(), Some(before));
         assert_eq!(signal.begun().await, before);
     }
 }

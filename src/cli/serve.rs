@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::{CommandError, runtime};
 use crate::app::Application;
 use crate::config::{Settings, SettingsArgs};
+use crate::routing::{RoutingTable, Topic};
 use crate::telemetry;
 
 pub(super) fn serve(args: SettingsArgs) -> Result<(), CommandError> {
@@ -24,10 +25,18 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
         .map_err(|e| CommandError::start(&settings, e))?;
     // SIGHUP re-reads the configuration file (flags and environment as given at start); only
     // the routing (`[hints]`, the topic prefix) changes while running.
+    // The fetcher keeps the state settings it started with: a reload may not move them.
+    let state_at_start = state_topics(&settings.routing);
     app.reload_routing_with(Box::new(move || {
-        Settings::load(&args)
-            .map(|s| s.routing)
-            .map_err(|e| e.to_string())
+        let routing = Settings::load(&args).map_err(|e| e.to_string())?.routing;
+        if state_topics(&routing) != state_at_start {
+            return Err(
+                "the state settings ([state], or the prefix with it) change only with a \
+                        restart"
+                    .into(),
+            );
+        }
+        Ok(routing)
     }));
     tracing::info!(
         port = app.port(),
@@ -43,4 +52,11 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
         println!("embedded Kafka broker: {}", app.bootstrap_servers());
     }
     app.run_until_stopped().await.map_err(CommandError::Serve)
+}
+
+/// What of the routing the running fetcher depends on.
+fn state_topics(routing: &RoutingTable) -> Option<(Topic, Vec<Topic>)> {
+    routing
+        .state()
+        .map(|s| (s.requests_topic.clone(), routing.state_topics()))
 }
