@@ -306,9 +306,14 @@ impl Application {
                 let client = Arc::new(RingCentral::new(
                     settings.ringcentral.credentials().map_err(invalid_config)?,
                 )?);
-                let config = factory.client_config();
-                let producer = factory.build()?;
-                let fetcher = Fetcher::new(&config, state, producer, client, metrics.clone());
+                let fetcher = Fetcher::new(
+                    &factory.client_config(),
+                    state,
+                    factory.clone(),
+                    settings.routing.dead_letter_topic().clone(),
+                    client,
+                    metrics.clone(),
+                );
                 Some(fetcher?)
             }
             None => None,

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub state_fetches: IntCounterVec,
     pub state_rate_limit_pauses: IntCounterVec,
     pub state_lag: Histogram,
+    pub state_queue_requests: IntGauge,
+    pub state_queue_oldest_age: prometheus::Gauge,
+    pub state_fetcher_running: IntGauge,
+    pub state_dead_letters: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -261,6 +265,26 @@ impl Metrics {
                     .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]),
             )
             .unwrap(),
+            state_queue_requests: IntGauge::with_opts(opts(
+                "state_queue_requests",
+                "State requests queued on the partitions this replica fetches for (not yet committed).",
+            ))
+            .unwrap(),
+            state_queue_oldest_age: prometheus::Gauge::with_opts(opts(
+                "state_queue_oldest_age_seconds",
+                "Age of the oldest state request this replica holds and has not carried out (0 when none).",
+            ))
+            .unwrap(),
+            state_fetcher_running: IntGauge::with_opts(opts(
+                "state_fetcher_running",
+                "1 while this replica's state fetcher runs.",
+            ))
+            .unwrap(),
+            state_dead_letters: IntCounterVec::new(
+                opts("state_dead_letters_total", "State records Kafka refused for good: sent to the dead-letter topic, or dropped when it refused too."),
+                &["outcome"],
+            )
+            .unwrap(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.http_requests.clone()),
@@ -295,6 +319,10 @@ impl Metrics {
             Box::new(m.state_fetches.clone()),
             Box::new(m.state_rate_limit_pauses.clone()),
             Box::new(m.state_lag.clone()),
+            Box::new(m.state_queue_requests.clone()),
+            Box::new(m.state_queue_oldest_age.clone()),
+            Box::new(m.state_fetcher_running.clone()),
+            Box::new(m.state_dead_letters.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

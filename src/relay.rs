@@ -367,14 +367,7 @@ impl<P: Producer> Worker<P> {
     ) -> Option<DeadLetter> {
         tracing::error!(uuid = %entry.plan.uuid, topic = %message.topic, reason = kind.label(),
             "Kafka rejected a message for good; dead-lettering it");
-        let mut letter = message.clone();
-        letter.topic = self.dead_letter_topic.to_string();
-        letter
-            .headers
-            .push(("rc-original-topic".into(), message.topic.clone()));
-        letter
-            .headers
-            .push(("rc-dead-letter-reason".into(), kind.label().into()));
+        let letter = message.dead_letter(&self.dead_letter_topic, kind.label());
         // Counted as a dead letter, not as a published message.
         let sent = match self.publisher.producer().send(&letter) {
             Ok(delivery) => cut.before(delivery).await,

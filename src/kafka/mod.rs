@@ -174,6 +174,16 @@ impl ProducerFactory {
         })
     }
 
+    /// A producer whose statistics feed no metric: for the state fetcher, so that the producer
+    /// gauges keep describing the relay's producer alone.
+    pub fn build_unobserved(&self) -> Result<KafkaProducer, KafkaError> {
+        let mut config = self.config.clone();
+        config.set("statistics.interval.ms", "0");
+        config.create_with_context(StatsContext {
+            metrics: self.metrics.clone(),
+        })
+    }
+
     /// The configuration with the bridge's own settings, for admin and consumer clients.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();

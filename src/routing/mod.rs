@@ -24,6 +24,9 @@ const EXTENSION_INFO_TARGET: &str = "account/~/extension/~/";
 
 /// The header naming why a notification was carried raw on the unrouted topic.
 pub const UNROUTED_REASON_HEADER: &str = "rc-unrouted-reason";
+/// What a fetch request adds to what every message of its notification repeats: its JSON field
+/// names, a GET path and a state topic (each at most a few hundred bytes for any configured GET).
+const STATE_REQUEST_BYTES: usize = 1024;
 
 mod limits;
 mod plan;
@@ -310,6 +313,13 @@ impl RoutingTable {
                     + 2 * d.target.map_or(0, |t| t.as_str().len())
                     + 3 * d.hint.map_or(0, |h| h.as_str().len());
             });
+            if self.state.is_some() {
+                // At most one fetch request per distinct hint, one for a change without hints; each
+                // carries a path, a state topic and a cause besides what every message repeats.
+                let requests = change.hints.len().max(1);
+                messages += requests;
+                bytes += requests * (per_change + STATE_REQUEST_BYTES);
+            }
             if messages > limits.max_messages {
                 return Some(Overflow::Messages);
             }
@@ -835,6 +845,31 @@ mod tests {
     }
 
     #[test]
+    fn fetch_requests_count_against_the_message_cap() {
+        use crate::state::fetch_table::FetchTable;
+        use crate::state::request::StateRouting;
+        let entry = json!({"extensionId": "1", "eventType": "Update", "hints": ["ExtensionInfo", "Features"]});
+        let body = json!({"uuid": "b", "event": "/restapi/v1.0/account/~/extension",
+                          "body": {"extensions": vec![entry; 7]}});
+        let raw = body.to_string();
+        let n = Notification::parse(raw.as_bytes()).unwrap();
+        let limits = FanoutLimits {
+            max_messages: 20,
+            ..FanoutLimits::default()
+        };
+        let without = table().with_limits(limits);
+        let with = without.clone().with_state(StateRouting {
+            fetches: FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
+            requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
+            fetcher_group: "ringcentral.state-fetchers".into(),
+        });
+        let plan = without.plan(&n, raw.as_bytes(), "t");
+        assert_eq!((plan.messages.len(), plan.unrouted_reason), (14, None));
+        // 14 hint messages and 14 fetch requests: over 20.
+        over_cap(&with.plan(&n, raw.as_bytes(), "t"), "too_many_messages");
+    }
+
+    #[test]
     fn state_adds_fetch_requests_and_leaves_the_hint_messages_byte_identical() {
         use crate::state::fetch_table::FetchTable;
         use crate::state::request::{Request, StateRouting};
@@ -945,6 +980,7 @@ mod properties {
                  proptest::sample::select(vec!["Update", "Delete", "Create"])),
                 1..20),
             batched in any::<bool>(),
+            state in any::<bool>(),
         ) {
             let limits = FanoutLimits {
                 max_hints_per_change: 30,
@@ -952,9 +988,17 @@ mod properties {
                 max_messages: 200,
                 max_plan_bytes: 64 * 1024,
             };
-            let table = RoutingTable::new(DEFAULT_TOPIC_PREFIX, &BTreeMap::new())
+            let mut table = RoutingTable::new(DEFAULT_TOPIC_PREFIX, &BTreeMap::new())
                 .unwrap()
                 .with_limits(limits);
+            if state {
+                // Fetch requests count against the caps like the hint messages they come with.
+                table = table.with_state(crate::state::request::StateRouting {
+                    fetches: crate::state::fetch_table::FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
+                    requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
+                    fetcher_group: "ringcentral.state-fetchers".into(),
+                });
+            }
             let entries: Vec<Value> = changes
                 .iter()
                 .enumerate()

@@ -50,6 +50,19 @@ pub struct OutboundMessage {
 }
 
 impl OutboundMessage {
+    /// This message as a dead letter: on `topic`, saying where it was going and why Kafka refused it.
+    pub fn dead_letter(&self, topic: &Topic, reason: &str) -> OutboundMessage {
+        let mut letter = self.clone();
+        letter.topic = topic.to_string();
+        letter
+            .headers
+            .push(("rc-original-topic".into(), self.topic.clone()));
+        letter
+            .headers
+            .push(("rc-dead-letter-reason".into(), reason.into()));
+        letter
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

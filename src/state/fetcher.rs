@@ -5,43 +5,121 @@
 //! so replicas never multiply the calls.
 
 use std::collections::HashSet;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use rdkafka::Message;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use super::fetch::{FetchOutcome, fetch};
+use super::fetch::{FetchErrorKind, FetchOutcome, fetch};
 use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
 use super::limiter::RateLimiter;
 use super::request::{Request, StateRouting};
-use crate::kafka::{KafkaProducer, Publisher};
+use crate::kafka::{ErrorKind, KafkaProducer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
 use crate::ringcentral::RingCentral;
 use crate::routing::{OutboundMessage, Topic};
 use crate::shutdown::Shutdown;
 
-/// Requests taken per batch: the unit of coalescing and of offset commits.
+/// Requests taken per batch: the unit of coalescing.
 const BATCH: usize = 500;
 /// How long a batch waits for more requests once it has one.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// Attempts at a resource that fails for another reason than rate limits, before it is put back at
-/// the end of the queue (reported, never dropped) so that it does not hold up the others.
+/// the end of the queue (reported) so that it does not hold up the others.
 const ATTEMPTS: u32 = 4;
+/// Times a failing resource is put back before it is given up (logged and counted): by then it
+/// failed 16 times over more than a minute, and its next hint fetches it again.
+const REQUEUES: u32 = 3;
+/// How often the age of the oldest queued request is brought up to date while a fetch waits.
+const AGE_TICK: Duration = Duration::from_secs(5);
+
+/// The fetcher's consumer context: librdkafka's statistics give the queue's length, the requests
+/// not yet committed on the partitions this replica owns.
+pub struct QueueStats {
+    metrics: Metrics,
+}
+
+impl ClientContext for QueueStats {
+    fn stats(&self, statistics: Statistics) {
+        let queued: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            // -1 is librdkafka's unassigned pseudo-partition; a lag of -1 means not known yet.
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.metrics.state_queue_requests.set(queued);
+    }
+}
+
+impl ConsumerContext for QueueStats {}
+
+/// A request and where it was read from: what is committed once it is carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Queued {
+    request: Request,
+    partition: i32,
+    offset: i64,
+}
 
 pub struct Fetcher {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<QueueStats>,
+    worker: Worker,
+    /// Requests read while a batch was being carried out: the start of the next batch.
+    held: Vec<Queued>,
+    oldest: Arc<OldestRequest>,
+}
+
+/// What carries requests out: everything but the consumer, which keeps being polled meanwhile.
+struct Worker {
+    factory: ProducerFactory,
     publisher: Publisher<KafkaProducer>,
     client: Arc<RingCentral>,
     limiter: RateLimiter,
     requests_topic: Topic,
+    dead_letter_topic: Topic,
     /// Where a deleted extension leaves tombstones.
     per_extension_topics: Vec<Topic>,
     metrics: Metrics,
     shutdown: Shutdown,
+    oldest: Arc<OldestRequest>,
+}
+
+/// When the oldest request not yet carried out was accepted, shown as its age.
+struct OldestRequest {
+    /// Unix milliseconds; 0 for none.
+    accepted_ms: AtomicI64,
+    metrics: Metrics,
+}
+
+impl OldestRequest {
+    fn note(&self, queued: Option<&Queued>) {
+        let accepted_ms = queued
+            .and_then(|q| accepted_at(&q.request))
+            .map_or(0, |at| (at.unix_timestamp_nanos() / 1_000_000) as i64);
+        self.accepted_ms.store(accepted_ms, Ordering::Relaxed);
+        self.show();
+    }
+
+    fn show(&self) {
+        let age = match self.accepted_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            ms => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                (now as i64 - ms).max(0) as f64 / 1000.0
+            }
+        };
+        self.metrics.state_queue_oldest_age.set(age);
+    }
 }
 
 impl Fetcher {
@@ -49,56 +127,108 @@ impl Fetcher {
     pub fn new(
         config: &ClientConfig,
         state: &StateRouting,
-        producer: KafkaProducer,
+        factory: ProducerFactory,
+        dead_letter_topic: Topic,
         client: Arc<RingCentral>,
         metrics: Metrics,
     ) -> Result<Fetcher, KafkaError> {
-        let consumer: StreamConsumer = config
+        let consumer: StreamConsumer<QueueStats> = config
             .clone()
             .set("group.id", &state.fetcher_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(QueueStats {
+                metrics: metrics.clone(),
+            })?;
         consumer.subscribe(&[state.requests_topic.as_str()])?;
+        let producer = factory.build_unobserved()?;
+        let oldest = Arc::new(OldestRequest {
+            accepted_ms: AtomicI64::new(0),
+            metrics: metrics.clone(),
+        });
         Ok(Fetcher {
             consumer,
-            publisher: Publisher::new(producer, metrics.clone()),
-            client,
-            limiter: RateLimiter::new(),
-            requests_topic: state.requests_topic.clone(),
-            per_extension_topics: state.fetches.per_extension_topics(),
-            metrics,
-            // Replaced by `run`'s.
-            shutdown: crate::shutdown::channel().1,
+            worker: Worker {
+                factory,
+                publisher: Publisher::new(producer, metrics.clone()),
+                client,
+                limiter: RateLimiter::new(),
+                requests_topic: state.requests_topic.clone(),
+                dead_letter_topic,
+                per_extension_topics: state.fetches.per_extension_topics(),
+                metrics,
+                // Replaced by `run`'s.
+                shutdown: crate::shutdown::channel().1,
+                oldest: oldest.clone(),
+            },
+            held: Vec::new(),
+            oldest,
         })
     }
 
     /// Fetches until the shutdown begins.
+    ///
+    /// While a batch is carried out (for as long as the rate limits make it take) the consumer's
+    /// partitions are paused and the consumer is still polled: the group sees a live member and
+    /// its rebalances go on, and what arrives meanwhile is held for the next batch.
     pub async fn run(mut self, shutdown: Shutdown) {
-        self.shutdown = shutdown.clone();
-        let mut shutdown = shutdown;
+        self.worker.shutdown = shutdown.clone();
+        self.worker.metrics.state_fetcher_running.set(1);
+        let mut stopping = shutdown.clone();
         loop {
             let batch = tokio::select! {
                 batch = self.next_batch() => batch,
-                _ = shutdown.begun() => break,
+                _ = stopping.begun() => break,
             };
-            for request in coalesce(batch) {
-                if !self.handle(request).await {
-                    // Shutting down mid-batch: nothing committed, the batch is fetched again.
-                    return tracing::info!("state fetcher stopped");
+            let batch = coalesce(batch);
+            self.oldest.note(batch.first());
+            self.pause();
+            let finished = {
+                let mut work = pin!(self.worker.carry_out(&self.consumer, batch));
+                let mut tick = tokio::time::interval(AGE_TICK);
+                loop {
+                    tokio::select! {
+                        finished = &mut work => break finished,
+                        received = self.consumer.recv() => {
+                            if let Some(queued) = read(received) {
+                                self.held.push(queued);
+                            }
+                            if self.held.len() >= BATCH {
+                                // A rebalance assigned partitions that are not paused.
+                                pause(&self.consumer);
+                            }
+                        }
+                        _ = tick.tick() => self.oldest.show(),
+                    }
                 }
-            }
-            if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
-                // Not committed means fetched again: a repeated state record, never a lost one.
-                tracing::warn!(error = %e, "cannot commit the state requests");
+            };
+            self.resume();
+            if !finished {
+                // Shutting down mid-batch: what is not committed is fetched again.
+                break;
             }
         }
+        self.worker.metrics.state_fetcher_running.set(0);
         tracing::info!("state fetcher stopped");
     }
 
-    /// The next requests: waits for one, then takes what else is there within a moment.
-    async fn next_batch(&self) -> Vec<Request> {
-        let mut batch = Vec::new();
+    fn pause(&self) {
+        pause(&self.consumer);
+    }
+
+    fn resume(&self) {
+        if let Ok(assignment) = self.consumer.assignment()
+            && let Err(e) = self.consumer.resume(&assignment)
+        {
+            tracing::warn!(error = %e, "cannot resume reading state requests");
+        }
+    }
+
+    /// The next requests: what was held, else waits for one; then takes what else is there within a
+    /// moment.
+    async fn next_batch(&mut self) -> Vec<Queued> {
+        let mut batch = std::mem::take(&mut self.held);
         while batch.len() < BATCH {
             let received = if batch.is_empty() {
                 self.consumer.recv().await
@@ -109,14 +239,7 @@ impl Fetcher {
                 }
             };
             match received {
-                Ok(message) => match message.payload().map(serde_json::from_slice::<Request>) {
-                    Some(Ok(request)) => batch.push(request),
-                    _ => tracing::error!(
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "a state request that is not one; skipped"
-                    ),
-                },
+                Ok(message) => batch.extend(read(Ok(message))),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read state requests");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -125,11 +248,86 @@ impl Fetcher {
         }
         batch
     }
+}
 
-    /// Carries out one request until its state (or tombstones) is acknowledged; `false` when the
-    /// shutdown came first.
-    async fn handle(&mut self, request: Request) -> bool {
-        let (resource, cause, accepted_at) = match &request {
+fn pause(consumer: &StreamConsumer<QueueStats>) {
+    if let Ok(assignment) = consumer.assignment()
+        && let Err(e) = consumer.pause(&assignment)
+    {
+        tracing::warn!(error = %e, "cannot pause reading state requests");
+    }
+}
+
+/// A request as read from the queue; a message that is not one is skipped (and logged).
+fn read(received: Result<BorrowedMessage<'_>, KafkaError>) -> Option<Queued> {
+    let message = match received {
+        Ok(message) => message,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read state requests");
+            return None;
+        }
+    };
+    match message.payload().map(serde_json::from_slice::<Request>) {
+        Some(Ok(request)) => Some(Queued {
+            request,
+            partition: message.partition(),
+            offset: message.offset(),
+        }),
+        _ => {
+            tracing::error!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "a state request that is not one; skipped"
+            );
+            None
+        }
+    }
+}
+
+/// How one request ended.
+enum Handled {
+    /// Its state or tombstones are acknowledged, or it was given up: commit it.
+    Done,
+    /// The shutdown came first: leave it uncommitted.
+    Stopped,
+}
+
+impl Worker {
+    /// Carries out a batch in order, committing each request once it is done: a rebalance or a
+    /// crash mid-batch repeats only what was not finished. `false` when the shutdown came first.
+    async fn carry_out(
+        &mut self,
+        consumer: &StreamConsumer<QueueStats>,
+        batch: Vec<Queued>,
+    ) -> bool {
+        for (n, queued) in batch.iter().enumerate() {
+            self.oldest.note(Some(queued));
+            if let Handled::Stopped = self.handle(&queued.request).await {
+                return false;
+            }
+            // Everything before this request on its partition is done, or made moot by a later
+            // request that is not yet committed.
+            let mut offsets = TopicPartitionList::new();
+            let next = Offset::Offset(queued.offset + 1);
+            let topic = self.requests_topic.as_str();
+            if offsets
+                .add_partition_offset(topic, queued.partition, next)
+                .is_ok()
+                && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
+            {
+                // Not committed means fetched again: a repeated state record, never a lost one.
+                tracing::debug!(error = %e, "cannot commit a state request");
+            }
+            if n + 1 == batch.len() {
+                self.oldest.note(None);
+            }
+        }
+        true
+    }
+
+    /// Carries out one request until its state (or tombstones) is acknowledged, or it is given up.
+    async fn handle(&mut self, request: &Request) -> Handled {
+        let (resource, cause, accepted_at, requeued) = match request {
             Request::Delete {
                 key,
                 topics,
@@ -147,13 +345,14 @@ impl Fetcher {
                 scope,
                 cause,
                 accepted_at,
+                requeued,
                 ..
             } => {
                 let (Ok(topic), Some(group)) =
                     (Topic::parse(state_topic.as_str()), request.group())
                 else {
                     tracing::error!(topic = %state_topic, "a state request for no known topic; skipped");
-                    return true;
+                    return Handled::Done;
                 };
                 let scope = match scope.as_str() {
                     "account" => KeyScope::Account,
@@ -169,14 +368,14 @@ impl Fetcher {
                     group,
                     paged: *paged,
                 };
-                (resource, cause.clone(), accepted_at.clone())
+                (resource, cause.clone(), accepted_at.clone(), *requeued)
             }
         };
         let mut failures = 0;
         loop {
             let outcome = tokio::select! {
                 outcome = fetch(&self.client, &self.limiter, &resource) => outcome,
-                _ = self.shutdown.begun() => return false,
+                _ = self.shutdown.begun() => return Handled::Stopped,
             };
             let group = resource.group.label();
             let wait = match outcome {
@@ -210,20 +409,32 @@ impl Fetcher {
                     tracing::error!(path = %resource.path, "RingCentral refuses the bridge's credentials; state fetches wait");
                     Duration::from_secs(60)
                 }
+                FetchOutcome::Retry(e) if refused(e.kind) => {
+                    // RingCentral refuses this request as made (400, 403...): asking again changes
+                    // nothing, so it is reported and left; the others go on.
+                    self.count(group, "refused");
+                    tracing::error!(path = %resource.path, error = %e.message, "RingCentral refuses this state fetch; given up");
+                    return Handled::Done;
+                }
                 FetchOutcome::Retry(e) => {
                     self.count(group, e.kind.label());
                     failures += 1;
-                    if failures >= ATTEMPTS {
+                    if failures < ATTEMPTS {
+                        tracing::warn!(path = %resource.path, error = %e.message, "state fetch failed; retrying");
+                        Duration::from_secs(1 << failures)
+                    } else if requeued < REQUEUES {
                         tracing::error!(path = %resource.path, error = %e.message, "state fetch keeps failing; queued again behind the others");
-                        return self.requeue(&request).await;
+                        return self.requeue(request).await;
+                    } else {
+                        self.count(group, "abandoned");
+                        tracing::error!(path = %resource.path, error = %e.message, "state fetch failed 16 times; given up until its next hint");
+                        return Handled::Done;
                     }
-                    tracing::warn!(path = %resource.path, error = %e.message, "state fetch failed; retrying");
-                    Duration::from_secs(1 << failures)
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.begun() => return false,
+                _ = self.shutdown.begun() => return Handled::Stopped,
             }
         }
     }
@@ -236,12 +447,12 @@ impl Fetcher {
     }
 
     async fn tombstones(
-        &self,
+        &mut self,
         key: &str,
         topics: &[String],
         cause: &str,
         accepted_at: &str,
-    ) -> bool {
+    ) -> Handled {
         let messages = topics
             .iter()
             .filter_map(|t| Topic::parse(t.as_str()).ok())
@@ -262,48 +473,110 @@ impl Fetcher {
         self.publish(messages, accepted_at).await
     }
 
-    /// Puts a request back at the end of the queue.
-    async fn requeue(&self, request: &Request) -> bool {
+    /// Puts a failing fetch back at the end of the queue.
+    async fn requeue(&mut self, request: &Request) -> Handled {
+        let mut request = request.clone();
+        if let Request::Fetch { requeued, .. } = &mut request {
+            *requeued += 1;
+        }
         self.publish(vec![request.message(&self.requests_topic)], "")
             .await
     }
 
-    /// Publishes until Kafka acknowledged every message; `false` when the shutdown came first.
-    async fn publish(&self, messages: Vec<OutboundMessage>, accepted_at: &str) -> bool {
+    /// Publishes until Kafka acknowledged every message. A message Kafka refuses for good (too
+    /// large, not authorized) goes to the dead-letter topic, or is logged and counted if that
+    /// refuses too: the state is RingCentral's, fetched again on the next hint, and one record
+    /// must not stop the queue. A fatal producer is replaced.
+    async fn publish(&mut self, messages: Vec<OutboundMessage>, accepted_at: &str) -> Handled {
         let mut shutdown = self.shutdown.clone();
         let mut backoff = Duration::from_millis(100);
-        loop {
-            let mut all = true;
-            for message in &messages {
-                let sent = match self.publisher.enqueue(message) {
-                    Ok(pending) => self.publisher.acknowledged(pending).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = sent {
-                    tracing::warn!(topic = %message.topic, error = %e, "cannot publish state; retrying");
-                    all = false;
-                    break;
+        let mut unsent = messages.as_slice();
+        while let Some(message) = unsent.first() {
+            let sent = match self.publisher.enqueue(message) {
+                Ok(pending) => self.publisher.acknowledged(pending).await,
+                Err(e) => Err(e),
+            };
+            let failure = match sent {
+                Ok(()) => {
+                    unsent = &unsent[1..];
+                    backoff = Duration::from_millis(100);
+                    continue;
                 }
-            }
-            if all {
-                if let Ok(accepted) = time::OffsetDateTime::parse(
-                    accepted_at,
-                    &time::format_description::well_known::Rfc3339,
-                ) {
-                    let lag = time::OffsetDateTime::now_utc() - accepted;
-                    self.metrics
-                        .state_lag
-                        .observe(lag.as_seconds_f64().max(0.0));
+                Err(e) if e.kind.is_permanent() => {
+                    self.dead_letter(message, e.kind).await;
+                    unsent = &unsent[1..];
+                    continue;
                 }
-                return true;
+                Err(e) => e,
+            };
+            tracing::warn!(topic = %message.topic, error = %failure, "cannot publish state; retrying");
+            if failure.kind == ErrorKind::Fatal {
+                self.renew_producer();
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.begun() => return false,
+                _ = shutdown.begun() => return Handled::Stopped,
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        if let Some(accepted) = accepted_at_of(accepted_at) {
+            let lag = time::OffsetDateTime::now_utc() - accepted;
+            self.metrics
+                .state_lag
+                .observe(lag.as_seconds_f64().max(0.0));
+        }
+        Handled::Done
     }
+
+    async fn dead_letter(&self, message: &OutboundMessage, kind: ErrorKind) {
+        tracing::error!(topic = %message.topic, key = %message.key, reason = kind.label(),
+            "Kafka refused a state record for good; dead-lettering it");
+        let letter = message.dead_letter(&self.dead_letter_topic, kind.label());
+        let sent = match crate::kafka::Producer::send(self.publisher.producer(), &letter) {
+            Ok(delivery) => delivery.await,
+            Err(e) => Err(e),
+        };
+        let (label, outcome) = match sent {
+            Ok(()) => ("topic", None),
+            Err(e) => ("dropped", Some(e)),
+        };
+        if let Some(e) = outcome {
+            tracing::error!(topic = %message.topic, key = %message.key, error = %e,
+                "the dead-letter topic refused the state record too; it is dropped until the next hint");
+        }
+        self.metrics
+            .state_dead_letters
+            .with_label_values(&[label])
+            .inc();
+    }
+
+    /// After a fatal error (the broker lost the producer's id) only a new producer can publish.
+    fn renew_producer(&mut self) {
+        match self.factory.build_unobserved() {
+            Ok(producer) => {
+                tracing::warn!("state fetcher: producer fatal; replaced by a new one");
+                self.publisher = Publisher::new(producer, self.metrics.clone());
+            }
+            Err(e) => tracing::error!(error = %e, "state fetcher: cannot build a new producer"),
+        }
+    }
+}
+
+/// Failures that asking again will not change.
+fn refused(kind: FetchErrorKind) -> bool {
+    matches!(kind, FetchErrorKind::Client | FetchErrorKind::Paging)
+}
+
+fn accepted_at(request: &Request) -> Option<time::OffsetDateTime> {
+    match request {
+        Request::Fetch { accepted_at, .. } | Request::Delete { accepted_at, .. } => {
+            accepted_at_of(accepted_at)
+        }
+    }
+}
+
+fn accepted_at_of(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// One state record (a tombstone without `value`).
@@ -334,13 +607,13 @@ fn state_message(resource: &Resource, value: Option<String>, cause: &str) -> Out
 
 /// The requests of a batch worth carrying out, in order: a fetch is dropped when a later request
 /// for the same resource (a fetch, or the extension's deletion) makes it moot.
-fn coalesce(batch: Vec<Request>) -> Vec<Request> {
+fn coalesce(batch: Vec<Queued>) -> Vec<Queued> {
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut deleted: HashSet<String> = HashSet::new();
-    let mut kept: Vec<Request> = batch
+    let mut kept: Vec<Queued> = batch
         .into_iter()
         .rev()
-        .filter(|request| match request {
+        .filter(|queued| match &queued.request {
             Request::Fetch {
                 state_topic,
                 key,
@@ -371,6 +644,7 @@ mod tests {
             scope: "extension".into(),
             cause: cause.into(),
             accepted_at: String::new(),
+            requeued: 0,
         }
     }
 
@@ -383,13 +657,29 @@ mod tests {
         }
     }
 
+    /// Requests as read one after the other from partition 0.
+    fn queued(requests: Vec<Request>) -> Vec<Queued> {
+        (0..)
+            .zip(requests)
+            .map(|(offset, request)| Queued {
+                request,
+                partition: 0,
+                offset,
+            })
+            .collect()
+    }
+
+    fn requests(queued: Vec<Queued>) -> Vec<(i64, Request)> {
+        queued.into_iter().map(|q| (q.offset, q.request)).collect()
+    }
+
     #[test]
     fn a_burst_for_one_resource_is_fetched_once_with_the_latest_cause() {
-        let burst: Vec<Request> = (0..100)
+        let burst = (0..100)
             .map(|n| fetch("s.a", "1", &n.to_string()))
             .collect();
-        let kept = coalesce(burst);
-        assert_eq!(kept, vec![fetch("s.a", "1", "99")]);
+        let kept = coalesce(queued(burst));
+        assert_eq!(requests(kept), vec![(99, fetch("s.a", "1", "99"))]);
     }
 
     #[test]
@@ -401,8 +691,29 @@ mod tests {
             fetch("s.a", "1", "c"),
         ];
         assert_eq!(
-            coalesce(batch),
-            vec![fetch("s.b", "2", "b"), delete("1"), fetch("s.a", "1", "c")]
+            requests(coalesce(queued(batch))),
+            vec![
+                (1, fetch("s.b", "2", "b")),
+                (2, delete("1")),
+                (3, fetch("s.a", "1", "c"))
+            ]
         );
+    }
+
+    #[test]
+    fn a_requeued_fetch_says_how_often_it_was_and_reads_back_the_same() {
+        let first = fetch("s.a", "1", "a");
+        let wire = serde_json::to_string(&first).unwrap();
+        assert!(
+            !wire.contains("requeued"),
+            "a fresh request stays as small as before: {wire}"
+        );
+        let mut again = first.clone();
+        if let Request::Fetch { requeued, .. } = &mut again {
+            *requeued = 2;
+        }
+        let wire = serde_json::to_string(&again).unwrap();
+        assert!(wire.contains(r#""requeued":2"#), "{wire}");
+        assert_eq!(serde_json::from_str::<Request>(&wire).unwrap(), again);
     }
 }

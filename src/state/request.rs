@@ -27,6 +27,9 @@ pub enum Request {
         /// The `rc-message-id` of the hint message that caused the fetch.
         cause: String,
         accepted_at: String,
+        /// How many times the fetch kept failing and was queued again behind the others.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        requeued: u32,
     },
     /// The extension is gone: a tombstone on each of `topics`.
     #[serde(rename_all = "camelCase")]
@@ -53,6 +56,7 @@ impl Request {
             .to_string(),
             cause,
             accepted_at: accepted_at.to_string(),
+            requeued: 0,
         }
     }
 
@@ -100,6 +104,10 @@ impl Request {
             tombstone: false,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// State topics in the routing table: which hints are fetched, and where requests queue.
