@@ -146,6 +146,7 @@ impl Readiness for DirectReadiness {
 struct Lifecycle {
     delivery: Arc<dyn Readiness>,
     shutting_down: AtomicBool,
+    state_enabled: bool,
 }
 
 impl Readiness for Lifecycle {
@@ -155,6 +156,10 @@ impl Readiness for Lifecycle {
 
     fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    fn state_enabled(&self) -> bool {
+        self.state_enabled
     }
 }
 
@@ -300,6 +305,7 @@ impl Application {
         let lifecycle = Arc::new(Lifecycle {
             delivery: readiness,
             shutting_down: AtomicBool::new(false),
+            state_enabled: settings.routing.state().is_some(),
         });
         let fetcher = match settings.routing.state() {
             Some(state) => {

@@ -123,16 +123,24 @@ async fn ready(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({
-            "ready": ready,
-            "shuttingDown": shutting_down,
-            "spool": spool.label(),
-            "kafka": {"brokersUp": brokers_up},
-        })),
-    )
-        .into_response()
+    let mut body = json!({
+        "ready": ready,
+        "shuttingDown": shutting_down,
+        "spool": spool.label(),
+        "kafka": {"brokersUp": brokers_up},
+    });
+    if state.readiness.state_enabled() {
+        // Reported like Kafka's state: a fetcher that waits (rate limits, credentials) delays
+        // state records, never the hints, so it is no reason to turn webhooks away.
+        let m = &state.metrics;
+        body["stateFetcher"] = json!({
+            "running": m.state_fetcher_running.get() == 1,
+            "partitions": m.state_fetcher_partitions.get(),
+            "queued": m.state_queue_requests.get(),
+            "oldestRequestAgeSeconds": m.state_queue_oldest_age.get(),
+        });
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 /// Counts and times every request by route template and status class.

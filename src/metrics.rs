@@ -50,6 +50,7 @@ pub struct Metrics {
     pub state_queue_requests: IntGauge,
     pub state_queue_oldest_age: prometheus::Gauge,
     pub state_fetcher_running: IntGauge,
+    pub state_fetcher_partitions: IntGauge,
     pub state_dead_letters: IntCounterVec,
 }
 
@@ -280,6 +281,11 @@ impl Metrics {
                 "1 while this replica's state fetcher runs.",
             ))
             .unwrap(),
+            state_fetcher_partitions: IntGauge::with_opts(opts(
+                "state_fetcher_partitions",
+                "Partitions of the requests topic this replica fetches for.",
+            ))
+            .unwrap(),
             state_dead_letters: IntCounterVec::new(
                 opts("state_dead_letters_total", "State records Kafka refused for good: sent to the dead-letter topic, or dropped when it refused too."),
                 &["outcome"],
@@ -322,6 +328,7 @@ impl Metrics {
             Box::new(m.state_queue_requests.clone()),
             Box::new(m.state_queue_oldest_age.clone()),
             Box::new(m.state_fetcher_running.clone()),
+            Box::new(m.state_fetcher_partitions.clone()),
             Box::new(m.state_dead_letters.clone()),
         ];
         for c in collectors {

@@ -30,4 +30,9 @@ pub trait Readiness: Send + Sync + 'static {
     fn shutting_down(&self) -> bool {
         false
     }
+
+    /// Whether state topics are on: `/readyz` then reports the fetcher.
+    fn state_enabled(&self) -> bool {
+        false
+    }
 }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
@@ -61,7 +63,13 @@ impl ClientContext for QueueStats {
     }
 }
 
-impl ConsumerContext for QueueStats {}
+impl ConsumerContext for QueueStats {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        // Which share of the queue this replica fetches for: how a scale-out is seen to take.
+        let partitions = consumer.assignment().map_or(0, |a| a.count());
+        self.metrics.state_fetcher_partitions.set(partitions as i64);
+    }
+}
 
 /// A request and where it was read from: what is committed once it is carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
