@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rc_kafka_bridge::config::Settings;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::app::TestApp;
 use crate::common::fake_ringcentral::FakeRingCentral;
@@ -14,12 +14,12 @@ use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::process::bridge_command;
 
-const EXTENSION: &str = "101";
-const EXTENSION_TOPIC: &str = "ringcentral.state.account.extension";
+pub(crate) const EXTENSION: &str = "101";
+pub(crate) const EXTENSION_TOPIC: &str = "ringcentral.state.account.extension";
 const FEATURES_TOPIC: &str = "ringcentral.state.account.extension.features";
 const NUMBERS_TOPIC: &str = "ringcentral.state.account.extension.phone-number";
 
-fn with_state(fake: &FakeRingCentral) -> impl FnOnce(&mut Settings) {
+pub(crate) fn with_state(fake: &FakeRingCentral) -> impl FnOnce(&mut Settings) {
     move |a| {
         a.state.enabled = true;
         fake.credentials(a);
@@ -27,26 +27,44 @@ fn with_state(fake: &FakeRingCentral) -> impl FnOnce(&mut Settings) {
 }
 
 /// A mock cluster with the state topics too, and the fake with one extension.
-async fn setup() -> (MockKafka, FakeRingCentral) {
+pub(crate) async fn setup() -> (MockKafka, FakeRingCentral) {
+    setup_with_request_partitions(1).await
+}
+
+/// As [`setup`], with the requests topic split into `partitions`.
+pub(crate) async fn setup_with_request_partitions(partitions: i32) -> (MockKafka, FakeRingCentral) {
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
     let mut settings = Settings::default();
     with_state(&fake)(&mut settings);
-    for topic in settings.resolve().unwrap().routing.published_topics() {
+    let settings = settings.resolve().unwrap();
+    let requests = settings.routing.state().unwrap().requests_topic.clone();
+    kafka
+        .cluster
+        .create_topic(requests.as_str(), partitions, 1)
+        .unwrap();
+    for topic in settings.routing.published_topics() {
         // Topics the default settings have exist already.
         let _ = kafka.cluster.create_topic(topic.as_str(), 1, 1);
     }
-    fake.state.lock().unwrap().extensions.insert(
-        EXTENSION.into(),
-        json!({"id": 101, "extensionNumber": "101", "name": "Alice", "status": "Enabled"}),
-    );
+    add_extension(&fake, EXTENSION);
     (kafka, fake)
 }
 
-fn latest<'a>(read: &'a [Received], topic: &str) -> Option<&'a Received> {
-    read.iter()
-        .rev()
-        .find(|m| m.topic == topic && m.key == EXTENSION)
+/// An enabled extension in the fake, named after its id.
+pub(crate) fn add_extension(fake: &FakeRingCentral, id: &str) {
+    fake.state.lock().unwrap().extensions.insert(
+        id.into(),
+        json!({"id": id.parse::<u64>().unwrap(), "extensionNumber": id, "name": format!("User {id}"), "status": "Enabled"}),
+    );
+}
+
+pub(crate) fn latest<'a>(read: &'a [Received], topic: &str) -> Option<&'a Received> {
+    latest_for(read, topic, EXTENSION)
+}
+
+pub(crate) fn latest_for<'a>(read: &'a [Received], topic: &str, key: &str) -> Option<&'a Received> {
+    read.iter().rev().find(|m| m.topic == topic && m.key == key)
 }
 
 fn topics() -> Vec<String> {
@@ -74,7 +92,7 @@ async fn each_changed_resource_is_fetched_and_published_keyed_by_extension() {
     )
     .await;
     let record = latest(&read, EXTENSION_TOPIC).expect("the extension's state");
-    assert_eq!(record.value()["name"], "Alice");
+    assert_eq!(record.value()["name"], "User 101");
     assert_eq!(
         record.header("rc-resource-path"),
         Some("/restapi/v1.0/account/37439510/extension/101")
@@ -131,29 +149,154 @@ async fn a_deleted_extension_leaves_tombstones_on_every_per_extension_state_topi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fetchable_hint_publishes_the_state_of_its_resource() {
+    let (kafka, fake) = setup().await;
+    let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
+    // Every hint of the fetch table but DialingPlan, which has no GET.
+    let hints = [
+        "AccountSettings",
+        "AccountStatus",
+        "AnsweringRules",
+        "CallQueueMembersChange",
+        "CompanyNumbers",
+        "ExtensionInfo",
+        "Features",
+        "Limits",
+        "Permissions",
+        "ProfileImage",
+        "VideoConfiguration",
+    ];
+    let uuid = format!("every-{}", unique());
+    let body = extension_update(&uuid, EXTENSION, &hints);
+    assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+
+    // Each state topic, its key, and what its record holds.
+    let account = "37439510";
+    let expected: [(&str, &str, &str, Value); 7] = [
+        (
+            "ringcentral.state.account",
+            account,
+            "/restapi/v1.0/account/~",
+            json!({"id": 37439510}),
+        ),
+        (
+            EXTENSION_TOPIC,
+            EXTENSION,
+            "/restapi/v1.0/account/~/extension/101",
+            json!({"name": "User 101"}),
+        ),
+        (
+            NUMBERS_TOPIC,
+            EXTENSION,
+            "/restapi/v1.0/account/~/extension/101/phone-number",
+            json!({"records": [{"id": "10101"}, {"id": "10102"}]}),
+        ),
+        (
+            FEATURES_TOPIC,
+            EXTENSION,
+            "/restapi/v1.0/account/~/extension/101/features",
+            json!({"records": [{"id": "SMS"}]}),
+        ),
+        (
+            "ringcentral.state.account.extension.answering-rule",
+            EXTENSION,
+            "/restapi/v1.0/account/~/extension/101/answering-rule",
+            json!({"records": [{"id": "business-hours-rule"}]}),
+        ),
+        (
+            "ringcentral.state.account.extension.video-configuration",
+            EXTENSION,
+            "/restapi/v1.0/account/~/extension/101/video-configuration",
+            json!({"provider": "RCVideo"}),
+        ),
+        (
+            "ringcentral.state.account.extension.call-queues",
+            EXTENSION,
+            "/restapi/v1.0/account/~/call-queues?memberExtensionId=101",
+            json!({"records": [{"id": "q1"}]}),
+        ),
+    ];
+    let topics: Vec<String> = expected.iter().map(|e| e.0.to_string()).collect();
+    let read = read_until(&kafka.bootstrap, &topics, Duration::from_secs(30), |read| {
+        expected
+            .iter()
+            .all(|(topic, key, ..)| latest_for(read, topic, key).is_some())
+    })
+    .await;
+    for (topic, key, path, holds) in &expected {
+        let record = latest_for(&read, topic, key).unwrap_or_else(|| panic!("no state on {topic}"));
+        let value = record.value();
+        assert!(contains(&value, holds), "{topic}: {value} holds {holds}");
+        let resource_path = record.header("rc-resource-path").unwrap_or_default();
+        assert_eq!(resource_path.replace(account, "~"), *path, "{topic}");
+        assert_eq!(record.header("content-type"), Some("application/json"));
+        assert!(
+            record
+                .header("rc-cause")
+                .is_some_and(|c| c.starts_with(&uuid)),
+            "{topic}: {:?}",
+            record.headers
+        );
+    }
+    // Features, Limits and Permissions share one GET, as do ExtensionInfo and ProfileImage, and
+    // the two account hints: one fetch each (the phone numbers take two pages).
+    assert_eq!(fake.state.lock().unwrap().state_gets, 7);
+    app.shutdown().await;
+}
+
+/// Whether `value` has everything `part` has (objects by key, arrays element by element).
+fn contains(value: &Value, part: &Value) -> bool {
+    match (value, part) {
+        (Value::Object(v), Value::Object(p)) => p
+            .iter()
+            .all(|(k, pv)| v.get(k).is_some_and(|vv| contains(vv, pv))),
+        (Value::Array(v), Value::Array(p)) => {
+            v.len() == p.len() && v.iter().zip(p).all(|(vv, pv)| contains(vv, pv))
+        }
+        _ => value == part,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_hints_for_one_extension_is_fetched_at_most_twice() {
     let (kafka, fake) = setup().await;
     let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
-    for n in 0..100 {
-        let body = extension_update(
-            &format!("burst-{n}-{}", unique()),
-            EXTENSION,
-            &["ExtensionInfo"],
-        );
-        assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+    // RingCentral holds its answers: the first fetch starts and waits while the burst arrives.
+    let gate = fake.state.lock().unwrap().gate.clone();
+    let closed = gate.write().await;
+    let burst = |n: usize| {
+        let uuid = format!("burst-{n}-{}", unique());
+        extension_update(&uuid, EXTENSION, &["ExtensionInfo"]).to_string()
+    };
+    assert_eq!(app.post_webhook(burst(0)).await.status(), 200);
+    fake.until("the first fetch to start", |s| {
+        s.requests.iter().any(|r| r.ends_with("/extension/101"))
+    })
+    .await;
+    for n in 1..100 {
+        assert_eq!(app.post_webhook(burst(n)).await.status(), 200);
     }
+    app.metrics_until("every request to be queued in Kafka", |m| {
+        sample(
+            m,
+            "rckb_messages_published_total",
+            &[("topic", "ringcentral.state-requests")],
+        ) >= 100.0
+    })
+    .await;
+    drop(closed);
+
     let topic = vec![EXTENSION_TOPIC.to_string()];
+    let latest_cause = |m: &Received| {
+        m.header("rc-cause")
+            .is_some_and(|c| c.starts_with("burst-99-"))
+    };
     let read = read_until(&kafka.bootstrap, &topic, Duration::from_secs(30), |read| {
-        read.iter().any(|m| {
-            m.header("rc-cause")
-                .is_some_and(|c| c.starts_with("burst-99-"))
-        })
+        read.iter().any(latest_cause)
     })
     .await;
     assert!(
-        read.iter().any(|m| m
-            .header("rc-cause")
-            .is_some_and(|c| c.starts_with("burst-99-"))),
+        read.iter().any(latest_cause),
         "the latest hint's state was published"
     );
     let gets = fake.state.lock().unwrap().state_gets;

@@ -1,9 +1,13 @@
-//! The extension resources of the fake RingCentral, as its API reference answers them: Get
-//! Extension, Get User Features and the paged Get Extension Phone Number List, each with the
-//! `X-Rate-Limit-*` headers of its usage-plan group, 404 with `CMN-102` for an extension that does
-//! not exist, and the token and rate-limit refusals of the other endpoints.
+//! The extension resources of the fake RingCentral, as its API reference answers them: Get Account
+//! Info, Get Extension, Get User Features, Get User Video Configuration and the paged lists (phone
+//! numbers, answering rules, call queues), each counted against its usage-plan group's budget with
+//! RingCentral's sliding window and `X-Rate-Limit-*` headers; 429 with `Retry-After` and a penalty
+//! that a request during it restarts; 404 with `CMN-102` for an extension that does not exist; 403
+//! for an extension the app may not read; and the token refusals of the other endpoints.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -14,106 +18,304 @@ use serde_json::{Value, json};
 
 use super::fake_ringcentral::{FakeState, error, refusal};
 
+type Shared = State<Arc<Mutex<FakeState>>>;
+
 /// The routes, for the fake's router.
 pub fn routes() -> Router<Arc<Mutex<FakeState>>> {
+    let extension_path = "/restapi/v1.0/account/{account}/extension/{id}";
     Router::new()
+        .route("/restapi/v1.0/account/{account}", get(account))
+        .route(extension_path, get(extension))
+        .route(&format!("{extension_path}/features"), get(features))
         .route(
-            "/restapi/v1.0/account/{account}/extension/{id}",
-            get(extension),
+            &format!("{extension_path}/video-configuration"),
+            get(video_configuration),
         )
         .route(
-            "/restapi/v1.0/account/{account}/extension/{id}/features",
-            get(features),
-        )
-        .route(
-            "/restapi/v1.0/account/{account}/extension/{id}/phone-number",
+            &format!("{extension_path}/phone-number"),
             get(phone_numbers),
         )
+        .route(
+            &format!("{extension_path}/answering-rule"),
+            get(answering_rules),
+        )
+        .route(
+            "/restapi/v1.0/account/{account}/call-queues",
+            get(call_queues),
+        )
 }
 
-/// An answer of `group` (`light`, `medium`) with RingCentral's rate-limit headers.
-fn answer(group: &str, limit: u32, body: Value) -> Response {
-    let mut response = axum::Json(body).into_response();
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("x-rate-limit-group", group.to_string()),
-        ("x-rate-limit-limit", limit.to_string()),
-        ("x-rate-limit-remaining", (limit - 1).to_string()),
-        ("x-rate-limit-window", "60".to_string()),
-    ] {
-        headers.insert(name, HeaderValue::from_str(&value).unwrap());
+/// One group's budget: `limit` requests in any `window`; going over costs a `penalty`.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub limit: u32,
+    pub window: Duration,
+    pub penalty: Duration,
+}
+
+/// RingCentral's rate limits per group, as its developer guide describes them: a sliding window
+/// per user and app, a penalty after a request over the budget, restarted by any request during it.
+#[derive(Default)]
+pub struct RateLimits {
+    /// Budgets a test sets; the others are RingCentral's defaults.
+    pub budgets: BTreeMap<&'static str, Budget>,
+    /// Requests that arrived over the budget or during a penalty: what a well-behaved client never
+    /// sends.
+    pub over_budget: usize,
+    sends: BTreeMap<&'static str, VecDeque<Instant>>,
+    penalty_until: BTreeMap<&'static str, Instant>,
+}
+
+impl RateLimits {
+    pub fn budget(&self, group: &'static str) -> Budget {
+        let default = |limit| Budget {
+            limit,
+            window: Duration::from_secs(60),
+            penalty: Duration::from_secs(60),
+        };
+        self.budgets.get(group).copied().unwrap_or(match group {
+            "light" => default(50),
+            "medium" => default(40),
+            _ => default(10),
+        })
     }
-    response
+
+    /// Counts one request of `group`: its rate-limit headers, or the 429 that refuses it.
+    fn admit(&mut self, group: &'static str) -> Result<[(&'static str, String); 4], Response> {
+        let now = Instant::now();
+        let budget = self.budget(group);
+        let sends = self.sends.entry(group).or_default();
+        while sends
+            .front()
+            .is_some_and(|&s| now.duration_since(s) >= budget.window)
+        {
+            sends.pop_front();
+        }
+        let penalized = self.penalty_until.get(group).is_some_and(|&u| now < u);
+        if penalized || sends.len() >= budget.limit as usize {
+            self.over_budget += 1;
+            self.penalty_until.insert(group, now + budget.penalty);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "CMN-301",
+                "Request rate exceeded",
+            );
+            let retry_after = budget.penalty.as_secs().max(1).to_string();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_str(&retry_after).unwrap());
+            return Err(response);
+        }
+        sends.push_back(now);
+        Ok([
+            ("x-rate-limit-group", group.to_string()),
+            ("x-rate-limit-limit", budget.limit.to_string()),
+            (
+                "x-rate-limit-remaining",
+                (budget.limit as usize - sends.len()).to_string(),
+            ),
+            ("x-rate-limit-window", budget.window.as_secs().to_string()),
+        ])
+    }
 }
 
-/// The extension's record, or the answer that refuses the request.
+/// Waits while a test holds the gate closed.
+async fn gate(state: &Arc<Mutex<FakeState>>) {
+    let gate = state.lock().unwrap().gate.clone();
+    drop(gate.read().await);
+}
+
+/// The extension's record and the rate-limit headers of `group`, or the answer that refuses the
+/// request: token, budget, permission, existence, in RingCentral's order.
 /// (Boxed: a refusal is a whole response.)
 fn lookup(
     state: &Arc<Mutex<FakeState>>,
     headers: &HeaderMap,
+    group: &'static str,
     id: &str,
-) -> Result<Value, Box<Response>> {
+) -> Result<(Value, [(&'static str, String); 4]), Box<Response>> {
     let mut state = state.lock().unwrap();
     if let Some(refused) = refusal(&mut state, headers) {
         return Err(Box::new(refused));
     }
+    let limits = state.limits.admit(group).map_err(Box::new)?;
     state.state_gets += 1;
-    state.extensions.get(id).cloned().ok_or_else(|| {
+    if state.forbidden.contains(id) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "CMN-408",
+            "In order to call this API endpoint, user needs to have [ReadExtensions] permission for requested resource.",
+        )));
+    }
+    let record = state.extensions.get(id).cloned().ok_or_else(|| {
         Box::new(error(
             StatusCode::NOT_FOUND,
             "CMN-102",
             "Resource for parameter [extensionId] is not found",
         ))
-    })
+    })?;
+    Ok((record, limits))
+}
+
+/// Looks `id` up after the gate and answers with what `body` makes of its record.
+async fn resource(
+    state: &Arc<Mutex<FakeState>>,
+    headers: &HeaderMap,
+    group: &'static str,
+    id: &str,
+    body: impl FnOnce(Value) -> Value,
+) -> Response {
+    gate(state).await;
+    match lookup(state, headers, group, id) {
+        Ok((record, limits)) => {
+            let mut response = axum::Json(body(record)).into_response();
+            for (name, value) in limits {
+                response
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_str(&value).unwrap());
+            }
+            response
+        }
+        Err(refused) => *refused,
+    }
+}
+
+async fn account(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> Response {
+    gate(&state).await;
+    let limits = {
+        let mut state = state.lock().unwrap();
+        if let Some(refused) = refusal(&mut state, &headers) {
+            return refused;
+        }
+        match state.limits.admit("light") {
+            Ok(limits) => limits,
+            Err(refused) => return refused,
+        }
+    };
+    let id = if account == "~" { "37439510" } else { &account };
+    let mut response =
+        axum::Json(json!({"id": id.parse::<u64>().unwrap_or(0), "status": "Confirmed", "mainNumber": "+16505550100"}))
+            .into_response();
+    for (name, value) in limits {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(&value).unwrap());
+    }
+    response
 }
 
 async fn extension(
-    State(state): State<Arc<Mutex<FakeState>>>,
+    State(state): Shared,
     headers: HeaderMap,
     Path((_, id)): Path<(String, String)>,
 ) -> Response {
-    match lookup(&state, &headers, &id) {
-        Ok(record) => answer("light", 50, record),
-        Err(refused) => *refused,
-    }
+    resource(&state, &headers, "light", &id, |record| record).await
 }
 
 async fn features(
-    State(state): State<Arc<Mutex<FakeState>>>,
+    State(state): Shared,
     headers: HeaderMap,
     Path((_, id)): Path<(String, String)>,
 ) -> Response {
-    match lookup(&state, &headers, &id) {
-        Ok(record) => answer(
-            "medium",
-            40,
-            json!({"records": [{"id": "SMS", "available": record["status"] == "Enabled"}]}),
-        ),
-        Err(refused) => *refused,
-    }
+    resource(
+        &state,
+        &headers,
+        "medium",
+        &id,
+        |record| json!({"records": [{"id": "SMS", "available": record["status"] == "Enabled"}]}),
+    )
+    .await
 }
 
-/// Two pages of one number each, linked by `navigation.nextPage.uri` as RingCentral links them.
-async fn phone_numbers(
-    State(state): State<Arc<Mutex<FakeState>>>,
+async fn video_configuration(
+    State(state): Shared,
     headers: HeaderMap,
-    Path((account, id)): Path<(String, String)>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(refused) = lookup(&state, &headers, &id) {
-        return *refused;
-    }
-    let page: u32 = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-    let uri = format!("/restapi/v1.0/account/{account}/extension/{id}/phone-number");
+    resource(
+        &state,
+        &headers,
+        "light",
+        &id,
+        |_| json!({"provider": "RCVideo", "userLicenseType": "Paid"}),
+    )
+    .await
+}
+
+/// A page of `records` as RingCentral pages lists: `uri`, `records`, `paging`, `navigation`, and
+/// `navigation.nextPage.uri` (absolute, on the API's host) when a page follows.
+fn page(uri: &str, page: u32, pages: u32, records: Value) -> Value {
     let mut body = json!({
         "uri": format!("{uri}?page={page}&perPage=1"),
-        "records": [{"id": format!("{id}0{page}"), "phoneNumber": format!("+1650555{id}{page}")}],
-        "paging": {"page": page, "perPage": 1, "totalPages": 2, "totalElements": 2},
+        "records": records,
+        "paging": {"page": page, "perPage": 1, "totalPages": pages, "totalElements": pages},
         "navigation": {"firstPage": {"uri": format!("{uri}?page=1&perPage=1")}},
     });
-    if page == 1 {
+    if page < pages {
         body["navigation"]["nextPage"] =
-            json!({"uri": format!("https://platform.example{uri}?page=2&perPage=1")});
+            json!({"uri": format!("https://platform.example{uri}?page={}&perPage=1", page + 1)});
     }
-    answer("light", 50, body)
+    body
+}
+
+fn page_number(query: &HashMap<String, String>) -> u32 {
+    query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1)
+}
+
+/// Two pages of one number each.
+async fn phone_numbers(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path((account, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let n = page_number(&query);
+    let uri = format!("/restapi/v1.0/account/{account}/extension/{id}/phone-number");
+    resource(&state, &headers, "light", &id, |_| {
+        let number =
+            json!([{"id": format!("{id}0{n}"), "phoneNumber": format!("+1650555{id}{n}")}]);
+        page(&uri, n, 2, number)
+    })
+    .await
+}
+
+/// One page with the business-hours rule.
+async fn answering_rules(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path((account, id)): Path<(String, String)>,
+) -> Response {
+    let uri = format!("/restapi/v1.0/account/{account}/extension/{id}/answering-rule");
+    resource(&state, &headers, "medium", &id, |_| {
+        let rule = json!([{"id": "business-hours-rule", "type": "BusinessHours", "enabled": true}]);
+        page(&uri, 1, 1, rule)
+    })
+    .await
+}
+
+/// The call queues `memberExtensionId` belongs to: one page with one queue.
+async fn call_queues(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(id) = query.get("memberExtensionId").cloned() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "CMN-101",
+            "Parameter [memberExtensionId] value is invalid",
+        );
+    };
+    let uri = format!("/restapi/v1.0/account/{account}/call-queues");
+    resource(&state, &headers, "medium", &id, |_| {
+        let queue =
+            json!([{"id": "q1", "name": "Support", "extensionNumber": "200", "status": "Enabled"}]);
+        page(&uri, 1, 1, queue)
+    })
+    .await
 }

@@ -43,6 +43,12 @@ pub struct FakeState {
     /// Extension records by id (`fake_extensions`), and how many resource GETs were answered.
     pub extensions: BTreeMap<String, Value>,
     pub state_gets: usize,
+    /// Extensions whose resources the app may not read: answered 403.
+    pub forbidden: std::collections::BTreeSet<String>,
+    /// RingCentral's per-group rate limits, enforced on the resource GETs.
+    pub limits: super::fake_extensions::RateLimits,
+    /// Resource GETs wait while a test holds this for writing.
+    pub gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 #[derive(Clone)]
