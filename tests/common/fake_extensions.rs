@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use super::fake_ringcentral::{FakeState, error, refusal};
 
 type Shared = State<Arc<Mutex<FakeState>>>;
+/// The `X-Rate-Limit-*` headers of one answer.
+type LimitHeaders = [(&'static str, String); 4];
 
 /// The routes, for the fake's router.
 pub fn routes() -> Router<Arc<Mutex<FakeState>>> {
@@ -81,7 +83,7 @@ impl RateLimits {
     }
 
     /// Counts one request of `group`: its rate-limit headers, or the 429 that refuses it.
-    fn admit(&mut self, group: &'static str) -> Result<[(&'static str, String); 4], Response> {
+    fn admit(&mut self, group: &'static str) -> Result<LimitHeaders, Box<Response>> {
         let now = Instant::now();
         let budget = self.budget(group);
         let sends = self.sends.entry(group).or_default();
@@ -104,7 +106,7 @@ impl RateLimits {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_str(&retry_after).unwrap());
-            return Err(response);
+            return Err(Box::new(response));
         }
         sends.push_back(now);
         Ok([
@@ -133,12 +135,12 @@ fn lookup(
     headers: &HeaderMap,
     group: &'static str,
     id: &str,
-) -> Result<(Value, [(&'static str, String); 4]), Box<Response>> {
+) -> Result<(Value, LimitHeaders), Box<Response>> {
     let mut state = state.lock().unwrap();
     if let Some(refused) = refusal(&mut state, headers) {
         return Err(Box::new(refused));
     }
-    let limits = state.limits.admit(group).map_err(Box::new)?;
+    let limits = state.limits.admit(group)?;
     state.state_gets += 1;
     if state.forbidden.contains(id) {
         return Err(Box::new(error(
@@ -193,7 +195,7 @@ async fn account(
         }
         match state.limits.admit("light") {
             Ok(limits) => limits,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         }
     };
     let id = if account == "~" { "37439510" } else { &account };
