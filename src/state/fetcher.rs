@@ -140,8 +140,13 @@ impl Fetcher {
         client: Arc<RingCentral>,
         metrics: Metrics,
     ) -> Result<Fetcher, KafkaError> {
+        let mut config = config.clone();
+        if config.get("session.timeout.ms").is_none() {
+            // A replica that died (SIGKILL, a lost node) holds its share of the queue until its
+            // session times out: 10 s rather than librdkafka's 45.
+            config.set("session.timeout.ms", "10000");
+        }
         let consumer: StreamConsumer<QueueStats> = config
-            .clone()
             .set("group.id", &state.fetcher_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

@@ -31,5 +31,6 @@ mod operations;
 mod rejections;
 mod spool;
 mod state;
+mod state_faults;
 mod subscription;
 mod webhook;

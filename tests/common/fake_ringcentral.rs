@@ -30,7 +30,8 @@ pub struct FakeState {
     /// Every grant type asked for, in order.
     pub grants: Vec<String>,
     pub valid_tokens: Vec<String>,
-    refresh_token: Option<String>,
+    /// Refresh tokens not used yet: each is good for one refresh grant.
+    refresh_tokens: Vec<String>,
     pub token_expires_in: u64,
     /// Answer the next this many API calls with 429 and `Retry-After: 1`.
     pub rate_limit_next: usize,
@@ -189,7 +190,11 @@ async fn token(
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
             form.get("assertion").map(String::as_str) == Some(JWT)
         }
-        "refresh_token" => form.get("refresh_token") == state.refresh_token.as_ref(),
+        "refresh_token" => {
+            let used = form.get("refresh_token");
+            let known = state.refresh_tokens.iter().position(|t| Some(t) == used);
+            known.map(|n| state.refresh_tokens.remove(n)).is_some()
+        }
         _ => false,
     };
     if !ok {
@@ -202,8 +207,10 @@ async fn token(
     state.next += 1;
     let access = format!("access-{}", state.next);
     let refresh = format!("refresh-{}", state.next);
-    state.valid_tokens = vec![access.clone()];
-    state.refresh_token = Some(refresh.clone());
+    // Each grant is a session of its own: a second client (another replica) does not end the
+    // first one's.
+    state.valid_tokens.push(access.clone());
+    state.refresh_tokens.push(refresh.clone());
     axum::Json(json!({
         "access_token": access,
         "token_type": "bearer",
