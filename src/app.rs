@@ -516,6 +516,30 @@ impl TopicCheck {
     }
 
     async fn check(&self) {
+        self.check_present().await;
+        self.check_compacted().await;
+    }
+
+    /// Warns about a state topic that exists without compaction: consumers reading it from the
+    /// beginning would miss every extension whose last record the retention deleted.
+    async fn check_compacted(&self) {
+        match kafka::not_compacted(&self.factory, &self.compacted).await {
+            Ok(topics) if topics.is_empty() => {}
+            Ok(topics) => {
+                let names: Vec<String> = topics.iter().map(Topic::to_string).collect();
+                tracing::warn!(
+                    topics = ?names,
+                    "state topics without cleanup.policy=compact: retention deletes the state of \
+                     extensions that did not change recently (set cleanup.policy=compact on them)"
+                );
+            }
+            // Missing topics were reported already; a broker without the admin API is no reason
+            // to stop.
+            Err(e) => tracing::debug!(error = %e, "cannot check the state topics' cleanup policy"),
+        }
+    }
+
+    async fn check_present(&self) {
         let (factory, wanted) = (self.factory.clone(), self.wanted.clone());
         let missing = tokio::task::spawn_blocking(move || {
             kafka::missing_topics(&factory, &wanted, Duration::from_secs(10))

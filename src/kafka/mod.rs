@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
@@ -246,6 +246,42 @@ pub async fn create_topics(
         &[("cleanup.policy", "compact")],
     )
     .await
+}
+
+/// The topics of `topics` whose `cleanup.policy` does not include `compact`. A state topic that
+/// is only deleted by age loses the state of every extension that did not change for that long.
+pub async fn not_compacted(
+    factory: &ProducerFactory,
+    topics: &[Topic],
+) -> Result<Vec<Topic>, String> {
+    if topics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let admin: AdminClient<DefaultClientContext> = factory
+        .client_config()
+        .create()
+        .map_err(|e| e.to_string())?;
+    let resources: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.as_str()))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = admin
+        .describe_configs(&resources, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut not_compacted = Vec::new();
+    for (topic, result) in topics.iter().zip(described) {
+        let resource = result.map_err(|code| format!("{topic}: {code}"))?;
+        let policy = resource
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref())
+            .unwrap_or("delete");
+        if !policy.split(',').any(|p| p.trim() == "compact") {
+            not_compacted.push(topic.clone());
+        }
+    }
+    Ok(not_compacted)
 }
 
 async fn create(

@@ -294,6 +294,70 @@ async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
         .await;
 }
 
+/// Settings for `--state` that never reach RingCentral: credentials are required, not used.
+const STATE_ARGS: [&str; 7] = [
+    "--state",
+    "--rc-client-id",
+    "id",
+    "--rc-client-secret",
+    "secret",
+    "--rc-jwt",
+    "jwt",
+];
+
+fn state_topics() -> Vec<rc_kafka_bridge::routing::Topic> {
+    let mut settings = rc_kafka_bridge::config::Settings::default();
+    settings.state.enabled = true;
+    let rc = &mut settings.ringcentral;
+    rc.client_id = Some("id".into());
+    rc.client_secret = Some(rc_kafka_bridge::config::Secret::new("secret"));
+    rc.jwt = Some(rc_kafka_bridge::config::Secret::new("jwt"));
+    settings.resolve().unwrap().routing.state_topics()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn state_topics_are_created_compacted_and_an_uncompacted_one_is_reported() {
+    let tansu = Tansu::start().await;
+    let output = bridge_command()
+        .args(["topics", "ensure", "--brokers", &tansu.bootstrap()])
+        .args(STATE_ARGS)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let state = state_topics();
+    assert!(!state.is_empty());
+    let uncompacted = kafka::not_compacted(&factory(&tansu), &state)
+        .await
+        .unwrap();
+    assert!(uncompacted.is_empty(), "{uncompacted:?}");
+    drop(tansu);
+
+    // A cluster where someone created a state topic by hand, with the default policy.
+    let tansu = tansu_with_topics().await;
+    let by_hand = &state[..1];
+    kafka::create_topics(&factory(&tansu), by_hand, &[], 1, 1)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--ensure-topics"];
+    args.extend(STATE_ARGS);
+    let mut bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &args).await;
+    let report = bridge
+        .wait_for_log("without cleanup.policy=compact", Duration::from_secs(30))
+        .await;
+    let listed = report["topics"].as_str().unwrap_or_default().to_string();
+    assert!(listed.contains(by_hand[0].as_str()), "{listed}");
+    assert!(
+        !listed.contains(state[1].as_str()),
+        "created compacted: {listed}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
 async fn serve_with_ensure_topics_creates_them_and_delivers() {
