@@ -36,7 +36,8 @@ impl Hint {
 
 impl std::fmt::Display for Hint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, not `write_str`: tables of hints line up with `{:<24}`.
+        f.pad(&self.0)
     }
 }
 

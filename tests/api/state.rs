@@ -390,3 +390,26 @@ async fn state_status_prints_the_fetch_queue() {
     );
     assert!(stdout.contains("2 requests queued"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_the_fetcher_only_with_state() {
+    let (kafka, fake) = setup().await;
+    let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
+    // Once the fetcher has joined its group, it owns the requests topic's one partition.
+    app.metrics_until("the fetcher to own its partition", |m| {
+        sample(m, "rckb_state_fetcher_partitions", &[]) == 1.0
+    })
+    .await;
+    let body: Value = app.get_admin("/readyz").await.json().await.unwrap();
+    assert_eq!(body["ready"], true, "{body}");
+    let fetcher = &body["stateFetcher"];
+    assert_eq!(fetcher["running"], true, "{body}");
+    assert_eq!(fetcher["partitions"], 1, "{body}");
+    assert_eq!(fetcher["queued"], 0, "{body}");
+    app.shutdown().await;
+
+    let without = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let body: Value = without.get_admin("/readyz").await.json().await.unwrap();
+    assert!(body.get("stateFetcher").is_none(), "{body}");
+    without.shutdown().await;
+}
