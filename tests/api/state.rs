@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rc_kafka_bridge::config::Settings;
+use rc_kafka_bridge::config::{Secret, Settings};
 use serde_json::{Value, json};
 
 use crate::common::app::TestApp;
@@ -67,10 +67,24 @@ pub(crate) fn latest_for<'a>(read: &'a [Received], topic: &str, key: &str) -> Op
     read.iter().rev().find(|m| m.topic == topic && m.key == key)
 }
 
+/// Every per-extension state topic of the default settings.
 fn topics() -> Vec<String> {
-    [EXTENSION_TOPIC, FEATURES_TOPIC, NUMBERS_TOPIC]
-        .map(String::from)
-        .to_vec()
+    let mut settings = Settings::default();
+    settings.state.enabled = true;
+    // Credentials are required for `--state`; these are never used.
+    settings.ringcentral.client_id = Some("id".into());
+    settings.ringcentral.client_secret = Some(Secret::new("secret"));
+    settings.ringcentral.jwt = Some(Secret::new("jwt"));
+    let settings = settings.resolve().unwrap();
+    let state = settings.routing.state().unwrap();
+    let topics: Vec<String> = state
+        .fetches
+        .per_extension_topics()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    assert!(topics.contains(&NUMBERS_TOPIC.to_string()), "{topics:?}");
+    topics
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,6 +93,7 @@ async fn each_changed_resource_is_fetched_and_published_keyed_by_extension() {
     let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
     let uuid = format!("state-{}", unique());
     let hints = ["ExtensionInfo", "Features", "CompanyNumbers"];
+    let fetched = [EXTENSION_TOPIC, FEATURES_TOPIC, NUMBERS_TOPIC].map(String::from);
     let response = app
         .post_webhook(extension_update(&uuid, EXTENSION, &hints).to_string())
         .await;
@@ -86,9 +101,9 @@ async fn each_changed_resource_is_fetched_and_published_keyed_by_extension() {
 
     let read = read_until(
         &kafka.bootstrap,
-        &topics(),
+        &fetched,
         Duration::from_secs(30),
-        |read| topics().iter().all(|t| latest(read, t).is_some()),
+        |read| fetched.iter().all(|t| latest(read, t).is_some()),
     )
     .await;
     let record = latest(&read, EXTENSION_TOPIC).expect("the extension's state");
@@ -144,6 +159,41 @@ async fn a_deleted_extension_leaves_tombstones_on_every_per_extension_state_topi
         fake.state.lock().unwrap().state_gets,
         0,
         "a deletion fetches nothing"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_for_an_extension_leaves_tombstones_on_every_per_extension_state_topic() {
+    let (kafka, fake) = setup().await;
+    let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
+    // Extension 999 is not in the fake: RingCentral answers 404 CMN-102.
+    let gone = "999";
+    let body = extension_update(&format!("gone-{}", unique()), gone, &["Features"]);
+    assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+    let read = read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(30),
+        |read| {
+            topics()
+                .iter()
+                .all(|t| latest_for(read, t, gone).is_some_and(|m| m.tombstone))
+        },
+    )
+    .await;
+    for topic in topics() {
+        let last = latest_for(&read, &topic, gone);
+        assert!(last.is_some_and(|m| m.tombstone), "{topic}: {last:?}");
+    }
+    let scrape = app.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "rckb_state_fetches_total",
+            &[("group", "medium"), ("outcome", "gone")]
+        ),
+        1.0
     );
     app.shutdown().await;
 }
