@@ -132,6 +132,21 @@ async fn each_changed_resource_is_fetched_and_published_keyed_by_extension() {
     app.shutdown().await;
 }
 
+/// Reads every per-extension state topic until each ends with a tombstone for `key`.
+async fn assert_tombstoned(bootstrap: &str, key: &str) {
+    let topics = topics();
+    let tombstoned =
+        |read: &[Received], topic: &str| latest_for(read, topic, key).is_some_and(|m| m.tombstone);
+    let read = read_until(bootstrap, &topics, Duration::from_secs(30), |read| {
+        topics.iter().all(|t| tombstoned(read, t))
+    })
+    .await;
+    for topic in &topics {
+        let last = latest_for(&read, topic, key);
+        assert!(tombstoned(&read, topic), "{topic}: {last:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_extension_leaves_tombstones_on_every_per_extension_state_topic() {
     let (kafka, fake) = setup().await;
@@ -140,21 +155,7 @@ async fn a_deleted_extension_leaves_tombstones_on_every_per_extension_state_topi
     delete["body"]["eventType"] = json!("Delete");
     assert_eq!(app.post_webhook(delete.to_string()).await.status(), 200);
 
-    let read = read_until(
-        &kafka.bootstrap,
-        &topics(),
-        Duration::from_secs(30),
-        |read| {
-            topics()
-                .iter()
-                .all(|t| latest(read, t).is_some_and(|m| m.tombstone))
-        },
-    )
-    .await;
-    for topic in topics() {
-        let last = latest(&read, &topic).unwrap_or_else(|| panic!("a tombstone on {topic}"));
-        assert!(last.tombstone, "{topic}: {last:?}");
-    }
+    assert_tombstoned(&kafka.bootstrap, EXTENSION).await;
     assert_eq!(
         fake.state.lock().unwrap().state_gets,
         0,
@@ -171,21 +172,7 @@ async fn a_404_for_an_extension_leaves_tombstones_on_every_per_extension_state_t
     let gone = "999";
     let body = extension_update(&format!("gone-{}", unique()), gone, &["Features"]);
     assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
-    let read = read_until(
-        &kafka.bootstrap,
-        &topics(),
-        Duration::from_secs(30),
-        |read| {
-            topics()
-                .iter()
-                .all(|t| latest_for(read, t, gone).is_some_and(|m| m.tombstone))
-        },
-    )
-    .await;
-    for topic in topics() {
-        let last = latest_for(&read, &topic, gone);
-        assert!(last.is_some_and(|m| m.tombstone), "{topic}: {last:?}");
-    }
+    assert_tombstoned(&kafka.bootstrap, gone).await;
     let scrape = app.metrics().await;
     assert_eq!(
         sample(
