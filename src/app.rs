@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
 use crate::ingress::{self, AllowedSubscriptions, IngressState};
+use crate::kafka::Publisher;
 use crate::kafka::{self, EmbeddedBroker, Producer, ProducerFactory};
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SpoolHealth};
@@ -27,6 +28,9 @@ use crate::shutdown::{self, Shutdown};
 use crate::sink::{DirectSink, RecentUuids, Sink};
 use crate::spool::Spool;
 use crate::state::fetcher::Fetcher;
+use crate::state::limiter::RateLimiter;
+use crate::state::reconciler::{Reconciler, SweepRequests};
+use crate::state::sweep::{Cause, Sweeper};
 
 /// The subscription keeper, when `keep_subscription` is on.
 fn keeper(settings: &Settings, metrics: &Metrics) -> Result<Option<Keeper>, StartError> {
@@ -122,6 +126,7 @@ pub struct Application {
     keeper: Option<(Keeper, mpsc::UnboundedReceiver<String>)>,
     topic_check: Option<TopicCheck>,
     fetcher: Option<Fetcher>,
+    reconciler: Option<(Reconciler, SweepRequests)>,
     // Dropped last: the embedded broker must outlive the producer.
     _embedded: Option<EmbeddedBroker>,
 }
@@ -274,7 +279,7 @@ impl Application {
                 }
             };
 
-        let (keeper, reminders) = match keeper(&settings, &metrics)? {
+        let (mut keeper, reminders) = match keeper(&settings, &metrics)? {
             Some(keeper) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 (Some((keeper, rx)), Some(tx))
@@ -296,7 +301,7 @@ impl Application {
         let topic_check = settings.brokers.is_some().then(|| TopicCheck {
             factory: factory.clone(),
             wanted: settings.routing.published_topics(),
-            compacted: settings.routing.state_topics(),
+            kinds: kafka::TopicKinds::of(&settings.routing),
             ensure: settings.ensure_topics.then_some((
                 settings.partitions.get().into(),
                 settings.replication_factor.get().into(),
@@ -307,23 +312,40 @@ impl Application {
             shutting_down: AtomicBool::new(false),
             state_enabled: settings.routing.state().is_some(),
         });
-        let fetcher = match settings.routing.state() {
+        let (fetcher, reconciler) = match settings.routing.state() {
             Some(state) => {
                 let client = Arc::new(RingCentral::new(
                     settings.ringcentral.credentials().map_err(invalid_config)?,
                 )?);
+                // RingCentral's budgets are per app and user: fetches and sweeps share them.
+                let limiter = Arc::new(RateLimiter::new());
                 let fetcher = Fetcher::new(
                     &factory.client_config(),
                     state,
                     factory.clone(),
                     settings.routing.dead_letter_topic().clone(),
-                    client,
+                    client.clone(),
+                    limiter.clone(),
                     metrics.clone(),
-                );
-                Some(fetcher?)
+                )?;
+                let sweeper = Sweeper {
+                    client,
+                    limiter,
+                    routing: settings.routing.clone(),
+                    publisher: Publisher::new(factory.build_unobserved()?, metrics.clone()),
+                    consumer_config: factory.client_config(),
+                    metrics: metrics.clone(),
+                };
+                let reconciler =
+                    Reconciler::new(sweeper, settings.state.reconcile_interval, metrics.clone())?;
+                (Some(fetcher), Some(reconciler))
             }
-            None => None,
+            None => (None, None),
         };
+        if let (Some((keeper, _)), Some((_, sweeps))) = (&mut keeper, &reconciler) {
+            // Whatever changed while the subscription was blacklisted or expired was never sent.
+            keeper.after_recreation(sweeps.clone());
+        }
         Ok(Application {
             listeners,
             webhook: ingress::router(state, settings.max_body_bytes.get()),
@@ -340,6 +362,7 @@ impl Application {
             keeper,
             topic_check,
             fetcher,
+            reconciler,
             _embedded: embedded,
         })
     }
@@ -402,6 +425,10 @@ impl Application {
         if let Some(fetcher) = self.fetcher {
             background.push(tokio::spawn(fetcher.run(stopping.clone())));
         }
+        if let Some((reconciler, sweeps)) = self.reconciler {
+            background.push(tokio::spawn(reconciler.run(stopping.clone())));
+            background.push(tokio::spawn(sweep_on_usr1(sweeps, stopping.clone())));
+        }
         if let Some(check) = self.topic_check {
             background.push(tokio::spawn(check.run(stopping.clone())));
         }
@@ -460,6 +487,25 @@ impl Application {
     }
 }
 
+/// SIGUSR1 asks for a reconciliation sweep.
+async fn sweep_on_usr1(sweeps: SweepRequests, mut shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return tracing::error!(
+            "cannot install a SIGUSR1 handler: sweeps run on their schedule only"
+        );
+    };
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reconciliation sweep requested");
+                sweeps.request(Cause::Requested);
+            }
+            _ = shutdown.begun() => return,
+        }
+    }
+}
+
 async fn reload_on_hangup(
     reload: Reload,
     routing: Arc<ArcSwap<RoutingTable>>,
@@ -499,8 +545,8 @@ async fn reload_on_hangup(
 struct TopicCheck {
     factory: ProducerFactory,
     wanted: Vec<Topic>,
-    /// The state topics among them.
-    compacted: Vec<Topic>,
+    /// The state topics among them, and those of one partition.
+    kinds: kafka::TopicKinds,
     /// Partitions and replication factor, when missing topics are to be created.
     ensure: Option<(i32, i32)>,
 }
@@ -523,7 +569,7 @@ impl TopicCheck {
     /// Warns about a state topic that exists without compaction: consumers reading it from the
     /// beginning would miss every extension whose last record the retention deleted.
     async fn check_compacted(&self) {
-        match kafka::not_compacted(&self.factory, &self.compacted).await {
+        match kafka::not_compacted(&self.factory, &self.kinds.compacted).await {
             Ok(topics) if topics.is_empty() => {}
             Ok(topics) => {
                 let names: Vec<String> = topics.iter().map(Topic::to_string).collect();
@@ -566,7 +612,7 @@ impl TopicCheck {
         let created = kafka::create_topics(
             &self.factory,
             &missing,
-            &self.compacted,
+            &self.kinds,
             partitions,
             replication_factor,
         );

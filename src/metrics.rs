@@ -52,6 +52,13 @@ pub struct Metrics {
     pub state_fetcher_running: IntGauge,
     pub state_fetcher_partitions: IntGauge,
     pub state_dead_letters: IntCounterVec,
+    pub state_sweeps: IntCounterVec,
+    pub state_sweep_duration: Histogram,
+    pub state_sweep_listed: IntGauge,
+    pub state_sweep_differences: IntCounterVec,
+    pub state_sweep_progress: prometheus::Gauge,
+    pub state_sweep_last_success: prometheus::Gauge,
+    pub state_sweeper: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -286,6 +293,42 @@ impl Metrics {
                 "Partitions of the requests topic this replica fetches for.",
             ))
             .unwrap(),
+            state_sweeps: IntCounterVec::new(
+                opts("state_sweeps_total", "Reconciliation sweeps, by cause and outcome."),
+                &["cause", "outcome"],
+            )
+            .unwrap(),
+            state_sweep_duration: Histogram::with_opts(
+                HistogramOpts::new("state_sweep_duration_seconds", "How long a reconciliation sweep took, listing and queueing its repairs.")
+                    .namespace(NAMESPACE)
+                    .buckets(vec![1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0]),
+            )
+            .unwrap(),
+            state_sweep_listed: IntGauge::with_opts(opts(
+                "state_sweep_listed_extensions",
+                "Extensions the last sweep listed.",
+            ))
+            .unwrap(),
+            state_sweep_differences: IntCounterVec::new(
+                opts("state_sweep_differences_total", "Extensions a sweep found differing from the index: new, changed or gone."),
+                &["kind"],
+            )
+            .unwrap(),
+            state_sweep_progress: prometheus::Gauge::with_opts(opts(
+                "state_sweep_progress_ratio",
+                "Share of the running (or last) sweep's repairs queued: the initial snapshot's progress.",
+            ))
+            .unwrap(),
+            state_sweep_last_success: prometheus::Gauge::with_opts(opts(
+                "state_sweep_last_success_timestamp_seconds",
+                "When the last sweep that completed on this replica ended (Unix time; 0 before any).",
+            ))
+            .unwrap(),
+            state_sweeper: IntGauge::with_opts(opts(
+                "state_sweeper",
+                "1 on the one replica that runs the reconciliation sweeps.",
+            ))
+            .unwrap(),
             state_dead_letters: IntCounterVec::new(
                 opts("state_dead_letters_total", "State records Kafka refused for good: sent to the dead-letter topic, or dropped when it refused too."),
                 &["outcome"],
@@ -330,6 +373,13 @@ impl Metrics {
             Box::new(m.state_fetcher_running.clone()),
             Box::new(m.state_fetcher_partitions.clone()),
             Box::new(m.state_dead_letters.clone()),
+            Box::new(m.state_sweeps.clone()),
+            Box::new(m.state_sweep_duration.clone()),
+            Box::new(m.state_sweep_listed.clone()),
+            Box::new(m.state_sweep_differences.clone()),
+            Box::new(m.state_sweep_progress.clone()),
+            Box::new(m.state_sweep_last_success.clone()),
+            Box::new(m.state_sweeper.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -1,17 +1,10 @@
 //! `state status`: the fetch queue as the fetchers' consumer group sees it, per partition of the
 //! requests topic.
 
-use std::time::Duration;
-
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
-
 use super::CommandError;
 use crate::config::Settings;
 use crate::kafka::ProducerFactory;
 use crate::metrics::Metrics;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn status(settings: &Settings) -> Result<(), CommandError> {
     let Some(state) = settings.routing.state() else {
@@ -27,41 +20,27 @@ pub(super) fn status(settings: &Settings) -> Result<(), CommandError> {
             properties.redact(&e.to_string())
         ))
     };
-    let consumer: BaseConsumer = ProducerFactory::new(brokers, properties, Metrics::new())
-        .client_config()
-        .set("group.id", &state.fetcher_group)
-        .create()
-        .map_err(kafka)?;
-    let topic = state.requests_topic.as_str();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(kafka)?;
-    let mut partitions = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        partitions.add_partition(topic, partition.id());
-    }
-    let committed = consumer
-        .committed_offsets(partitions, TIMEOUT)
-        .map_err(kafka)?;
-    println!("{topic} (consumer group {})", state.fetcher_group);
+    let config = ProducerFactory::new(brokers, properties, Metrics::new()).client_config();
+    let queue =
+        crate::state::queue::partitions(&config, &state.requests_topic, &state.fetcher_group)
+            .map_err(kafka)?;
+    println!(
+        "{} (consumer group {})",
+        state.requests_topic, state.fetcher_group
+    );
     println!(
         "{:<10} {:>12} {:>12} {:>8}",
         "PARTITION", "FETCHED TO", "END", "QUEUED"
     );
     let mut total = 0;
-    for element in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, element.partition(), TIMEOUT)
-            .map_err(kafka)?;
-        let position = match element.offset() {
-            Offset::Offset(offset) => offset,
-            _ => low,
-        };
-        let queued = (high - position).max(0);
-        total += queued;
+    for partition in &queue {
+        total += partition.queued();
         println!(
-            "{:<10} {position:>12} {high:>12} {queued:>8}",
-            element.partition()
+            "{:<10} {:>12} {:>12} {:>8}",
+            partition.partition,
+            partition.position,
+            partition.end,
+            partition.queued()
         );
     }
     println!("{total} requests queued");

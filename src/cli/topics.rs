@@ -29,7 +29,7 @@ pub(super) fn ensure(settings: &Settings) -> Result<(), CommandError> {
         .block_on(kafka::create_topics(
             &factory,
             &missing,
-            &settings.routing.state_topics(),
+            &kafka::TopicKinds::of(&settings.routing),
             settings.partitions.get().into(),
             settings.replication_factor.get().into(),
         ))

@@ -286,6 +286,17 @@ pub struct StateSettings {
     /// publish it to compacted <prefix>state.* topics keyed by extension.
     #[arg(long = "state", env = "RCKB_STATE")]
     pub enabled: bool,
+    /// How often a reconciliation sweep lists every extension and repairs what no notification
+    /// said (0 turns the periodic sweeps off; the initial snapshot, SIGUSR1 and the sweep after a
+    /// subscription gap still run).
+    #[arg(
+        long = "state-reconcile-interval",
+        env = "RCKB_STATE_RECONCILE_INTERVAL",
+        default_value = "6h",
+        value_parser = parse_duration
+    )]
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_interval: Duration,
     /// `[state.fetch]`, only in the file: a hint's GET, rate-limit group and paging, overriding the
     /// built-in fetch table or adding a hint; a hint without `get` is not fetched.
     #[arg(skip)]
@@ -566,14 +577,10 @@ impl Settings {
         if self.state.enabled {
             // The fetches need RingCentral's API: missing credentials stop start-up here.
             self.ringcentral.credentials()?;
-            let requests_topic = Topic::parse(format!("{}state-requests", self.topic_prefix))
-                .map_err(RoutingError::Prefix)?;
             let fetches = FetchTable::new(&self.topic_prefix, &self.state.fetch)?;
-            routing = routing.with_state(StateRouting {
-                fetches,
-                requests_topic,
-                fetcher_group: format!("{}state-fetchers", self.topic_prefix),
-            });
+            let state =
+                StateRouting::new(&self.topic_prefix, fetches).map_err(RoutingError::Prefix)?;
+            routing = routing.with_state(state);
         }
         self.routing = routing;
         Ok(self)

@@ -231,21 +231,41 @@ pub fn missing_topics(
 pub async fn create_topics(
     factory: &ProducerFactory,
     topics: &[Topic],
-    compacted: &[Topic],
+    kinds: &TopicKinds,
     partitions: i32,
     replication: i32,
 ) -> Result<(), String> {
-    let (state, other): (Vec<&Topic>, Vec<&Topic>) =
-        topics.iter().partition(|t| compacted.contains(t));
-    create(factory, &other, partitions, replication, &[]).await?;
-    create(
-        factory,
-        &state,
-        partitions,
-        replication,
-        &[("cleanup.policy", "compact")],
-    )
-    .await
+    let compact = [("cleanup.policy", "compact")];
+    for topic in topics {
+        let partitions = match kinds.single_partition.contains(topic) {
+            true => 1,
+            false => partitions,
+        };
+        let config: &[(&str, &str)] = match kinds.compacted.contains(topic) {
+            true => &compact,
+            false => &[],
+        };
+        create(factory, &[topic], partitions, replication, config).await?;
+    }
+    Ok(())
+}
+
+/// Topics created otherwise than the others.
+#[derive(Debug, Clone, Default)]
+pub struct TopicKinds {
+    /// With `cleanup.policy=compact`: the latest record of each key is the state.
+    pub compacted: Vec<Topic>,
+    /// With one partition, whatever `--partitions` says.
+    pub single_partition: Vec<Topic>,
+}
+
+impl TopicKinds {
+    pub fn of(routing: &crate::routing::RoutingTable) -> TopicKinds {
+        TopicKinds {
+            compacted: routing.state_topics(),
+            single_partition: routing.single_partition_topics(),
+        }
+    }
 }
 
 /// The topics of `topics` whose `cleanup.policy` does not include `compact`. A state topic that

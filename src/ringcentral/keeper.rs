@@ -44,6 +44,8 @@ pub struct Keeper {
     kept: watch::Sender<Option<SubscriptionId>>,
     /// When a reminder last renewed the subscription.
     last_reminded_renewal: Option<tokio::time::Instant>,
+    /// Told after each recreation: the events of the gap were never sent.
+    sweeps: Option<crate::state::reconciler::SweepRequests>,
 }
 
 /// Reminders for the kept subscription closer together than this renew it once: RingCentral sends
@@ -60,7 +62,13 @@ impl Keeper {
             current: None,
             kept: watch::Sender::new(None),
             last_reminded_renewal: None,
+            sweeps: None,
         }
+    }
+
+    /// Asks `sweeps` for a reconciliation sweep after each recreation of the subscription.
+    pub fn after_recreation(&mut self, sweeps: crate::state::reconciler::SweepRequests) {
+        self.sweeps = Some(sweeps);
     }
 
     /// The id of the subscription this keeper owns (the one it adopted or created), `None` until it
@@ -284,6 +292,10 @@ impl Keeper {
                 );
                 self.observe(&subscription.status, Some(&subscription));
                 self.keep(Some(subscription));
+                if let Some(sweeps) = &self.sweeps {
+                    tracing::info!(reason, "a reconciliation sweep repairs what the gap lost");
+                    sweeps.request(crate::state::sweep::Cause::SubscriptionGap);
+                }
             }
             Err(e) => {
                 self.api_error("creating the subscription", &e);

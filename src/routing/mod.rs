@@ -33,7 +33,7 @@ mod plan;
 mod topic;
 pub use limits::{FanoutLimits, Overflow};
 use plan::{Destination, Planner};
-pub use plan::{OutboundMessage, RoutePlan};
+pub use plan::{OutboundMessage, RECONCILED_HEADER, Reconciled, RoutePlan};
 pub use topic::{TargetApi, Topic, TopicError};
 
 /// Where one hint goes: each distinct topic with the first target API (in table order) that derives it.
@@ -140,12 +140,23 @@ impl RoutingTable {
     /// The state topics, created compacted: none without `--state`.
     pub fn state_topics(&self) -> Vec<Topic> {
         self.state.as_ref().map_or_else(Vec::new, |s| {
-            s.fetches
+            let mut topics: Vec<Topic> = s
+                .fetches
                 .state_topics()
                 .into_iter()
                 .map(|s| s.topic)
-                .collect()
+                .collect();
+            topics.push(s.index_topic.clone());
+            topics
         })
+    }
+
+    /// Topics that must have exactly one partition: the sweeps' index, whose one partition's
+    /// owner in the sweepers' group is the one replica that runs sweeps.
+    pub fn single_partition_topics(&self) -> Vec<Topic> {
+        self.state
+            .as_ref()
+            .map_or_else(Vec::new, |s| vec![s.index_topic.clone()])
     }
 
     /// The fetch table and requests topic, with `--state`.
@@ -219,6 +230,7 @@ impl RoutingTable {
         topics.push(self.dead_letter_topic.clone());
         if let Some(state) = &self.state {
             topics.push(state.requests_topic.clone());
+            topics.push(state.index_topic.clone());
             topics.extend(state.fetches.state_topics().into_iter().map(|s| s.topic));
         }
         topics.sort();
@@ -860,8 +872,11 @@ mod tests {
         let without = table().with_limits(limits);
         let with = without.clone().with_state(StateRouting {
             fetches: FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
-            requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
-            fetcher_group: "ringcentral.state-fetchers".into(),
+            ..StateRouting::new(
+                DEFAULT_TOPIC_PREFIX,
+                FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
+            )
+            .unwrap()
         });
         let plan = without.plan(&n, raw.as_bytes(), "t");
         assert_eq!((plan.messages.len(), plan.unrouted_reason), (14, None));
@@ -875,8 +890,11 @@ mod tests {
         use crate::state::request::{Request, StateRouting};
         let with_state = table().with_state(StateRouting {
             fetches: FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
-            requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
-            fetcher_group: "ringcentral.state-fetchers".into(),
+            ..StateRouting::new(
+                DEFAULT_TOPIC_PREFIX,
+                FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
+            )
+            .unwrap()
         });
         // ExtensionInfo and ProfileImage share one resource; DialingPlan has no GET.
         let body = update(&["ExtensionInfo", "ProfileImage", "Features", "DialingPlan"]);
@@ -995,8 +1013,7 @@ mod properties {
                 // Fetch requests count against the caps like the hint messages they come with.
                 table = table.with_state(crate::state::request::StateRouting {
                     fetches: crate::state::fetch_table::FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
-                    requests_topic: Topic::parse("ringcentral.state-requests").unwrap(),
-                    fetcher_group: "ringcentral.state-fetchers".into(),
+                    ..crate::state::request::StateRouting::new(DEFAULT_TOPIC_PREFIX, crate::state::fetch_table::FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap()).unwrap()
                 });
             }
             let entries: Vec<Value> = changes

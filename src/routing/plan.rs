@@ -82,6 +82,80 @@ impl OutboundMessage {
     }
 }
 
+/// What a reconciliation sweep tells hint consumers about one extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The extension is new, or its record changed, without a notification saying so.
+    Changed,
+    /// The extension is gone without a notification saying so.
+    Gone,
+}
+
+/// The header naming the sweep that found a difference.
+pub const RECONCILED_HEADER: &str = "rc-reconciled";
+
+impl RoutingTable {
+    /// The synthetic message a sweep publishes for one extension: the hint message format, with
+    /// `eventType` `Reconciled` on the topic of Get Extension Info's hint, or `Delete` on the
+    /// extension topic; `uuid` is the sweep's id, the message id is derived from the sweep and the
+    /// extension, and `rc-reconciled` names the sweep.
+    pub fn reconciled_message(
+        &self,
+        what: Reconciled,
+        sweep_id: &str,
+        account_id: &str,
+        extension_id: &str,
+        at: &str,
+    ) -> OutboundMessage {
+        let (event_type, topic) = match what {
+            Reconciled::Changed => {
+                let info = self
+                    .route(&Hint::new("ExtensionInfo"))
+                    .and_then(|r| r.topics.first())
+                    .map_or(&self.extension_topic, |(t, _)| t);
+                ("Reconciled", info)
+            }
+            Reconciled::Gone => ("Delete", &self.extension_topic),
+        };
+        let timestamp = Value::String(at.to_string());
+        let value = MessageValue {
+            uuid: sweep_id,
+            event: &format!("/restapi/v1.0/account/{account_id}/extension/{extension_id}"),
+            timestamp: &timestamp,
+            subscription_id: None,
+            owner_id: None,
+            account_id: Some(account_id),
+            extension_id: Some(extension_id),
+            event_type: Some(event_type),
+            hint: None,
+            target_api: None,
+            resource_path: None,
+            hints: &[],
+            received_at: at,
+            body: None,
+        };
+        let topic = topic.as_str();
+        let headers = vec![
+            (
+                "rc-message-id".to_string(),
+                format!("{sweep_id}:{extension_id}:{event_type}:{topic}"),
+            ),
+            ("rc-notification-uuid".into(), sweep_id.into()),
+            ("rc-event-type".into(), event_type.into()),
+            ("content-type".into(), "application/json".into()),
+            (RECONCILED_HEADER.into(), sweep_id.into()),
+        ];
+        OutboundMessage {
+            topic: topic.to_string(),
+            key: extension_id.to_string(),
+            headers,
+            value: serde_json::to_string(&value).expect("a message value always serialises"),
+            hint_label: "none".into(),
+            tombstone: false,
+        }
+    }
+}
+
 /// The JSON value of a routed message (the message contract).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

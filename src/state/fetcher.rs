@@ -92,7 +92,7 @@ struct Worker {
     factory: ProducerFactory,
     publisher: Publisher<KafkaProducer>,
     client: Arc<RingCentral>,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     requests_topic: Topic,
     dead_letter_topic: Topic,
     /// Where a deleted extension leaves tombstones.
@@ -138,6 +138,7 @@ impl Fetcher {
         factory: ProducerFactory,
         dead_letter_topic: Topic,
         client: Arc<RingCentral>,
+        limiter: Arc<RateLimiter>,
         metrics: Metrics,
     ) -> Result<Fetcher, KafkaError> {
         let mut config = config.clone();
@@ -166,7 +167,7 @@ impl Fetcher {
                 factory,
                 publisher: Publisher::new(producer, metrics.clone()),
                 client,
-                limiter: RateLimiter::new(),
+                limiter,
                 requests_topic: state.requests_topic.clone(),
                 dead_letter_topic,
                 per_extension_topics: state.fetches.per_extension_topics(),

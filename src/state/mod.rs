@@ -8,14 +8,23 @@
 //! - [`limiter`]: one rate limiter per group, adjusted from RingCentral's answers.
 //! - [`fetch`]: one resource fetched whole (all pages) and its answer classified.
 //! - [`request`]: a fetch request, as queued on the internal requests topic.
+//! - [`fetcher`]: the consumer of the requests topic that fetches and publishes state.
+//! - [`queue`]: the requests topic's length, as the fetchers' group sees it.
+//! - [`index`]: the sweeps' index of extensions, on a compacted topic.
+//! - [`sweep`]: one reconciliation sweep: list, compare, repair.
+//! - [`reconciler`]: when sweeps run, and on which replica.
 
 pub mod fetch;
 pub mod fetch_table;
 pub mod fetcher;
 pub mod get_template;
+pub mod index;
 pub mod limiter;
+pub mod queue;
 pub mod rate_limits;
+pub mod reconciler;
 pub mod request;
+pub mod sweep;
 
 #[cfg(test)]
 mod fake_api;

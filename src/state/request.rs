@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::fetch_table::{FetchTable, Resource};
 use super::get_template::KeyScope;
 use super::rate_limits::RateGroup;
-use crate::routing::{OutboundMessage, Topic};
+use crate::routing::{OutboundMessage, Topic, TopicError};
 
 /// What to do for one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,4 +117,21 @@ pub struct StateRouting {
     pub requests_topic: Topic,
     /// The consumer group every replica's fetcher joins.
     pub fetcher_group: String,
+    /// The reconciliation sweeps' index: compacted, one partition, keyed by extension id.
+    pub index_topic: Topic,
+    /// The consumer group whose owner of the index topic's one partition runs the sweeps.
+    pub sweeper_group: String,
+}
+
+impl StateRouting {
+    /// The state routing of `prefix`, with its internal topics and groups.
+    pub fn new(prefix: &str, fetches: FetchTable) -> Result<StateRouting, TopicError> {
+        Ok(StateRouting {
+            fetches,
+            requests_topic: Topic::parse(format!("{prefix}state-requests"))?,
+            fetcher_group: format!("{prefix}state-fetchers"),
+            index_topic: Topic::parse(format!("{prefix}state-index"))?,
+            sweeper_group: format!("{prefix}state-sweepers"),
+        })
+    }
 }

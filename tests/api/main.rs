@@ -28,6 +28,7 @@ mod exposure;
 mod http_limits;
 mod keeper_hardening;
 mod operations;
+mod reconcile;
 mod rejections;
 mod spool;
 mod state;

@@ -154,9 +154,15 @@ fn factory(tansu: &Tansu) -> ProducerFactory {
 /// Creates the default topics with one partition each, so every topic is totally ordered: Tansu
 /// does not create topics on produce.
 async fn create_default_topics(tansu: &Tansu) {
-    kafka::create_topics(&factory(tansu), &default_topics(), &[], 1, 1)
-        .await
-        .expect("topics created");
+    kafka::create_topics(
+        &factory(tansu),
+        &default_topics(),
+        &Default::default(),
+        1,
+        1,
+    )
+    .await
+    .expect("topics created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +346,7 @@ async fn state_topics_are_created_compacted_and_an_uncompacted_one_is_reported()
     // A cluster where someone created a state topic by hand, with the default policy.
     let tansu = tansu_with_topics().await;
     let by_hand = &state[..1];
-    kafka::create_topics(&factory(&tansu), by_hand, &[], 1, 1)
+    kafka::create_topics(&factory(&tansu), by_hand, &Default::default(), 1, 1)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

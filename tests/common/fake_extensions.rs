@@ -27,6 +27,10 @@ pub fn routes() -> Router<Arc<Mutex<FakeState>>> {
     let extension_path = "/restapi/v1.0/account/{account}/extension/{id}";
     Router::new()
         .route("/restapi/v1.0/account/{account}", get(account))
+        .route(
+            "/restapi/v1.0/account/{account}/extension",
+            get(list_extensions),
+        )
         .route(extension_path, get(extension))
         .route(&format!("{extension_path}/features"), get(features))
         .route(
@@ -45,6 +49,17 @@ pub fn routes() -> Router<Arc<Mutex<FakeState>>> {
             "/restapi/v1.0/account/{account}/call-queues",
             get(call_queues),
         )
+}
+
+/// How the fake pages List Extensions.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The largest page it serves, whatever `perPage` asks (RingCentral's is 1000).
+    pub page_cap: Option<u32>,
+    /// Answer this page once with 429 and `Retry-After: 1`, as a busy RingCentral does mid-list.
+    pub rate_limit_page: Option<u32>,
+    /// How many pages were served.
+    pub pages: usize,
 }
 
 /// One group's budget: `limit` requests in any `window`; going over costs a `penalty`.
@@ -320,4 +335,70 @@ async fn call_queues(
         page(&uri, 1, 1, queue)
     })
     .await
+}
+
+/// List Extensions: every extension's record, in id order, paged by `perPage` (capped) and
+/// `page`, in the Medium group.
+async fn list_extensions(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    gate(&state).await;
+    let mut state = state.lock().unwrap();
+    if let Some(refused) = refusal(&mut state, &headers) {
+        return refused;
+    }
+    let n = page_number(&query);
+    if state.listing.rate_limit_page == Some(n) {
+        state.listing.rate_limit_page = None;
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "CMN-301",
+            "Request rate exceeded",
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return response;
+    }
+    let limits = match state.limits.admit("medium") {
+        Ok(limits) => limits,
+        Err(refused) => return *refused,
+    };
+    state.listing.pages += 1;
+    let asked: u32 = query
+        .get("perPage")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100);
+    let per_page = asked.min(state.listing.page_cap.unwrap_or(1000)).max(1);
+    let records: Vec<Value> = state.extensions.values().cloned().collect();
+    let pages = (records.len() as u32).div_ceil(per_page).max(1);
+    let start = ((n - 1) * per_page) as usize;
+    let page_records: Vec<Value> = records
+        .iter()
+        .skip(start)
+        .take(per_page as usize)
+        .cloned()
+        .collect();
+    let uri = format!("/restapi/v1.0/account/{account}/extension");
+    let mut body = json!({
+        "uri": format!("{uri}?page={n}&perPage={per_page}"),
+        "records": page_records,
+        "paging": {"page": n, "perPage": per_page, "totalPages": pages, "totalElements": records.len()},
+        "navigation": {"firstPage": {"uri": format!("https://platform.example{uri}?page=1&perPage={per_page}")}},
+    });
+    if n < pages {
+        body["navigation"]["nextPage"] = json!({
+            "uri": format!("https://platform.example{uri}?page={}&perPage={per_page}", n + 1)
+        });
+    }
+    let mut response = axum::Json(body).into_response();
+    for (name, value) in limits {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(&value).unwrap());
+    }
+    response
 }

@@ -48,6 +48,8 @@ pub struct FakeState {
     pub forbidden: std::collections::BTreeSet<String>,
     /// RingCentral's per-group rate limits, enforced on the resource GETs.
     pub limits: super::fake_extensions::RateLimits,
+    /// How List Extensions pages, and how often it was asked.
+    pub listing: super::fake_extensions::Listing,
     /// Resource GETs wait while a test holds this for writing.
     pub gate: Arc<tokio::sync::RwLock<()>>,
 }

@@ -1,0 +1,115 @@
+//! The sweeps' state index: per extension, a digest of its record as List Extensions last showed it.
+//! Kept in Kafka, on a compacted topic of one partition keyed by extension id, rather than in one
+//! replica's spool: whichever replica runs the sweeps reads it whole at the start of each sweep,
+//! so a replica taking over the sweeps compares with what the previous one published instead of
+//! republishing everything.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::routing::{OutboundMessage, Topic};
+
+/// How long reading the index may take before the sweep gives up (and runs again later).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One extension's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// The digest of the extension's record as listed.
+    pub digest: String,
+    /// The sweep that recorded it.
+    pub sweep: String,
+}
+
+/// Extension id to entry.
+pub type Index = BTreeMap<String, Entry>;
+
+/// The index entry of `extension` as a message: a tombstone when `entry` is `None` (gone).
+pub fn entry_message(topic: &Topic, extension: &str, entry: Option<&Entry>) -> OutboundMessage {
+    OutboundMessage {
+        topic: topic.to_string(),
+        key: extension.to_string(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        value: entry
+            .map(|e| serde_json::to_string(e).expect("an entry always serialises"))
+            .unwrap_or_default(),
+        hint_label: "none".into(),
+        tombstone: entry.is_none(),
+    }
+}
+
+/// Reads the whole index (blocking: run it off the async workers). Later records of a key replace
+/// earlier ones and a tombstone removes it, as compaction will.
+pub fn read(config: &ClientConfig, topic: &Topic) -> Result<Index, KafkaError> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", "rc-kafka-bridge-index-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic.as_str(), 0, Duration::from_secs(10))?;
+    let mut index = Index::new();
+    if high <= low {
+        return Ok(index);
+    }
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic.as_str(), 0, Offset::Beginning)?;
+    consumer.assign(&partitions)?;
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while Instant::now() < deadline {
+        let Some(received) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = received?;
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        if let Some(key) = key {
+            match message.payload().map(serde_json::from_slice::<Entry>) {
+                Some(Ok(entry)) => {
+                    index.insert(key, entry);
+                }
+                None => {
+                    index.remove(&key);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(key, error = %e, "an index entry that is not one; ignored")
+                }
+            }
+        }
+        if message.offset() + 1 >= high {
+            return Ok(index);
+        }
+    }
+    Err(KafkaError::MessageConsumption(
+        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_json_and_a_gone_extension_a_tombstone() {
+        let topic = Topic::parse("ringcentral.state-index").unwrap();
+        let entry = Entry {
+            digest: "abc".into(),
+            sweep: "s1".into(),
+        };
+        let message = entry_message(&topic, "101", Some(&entry));
+        assert_eq!(message.key, "101");
+        assert_eq!(
+            serde_json::from_str::<Entry>(&message.value).unwrap(),
+            entry
+        );
+        let gone = entry_message(&topic, "101", None);
+        assert!(gone.tombstone && gone.value.is_empty());
+    }
+}

@@ -1,0 +1,211 @@
+//! When sweeps run, and where: one replica at a time, elected by Kafka's group membership. Every
+//! replica joins the sweepers' consumer group on the index topic, which has one partition; the
+//! member that owns it runs the sweeps. It sweeps at once when the index is empty (the initial
+//! snapshot), every `--state-reconcile-interval`, on SIGUSR1, and after the keeper recreated the
+//! subscription (the gap in which RingCentral sent nothing). One sweep at a time: a request that
+//! arrives during a sweep runs one more sweep after it.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::index;
+use super::sweep::{Cause, Sweeper};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// How often leadership is looked at while nothing else happens.
+const LOOK: Duration = Duration::from_secs(1);
+
+/// The election's consumer context: whether this replica owns the index topic's partition.
+pub struct Election {
+    leader: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl ClientContext for Election {}
+
+impl ConsumerContext for Election {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        self.leader.store(owns, Ordering::Relaxed);
+        self.metrics.state_sweeper.set(i64::from(owns));
+        // Only the assignment matters, not the index entries: nothing is read from it.
+        if let Ok(assignment) = consumer.assignment() {
+            let _ = consumer.pause(&assignment);
+        }
+    }
+}
+
+/// Asks the running reconciler for a sweep.
+#[derive(Clone)]
+pub struct SweepRequests(mpsc::UnboundedSender<Cause>);
+
+impl SweepRequests {
+    pub fn request(&self, cause: Cause) {
+        let _ = self.0.send(cause);
+    }
+}
+
+pub struct Reconciler {
+    sweeper: Sweeper,
+    election: StreamConsumer<Election>,
+    leader: Arc<AtomicBool>,
+    interval: Option<Duration>,
+    requests: mpsc::UnboundedReceiver<Cause>,
+    consumer_config: ClientConfig,
+}
+
+impl Reconciler {
+    /// Joins the sweepers' group; [`Reconciler::run`] sweeps when this replica is elected.
+    pub fn new(
+        sweeper: Sweeper,
+        interval: Duration,
+        metrics: Metrics,
+    ) -> Result<(Reconciler, SweepRequests), KafkaError> {
+        let state = sweeper.routing.state().expect("sweeps run with --state");
+        let leader = Arc::new(AtomicBool::new(false));
+        let consumer_config = sweeper.consumer_config.clone();
+        let mut config = consumer_config.clone();
+        if config.get("session.timeout.ms").is_none() {
+            config.set("session.timeout.ms", "10000");
+        }
+        let election: StreamConsumer<Election> = config
+            .set("group.id", &state.sweeper_group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest")
+            .create_with_context(Election {
+                leader: leader.clone(),
+                metrics,
+            })?;
+        election.subscribe(&[state.index_topic.as_str()])?;
+        let (tx, requests) = mpsc::unbounded_channel();
+        let reconciler = Reconciler {
+            sweeper,
+            election,
+            leader,
+            interval: (!interval.is_zero()).then_some(interval),
+            requests,
+            consumer_config,
+        };
+        Ok((reconciler, SweepRequests(tx)))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Sweeps when due, while elected, until the shutdown begins.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let mut stopping = shutdown.clone();
+        let mut was_leader = false;
+        let mut pending: Option<Cause> = None;
+        let mut next_interval: Option<Instant> = None;
+        loop {
+            let due = next_interval.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                // Polling serves the group's rebalances, which decide the leader.
+                _ = self.election.recv() => {}
+                Some(cause) = self.requests.recv() => pending = pending.or(Some(cause)),
+                _ = tokio::time::sleep_until(due), if next_interval.is_some() => {
+                    pending = pending.or(Some(Cause::Interval));
+                }
+                _ = tokio::time::sleep(LOOK) => {}
+                _ = stopping.begun() => break,
+            }
+            let leader = self.is_leader();
+            if leader && !was_leader {
+                tracing::info!("this replica runs the reconciliation sweeps");
+                next_interval = self.interval.map(|i| Instant::now() + i);
+                if self.index_is_empty().await {
+                    pending = Some(Cause::Snapshot);
+                }
+            }
+            if !leader && was_leader {
+                tracing::info!("another replica runs the reconciliation sweeps now");
+                next_interval = None;
+            }
+            was_leader = leader;
+            let Some(cause) = pending.take() else {
+                continue;
+            };
+            if !leader {
+                tracing::info!(
+                    cause = cause.label(),
+                    "a sweep is due, but another replica runs the sweeps (it sweeps on its own schedule)"
+                );
+                continue;
+            }
+            if !self.sweep(cause, &shutdown).await {
+                break;
+            }
+            next_interval = self.interval.map(|i| Instant::now() + i);
+        }
+        tracing::info!("reconciler stopped");
+    }
+
+    async fn index_is_empty(&self) -> bool {
+        let state = self
+            .sweeper
+            .routing
+            .state()
+            .expect("sweeps run with --state");
+        let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
+        let read = tokio::task::spawn_blocking(move || index::read(&config, &topic)).await;
+        match read {
+            Ok(Ok(index)) => index.is_empty(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the state index; the next sweep reads it again");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One sweep, while the election goes on being polled; cut short if leadership is lost.
+    /// `false` when the shutdown came first.
+    async fn sweep(&mut self, cause: Cause, shutdown: &Shutdown) -> bool {
+        let metrics = self.sweeper.metrics.clone();
+        let outcome = {
+            let mut sweep = pin!(self.sweeper.sweep(cause, shutdown));
+            loop {
+                tokio::select! {
+                    outcome = &mut sweep => break Some(outcome),
+                    _ = self.election.recv() => {}
+                    _ = tokio::time::sleep(LOOK) => {}
+                }
+                if !self.leader.load(Ordering::Relaxed) {
+                    tracing::warn!("leadership lost during a sweep: the new leader sweeps");
+                    break None;
+                }
+            }
+        };
+        let (label, cause) = match &outcome {
+            Some(Ok(report)) if report.snapshot => ("ok", Cause::Snapshot),
+            Some(Ok(_)) => ("ok", cause),
+            Some(Err(super::sweep::SweepError::Stopped)) => ("stopped", cause),
+            Some(Err(e)) => {
+                tracing::error!(cause = cause.label(), error = %e, "reconciliation sweep failed; it runs again at the next interval");
+                ("failed", cause)
+            }
+            None => ("leadership_lost", cause),
+        };
+        metrics
+            .state_sweeps
+            .with_label_values(&[cause.label(), label])
+            .inc();
+        if label == "ok" {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            metrics.state_sweep_last_success.set(now as f64);
+        }
+        label != "stopped"
+    }
+}

@@ -1,0 +1,527 @@
+//! One reconciliation sweep: list every extension of the account, compare each record with the
+//! state index, and repair what differs. A new or changed extension has its resources queued for
+//! fetching and a `Reconciled` message on the hint topic; a gone one has tombstones queued and a
+//! synthetic `Delete`. The index moves only once Kafka acknowledged what the sweep published for
+//! an extension, so a sweep cut short (SIGKILL, shutdown) is redone for what it had not finished.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use serde_json::Value;
+
+use super::fetch::{FetchOutcome, fetch};
+use super::fetch_table::{Resource, ResourceKey};
+use super::get_template::KeyScope;
+use super::index::{self, Entry, Index};
+use super::limiter::RateLimiter;
+use super::rate_limits::RateGroup;
+use super::request::Request;
+use crate::kafka::{KafkaProducer, Publisher};
+use crate::metrics::Metrics;
+use crate::ringcentral::RingCentral;
+use crate::routing::{OutboundMessage, Reconciled, RoutingTable, Topic};
+use crate::shutdown::Shutdown;
+
+/// List Extensions' page size: RingCentral's schema caps `perPage` at 1000; a server that pages
+/// smaller is followed page by page all the same.
+const PER_PAGE: u32 = 1000;
+/// Extensions published per step: the fetch queue gets this many extensions' requests, then the
+/// sweep waits for it to drain, so hints that arrive during a long snapshot wait behind at most
+/// one step of it.
+const STEP: usize = 20;
+/// Fetch requests still queued below which the next step is published.
+const QUEUE_LOW: i64 = 50;
+/// Attempts at a list or account call that fails for another reason than rate limits.
+const ATTEMPTS: u32 = 5;
+
+/// Why a sweep runs: a bounded label for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The index is empty: the initial snapshot.
+    Snapshot,
+    Interval,
+    /// SIGUSR1, or `state reconcile`.
+    Requested,
+    /// The keeper recreated the subscription (blacklisted, expired, gone): events were lost.
+    SubscriptionGap,
+}
+
+impl Cause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Snapshot => "snapshot",
+            Cause::Interval => "interval",
+            Cause::Requested => "requested",
+            Cause::SubscriptionGap => "subscription_gap",
+        }
+    }
+}
+
+/// What one sweep found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The index was empty: the initial snapshot.
+    pub snapshot: bool,
+    pub listed: usize,
+    pub new: usize,
+    pub changed: usize,
+    pub gone: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("cannot read the state index: {0}")]
+    Index(String),
+    #[error("RingCentral: {0}")]
+    RingCentral(String),
+    #[error("stopped by the shutdown")]
+    Stopped,
+}
+
+/// One extension's difference between the index and the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    New { id: String, digest: String },
+    Changed { id: String, digest: String },
+    Gone { id: String },
+}
+
+/// What differs between `index` and `listed` (extension id to the digest of its listed record),
+/// in extension id order; unchanged extensions are not in it.
+pub fn differences(index: &Index, listed: &BTreeMap<String, String>) -> Vec<Difference> {
+    let mut found = Vec::new();
+    for (id, digest) in listed {
+        match index.get(id) {
+            None => found.push(Difference::New {
+                id: id.clone(),
+                digest: digest.clone(),
+            }),
+            Some(entry) if entry.digest != *digest => found.push(Difference::Changed {
+                id: id.clone(),
+                digest: digest.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for id in index.keys().filter(|id| !listed.contains_key(*id)) {
+        found.push(Difference::Gone { id: id.clone() });
+    }
+    found
+}
+
+/// A digest of a listed record: SHA-256 of its JSON with keys sorted, so the order RingCentral
+/// sends fields in does not matter.
+pub fn digest(record: &Value) -> String {
+    let canonical = serde_json::to_string(record).expect("a JSON value always serialises");
+    let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    hash.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What sweeps need; one sweep at a time.
+pub struct Sweeper {
+    pub client: Arc<RingCentral>,
+    pub limiter: Arc<RateLimiter>,
+    pub routing: RoutingTable,
+    pub publisher: Publisher<KafkaProducer>,
+    /// For reading the index and the fetch queue's length.
+    pub consumer_config: ClientConfig,
+    pub metrics: Metrics,
+}
+
+impl Sweeper {
+    /// Runs one sweep.
+    pub async fn sweep(&self, cause: Cause, shutdown: &Shutdown) -> Result<Report, SweepError> {
+        let state = self.routing.state().expect("sweeps run with --state");
+        let started = Instant::now();
+        let sweep_id = sweep_id();
+        let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
+        let index = tokio::task::spawn_blocking(move || index::read(&config, &topic))
+            .await
+            .map_err(|e| SweepError::Index(e.to_string()))?
+            .map_err(|e| SweepError::Index(e.to_string()))?;
+        let snapshot = index.is_empty();
+        let cause = if snapshot { Cause::Snapshot } else { cause };
+        tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = index.len(), "reconciliation sweep started");
+        let account = self.account_id(shutdown).await?;
+        let listed = self.list(shutdown).await?;
+        let differences = differences(&index, &listed);
+        let report = Report {
+            snapshot,
+            listed: listed.len(),
+            ..count(&differences)
+        };
+        self.log_cost(&sweep_id, &report);
+        self.metrics.state_sweep_listed.set(listed.len() as i64);
+        for (n, step) in differences.chunks(STEP).enumerate() {
+            self.wait_for_the_queue(shutdown).await?;
+            self.repair(step, snapshot, &sweep_id, &account, shutdown)
+                .await?;
+            let done = ((n + 1) * STEP).min(differences.len());
+            self.metrics
+                .state_sweep_progress
+                .set(done as f64 / differences.len() as f64);
+        }
+        self.metrics.state_sweep_progress.set(1.0);
+        for (kind, n) in [
+            ("new", report.new),
+            ("changed", report.changed),
+            ("gone", report.gone),
+        ] {
+            self.metrics
+                .state_sweep_differences
+                .with_label_values(&[kind])
+                .inc_by(n as u64);
+        }
+        self.metrics
+            .state_sweep_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(sweep = %sweep_id, cause = cause.label(), listed = report.listed,
+            new = report.new, changed = report.changed, gone = report.gone,
+            seconds = started.elapsed().as_secs(), "reconciliation sweep done");
+        Ok(report)
+    }
+
+    /// The account's id, for the synthetic messages and the resource paths.
+    async fn account_id(&self, shutdown: &Shutdown) -> Result<String, SweepError> {
+        let account = self
+            .get("/restapi/v1.0/account/~", RateGroup::Light, false, shutdown)
+            .await?;
+        match &account["id"] {
+            Value::Number(n) => Ok(n.to_string()),
+            Value::String(s) => Ok(s.clone()),
+            _ => Err(SweepError::RingCentral("the account has no id".into())),
+        }
+    }
+
+    /// Every extension, all pages: id to the digest of its record.
+    async fn list(&self, shutdown: &Shutdown) -> Result<BTreeMap<String, String>, SweepError> {
+        let path = format!("/restapi/v1.0/account/~/extension?perPage={PER_PAGE}");
+        let list = self.get(&path, RateGroup::Medium, true, shutdown).await?;
+        let records = list["records"].as_array().cloned().unwrap_or_default();
+        let mut listed = BTreeMap::new();
+        for record in &records {
+            let id = match &record["id"] {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                _ => continue,
+            };
+            if crate::notification::is_resource_id(&id) {
+                listed.insert(id, digest(record));
+            }
+        }
+        Ok(listed)
+    }
+
+    /// One GET (all pages) through the rate limiter: a 429 waits, other failures are retried a few
+    /// times.
+    async fn get(
+        &self,
+        path: &str,
+        group: RateGroup,
+        paged: bool,
+        shutdown: &Shutdown,
+    ) -> Result<Value, SweepError> {
+        let resource = Resource {
+            key: ResourceKey {
+                topic: Topic::parse("sweep").expect("a valid topic name"),
+                key: String::new(),
+            },
+            scope: KeyScope::Account,
+            path: path.to_string(),
+            group,
+            paged,
+        };
+        let mut failures = 0;
+        loop {
+            let mut stopping = shutdown.clone();
+            let outcome = tokio::select! {
+                outcome = fetch(&self.client, &self.limiter, &resource) => outcome,
+                _ = stopping.begun() => return Err(SweepError::Stopped),
+            };
+            let wait = match outcome {
+                FetchOutcome::State(body) => {
+                    return serde_json::from_slice(&body)
+                        .map_err(|e| SweepError::RingCentral(format!("GET {path}: {e}")));
+                }
+                FetchOutcome::RateLimited(pause) => {
+                    self.metrics
+                        .state_rate_limit_pauses
+                        .with_label_values(&[group.label()])
+                        .inc();
+                    pause
+                }
+                FetchOutcome::Unauthorized => {
+                    return Err(SweepError::RingCentral(
+                        "RingCentral refuses the bridge's credentials".into(),
+                    ));
+                }
+                FetchOutcome::Gone => {
+                    return Err(SweepError::RingCentral(format!("GET {path}: 404")));
+                }
+                FetchOutcome::Retry(e) => {
+                    failures += 1;
+                    if failures >= ATTEMPTS {
+                        return Err(SweepError::RingCentral(e.message));
+                    }
+                    tracing::warn!(path, error = %e.message, "sweep: GET failed; retrying");
+                    Duration::from_secs(1 << failures)
+                }
+            };
+            let mut stopping = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopping.begun() => return Err(SweepError::Stopped),
+            }
+        }
+    }
+
+    /// The API calls the differences will cost, and how long at the current budgets: logged before
+    /// anything is queued.
+    fn log_cost(&self, sweep_id: &str, report: &Report) {
+        let state = self.routing.state().expect("sweeps run with --state");
+        let fetched = report.new + report.changed;
+        let mut calls: BTreeMap<RateGroup, usize> = BTreeMap::new();
+        for topic in state.fetches.per_extension_topics() {
+            if let Some(fetch) = state.fetches.by_topic(&topic) {
+                *calls.entry(fetch.group).or_default() += fetched;
+            }
+        }
+        let minutes = calls
+            .iter()
+            .map(|(group, n)| {
+                let budget = self.limiter.budget(*group);
+                *n as f64 / f64::from(budget.requests.max(1)) * budget.window.as_secs_f64() / 60.0
+            })
+            .fold(0.0, f64::max);
+        let per_group: Vec<String> = calls
+            .iter()
+            .map(|(g, n)| format!("{}={n}", g.label()))
+            .collect();
+        tracing::info!(sweep = %sweep_id, listed = report.listed, differ = fetched + report.gone,
+            calls = %per_group.join(" "), minutes = format!("{minutes:.1}").as_str(),
+            "reconciliation: fetches to queue, and how long they take at the current budgets");
+    }
+
+    /// Publishes the repairs of `step` and then, once Kafka acknowledged them, their index entries.
+    async fn repair(
+        &self,
+        step: &[Difference],
+        snapshot: bool,
+        sweep_id: &str,
+        account: &str,
+        shutdown: &Shutdown,
+    ) -> Result<(), SweepError> {
+        let state = self.routing.state().expect("sweeps run with --state");
+        let at = now();
+        let mut repairs = Vec::new();
+        let mut entries = Vec::new();
+        for difference in step {
+            match difference {
+                Difference::New { id, digest } | Difference::Changed { id, digest } => {
+                    let cause = format!("{sweep_id}:{id}:Reconciled");
+                    let mut seen = std::collections::HashSet::new();
+                    for topic in state.fetches.per_extension_topics() {
+                        let Some(fetch) = state.fetches.by_topic(&topic) else {
+                            continue;
+                        };
+                        let Ok(resource) = fetch.resource(account, id) else {
+                            continue;
+                        };
+                        if seen.insert(resource.key.clone()) {
+                            let request = Request::fetch(&resource, cause.clone(), &at);
+                            repairs.push(request.message(&state.requests_topic));
+                        }
+                    }
+                    // The initial snapshot fills the state topics; nothing was missed yet.
+                    if !snapshot {
+                        repairs.push(self.routing.reconciled_message(
+                            Reconciled::Changed,
+                            sweep_id,
+                            account,
+                            id,
+                            &at,
+                        ));
+                    }
+                    let entry = Entry {
+                        digest: digest.clone(),
+                        sweep: sweep_id.to_string(),
+                    };
+                    entries.push(index::entry_message(&state.index_topic, id, Some(&entry)));
+                }
+                Difference::Gone { id } => {
+                    let cause = format!("{sweep_id}:{id}:Delete");
+                    let request = Request::delete(&state.fetches, id, cause, &at);
+                    repairs.push(request.message(&state.requests_topic));
+                    repairs.push(self.routing.reconciled_message(
+                        Reconciled::Gone,
+                        sweep_id,
+                        account,
+                        id,
+                        &at,
+                    ));
+                    entries.push(index::entry_message(&state.index_topic, id, None));
+                }
+            }
+        }
+        self.publish(&repairs, shutdown).await?;
+        self.publish(&entries, shutdown).await
+    }
+
+    /// Publishes until Kafka acknowledged every message; a message refused for good is logged and
+    /// skipped (its extension differs again at the next sweep only if its index entry was refused).
+    async fn publish(
+        &self,
+        messages: &[OutboundMessage],
+        shutdown: &Shutdown,
+    ) -> Result<(), SweepError> {
+        let mut unsent: Vec<&OutboundMessage> = messages.iter().collect();
+        let mut backoff = Duration::from_millis(200);
+        while !unsent.is_empty() {
+            let mut failed = Vec::new();
+            let mut pending = Vec::new();
+            for message in &unsent {
+                match self.publisher.enqueue(message) {
+                    Ok(p) => pending.push(p),
+                    Err(_) => failed.push(*message),
+                }
+            }
+            for p in pending {
+                let message = p.message;
+                match self.publisher.acknowledged(p).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind.is_permanent() => {
+                        tracing::error!(topic = %message.topic, key = %message.key, error = %e,
+                            "sweep: Kafka refused a message for good; skipped");
+                    }
+                    Err(_) => failed.push(message),
+                }
+            }
+            unsent = failed;
+            if unsent.is_empty() {
+                break;
+            }
+            let mut stopping = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopping.begun() => return Err(SweepError::Stopped),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    /// Waits until the fetch queue is short: hint-driven fetches go first.
+    async fn wait_for_the_queue(&self, shutdown: &Shutdown) -> Result<(), SweepError> {
+        let state = self.routing.state().expect("sweeps run with --state");
+        loop {
+            let (config, topic, group) = (
+                self.consumer_config.clone(),
+                state.requests_topic.clone(),
+                state.fetcher_group.clone(),
+            );
+            let queued =
+                tokio::task::spawn_blocking(move || super::queue::length(&config, &topic, &group))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            match queued {
+                Some(n) if n >= QUEUE_LOW => {}
+                // Unknown (Kafka slow to answer): go on; the fetchers take requests in order anyway.
+                _ => return Ok(()),
+            }
+            let mut stopping = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stopping.begun() => return Err(SweepError::Stopped),
+            }
+        }
+    }
+}
+
+fn count(differences: &[Difference]) -> Report {
+    let mut report = Report::default();
+    for difference in differences {
+        match difference {
+            Difference::New { .. } => report.new += 1,
+            Difference::Changed { .. } => report.changed += 1,
+            Difference::Gone { .. } => report.gone += 1,
+        }
+    }
+    report
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A sweep's id: when it started, and a random suffix so that two sweeps in one second differ.
+fn sweep_id() -> String {
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let at = time::OffsetDateTime::now_utc().unix_timestamp();
+    format!("sweep-{at}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(digest: &str) -> Entry {
+        Entry {
+            digest: digest.into(),
+            sweep: "s0".into(),
+        }
+    }
+
+    #[test]
+    fn differences_are_new_changed_and_gone_and_nothing_else() {
+        let index: Index = [("1", "a"), ("2", "b"), ("3", "c")]
+            .into_iter()
+            .map(|(id, d)| (id.to_string(), entry(d)))
+            .collect();
+        let listed: BTreeMap<String, String> = [("1", "a"), ("2", "B"), ("4", "d")]
+            .into_iter()
+            .map(|(id, d)| (id.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(
+            differences(&index, &listed),
+            vec![
+                Difference::Changed {
+                    id: "2".into(),
+                    digest: "B".into()
+                },
+                Difference::New {
+                    id: "4".into(),
+                    digest: "d".into()
+                },
+                Difference::Gone { id: "3".into() },
+            ]
+        );
+        let same: BTreeMap<String, String> = index
+            .iter()
+            .map(|(id, e)| (id.clone(), e.digest.clone()))
+            .collect();
+        assert!(differences(&index, &same).is_empty());
+    }
+
+    #[test]
+    fn the_digest_ignores_field_order_and_sees_any_change() {
+        let a: Value =
+            serde_json::from_str(r#"{"id": 1, "name": "A", "status": "Enabled"}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"status": "Enabled", "name": "A", "id": 1}"#).unwrap();
+        let c: Value =
+            serde_json::from_str(r#"{"id": 1, "name": "A", "status": "Disabled"}"#).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
+        assert_eq!(digest(&a).len(), 32);
+    }
+}

@@ -1,0 +1,192 @@
+//! Reconciliation end to end: the real binary against the fake RingCentral, whose extensions change
+//! with no notification sent; sweeps (the initial snapshot, SIGUSR1) repair the state topics and
+//! tell hint consumers what they missed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::fake_extensions::Budget;
+use crate::common::fake_ringcentral::FakeRingCentral;
+use crate::common::kafka::{Received, read_until};
+use crate::common::metrics::{sample, scrape_until};
+use crate::common::mock_kafka::MockKafka;
+use crate::common::process::BridgeProcess;
+use crate::state::{EXTENSION_TOPIC, add_extension, latest_for, setup};
+
+const HINT_TOPIC: &str = "ringcentral.account.extension";
+
+/// The fake with 30 extensions, listed 10 a page, and budgets large enough that a test's snapshot
+/// takes seconds, not minutes.
+async fn thirty_extensions() -> (MockKafka, FakeRingCentral, Vec<String>) {
+    let (kafka, fake) = setup().await;
+    let ids: Vec<String> = (501..531).map(|n| n.to_string()).collect();
+    {
+        let mut state = fake.state.lock().unwrap();
+        state.extensions.clear();
+        state.listing.page_cap = Some(10);
+        let roomy = Budget {
+            limit: 1000,
+            window: Duration::from_secs(60),
+            penalty: Duration::from_secs(60),
+        };
+        for group in ["light", "medium"] {
+            state.limits.budgets.insert(group, roomy);
+        }
+    }
+    for id in &ids {
+        add_extension(&fake, id);
+    }
+    (kafka, fake, ids)
+}
+
+async fn start(
+    kafka: &MockKafka,
+    fake: &FakeRingCentral,
+    spool: &std::path::Path,
+) -> BridgeProcess {
+    let mut args = vec!["--state".to_string()];
+    args.extend(fake.cli_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    BridgeProcess::start(&kafka.bootstrap, spool, &args).await
+}
+
+/// Waits for `n` completed sweeps of `cause` on the bridge.
+async fn sweeps(bridge: &BridgeProcess, cause: &str, n: f64) {
+    scrape_until(
+        &bridge.admin_address(),
+        &format!("{n} {cause} sweeps"),
+        |m| {
+            sample(
+                m,
+                "rckb_state_sweeps_total",
+                &[("cause", cause), ("outcome", "ok")],
+            ) >= n
+        },
+    )
+    .await;
+}
+
+fn topics() -> Vec<String> {
+    [EXTENSION_TOPIC, HINT_TOPIC].map(String::from).to_vec()
+}
+
+fn reconciled<'a>(read: &'a [Received], event_type: &str) -> Vec<&'a Received> {
+    read.iter()
+        .filter(|m| m.topic == HINT_TOPIC && m.header("rc-event-type") == Some(event_type))
+        .filter(|m| m.header("rc-reconciled").is_some())
+        .collect()
+}
+
+fn states(read: &[Received]) -> Vec<&Received> {
+    read.iter().filter(|m| m.topic == EXTENSION_TOPIC).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
+    let (kafka, fake, ids) = thirty_extensions().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = start(&kafka, &fake, spool.path()).await;
+
+    // The index is empty: the initial snapshot fetches every extension once, and tells hint
+    // consumers nothing (nothing was missed yet).
+    sweeps(&bridge, "snapshot", 1.0).await;
+    let read = read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(60),
+        |read| {
+            ids.iter()
+                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
+        },
+    )
+    .await;
+    assert_eq!(states(&read).len(), 30, "one state per extension");
+    assert!(reconciled(&read, "Reconciled").is_empty());
+
+    // RingCentral changes with no notification: 3 renamed, 2 deleted, 1 added; and it is busy
+    // when the sweep lists the second page.
+    {
+        let mut state = fake.state.lock().unwrap();
+        for id in ["503", "507", "520"] {
+            state.extensions.get_mut(id).unwrap()["name"] = json!(format!("Renamed {id}"));
+        }
+        for id in ["511", "512"] {
+            state.extensions.remove(id);
+        }
+        state.listing.rate_limit_page = Some(2);
+    }
+    add_extension(&fake, "599");
+    bridge.signal("USR1");
+    sweeps(&bridge, "requested", 1.0).await;
+
+    let changed = ["503", "507", "520", "599"];
+    let expected = |read: &[Received]| {
+        let renamed = ["503", "507", "520"].iter().all(|id| {
+            latest_for(read, EXTENSION_TOPIC, id).is_some_and(|m| {
+                !m.tombstone && m.value()["name"] == json!(format!("Renamed {id}"))
+            })
+        });
+        let added = latest_for(read, EXTENSION_TOPIC, "599").is_some_and(|m| !m.tombstone);
+        let tombstoned = ["511", "512"]
+            .iter()
+            .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some_and(|m| m.tombstone));
+        renamed
+            && added
+            && tombstoned
+            && reconciled(read, "Reconciled").len() == 4
+            && reconciled(read, "Delete").len() == 2
+    };
+    let read = read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(60),
+        expected,
+    )
+    .await;
+    assert!(expected(&read), "the repairs arrive");
+    // 30 snapshot states, 4 updates, 2 tombstones: nothing for the other 24.
+    assert_eq!(states(&read).len(), 36);
+    let mut told: Vec<&str> = reconciled(&read, "Reconciled")
+        .iter()
+        .map(|m| m.key.as_str())
+        .collect();
+    told.sort();
+    assert_eq!(told, changed);
+    let mut deleted: Vec<&str> = reconciled(&read, "Delete")
+        .iter()
+        .map(|m| m.key.as_str())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["511", "512"]);
+    let delete = reconciled(&read, "Delete")[0];
+    assert_eq!(delete.value()["eventType"], "Delete");
+    assert!(delete.header("rc-hint").is_none());
+
+    // A second sweep finds nothing to repair, and so publishes nothing.
+    bridge.signal("USR1");
+    sweeps(&bridge, "requested", 2.0).await;
+    let scrape = scrape_until(&bridge.admin_address(), "the second sweep", |m| {
+        sample(m, "rckb_state_sweeps_total", &[("outcome", "ok")]) == 3.0
+    })
+    .await;
+    for (kind, total) in [("new", 31.0), ("changed", 3.0), ("gone", 2.0)] {
+        let counted = sample(
+            &scrape,
+            "rckb_state_sweep_differences_total",
+            &[("kind", kind)],
+        );
+        assert_eq!(counted, total, "{kind}");
+    }
+    let again = read_until(&kafka.bootstrap, &topics(), Duration::from_secs(30), |r| {
+        r.len() >= read.len()
+    })
+    .await;
+    assert_eq!(
+        again.len(),
+        read.len(),
+        "the second sweep published nothing"
+    );
+    // Three pages a sweep; the 429 made the second sweep list its first page again.
+    assert_eq!(fake.state.lock().unwrap().listing.pages, 3 + 4 + 3);
+}
