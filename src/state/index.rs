@@ -31,6 +31,48 @@ pub struct Entry {
 /// Extension id to entry.
 pub type Index = BTreeMap<String, Entry>;
 
+/// The key of the record that says which sweep runs or ran last: not an extension id (those are
+/// digits), so never mistaken for one.
+pub const SWEEP_KEY: &str = "~sweep";
+
+/// The last sweep that started, and whether it finished: a sweep cut short (SIGKILL, a lost
+/// leadership) is run again by whichever replica sweeps next, as the same kind of sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepMark {
+    pub sweep: String,
+    /// The cause's label: `snapshot` for the initial snapshot.
+    pub cause: String,
+    pub finished: bool,
+}
+
+impl SweepMark {
+    pub fn message(&self, topic: &Topic) -> OutboundMessage {
+        OutboundMessage {
+            topic: topic.to_string(),
+            key: SWEEP_KEY.to_string(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            value: serde_json::to_string(self).expect("a mark always serialises"),
+            hint_label: "none".into(),
+            tombstone: false,
+        }
+    }
+}
+
+/// The index as read: the entries, and the last sweep's mark.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub index: Index,
+    pub mark: Option<SweepMark>,
+}
+
+impl Read {
+    /// Whether a sweep was cut short: it is to be run again.
+    pub fn interrupted(&self) -> Option<&SweepMark> {
+        self.mark.as_ref().filter(|m| !m.finished)
+    }
+}
+
 /// The index entry of `extension` as a message: a tombstone when `entry` is `None` (gone).
 pub fn entry_message(topic: &Topic, extension: &str, entry: Option<&Entry>) -> OutboundMessage {
     OutboundMessage {
@@ -47,16 +89,16 @@ pub fn entry_message(topic: &Topic, extension: &str, entry: Option<&Entry>) -> O
 
 /// Reads the whole index (blocking: run it off the async workers). Later records of a key replace
 /// earlier ones and a tombstone removes it, as compaction will.
-pub fn read(config: &ClientConfig, topic: &Topic) -> Result<Index, KafkaError> {
+pub fn read(config: &ClientConfig, topic: &Topic) -> Result<Read, KafkaError> {
     let consumer: BaseConsumer = config
         .clone()
         .set("group.id", "rc-kafka-bridge-index-reader")
         .set("enable.auto.commit", "false")
         .create()?;
     let (low, high) = consumer.fetch_watermarks(topic.as_str(), 0, Duration::from_secs(10))?;
-    let mut index = Index::new();
+    let mut read = Read::default();
     if high <= low {
-        return Ok(index);
+        return Ok(read);
     }
     let mut partitions = TopicPartitionList::new();
     partitions.add_partition_offset(topic.as_str(), 0, Offset::Beginning)?;
@@ -70,21 +112,25 @@ pub fn read(config: &ClientConfig, topic: &Topic) -> Result<Index, KafkaError> {
         let key = message
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned());
-        if let Some(key) = key {
-            match message.payload().map(serde_json::from_slice::<Entry>) {
-                Some(Ok(entry)) => {
-                    index.insert(key, entry);
+        match (key, message.payload()) {
+            (Some(key), Some(payload)) if key == SWEEP_KEY => {
+                read.mark = serde_json::from_slice(payload).ok();
+            }
+            (Some(key), Some(payload)) => match serde_json::from_slice::<Entry>(payload) {
+                Ok(entry) => {
+                    read.index.insert(key, entry);
                 }
-                None => {
-                    index.remove(&key);
-                }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(key, error = %e, "an index entry that is not one; ignored")
                 }
+            },
+            (Some(key), None) => {
+                read.index.remove(&key);
             }
+            (None, _) => {}
         }
         if message.offset() + 1 >= high {
-            return Ok(index);
+            return Ok(read);
         }
     }
     Err(KafkaError::MessageConsumption(

@@ -125,8 +125,9 @@ impl Reconciler {
             if leader && !was_leader {
                 tracing::info!("this replica runs the reconciliation sweeps");
                 next_interval = self.interval.map(|i| Instant::now() + i);
-                if self.index_is_empty().await {
-                    pending = Some(Cause::Snapshot);
+                if self.sweep_is_due().await {
+                    // The sweep itself tells a snapshot from a resumed sweep.
+                    pending = Some(Cause::Resumed);
                 }
             }
             if !leader && was_leader {
@@ -152,7 +153,9 @@ impl Reconciler {
         tracing::info!("reconciler stopped");
     }
 
-    async fn index_is_empty(&self) -> bool {
+    /// Whether a sweep is due at once: the index is empty (the initial snapshot), or the last
+    /// sweep was cut short (it is run again; a snapshot stays one).
+    async fn sweep_is_due(&self) -> bool {
         let state = self
             .sweeper
             .routing
@@ -161,7 +164,7 @@ impl Reconciler {
         let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
         let read = tokio::task::spawn_blocking(move || index::read(&config, &topic)).await;
         match read {
-            Ok(Ok(index)) => index.is_empty(),
+            Ok(Ok(read)) => read.index.is_empty() || read.interrupted().is_some(),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the state index; the next sweep reads it again");
                 false

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::fetch::{FetchOutcome, fetch};
 use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
-use super::index::{self, Entry, Index};
+use super::index::{self, Entry, Index, SweepMark};
 use super::limiter::RateLimiter;
 use super::rate_limits::RateGroup;
 use super::request::Request;
@@ -46,6 +46,8 @@ pub enum Cause {
     Requested,
     /// The keeper recreated the subscription (blacklisted, expired, gone): events were lost.
     SubscriptionGap,
+    /// The last sweep was cut short (SIGKILL, a lost leadership): run again.
+    Resumed,
 }
 
 impl Cause {
@@ -55,6 +57,7 @@ impl Cause {
             Cause::Interval => "interval",
             Cause::Requested => "requested",
             Cause::SubscriptionGap => "subscription_gap",
+            Cause::Resumed => "resumed",
         }
     }
 }
@@ -140,13 +143,27 @@ impl Sweeper {
         let started = Instant::now();
         let sweep_id = sweep_id();
         let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
-        let index = tokio::task::spawn_blocking(move || index::read(&config, &topic))
+        let read = tokio::task::spawn_blocking(move || index::read(&config, &topic))
             .await
             .map_err(|e| SweepError::Index(e.to_string()))?
             .map_err(|e| SweepError::Index(e.to_string()))?;
-        let snapshot = index.is_empty();
+        // An empty index, or a snapshot cut short: the snapshot (again).
+        let resumed = read.interrupted().cloned();
+        let snapshot = read.index.is_empty()
+            || resumed
+                .as_ref()
+                .is_some_and(|m| m.cause == Cause::Snapshot.label());
         let cause = if snapshot { Cause::Snapshot } else { cause };
-        tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = index.len(), "reconciliation sweep started");
+        let index = read.index;
+        tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = index.len(),
+            resumes = resumed.as_ref().map(|m| m.sweep.as_str()), "reconciliation sweep started");
+        let mark = |finished| SweepMark {
+            sweep: sweep_id.clone(),
+            cause: cause.label().to_string(),
+            finished,
+        };
+        self.publish(&[mark(false).message(&state.index_topic)], shutdown)
+            .await?;
         let account = self.account_id(shutdown).await?;
         let listed = self.list(shutdown).await?;
         let differences = differences(&index, &listed);
@@ -166,6 +183,8 @@ impl Sweeper {
                 .state_sweep_progress
                 .set(done as f64 / differences.len() as f64);
         }
+        self.publish(&[mark(true).message(&state.index_topic)], shutdown)
+            .await?;
         self.metrics.state_sweep_progress.set(1.0);
         for (kind, n) in [
             ("new", report.new),

@@ -190,3 +190,100 @@ async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
     // Three pages a sweep; the 429 made the second sweep list its first page again.
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3 + 4 + 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_by_sigkill_completes_after_the_restart() {
+    let (kafka, fake, ids) = thirty_extensions().await;
+    let spool = tempfile::tempdir().unwrap();
+    // RingCentral holds the extensions' resources: the fetch queue fills, and the snapshot waits
+    // for it to drain after its first step of 20 extensions.
+    let gate = fake.state.lock().unwrap().gate.clone();
+    let closed = gate.write().await;
+    let bridge = start(&kafka, &fake, spool.path()).await;
+    scrape_until(&bridge.admin_address(), "the snapshot's first step", |m| {
+        sample(m, "rckb_state_sweep_progress_ratio", &[]) > 0.5
+    })
+    .await;
+    bridge.kill_hard();
+    drop(closed);
+
+    let restarted = start(&kafka, &fake, spool.path()).await;
+    sweeps(&restarted, "snapshot", 1.0).await;
+    let read = read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(60),
+        |read| {
+            ids.iter()
+                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
+        },
+    )
+    .await;
+    for id in &ids {
+        let state = latest_for(&read, EXTENSION_TOPIC, id);
+        assert!(state.is_some_and(|m| !m.tombstone), "no state for {id}");
+    }
+    assert!(
+        reconciled(&read, "Reconciled").is_empty(),
+        "a resumed snapshot is still a snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
+    let (kafka, fake, ids) = thirty_extensions().await;
+    let (first_spool, second_spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = start(&kafka, &fake, first_spool.path()).await;
+    let second = start(&kafka, &fake, second_spool.path()).await;
+    let sweeper = |scrape: &_| sample(scrape, "rckb_state_sweeper", &[]);
+    let mut roles = (0.0, 0.0);
+    crate::common::polling::eventually("one sweeper", Duration::from_secs(60), async || {
+        let first_role = sweeper(&crate::common::metrics::scrape(&first.admin_address()).await);
+        let second_role = sweeper(&crate::common::metrics::scrape(&second.admin_address()).await);
+        roles = (first_role, second_role);
+        (first_role + second_role == 1.0).then_some(())
+    })
+    .await;
+    let (leader, follower) = if roles.0 == 1.0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    sweeps(&leader, "snapshot", 1.0).await;
+    read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(60),
+        |read| {
+            ids.iter()
+                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
+        },
+    )
+    .await;
+    assert_eq!(fake.state.lock().unwrap().listing.pages, 3, "one snapshot");
+
+    // The sweeping replica dies; the other takes over the sweeps, and its first finds nothing.
+    leader.kill_hard();
+    scrape_until(
+        &follower.admin_address(),
+        "the other replica to sweep",
+        |m| sweeper(m) == 1.0,
+    )
+    .await;
+    follower.signal("USR1");
+    let scrape = scrape_until(&follower.admin_address(), "its sweep", |m| {
+        sample(m, "rckb_state_sweeps_total", &[("outcome", "ok")]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "rckb_state_sweeps_total",
+            &[("cause", "requested"), ("outcome", "ok")]
+        ),
+        1.0,
+        "not a snapshot again"
+    );
+    let differences = sample(&scrape, "rckb_state_sweep_differences_total", &[]);
+    assert_eq!(differences, 0.0, "nothing republished");
+}

@@ -202,7 +202,6 @@ async fn account(
     headers: HeaderMap,
     Path(account): Path<String>,
 ) -> Response {
-    gate(&state).await;
     let limits = {
         let mut state = state.lock().unwrap();
         if let Some(refused) = refusal(&mut state, &headers) {
@@ -345,7 +344,6 @@ async fn list_extensions(
     Path(account): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    gate(&state).await;
     let mut state = state.lock().unwrap();
     if let Some(refused) = refusal(&mut state, &headers) {
         return refused;

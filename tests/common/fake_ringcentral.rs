@@ -50,7 +50,8 @@ pub struct FakeState {
     pub limits: super::fake_extensions::RateLimits,
     /// How List Extensions pages, and how often it was asked.
     pub listing: super::fake_extensions::Listing,
-    /// Resource GETs wait while a test holds this for writing.
+    /// GETs of an extension's resources wait while a test holds this for writing (the account and
+    /// the list of extensions do not).
     pub gate: Arc<tokio::sync::RwLock<()>>,
 }
 
