@@ -287,3 +287,44 @@ async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
     let differences = sample(&scrape, "rckb_state_sweep_differences_total", &[]);
     assert_eq!(differences, 0.0, "nothing republished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_subscription_is_followed_by_a_sweep() {
+    let (kafka, fake) = setup().await;
+    let mut seeded = None;
+    let app = crate::common::app::TestApp::spawn_bound(&kafka.bootstrap, |settings, port| {
+        let address = format!("http://127.0.0.1:{port}/webhook");
+        seeded = Some(fake.seed(&address, "Active", Some("keeper-token")));
+        settings.verification_token = Some(rc_kafka_bridge::config::Secret::new("keeper-token"));
+        crate::state::with_state(&fake)(settings);
+        let rc = &mut settings.ringcentral;
+        rc.webhook_address = Some(address);
+        rc.keep_subscription = true;
+        rc.check_interval = Duration::from_millis(200);
+    })
+    .await;
+    app.metrics_until("the initial snapshot", |m| {
+        sample(
+            m,
+            "rckb_state_sweeps_total",
+            &[("cause", "snapshot"), ("outcome", "ok")],
+        ) == 1.0
+    })
+    .await;
+    // While RingCentral held the subscription blacklisted, it sent nothing.
+    fake.set_status(&seeded.unwrap(), "Blacklisted");
+    app.metrics_until("a sweep after the recreation", |m| {
+        sample(
+            m,
+            "rckb_subscription_recreations_total",
+            &[("reason", "blacklisted")],
+        ) == 1.0
+            && sample(
+                m,
+                "rckb_state_sweeps_total",
+                &[("cause", "subscription_gap"), ("outcome", "ok")],
+            ) == 1.0
+    })
+    .await;
+    app.shutdown().await;
+}
