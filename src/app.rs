@@ -335,6 +335,7 @@ impl Application {
                     publisher: Publisher::new(factory.build_unobserved()?, metrics.clone()),
                     consumer_config: factory.client_config(),
                     metrics: metrics.clone(),
+                    pace: true,
                 };
                 let reconciler =
                     Reconciler::new(sweeper, settings.state.reconcile_interval, metrics.clone())?;

@@ -69,6 +69,13 @@ enum StateCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Run one reconciliation sweep for a stopped bridge (its --spool-dir): list every extension,
+    /// queue fetches for what changed without a notification, tombstone what is gone. A running
+    /// bridge sweeps on SIGUSR1 instead.
+    Reconcile {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +163,8 @@ pub enum CommandError {
     Spool(Box<SpoolError>),
     #[error("{0}")]
     Usage(&'static str),
+    #[error("reconciliation: {0}")]
+    Sweep(String),
     #[error("cannot print: {0}")]
     Print(#[from] serde_json::Error),
     #[error("{} dead letters were refused again and stay in the spool:\n  {}", .0.len(), .0.join("\n  "))]
@@ -192,6 +201,9 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Command::State {
             command: StateCommand::Status { settings },
         } => state::status(&Settings::load(&settings)?),
+        Command::State {
+            command: StateCommand::Reconcile { settings },
+        } => state::reconcile(&Settings::load(&settings)?),
     }
 }
 

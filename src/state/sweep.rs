@@ -134,6 +134,9 @@ pub struct Sweeper {
     /// For reading the index and the fetch queue's length.
     pub consumer_config: ClientConfig,
     pub metrics: Metrics,
+    /// Whether to wait for the fetch queue between steps (hint-driven fetches first). Off for
+    /// `state reconcile`, which runs while no fetcher may be running.
+    pub pace: bool,
 }
 
 impl Sweeper {
@@ -175,13 +178,19 @@ impl Sweeper {
         self.log_cost(&sweep_id, &report);
         self.metrics.state_sweep_listed.set(listed.len() as i64);
         for (n, step) in differences.chunks(STEP).enumerate() {
-            self.wait_for_the_queue(shutdown).await?;
+            if self.pace {
+                self.wait_for_the_queue(shutdown).await?;
+            }
             self.repair(step, snapshot, &sweep_id, &account, shutdown)
                 .await?;
             let done = ((n + 1) * STEP).min(differences.len());
-            self.metrics
-                .state_sweep_progress
-                .set(done as f64 / differences.len() as f64);
+            let ratio = done as f64 / differences.len() as f64;
+            let before = (n * STEP) as f64 / differences.len() as f64;
+            if (ratio * 10.0).floor() > (before * 10.0).floor() {
+                tracing::info!(sweep = %sweep_id, done, of = differences.len(),
+                    "reconciliation: repairs queued");
+            }
+            self.metrics.state_sweep_progress.set(ratio);
         }
         self.publish(&[mark(true).message(&state.index_topic)], shutdown)
             .await?;

@@ -86,11 +86,17 @@ fn states(read: &[Received]) -> Vec<&Received> {
 async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
     let (kafka, fake, ids) = thirty_extensions().await;
     let spool = tempfile::tempdir().unwrap();
-    let bridge = start(&kafka, &fake, spool.path()).await;
+    let mut bridge = start(&kafka, &fake, spool.path()).await;
 
     // The index is empty: the initial snapshot fetches every extension once, and tells hint
     // consumers nothing (nothing was missed yet).
     sweeps(&bridge, "snapshot", 1.0).await;
+    // Its cost, logged before anything is queued: six GETs per extension, in two groups.
+    let cost = bridge
+        .wait_for_log("fetches to queue", Duration::from_secs(10))
+        .await;
+    assert_eq!(cost["listed"], 30, "{cost}");
+    assert_eq!(cost["calls"], "light=90 medium=90", "{cost}");
     let read = read_until(
         &kafka.bootstrap,
         &topics(),
@@ -327,4 +333,50 @@ async fn a_recreated_subscription_is_followed_by_a_sweep() {
     })
     .await;
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_reconcile_sweeps_for_a_stopped_bridge_and_defers_to_a_running_one() {
+    let (kafka, fake, _) = thirty_extensions().await;
+    let spool = tempfile::tempdir().unwrap();
+    let reconcile = || {
+        let output = crate::common::process::bridge_command()
+            .args([
+                "state",
+                "reconcile",
+                "--state",
+                "--brokers",
+                &kafka.bootstrap,
+            ])
+            .arg("--spool-dir")
+            .arg(spool.path())
+            .args(fake.cli_args())
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (
+            output.status.success(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
+    };
+    // A bridge (without state topics) runs on the spool: it is the one to ask.
+    let running = BridgeProcess::start(&kafka.bootstrap, spool.path(), &[]).await;
+    let (ok, _, stderr) = reconcile();
+    assert!(!ok && stderr.contains("kill -USR1"), "{stderr}");
+    running.kill_hard();
+
+    let (ok, stdout, stderr) = reconcile();
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("30 extensions listed: 30 new, 0 changed, 0 gone (initial snapshot)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("100%"), "a progress bar: {stderr}");
+    let (ok, stdout, stderr) = reconcile();
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("30 extensions listed: 0 new, 0 changed, 0 gone\n"),
+        "{stdout}"
+    );
 }
