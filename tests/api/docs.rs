@@ -123,6 +123,8 @@ fn toml_key(flag: &str) -> Option<String> {
         "allowed-subscription-id" => "allowed_subscription_ids".to_string(),
         "rc-event-filter" => "event_filters".to_string(),
         "state" => "[state]".to_string(),
+        // Under [state], as `reconcile_interval`.
+        "state-reconcile-interval" => "reconcile_interval".to_string(),
         other => other.trim_start_matches("rc-").replace('-', "_"),
     };
     Some(key)
