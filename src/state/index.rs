@@ -35,6 +35,22 @@ pub type Index = BTreeMap<String, Entry>;
 /// digits), so never mistaken for one.
 pub const SWEEP_KEY: &str = "~sweep";
 
+/// The key of a request for a sweep, from a replica that does not run them to the one that does,
+/// which reads the index topic from its end while it sweeps.
+pub const SWEEP_REQUEST_KEY: &str = "~sweep-request";
+
+/// A request for a sweep: its cause's label, as JSON.
+pub fn sweep_request(topic: &Topic, cause: super::sweep::Cause) -> OutboundMessage {
+    OutboundMessage {
+        topic: topic.to_string(),
+        key: SWEEP_REQUEST_KEY.to_string(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        value: format!("\"{}\"", cause.label()),
+        hint_label: "none".into(),
+        tombstone: false,
+    }
+}
+
 /// The last sweep that started, and whether it finished: a sweep cut short (SIGKILL, a lost
 /// leadership) is run again by whichever replica sweeps next, as the same kind of sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +132,7 @@ pub fn read(config: &ClientConfig, topic: &Topic) -> Result<Read, KafkaError> {
             (Some(key), Some(payload)) if key == SWEEP_KEY => {
                 read.mark = serde_json::from_slice(payload).ok();
             }
+            (Some(key), _) if key == SWEEP_REQUEST_KEY => {}
             (Some(key), Some(payload)) => match serde_json::from_slice::<Entry>(payload) {
                 Ok(entry) => {
                     read.index.insert(key, entry);

@@ -24,6 +24,9 @@ use crate::shutdown::Shutdown;
 
 /// How often leadership is looked at while nothing else happens.
 const LOOK: Duration = Duration::from_secs(1);
+/// How long leadership must stay lost before a running sweep is given up: longer than the
+/// sessions' timeout (10 s), so that a rebalance that hands the partition back does not cut it.
+const LEADERSHIP_GRACE: Duration = Duration::from_secs(15);
 
 /// The election's consumer context: whether this replica owns the index topic's partition.
 pub struct Election {
@@ -38,10 +41,6 @@ impl ConsumerContext for Election {
         let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
         self.leader.store(owns, Ordering::Relaxed);
         self.metrics.state_sweeper.set(i64::from(owns));
-        // Only the assignment matters, not the index entries: nothing is read from it.
-        if let Ok(assignment) = consumer.assignment() {
-            let _ = consumer.pause(&assignment);
-        }
     }
 }
 
@@ -61,6 +60,8 @@ pub struct Reconciler {
     leader: Arc<AtomicBool>,
     interval: Option<Duration>,
     requests: mpsc::UnboundedReceiver<Cause>,
+    /// Queues a request that arrived during a sweep.
+    again: mpsc::UnboundedSender<Cause>,
     consumer_config: ClientConfig,
 }
 
@@ -82,6 +83,9 @@ impl Reconciler {
             .set("group.id", &state.sweeper_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
+            // Sticky and incremental: a replica joining or leaving does not take the partition
+            // from the sweeper, so the sweeper keeps sweeping through scale-outs.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .create_with_context(Election {
                 leader: leader.clone(),
                 metrics,
@@ -94,6 +98,7 @@ impl Reconciler {
             leader,
             interval: (!interval.is_zero()).then_some(interval),
             requests,
+            again: tx.clone(),
             consumer_config,
         };
         Ok((reconciler, SweepRequests(tx)))
@@ -113,7 +118,11 @@ impl Reconciler {
             let due = next_interval.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             tokio::select! {
                 // Polling serves the group's rebalances, which decide the leader.
-                _ = self.election.recv() => {}
+                received = self.election.recv() => {
+                    if let Some(cause) = forwarded(received) {
+                        pending = pending.or(Some(cause));
+                    }
+                }
                 Some(cause) = self.requests.recv() => pending = pending.or(Some(cause)),
                 _ = tokio::time::sleep_until(due), if next_interval.is_some() => {
                     pending = pending.or(Some(Cause::Interval));
@@ -139,10 +148,20 @@ impl Reconciler {
                 continue;
             };
             if !leader {
+                // Forwarded through the index topic, which the sweeper reads from its end.
                 tracing::info!(
                     cause = cause.label(),
-                    "a sweep is due, but another replica runs the sweeps (it sweeps on its own schedule)"
+                    "a sweep is due; asking the replica that runs the sweeps"
                 );
+                let state = self
+                    .sweeper
+                    .routing
+                    .state()
+                    .expect("sweeps run with --state");
+                let request = index::sweep_request(&state.index_topic, cause);
+                if let Err(e) = self.sweeper.publish(&[request], &shutdown).await {
+                    tracing::warn!(error = %e, "cannot ask for a sweep");
+                }
                 continue;
             }
             if !self.sweep(cause, &shutdown).await {
@@ -179,15 +198,28 @@ impl Reconciler {
         let metrics = self.sweeper.metrics.clone();
         let outcome = {
             let mut sweep = pin!(self.sweeper.sweep(cause, shutdown));
+            let mut lost_since: Option<Instant> = None;
             loop {
                 tokio::select! {
                     outcome = &mut sweep => break Some(outcome),
-                    _ = self.election.recv() => {}
+                    received = self.election.recv() => {
+                        // One more sweep after this one.
+                        if let Some(cause) = forwarded(received) {
+                            let _ = self.again.send(cause);
+                        }
+                    }
                     _ = tokio::time::sleep(LOOK) => {}
                 }
-                if !self.leader.load(Ordering::Relaxed) {
-                    tracing::warn!("leadership lost during a sweep: the new leader sweeps");
-                    break None;
+                // A rebalance may take the partition away for a moment and give it back: only a
+                // loss that lasts is one.
+                match (self.leader.load(Ordering::Relaxed), lost_since) {
+                    (true, _) => lost_since = None,
+                    (false, None) => lost_since = Some(Instant::now()),
+                    (false, Some(since)) if since.elapsed() >= LEADERSHIP_GRACE => {
+                        tracing::warn!("leadership lost during a sweep: the new leader sweeps");
+                        break None;
+                    }
+                    (false, Some(_)) => {}
                 }
             }
         };
@@ -211,4 +243,15 @@ impl Reconciler {
         }
         label != "stopped"
     }
+}
+
+/// A sweep another replica asked for through the index topic.
+fn forwarded(received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) -> Option<Cause> {
+    use rdkafka::Message;
+    let message = received.ok()?;
+    if message.key() != Some(index::SWEEP_REQUEST_KEY.as_bytes()) {
+        return None;
+    }
+    let label = std::str::from_utf8(message.payload()?).ok()?;
+    Cause::from_label(label.trim_matches('"'))
 }

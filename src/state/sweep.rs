@@ -51,6 +51,18 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub fn from_label(label: &str) -> Option<Cause> {
+        [
+            Cause::Snapshot,
+            Cause::Interval,
+            Cause::Requested,
+            Cause::SubscriptionGap,
+            Cause::Resumed,
+        ]
+        .into_iter()
+        .find(|c| c.label() == label)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Cause::Snapshot => "snapshot",
@@ -402,7 +414,7 @@ impl Sweeper {
 
     /// Publishes until Kafka acknowledged every message; a message refused for good is logged and
     /// skipped (its extension differs again at the next sweep only if its index entry was refused).
-    async fn publish(
+    pub async fn publish(
         &self,
         messages: &[OutboundMessage],
         shutdown: &Shutdown,

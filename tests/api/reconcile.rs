@@ -268,6 +268,12 @@ async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
     .await;
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3, "one snapshot");
 
+    // A sweep asked of the replica that does not sweep is run by the one that does.
+    follower.signal("USR1");
+    sweeps(&leader, "requested", 1.0).await;
+    let asked = crate::common::metrics::scrape(&follower.admin_address()).await;
+    assert_eq!(sample(&asked, "rckb_state_sweeps_total", &[]), 0.0);
+
     // The sweeping replica dies; the other takes over the sweeps, and its first finds nothing.
     leader.kill_hard();
     scrape_until(
