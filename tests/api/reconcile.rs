@@ -12,14 +12,14 @@ use crate::common::kafka::{Received, read_until};
 use crate::common::metrics::{sample, scrape_until};
 use crate::common::mock_kafka::MockKafka;
 use crate::common::process::BridgeProcess;
-use crate::state::{EXTENSION_TOPIC, add_extension, latest_for, setup};
+use crate::state::{EXTENSION_TOPIC, add_extension, latest_for, setup_without_index};
 
 const HINT_TOPIC: &str = "ringcentral.account.extension";
 
 /// The fake with 30 extensions, listed 10 a page, and budgets large enough that a test's snapshot
 /// takes seconds, not minutes.
 async fn thirty_extensions() -> (MockKafka, FakeRingCentral, Vec<String>) {
-    let (kafka, fake) = setup().await;
+    let (kafka, fake) = setup_without_index(1).await;
     let ids: Vec<String> = (501..531).map(|n| n.to_string()).collect();
     {
         let mut state = fake.state.lock().unwrap();
@@ -302,7 +302,7 @@ async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_subscription_is_followed_by_a_sweep() {
-    let (kafka, fake) = setup().await;
+    let (kafka, fake) = setup_without_index(1).await;
     let mut seeded = None;
     let app = crate::common::app::TestApp::spawn_bound(&kafka.bootstrap, |settings, port| {
         let address = format!("http://127.0.0.1:{port}/webhook");

@@ -26,13 +26,29 @@ pub(crate) fn with_state(fake: &FakeRingCentral) -> impl FnOnce(&mut Settings) {
     }
 }
 
-/// A mock cluster with the state topics too, and the fake with one extension.
+/// A mock cluster with the state topics too, and the fake with one extension. The sweeps' index
+/// is not empty, so no initial snapshot fetches anything behind the test's back.
 pub(crate) async fn setup() -> (MockKafka, FakeRingCentral) {
     setup_with_request_partitions(1).await
 }
 
 /// As [`setup`], with the requests topic split into `partitions`.
 pub(crate) async fn setup_with_request_partitions(partitions: i32) -> (MockKafka, FakeRingCentral) {
+    let (kafka, fake) = setup_without_index(partitions).await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .unwrap();
+    // An extension RingCentral does not have, indexed by an earlier sweep.
+    let entry = rdkafka::producer::FutureRecord::to("ringcentral.state-index")
+        .key("1")
+        .payload(r#"{"digest":"0","sweep":"earlier"}"#);
+    producer.send(entry, Duration::from_secs(5)).await.unwrap();
+    (kafka, fake)
+}
+
+/// A mock cluster with every topic, an empty sweeps' index, and the fake with one extension.
+pub(crate) async fn setup_without_index(partitions: i32) -> (MockKafka, FakeRingCentral) {
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
     let mut settings = Settings::default();
