@@ -67,6 +67,20 @@ async fn sweeps(bridge: &BridgeProcess, cause: &str, n: f64) {
     .await;
 }
 
+/// Reads until every one of `ids` has a record on the extension state topic.
+async fn every_state(kafka: &MockKafka, ids: &[String]) -> Vec<Received> {
+    read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(60),
+        |read| {
+            ids.iter()
+                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
+        },
+    )
+    .await
+}
+
 fn topics() -> Vec<String> {
     [EXTENSION_TOPIC, HINT_TOPIC].map(String::from).to_vec()
 }
@@ -97,16 +111,7 @@ async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
         .await;
     assert_eq!(cost["listed"], 30, "{cost}");
     assert_eq!(cost["calls"], "light=90 medium=90", "{cost}");
-    let read = read_until(
-        &kafka.bootstrap,
-        &topics(),
-        Duration::from_secs(60),
-        |read| {
-            ids.iter()
-                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
-        },
-    )
-    .await;
+    let read = every_state(&kafka, &ids).await;
     assert_eq!(states(&read).len(), 30, "one state per extension");
     assert!(reconciled(&read, "Reconciled").is_empty());
 
@@ -215,16 +220,7 @@ async fn a_snapshot_cut_by_sigkill_completes_after_the_restart() {
 
     let restarted = start(&kafka, &fake, spool.path()).await;
     sweeps(&restarted, "snapshot", 1.0).await;
-    let read = read_until(
-        &kafka.bootstrap,
-        &topics(),
-        Duration::from_secs(60),
-        |read| {
-            ids.iter()
-                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
-        },
-    )
-    .await;
+    let read = every_state(&kafka, &ids).await;
     for id in &ids {
         let state = latest_for(&read, EXTENSION_TOPIC, id);
         assert!(state.is_some_and(|m| !m.tombstone), "no state for {id}");

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::fake_ringcentral::{FakeState, error, refusal};
+use super::fake_ringcentral::{FakeState, error, refusal, too_many_requests};
 
 type Shared = State<Arc<Mutex<FakeState>>>;
 /// The `X-Rate-Limit-*` headers of one answer.
@@ -112,16 +112,7 @@ impl RateLimits {
         if penalized || sends.len() >= budget.limit as usize {
             self.over_budget += 1;
             self.penalty_until.insert(group, now + budget.penalty);
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "CMN-301",
-                "Request rate exceeded",
-            );
-            let retry_after = budget.penalty.as_secs().max(1).to_string();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_str(&retry_after).unwrap());
-            return Err(Box::new(response));
+            return Err(Box::new(too_many_requests(budget.penalty.as_secs().max(1))));
         }
         sends.push_back(now);
         Ok([
@@ -351,15 +342,7 @@ async fn list_extensions(
     let n = page_number(&query);
     if state.listing.rate_limit_page == Some(n) {
         state.listing.rate_limit_page = None;
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "CMN-301",
-            "Request rate exceeded",
-        );
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
-        return response;
+        return too_many_requests(1);
     }
     let limits = match state.limits.admit("medium") {
         Ok(limits) => limits,

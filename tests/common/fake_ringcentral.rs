@@ -252,20 +252,25 @@ fn not_found() -> Response {
     )
 }
 
+/// RingCentral's 429: `CMN-301`, and how many seconds to wait.
+pub(super) fn too_many_requests(retry_after: u64) -> Response {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "CMN-301",
+        "Request rate exceeded",
+    );
+    response
+        .headers_mut()
+        .insert("retry-after", retry_after.to_string().parse().unwrap());
+    response
+}
+
 /// Checks the bearer token and the rate limit of an API call; the refusal, if any.
 pub(super) fn refusal(state: &mut FakeState, headers: &HeaderMap) -> Option<Response> {
     state.api_calls += 1;
     if state.rate_limit_next > 0 {
         state.rate_limit_next -= 1;
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "CMN-301",
-            "Request rate exceeded",
-        );
-        response
-            .headers_mut()
-            .insert("retry-after", "1".parse().unwrap());
-        return Some(response);
+        return Some(too_many_requests(1));
     }
     let token = headers
         .get("authorization")
