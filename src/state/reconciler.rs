@@ -24,6 +24,9 @@ use crate::shutdown::Shutdown;
 
 /// How often leadership is looked at while nothing else happens.
 const LOOK: Duration = Duration::from_secs(1);
+/// The first wait before a failed sweep is tried again, and the longest (the wait doubles).
+const RETRY: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// How long leadership must stay lost before a running sweep is given up: longer than the
 /// sessions' timeout (10 s), so that a rebalance that hands the partition back does not cut it.
 const LEADERSHIP_GRACE: Duration = Duration::from_secs(15);
@@ -114,8 +117,11 @@ impl Reconciler {
         let mut was_leader = false;
         let mut pending: Option<Cause> = None;
         let mut next_interval: Option<Instant> = None;
+        let mut retry = RETRY / 2;
+        // What the next timed sweep is: the interval's, or a failed one's again.
+        let mut due = Cause::Interval;
         loop {
-            let due = next_interval.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let at = next_interval.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             tokio::select! {
                 // Polling serves the group's rebalances, which decide the leader.
                 received = self.election.recv() => {
@@ -124,8 +130,9 @@ impl Reconciler {
                     }
                 }
                 Some(cause) = self.requests.recv() => pending = pending.or(Some(cause)),
-                _ = tokio::time::sleep_until(due), if next_interval.is_some() => {
-                    pending = pending.or(Some(Cause::Interval));
+                _ = tokio::time::sleep_until(at), if next_interval.is_some() => {
+                    pending = pending.or(Some(due));
+                    next_interval = None;
                 }
                 _ = tokio::time::sleep(LOOK) => {}
                 _ = stopping.begun() => break,
@@ -164,10 +171,22 @@ impl Reconciler {
                 }
                 continue;
             }
-            if !self.sweep(cause, &shutdown).await {
-                break;
+            match self.sweep(cause, &shutdown).await {
+                "stopped" => break,
+                "failed" => {
+                    // RingCentral or Kafka unreachable: try again soon, not an interval later (a
+                    // failed snapshot would leave the state topics empty for hours).
+                    retry = (retry * 2).clamp(RETRY, RETRY_MAX);
+                    tracing::info!(after = ?retry, "the sweep is tried again");
+                    next_interval = Some(Instant::now() + retry);
+                    due = cause;
+                }
+                _ => {
+                    retry = RETRY / 2;
+                    next_interval = self.interval.map(|i| Instant::now() + i);
+                    due = Cause::Interval;
+                }
             }
-            next_interval = self.interval.map(|i| Instant::now() + i);
         }
         tracing::info!("reconciler stopped");
     }
@@ -193,8 +212,8 @@ impl Reconciler {
     }
 
     /// One sweep, while the election goes on being polled; cut short if leadership is lost.
-    /// `false` when the shutdown came first.
-    async fn sweep(&mut self, cause: Cause, shutdown: &Shutdown) -> bool {
+    /// Returns its outcome's label.
+    async fn sweep(&mut self, cause: Cause, shutdown: &Shutdown) -> &'static str {
         let metrics = self.sweeper.metrics.clone();
         let outcome = {
             let mut sweep = pin!(self.sweeper.sweep(cause, shutdown));
@@ -241,7 +260,7 @@ impl Reconciler {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             metrics.state_sweep_last_success.set(now as f64);
         }
-        label != "stopped"
+        label
     }
 }
 
