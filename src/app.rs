@@ -15,8 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
 use crate::ingress::{self, AllowedSubscriptions, IngressState};
-use crate::kafka::Publisher;
-use crate::kafka::{self, EmbeddedBroker, Producer, ProducerFactory};
+use crate::kafka::{self, EmbeddedBroker, Producer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SpoolHealth};
 use crate::relay::Relay;
