@@ -331,6 +331,7 @@ impl Application {
                     client,
                     limiter,
                     routing: settings.routing.clone(),
+                    state: state.clone(),
                     publisher: Publisher::new(factory.build_unobserved()?, metrics.clone()),
                     consumer_config: factory.client_config(),
                     metrics: metrics.clone(),

@@ -59,9 +59,9 @@ pub(super) fn reconcile(settings: &Settings) -> Result<(), CommandError> {
     use crate::state::limiter::RateLimiter;
     use crate::state::sweep::{Cause, Sweeper};
 
-    if settings.routing.state().is_none() {
+    let Some(state) = settings.routing.state() else {
         return Err(CommandError::Usage("state reconcile needs --state"));
-    }
+    };
     let Some(brokers) = &settings.brokers else {
         return Err(CommandError::Usage("state reconcile needs --brokers"));
     };
@@ -90,6 +90,7 @@ pub(super) fn reconcile(settings: &Settings) -> Result<(), CommandError> {
             client: Arc::new(RingCentral::new(credentials)?),
             limiter: Arc::new(RateLimiter::new()),
             routing: settings.routing.clone(),
+            state: state.clone(),
             publisher: Publisher::new(
                 factory
                     .build_unobserved()

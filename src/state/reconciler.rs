@@ -75,7 +75,7 @@ impl Reconciler {
         interval: Duration,
         metrics: Metrics,
     ) -> Result<(Reconciler, SweepRequests), KafkaError> {
-        let state = sweeper.routing.state().expect("sweeps run with --state");
+        let state = &sweeper.state;
         let leader = Arc::new(AtomicBool::new(false));
         let consumer_config = sweeper.consumer_config.clone();
         let mut config = consumer_config.clone();
@@ -160,11 +160,7 @@ impl Reconciler {
                     cause = cause.label(),
                     "a sweep is due; asking the replica that runs the sweeps"
                 );
-                let state = self
-                    .sweeper
-                    .routing
-                    .state()
-                    .expect("sweeps run with --state");
+                let state = &self.sweeper.state;
                 let request = index::sweep_request(&state.index_topic, cause);
                 if let Err(e) = self.sweeper.publish(&[request], &shutdown).await {
                     tracing::warn!(error = %e, "cannot ask for a sweep");
@@ -194,11 +190,7 @@ impl Reconciler {
     /// Whether a sweep is due at once: the index is empty (the initial snapshot), or the last
     /// sweep was cut short (it is run again; a snapshot stays one).
     async fn sweep_is_due(&self) -> bool {
-        let state = self
-            .sweeper
-            .routing
-            .state()
-            .expect("sweeps run with --state");
+        let state = &self.sweeper.state;
         let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
         let read = tokio::task::spawn_blocking(move || index::read(&config, &topic)).await;
         match read {

@@ -17,7 +17,7 @@ use super::get_template::KeyScope;
 use super::index::{self, Entry, Index, SweepMark};
 use super::limiter::RateLimiter;
 use super::rate_limits::RateGroup;
-use super::request::Request;
+use super::request::{Request, StateRouting};
 use crate::kafka::{KafkaProducer, Publisher};
 use crate::metrics::Metrics;
 use crate::ringcentral::RingCentral;
@@ -141,7 +141,10 @@ pub fn digest(record: &Value) -> String {
 pub struct Sweeper {
     pub client: Arc<RingCentral>,
     pub limiter: Arc<RateLimiter>,
+    /// For the synthetic messages' topics.
     pub routing: RoutingTable,
+    /// The routing's state part: the fetch table and the internal topics.
+    pub state: StateRouting,
     pub publisher: Publisher<KafkaProducer>,
     /// For reading the index and the fetch queue's length.
     pub consumer_config: ClientConfig,
@@ -154,7 +157,7 @@ pub struct Sweeper {
 impl Sweeper {
     /// Runs one sweep.
     pub async fn sweep(&self, cause: Cause, shutdown: &Shutdown) -> Result<Report, SweepError> {
-        let state = self.routing.state().expect("sweeps run with --state");
+        let state = &self.state;
         let started = Instant::now();
         let sweep_id = sweep_id();
         let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
@@ -323,7 +326,7 @@ impl Sweeper {
     /// The API calls the differences will cost, and how long at the current budgets: logged before
     /// anything is queued.
     fn log_cost(&self, sweep_id: &str, report: &Report) {
-        let state = self.routing.state().expect("sweeps run with --state");
+        let state = &self.state;
         let fetched = report.new + report.changed;
         let mut calls: BTreeMap<RateGroup, usize> = BTreeMap::new();
         for topic in state.fetches.per_extension_topics() {
@@ -356,7 +359,7 @@ impl Sweeper {
         account: &str,
         shutdown: &Shutdown,
     ) -> Result<(), SweepError> {
-        let state = self.routing.state().expect("sweeps run with --state");
+        let state = &self.state;
         let at = now();
         let mut repairs = Vec::new();
         let mut entries = Vec::new();
@@ -457,7 +460,7 @@ impl Sweeper {
 
     /// Waits until the fetch queue is short: hint-driven fetches go first.
     async fn wait_for_the_queue(&self, shutdown: &Shutdown) -> Result<(), SweepError> {
-        let state = self.routing.state().expect("sweeps run with --state");
+        let state = &self.state;
         loop {
             let (config, topic, group) = (
                 self.consumer_config.clone(),
