@@ -204,6 +204,20 @@ impl ProducerFactory {
     }
 }
 
+/// The configuration of a member of `group` among the replicas: offsets committed by the bridge
+/// only, and a session of 10 s unless the properties say otherwise, so that a replica that died
+/// (SIGKILL, a lost node) hands over its partitions in seconds rather than librdkafka's 45.
+pub fn group_member_config(config: &ClientConfig, group: &str) -> ClientConfig {
+    let mut config = config.clone();
+    if config.get("session.timeout.ms").is_none() {
+        config.set("session.timeout.ms", "10000");
+    }
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    config
+}
+
 /// The topics of `wanted` that the cluster does not have.
 pub fn missing_topics(
     factory: &ProducerFactory,

@@ -141,20 +141,13 @@ impl Fetcher {
         limiter: Arc<RateLimiter>,
         metrics: Metrics,
     ) -> Result<Fetcher, KafkaError> {
-        let mut config = config.clone();
-        if config.get("session.timeout.ms").is_none() {
-            // A replica that died (SIGKILL, a lost node) holds its share of the queue until its
-            // session times out: 10 s rather than librdkafka's 45.
-            config.set("session.timeout.ms", "10000");
-        }
-        let consumer: StreamConsumer<QueueStats> = config
-            .set("group.id", &state.fetcher_group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(QueueStats {
-                metrics: metrics.clone(),
-            })?;
+        let consumer: StreamConsumer<QueueStats> =
+            crate::kafka::group_member_config(config, &state.fetcher_group)
+                .set("auto.offset.reset", "earliest")
+                .set("statistics.interval.ms", "5000")
+                .create_with_context(QueueStats {
+                    metrics: metrics.clone(),
+                })?;
         consumer.subscribe(&[state.requests_topic.as_str()])?;
         let producer = factory.build_unobserved()?;
         let oldest = Arc::new(OldestRequest {

@@ -78,21 +78,16 @@ impl Reconciler {
         let state = &sweeper.state;
         let leader = Arc::new(AtomicBool::new(false));
         let consumer_config = sweeper.consumer_config.clone();
-        let mut config = consumer_config.clone();
-        if config.get("session.timeout.ms").is_none() {
-            config.set("session.timeout.ms", "10000");
-        }
-        let election: StreamConsumer<Election> = config
-            .set("group.id", &state.sweeper_group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "latest")
-            // Sticky and incremental: a replica joining or leaving does not take the partition
-            // from the sweeper, so the sweeper keeps sweeping through scale-outs.
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .create_with_context(Election {
-                leader: leader.clone(),
-                metrics,
-            })?;
+        let election: StreamConsumer<Election> =
+            crate::kafka::group_member_config(&consumer_config, &state.sweeper_group)
+                .set("auto.offset.reset", "latest")
+                // Sticky and incremental: a replica joining or leaving does not take the partition
+                // from the sweeper, so the sweeper keeps sweeping through scale-outs.
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .create_with_context(Election {
+                    leader: leader.clone(),
+                    metrics,
+                })?;
         election.subscribe(&[state.index_topic.as_str()])?;
         let (tx, requests) = mpsc::unbounded_channel();
         let reconciler = Reconciler {

@@ -252,16 +252,7 @@ async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
         (second, first)
     };
     sweeps(&leader, "snapshot", 1.0).await;
-    read_until(
-        &kafka.bootstrap,
-        &topics(),
-        Duration::from_secs(60),
-        |read| {
-            ids.iter()
-                .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
-        },
-    )
-    .await;
+    every_state(&kafka, &ids).await;
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3, "one snapshot");
 
     // A sweep asked of the replica that does not sweep is run by the one that does.
