@@ -6,15 +6,13 @@
 //! arrives during a sweep runs one more sweep after it.
 
 use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::index;
@@ -22,8 +20,6 @@ use super::sweep::{Cause, Sweeper};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-/// How often leadership is looked at while nothing else happens.
-const LOOK: Duration = Duration::from_secs(1);
 /// The first wait before a failed sweep is tried again, and the longest (the wait doubles).
 const RETRY: Duration = Duration::from_secs(60);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
@@ -33,7 +29,7 @@ const LEADERSHIP_GRACE: Duration = Duration::from_secs(15);
 
 /// The election's consumer context: whether this replica owns the index topic's partition.
 pub struct Election {
-    leader: Arc<AtomicBool>,
+    leader: watch::Sender<bool>,
     metrics: Metrics,
 }
 
@@ -42,7 +38,8 @@ impl ClientContext for Election {}
 impl ConsumerContext for Election {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
         let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
-        self.leader.store(owns, Ordering::Relaxed);
+        self.leader
+            .send_if_modified(|leader| std::mem::replace(leader, owns) != owns);
         self.metrics.state_sweeper.set(i64::from(owns));
     }
 }
@@ -60,7 +57,8 @@ impl SweepRequests {
 pub struct Reconciler {
     sweeper: Sweeper,
     election: StreamConsumer<Election>,
-    leader: Arc<AtomicBool>,
+    /// Whether this replica owns the index partition; changes when a rebalance says so.
+    leader: watch::Receiver<bool>,
     interval: Option<Duration>,
     requests: mpsc::UnboundedReceiver<Cause>,
     /// Queues a request that arrived during a sweep.
@@ -76,7 +74,7 @@ impl Reconciler {
         metrics: Metrics,
     ) -> Result<(Reconciler, SweepRequests), KafkaError> {
         let state = &sweeper.state;
-        let leader = Arc::new(AtomicBool::new(false));
+        let (leader_tx, leader) = watch::channel(false);
         let consumer_config = sweeper.consumer_config.clone();
         let election: StreamConsumer<Election> =
             crate::kafka::group_member_config(&consumer_config, &state.sweeper_group)
@@ -85,7 +83,7 @@ impl Reconciler {
                 // from the sweeper, so the sweeper keeps sweeping through scale-outs.
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .create_with_context(Election {
-                    leader: leader.clone(),
+                    leader: leader_tx,
                     metrics,
                 })?;
         election.subscribe(&[state.index_topic.as_str()])?;
@@ -103,7 +101,7 @@ impl Reconciler {
     }
 
     fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        *self.leader.borrow()
     }
 
     /// Sweeps when due, while elected, until the shutdown begins.
@@ -129,7 +127,7 @@ impl Reconciler {
                     pending = pending.or(Some(due));
                     next_interval = None;
                 }
-                _ = tokio::time::sleep(LOOK) => {}
+                _ = self.leader.changed() => {}
                 _ = stopping.begun() => break,
             }
             let leader = self.is_leader();
@@ -204,8 +202,11 @@ impl Reconciler {
         let metrics = self.sweeper.metrics.clone();
         let outcome = {
             let mut sweep = pin!(self.sweeper.sweep(cause, shutdown));
-            let mut lost_since: Option<Instant> = None;
+            // A rebalance may take the partition away for a moment and give it back: only a loss
+            // that lasts is one.
+            let mut lost_until: Option<Instant> = None;
             loop {
+                let grace_over = lost_until.unwrap_or_else(Instant::now);
                 tokio::select! {
                     outcome = &mut sweep => break Some(outcome),
                     received = self.election.recv() => {
@@ -214,18 +215,16 @@ impl Reconciler {
                             let _ = self.again.send(cause);
                         }
                     }
-                    _ = tokio::time::sleep(LOOK) => {}
-                }
-                // A rebalance may take the partition away for a moment and give it back: only a
-                // loss that lasts is one.
-                match (self.leader.load(Ordering::Relaxed), lost_since) {
-                    (true, _) => lost_since = None,
-                    (false, None) => lost_since = Some(Instant::now()),
-                    (false, Some(since)) if since.elapsed() >= LEADERSHIP_GRACE => {
+                    _ = self.leader.changed() => {
+                        lost_until = match *self.leader.borrow() {
+                            true => None,
+                            false => lost_until.or(Some(Instant::now() + LEADERSHIP_GRACE)),
+                        };
+                    }
+                    _ = tokio::time::sleep_until(grace_over), if lost_until.is_some() => {
                         tracing::warn!("leadership lost during a sweep: the new leader sweeps");
                         break None;
                     }
-                    (false, Some(_)) => {}
                 }
             }
         };
