@@ -331,6 +331,14 @@ impl FetchTable {
         topics
     }
 
+    /// The state topic of the extension record itself (ExtensionInfo's, while it GETs the record):
+    /// its states also move the sweeps' index, so a change a hint delivered is not reported again as
+    /// missed.
+    pub fn extension_record_topic(&self) -> Option<Topic> {
+        let fetch = self.fetch_for(&Hint::new("ExtensionInfo")).ok()?;
+        (fetch.get.as_str() == EXTENSION).then(|| fetch.topic.topic.clone())
+    }
+
     /// The state topics keyed by extension: where a deleted extension leaves tombstones.
     pub fn per_extension_topics(&self) -> Vec<Topic> {
         self.state_topics()
@@ -579,6 +587,24 @@ mod tests {
             tilde.resource("~", "1").unwrap().path,
             "/restapi/v1.0/account/~"
         );
+    }
+
+    #[test]
+    fn the_extension_record_topic_is_extension_infos_while_it_gets_the_record() {
+        assert_eq!(
+            table().extension_record_topic().unwrap().as_str(),
+            "ringcentral.state.account.extension"
+        );
+        let elsewhere = overrides(&[(
+            "ExtensionInfo",
+            fetching(
+                "/restapi/v1.0/account/~/extension/{id}/grant",
+                RateGroup::Light,
+                true,
+            ),
+        )]);
+        let table = FetchTable::new("ringcentral.", &elsewhere).unwrap();
+        assert_eq!(table.extension_record_topic(), None);
     }
 
     #[test]

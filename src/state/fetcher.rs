@@ -22,6 +22,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use super::fetch::{FetchErrorKind, FetchOutcome, fetch};
 use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
+use super::index::{self, Entry};
 use super::limiter::RateLimiter;
 use super::request::{Request, StateRouting};
 use crate::kafka::{ErrorKind, KafkaProducer, ProducerFactory, Publisher};
@@ -97,9 +98,38 @@ struct Worker {
     dead_letter_topic: Topic,
     /// Where a deleted extension leaves tombstones.
     per_extension_topics: Vec<Topic>,
+    index: Option<IndexFeed>,
     metrics: Metrics,
     shutdown: Shutdown,
     oldest: Arc<OldestRequest>,
+}
+
+/// The extension record's state topic and the sweeps' index: what the fetcher publishes on the one
+/// moves the other, after it, so that a sweep does not report as missed a change a hint delivered.
+struct IndexFeed {
+    extension_topic: Topic,
+    index_topic: Topic,
+}
+
+impl IndexFeed {
+    /// The index entry that follows a state on `topic`: the digest of the record, or a tombstone
+    /// when the extension is gone (`record` is `None`).
+    fn entry(&self, topic: &Topic, key: &str, record: Option<&str>) -> Option<OutboundMessage> {
+        if *topic != self.extension_topic {
+            return None;
+        }
+        let entry = match record {
+            None => None,
+            Some(record) => {
+                let record: serde_json::Value = serde_json::from_str(record).ok()?;
+                Some(Entry {
+                    digest: index::digest(&record),
+                    sweep: index::FETCHED.to_string(),
+                })
+            }
+        };
+        Some(index::entry_message(&self.index_topic, key, entry.as_ref()))
+    }
 }
 
 /// When the oldest request not yet carried out was accepted, shown as its age.
@@ -164,6 +194,13 @@ impl Fetcher {
                 requests_topic: state.requests_topic.clone(),
                 dead_letter_topic,
                 per_extension_topics: state.fetches.per_extension_topics(),
+                index: state
+                    .fetches
+                    .extension_record_topic()
+                    .map(|extension_topic| IndexFeed {
+                        extension_topic,
+                        index_topic: state.index_topic.clone(),
+                    }),
                 metrics,
                 // Replaced by `run`'s.
                 shutdown: crate::shutdown::channel().1,
@@ -389,8 +426,12 @@ impl Worker {
                 FetchOutcome::State(body) => {
                     self.count(group, "ok");
                     let value = String::from_utf8_lossy(&body).into_owned();
+                    let entry = self.index.as_ref().and_then(|index| {
+                        index.entry(&resource.key.topic, &resource.key.key, Some(&value))
+                    });
                     let message = state_message(&resource, Some(value), &cause);
-                    return self.publish(vec![message], &accepted_at).await;
+                    let messages = std::iter::once(message).chain(entry).collect();
+                    return self.publish(messages, &accepted_at).await;
                 }
                 FetchOutcome::Gone => {
                     self.count(group, "gone");
@@ -460,9 +501,19 @@ impl Worker {
         cause: &str,
         accepted_at: &str,
     ) -> Handled {
-        let messages = topics
+        let topics: Vec<Topic> = topics
             .iter()
             .filter_map(|t| Topic::parse(t.as_str()).ok())
+            .collect();
+        let entries: Vec<OutboundMessage> = match &self.index {
+            Some(index) => topics
+                .iter()
+                .filter_map(|topic| index.entry(topic, key, None))
+                .collect(),
+            None => Vec::new(),
+        };
+        let messages = topics
+            .into_iter()
             .map(|topic| {
                 let resource = Resource {
                     key: ResourceKey {
@@ -476,6 +527,7 @@ impl Worker {
                 };
                 state_message(&resource, None, cause)
             })
+            .chain(entries)
             .collect();
         self.publish(messages, accepted_at).await
     }

@@ -1,4 +1,6 @@
-//! The sweeps' state index: per extension, a digest of its record as List Extensions last showed it.
+//! The sweeps' state index: per extension, a digest of its record as List Extensions last showed it,
+//! or as the last fetch of its extension record did (the digest covers the listed fields only, so
+//! both give the same digest for the same record).
 //! Kept in Kafka, on a compacted topic of one partition keyed by extension id, rather than in one
 //! replica's spool: whichever replica runs the sweeps reads it whole at the start of each sweep,
 //! so a replica taking over the sweeps compares with what the previous one published instead of
@@ -12,6 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::routing::{OutboundMessage, Topic};
 
@@ -24,8 +27,52 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Entry {
     /// The digest of the extension's record as listed.
     pub digest: String,
-    /// The sweep that recorded it.
+    /// The sweep that recorded it, or [`FETCHED`] when a fetch of the extension record did.
     pub sweep: String,
+}
+
+/// What an entry recorded by a fetch (not a sweep) says in `sweep`.
+pub const FETCHED: &str = "fetch";
+
+/// The fields of an extension record that List Extensions returns (RingCentral's API reference,
+/// `listExtensions`). Get Extension Info returns more; the digest covers these alone, so a state
+/// the fetcher published and the same record listed by the next sweep are not a difference.
+const LISTED_FIELDS: [&str; 20] = [
+    "id",
+    "uri",
+    "contact",
+    "extensionNumber",
+    "name",
+    "permissions",
+    "profileImage",
+    "partnerId",
+    "references",
+    "status",
+    "type",
+    "subType",
+    "callQueueInfo",
+    "hidden",
+    "roles",
+    "site",
+    "assignedCountry",
+    "costCenter",
+    "creationTime",
+    "alertTimer",
+];
+
+/// The digest of an extension record's listed fields: SHA-256 of their JSON with keys sorted, so
+/// the order RingCentral sends fields in does not matter.
+pub fn digest(record: &Value) -> String {
+    let listed: serde_json::Map<String, Value> = LISTED_FIELDS
+        .iter()
+        .filter_map(|field| Some((field.to_string(), record.get(*field)?.clone())))
+        .collect();
+    let canonical = serde_json::to_string(&listed).expect("a JSON value always serialises");
+    let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    hash.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Extension id to entry.
@@ -83,6 +130,21 @@ pub struct Read {
 }
 
 impl Read {
+    /// Whether no sweep ever ran: the initial snapshot is due. (Fetches fill the index too, so an
+    /// index with entries may still have had no sweep.)
+    pub fn never_swept(&self) -> bool {
+        self.mark.is_none()
+    }
+
+    /// Whether the next sweep is the initial snapshot: none ever ran, or the snapshot was cut
+    /// short.
+    pub fn snapshot_due(&self) -> bool {
+        self.never_swept()
+            || self
+                .interrupted()
+                .is_some_and(|m| m.cause == super::sweep::Cause::Snapshot.label())
+    }
+
     /// Whether a sweep was cut short: it is to be run again.
     pub fn interrupted(&self) -> Option<&SweepMark> {
         self.mark.as_ref().filter(|m| !m.finished)
@@ -174,5 +236,32 @@ mod tests {
         );
         let gone = entry_message(&topic, "101", None);
         assert!(gone.tombstone && gone.value.is_empty());
+    }
+
+    #[test]
+    fn the_digest_ignores_field_order_and_sees_any_listed_change() {
+        let a: Value =
+            serde_json::from_str(r#"{"id": 1, "name": "A", "status": "Enabled"}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"status": "Enabled", "name": "A", "id": 1}"#).unwrap();
+        let c: Value =
+            serde_json::from_str(r#"{"id": 1, "name": "A", "status": "Disabled"}"#).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
+        assert_eq!(digest(&a).len(), 32);
+    }
+
+    #[test]
+    fn the_extension_record_and_its_listed_form_have_one_digest() {
+        let listed: Value = serde_json::from_str(
+            r#"{"id": 1, "uri": "u", "name": "A", "status": "Enabled", "contact": {"email": "a@example.com"}}"#,
+        )
+        .unwrap();
+        let mut fetched = listed.clone();
+        fetched["regionalSettings"] = serde_json::json!({"timezone": {"id": "58"}});
+        fetched["setupWizardState"] = serde_json::json!("Completed");
+        assert_eq!(digest(&listed), digest(&fetched));
+        fetched["contact"]["email"] = serde_json::json!("b@example.com");
+        assert_ne!(digest(&listed), digest(&fetched));
     }
 }

@@ -1,6 +1,6 @@
 //! When sweeps run, and where: one replica at a time, elected by Kafka's group membership. Every
 //! replica joins the sweepers' consumer group on the index topic, which has one partition; the
-//! member that owns it runs the sweeps. It sweeps at once when the index is empty (the initial
+//! member that owns it runs the sweeps. It sweeps at once when no sweep ever ran (the initial
 //! snapshot), every `--state-reconcile-interval`, on SIGUSR1, and after the keeper recreated the
 //! subscription (the gap in which RingCentral sent nothing). One sweep at a time: a request that
 //! arrives during a sweep runs one more sweep after it.
@@ -180,14 +180,14 @@ impl Reconciler {
         tracing::info!("reconciler stopped");
     }
 
-    /// Whether a sweep is due at once: the index is empty (the initial snapshot), or the last
-    /// sweep was cut short (it is run again; a snapshot stays one).
+    /// Whether a sweep is due at once: none ever ran (the initial snapshot), or the last was cut
+    /// short (it is run again; a snapshot stays one).
     async fn sweep_is_due(&self) -> bool {
         let state = &self.sweeper.state;
         let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
         let read = tokio::task::spawn_blocking(move || index::read(&config, &topic)).await;
         match read {
-            Ok(Ok(read)) => read.index.is_empty() || read.interrupted().is_some(),
+            Ok(Ok(read)) => read.never_swept() || read.interrupted().is_some(),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the state index; the next sweep reads it again");
                 false

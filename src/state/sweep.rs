@@ -39,7 +39,7 @@ const ATTEMPTS: u32 = 5;
 /// Why a sweep runs: a bounded label for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// The index is empty: the initial snapshot.
+    /// No sweep ran yet: the initial snapshot.
     Snapshot,
     Interval,
     /// SIGUSR1, or `state reconcile`.
@@ -77,7 +77,7 @@ impl Cause {
 /// What one sweep found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// The index was empty: the initial snapshot.
+    /// No sweep had run: the initial snapshot.
     pub snapshot: bool,
     pub listed: usize,
     pub new: usize,
@@ -126,17 +126,6 @@ pub fn differences(index: &Index, listed: &BTreeMap<String, String>) -> Vec<Diff
     found
 }
 
-/// A digest of a listed record: SHA-256 of its JSON with keys sorted, so the order RingCentral
-/// sends fields in does not matter.
-pub fn digest(record: &Value) -> String {
-    let canonical = serde_json::to_string(record).expect("a JSON value always serialises");
-    let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
-    hash.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// What sweeps need; one sweep at a time.
 pub struct Sweeper {
     pub client: Arc<RingCentral>,
@@ -165,12 +154,8 @@ impl Sweeper {
             .await
             .map_err(|e| SweepError::Index(e.to_string()))?
             .map_err(|e| SweepError::Index(e.to_string()))?;
-        // An empty index, or a snapshot cut short: the snapshot (again).
         let resumed = read.interrupted().cloned();
-        let snapshot = read.index.is_empty()
-            || resumed
-                .as_ref()
-                .is_some_and(|m| m.cause == Cause::Snapshot.label());
+        let snapshot = read.snapshot_due();
         let cause = if snapshot { Cause::Snapshot } else { cause };
         let index = read.index;
         tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = index.len(),
@@ -254,7 +239,7 @@ impl Sweeper {
                 _ => continue,
             };
             if crate::notification::is_resource_id(&id) {
-                listed.insert(id, digest(record));
+                listed.insert(id, index::digest(record));
             }
         }
         Ok(listed)
@@ -553,18 +538,5 @@ mod tests {
             .map(|(id, e)| (id.clone(), e.digest.clone()))
             .collect();
         assert!(differences(&index, &same).is_empty());
-    }
-
-    #[test]
-    fn the_digest_ignores_field_order_and_sees_any_change() {
-        let a: Value =
-            serde_json::from_str(r#"{"id": 1, "name": "A", "status": "Enabled"}"#).unwrap();
-        let b: Value =
-            serde_json::from_str(r#"{"status": "Enabled", "name": "A", "id": 1}"#).unwrap();
-        let c: Value =
-            serde_json::from_str(r#"{"id": 1, "name": "A", "status": "Disabled"}"#).unwrap();
-        assert_eq!(digest(&a), digest(&b));
-        assert_ne!(digest(&a), digest(&c));
-        assert_eq!(digest(&a).len(), 32);
     }
 }

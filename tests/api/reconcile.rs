@@ -11,10 +11,12 @@ use crate::common::fake_ringcentral::FakeRingCentral;
 use crate::common::kafka::{Received, read_until};
 use crate::common::metrics::{sample, scrape_until};
 use crate::common::mock_kafka::MockKafka;
+use crate::common::payloads::{extension_update, unique};
 use crate::common::process::BridgeProcess;
 use crate::state::{EXTENSION_TOPIC, add_extension, latest_for, setup_without_index};
 
 const HINT_TOPIC: &str = "ringcentral.account.extension";
+const INDEX_TOPIC: &str = "ringcentral.state-index";
 
 /// The fake with 30 extensions, listed 10 a page, and budgets large enough that a test's snapshot
 /// takes seconds, not minutes.
@@ -200,6 +202,86 @@ async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
     );
     // Three pages a sweep; the 429 made the second sweep list its first page again.
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3 + 4 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_a_hint_delivered_is_not_reported_again_by_the_next_sweep() {
+    let (kafka, fake, ids) = thirty_extensions().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = start(&kafka, &fake, spool.path()).await;
+    sweeps(&bridge, "snapshot", 1.0).await;
+    every_state(&kafka, &ids).await;
+
+    // RingCentral renames an extension and says so: the hint's fetch publishes the record (with
+    // fields List Extensions does not return), then moves the index.
+    fake.state
+        .lock()
+        .unwrap()
+        .extensions
+        .get_mut("507")
+        .unwrap()["name"] = json!("Renamed 507");
+    post_hint(&bridge, &format!("r-{}", unique()), "507").await;
+    let renamed = |read: &[Received]| {
+        latest_for(read, EXTENSION_TOPIC, "507").is_some_and(|m| m.value()["name"] == "Renamed 507")
+    };
+    let indexed = |read: &[Received]| {
+        latest_for(read, INDEX_TOPIC, "507").is_some_and(|m| m.value()["sweep"] == "fetch")
+    };
+    let both = [EXTENSION_TOPIC, INDEX_TOPIC].map(String::from);
+    let read = read_until(&kafka.bootstrap, &both, Duration::from_secs(30), |read| {
+        renamed(read) && indexed(read)
+    })
+    .await;
+    assert!(renamed(&read), "the renamed record's state");
+    assert!(indexed(&read), "the fetch's index entry");
+
+    bridge.signal("USR1");
+    sweeps(&bridge, "requested", 1.0).await;
+    let scrape = crate::common::metrics::scrape(&bridge.admin_address()).await;
+    let kind = |kind| {
+        sample(
+            &scrape,
+            "rckb_state_sweep_differences_total",
+            &[("kind", kind)],
+        )
+    };
+    assert_eq!(
+        kind("changed"),
+        0.0,
+        "the renamed extension is no difference"
+    );
+    assert_eq!(kind("new"), 30.0, "the snapshot's, and no more");
+    assert_eq!(kind("gone"), 0.0);
+    // A hint after the sweep: everything before it on the hint topic is what the sweep published.
+    let marker = format!("marker-{}", unique());
+    post_hint(&bridge, &marker, "501").await;
+    let read = read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(30),
+        |read| read.iter().any(|m| m.uuid() == marker),
+    )
+    .await;
+    assert!(
+        read.iter().any(|m| m.uuid() == marker),
+        "the marker arrived"
+    );
+    assert!(
+        reconciled(&read, "Reconciled").is_empty(),
+        "nothing reported as missed"
+    );
+}
+
+/// Posts an ExtensionInfo hint for `extension`, accepted.
+async fn post_hint(bridge: &BridgeProcess, uuid: &str, extension: &str) {
+    let body = extension_update(uuid, extension, &["ExtensionInfo"]);
+    let answer = crate::common::app::http()
+        .post(format!("{}/webhook", bridge.address()))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

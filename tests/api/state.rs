@@ -26,8 +26,8 @@ pub(crate) fn with_state(fake: &FakeRingCentral) -> impl FnOnce(&mut Settings) {
     }
 }
 
-/// A mock cluster with the state topics too, and the fake with one extension. The sweeps' index
-/// is not empty, so no initial snapshot fetches anything behind the test's back.
+/// A mock cluster with the state topics too, and the fake with one extension. A sweep ran before,
+/// so no initial snapshot fetches anything behind the test's back.
 pub(crate) async fn setup() -> (MockKafka, FakeRingCentral) {
     setup_with_request_partitions(1).await
 }
@@ -39,15 +39,24 @@ pub(crate) async fn setup_with_request_partitions(partitions: i32) -> (MockKafka
         .set("bootstrap.servers", &kafka.bootstrap)
         .create()
         .unwrap();
-    // An extension RingCentral does not have, indexed by an earlier sweep.
-    let entry = rdkafka::producer::FutureRecord::to("ringcentral.state-index")
-        .key("1")
-        .payload(r#"{"digest":"0","sweep":"earlier"}"#);
-    producer.send(entry, Duration::from_secs(5)).await.unwrap();
+    // An earlier sweep that finished, and indexed an extension RingCentral no longer has.
+    for (key, payload) in [
+        ("1", r#"{"digest":"0","sweep":"earlier"}"#),
+        (
+            "~sweep",
+            r#"{"sweep":"earlier","cause":"interval","finished":true}"#,
+        ),
+    ] {
+        let record = rdkafka::producer::FutureRecord::to("ringcentral.state-index")
+            .key(key)
+            .payload(payload);
+        producer.send(record, Duration::from_secs(5)).await.unwrap();
+    }
     (kafka, fake)
 }
 
-/// A mock cluster with every topic, an empty sweeps' index, and the fake with one extension.
+/// A mock cluster with every topic, an empty sweeps' index (no sweep ran), and the fake with one
+/// extension.
 pub(crate) async fn setup_without_index(partitions: i32) -> (MockKafka, FakeRingCentral) {
     let kafka = MockKafka::start();
     let fake = FakeRingCentral::start().await;
@@ -71,7 +80,9 @@ pub(crate) async fn setup_without_index(partitions: i32) -> (MockKafka, FakeRing
 pub(crate) fn add_extension(fake: &FakeRingCentral, id: &str) {
     fake.state.lock().unwrap().extensions.insert(
         id.into(),
-        json!({"id": id.parse::<u64>().unwrap(), "extensionNumber": id, "name": format!("User {id}"), "status": "Enabled"}),
+        json!({"id": id.parse::<u64>().unwrap(), "extensionNumber": id, "name": format!("User {id}"),
+               "status": "Enabled", "setupWizardState": "Completed",
+               "regionalSettings": {"timezone": {"id": "58", "name": "US/Pacific"}}}),
     );
 }
 
