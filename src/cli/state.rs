@@ -103,7 +103,7 @@ pub(super) fn reconcile(settings: &Settings) -> Result<(), CommandError> {
         };
         let (_trigger, shutdown) = crate::shutdown::channel();
         let progress = tokio::spawn(progress_bar(metrics.clone()));
-        let report = sweeper.sweep(Cause::Requested, &shutdown).await;
+        let report = sweeper.sweep(Cause::Requested, &shutdown).await.outcome;
         progress.abort();
         draw(&metrics);
         eprintln!();

@@ -55,6 +55,12 @@ pub enum FetchErrorKind {
 }
 
 impl FetchErrorKind {
+    /// RingCentral refuses the request as made (400, 403, a broken `nextPage`): asking again
+    /// changes nothing.
+    pub fn is_refusal(self) -> bool {
+        matches!(self, FetchErrorKind::Client | FetchErrorKind::Paging)
+    }
+
     /// A bounded label, for metrics.
     pub fn label(self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use super::fetch::{FetchErrorKind, FetchOutcome, fetch};
+use super::fetch::{FetchOutcome, fetch};
 use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
 use super::index::{self, Entry};
@@ -457,7 +457,7 @@ impl Worker {
                     tracing::error!(path = %resource.path, "RingCentral refuses the bridge's credentials; state fetches wait");
                     Duration::from_secs(60)
                 }
-                FetchOutcome::Retry(e) if refused(e.kind) => {
+                FetchOutcome::Retry(e) if e.kind.is_refusal() => {
                     // RingCentral refuses this request as made (400, 403...): asking again changes
                     // nothing, so it is reported and left; the others go on.
                     self.count(group, "refused");
@@ -622,10 +622,6 @@ impl Worker {
 }
 
 /// Failures that asking again will not change.
-fn refused(kind: FetchErrorKind) -> bool {
-    matches!(kind, FetchErrorKind::Client | FetchErrorKind::Paging)
-}
-
 fn accepted_at(request: &Request) -> Option<time::OffsetDateTime> {
     match request {
         Request::Fetch { accepted_at, .. } | Request::Delete { accepted_at, .. } => {

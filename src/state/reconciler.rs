@@ -20,8 +20,10 @@ use super::sweep::{Cause, Sweeper};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-/// The first wait before a failed sweep is tried again, and the longest (the wait doubles).
-const RETRY: Duration = Duration::from_secs(60);
+/// The first wait before a failed sweep is tried again, and the longest (the wait doubles). A
+/// failed sweep cost at most a few calls (the account, a list page), so trying again soon is cheap,
+/// and a failed snapshot leaves the state topics empty until it succeeds.
+const RETRY: Duration = Duration::from_secs(15);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// How long leadership must stay lost before a running sweep is given up: longer than the
 /// sessions' timeout (10 s), so that a rebalance that hands the partition back does not cut it.
@@ -229,13 +231,15 @@ impl Reconciler {
             }
         };
         let (label, cause) = match &outcome {
-            Some(Ok(report)) if report.snapshot => ("ok", Cause::Snapshot),
-            Some(Ok(_)) => ("ok", cause),
-            Some(Err(super::sweep::SweepError::Stopped)) => ("stopped", cause),
-            Some(Err(e)) => {
-                tracing::error!(cause = cause.label(), error = %e, "reconciliation sweep failed; it runs again at the next interval");
-                ("failed", cause)
-            }
+            Some(swept) => match &swept.outcome {
+                Ok(_) => ("ok", swept.cause),
+                Err(super::sweep::SweepError::Stopped) => ("stopped", swept.cause),
+                Err(e) => {
+                    tracing::error!(cause = swept.cause.label(), error = %e,
+                        "reconciliation sweep failed; it is tried again soon");
+                    ("failed", swept.cause)
+                }
+            },
             None => ("leadership_lost", cause),
         };
         metrics

@@ -126,6 +126,15 @@ pub fn differences(index: &Index, listed: &BTreeMap<String, String>) -> Vec<Diff
     found
 }
 
+impl Swept {
+    fn failed(cause: Cause, error: SweepError) -> Swept {
+        Swept {
+            cause,
+            outcome: Err(error),
+        }
+    }
+}
+
 /// What sweeps need; one sweep at a time.
 pub struct Sweeper {
     pub client: Arc<RingCentral>,
@@ -143,20 +152,45 @@ pub struct Sweeper {
     pub pace: bool,
 }
 
+/// A sweep's outcome, and the cause it ran as: the initial snapshot when one was due, whatever the
+/// sweep was asked for.
+pub struct Swept {
+    pub cause: Cause,
+    pub outcome: Result<Report, SweepError>,
+}
+
 impl Sweeper {
     /// Runs one sweep.
-    pub async fn sweep(&self, cause: Cause, shutdown: &Shutdown) -> Result<Report, SweepError> {
+    pub async fn sweep(&self, asked: Cause, shutdown: &Shutdown) -> Swept {
+        let (config, topic) = (self.consumer_config.clone(), self.state.index_topic.clone());
+        let read = match tokio::task::spawn_blocking(move || index::read(&config, &topic)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Swept::failed(asked, SweepError::Index(e.to_string())),
+            Err(e) => return Swept::failed(asked, SweepError::Index(e.to_string())),
+        };
+        let cause = if read.snapshot_due() {
+            Cause::Snapshot
+        } else {
+            asked
+        };
+        Swept {
+            cause,
+            outcome: self.sweep_with(read, cause, shutdown).await,
+        }
+    }
+
+    /// Runs one sweep against the index as read.
+    async fn sweep_with(
+        &self,
+        read: index::Read,
+        cause: Cause,
+        shutdown: &Shutdown,
+    ) -> Result<Report, SweepError> {
         let state = &self.state;
         let started = Instant::now();
         let sweep_id = sweep_id();
-        let (config, topic) = (self.consumer_config.clone(), state.index_topic.clone());
-        let read = tokio::task::spawn_blocking(move || index::read(&config, &topic))
-            .await
-            .map_err(|e| SweepError::Index(e.to_string()))?
-            .map_err(|e| SweepError::Index(e.to_string()))?;
         let resumed = read.interrupted().cloned();
-        let snapshot = read.snapshot_due();
-        let cause = if snapshot { Cause::Snapshot } else { cause };
+        let snapshot = cause == Cause::Snapshot;
         let index = read.index;
         tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = index.len(),
             resumes = resumed.as_ref().map(|m| m.sweep.as_str()), "reconciliation sweep started");
@@ -290,6 +324,12 @@ impl Sweeper {
                 }
                 FetchOutcome::Gone => {
                     return Err(SweepError::RingCentral(format!("GET {path}: 404")));
+                }
+                FetchOutcome::Retry(e) if e.kind.is_refusal() => {
+                    return Err(SweepError::RingCentral(format!(
+                        "GET {path}: {}",
+                        e.message
+                    )));
                 }
                 FetchOutcome::Retry(e) => {
                     failures += 1;

@@ -285,6 +285,44 @@ async fn post_hint(bridge: &BridgeProcess, uuid: &str, extension: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_is_tried_again_soon_without_being_asked() {
+    let (kafka, fake, ids) = thirty_extensions().await;
+    // The user lacks ReadExtensions: RingCentral refuses the list.
+    fake.state.lock().unwrap().listing.forbidden = true;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = start(&kafka, &fake, spool.path()).await;
+    scrape_until(&bridge.admin_address(), "a failed snapshot", |m| {
+        sample(
+            m,
+            "rckb_state_sweeps_total",
+            &[("cause", "snapshot"), ("outcome", "failed")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        fake.state.lock().unwrap().listing.pages,
+        0,
+        "a refused list is not asked again and again"
+    );
+
+    // Permission granted: the next try, 15 s later with nothing asked of the bridge, is the
+    // snapshot, and it fills the state topics.
+    fake.state.lock().unwrap().listing.forbidden = false;
+    crate::common::polling::eventually(
+        "the snapshot tried again",
+        Duration::from_secs(60),
+        async || {
+            let scrape = crate::common::metrics::scrape(&bridge.admin_address()).await;
+            let ok = &[("cause", "snapshot"), ("outcome", "ok")];
+            (sample(&scrape, "rckb_state_sweeps_total", ok) == 1.0).then_some(())
+        },
+    )
+    .await;
+    let read = every_state(&kafka, &ids).await;
+    assert_eq!(states(&read).len(), 30, "one state per extension");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_cut_by_sigkill_completes_after_the_restart() {
     let (kafka, fake, ids) = thirty_extensions().await;
     let spool = tempfile::tempdir().unwrap();

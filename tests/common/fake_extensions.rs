@@ -60,6 +60,8 @@ pub struct Listing {
     pub rate_limit_page: Option<u32>,
     /// How many pages were served.
     pub pages: usize,
+    /// Answer every list with 403, as RingCentral does while the user lacks ReadExtensions.
+    pub forbidden: bool,
 }
 
 /// One group's budget: `limit` requests in any `window`; going over costs a `penalty`.
@@ -369,6 +371,13 @@ async fn list_extensions(
     let mut state = state.lock().unwrap();
     if let Some(refused) = refusal(&mut state, &headers) {
         return refused;
+    }
+    if state.listing.forbidden {
+        return error(
+            StatusCode::FORBIDDEN,
+            "CMN-408",
+            "In order to call this API endpoint, user needs to have [ReadExtensions] permission for requested resource.",
+        );
     }
     let n = page_number(&query);
     if state.listing.rate_limit_page == Some(n) {
