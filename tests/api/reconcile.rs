@@ -17,12 +17,18 @@ use crate::state::{EXTENSION_TOPIC, add_extension, latest_for, setup_without_ind
 
 const HINT_TOPIC: &str = "ringcentral.account.extension";
 const INDEX_TOPIC: &str = "ringcentral.state-index";
+const REQUESTS_TOPIC: &str = "ringcentral.state-requests";
 
 /// The fake with 30 extensions, listed 10 a page, and budgets large enough that a test's snapshot
 /// takes seconds, not minutes.
 async fn thirty_extensions() -> (MockKafka, FakeRingCentral, Vec<String>) {
+    extensions(30).await
+}
+
+/// The fake with `n` extensions from 501 on, as [`thirty_extensions`].
+async fn extensions(n: usize) -> (MockKafka, FakeRingCentral, Vec<String>) {
     let (kafka, fake) = setup_without_index(1).await;
-    let ids: Vec<String> = (501..531).map(|n| n.to_string()).collect();
+    let ids: Vec<String> = (501..).take(n).map(|n: u32| n.to_string()).collect();
     {
         let mut state = fake.state.lock().unwrap();
         state.extensions.clear();
@@ -320,6 +326,53 @@ async fn a_failed_snapshot_is_tried_again_soon_without_being_asked() {
     .await;
     let read = every_state(&kafka, &ids).await;
     assert_eq!(states(&read).len(), 30, "one state per extension");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_during_the_snapshot_is_fetched_before_the_snapshots_backlog() {
+    // 60 extensions: the snapshot queues them in three steps of 20, each once the fetch queue is
+    // short again.
+    let (kafka, fake, ids) = extensions(60).await;
+    let gate = fake.state.lock().unwrap().gate.clone();
+    let closed = gate.write().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = start(&kafka, &fake, spool.path()).await;
+    // RingCentral holds the fetches: the first step is queued and the snapshot waits on it.
+    scrape_until(&bridge.admin_address(), "the snapshot's first step", |m| {
+        sample(m, "rckb_state_sweep_progress_ratio", &[]) > 0.3
+    })
+    .await;
+    // A hint for an extension of the last step, queued behind the first step.
+    let hinted = "559";
+    let uuid = format!("p-{}", unique());
+    post_hint(&bridge, &uuid, hinted).await;
+    let requests = vec![REQUESTS_TOPIC.to_string()];
+    let queued = |read: &[Received]| read.iter().any(|m| m.raw.contains(&uuid));
+    let read = read_until(&kafka.bootstrap, &requests, Duration::from_secs(30), queued).await;
+    assert!(queued(&read), "the hint's fetch is queued");
+    drop(closed);
+
+    sweeps(&bridge, "snapshot", 1.0).await;
+    let topic = vec![EXTENSION_TOPIC.to_string()];
+    let read = read_until(&kafka.bootstrap, &topic, Duration::from_secs(60), |read| {
+        ids.iter()
+            .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some())
+            && read.iter().filter(|m| m.key == hinted).count() >= 2
+    })
+    .await;
+    let by_hint = read
+        .iter()
+        .position(|m| m.header("rc-cause").is_some_and(|c| c.starts_with(&uuid)))
+        .expect("the hint's state");
+    assert_eq!(read[by_hint].key, hinted);
+    let last_step = read
+        .iter()
+        .position(|m| m.key.as_str() >= "541")
+        .expect("the last step's states");
+    assert!(
+        by_hint <= last_step,
+        "the hint's state (record {by_hint}) waited for the snapshot's last step (from record {last_step})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
