@@ -13,7 +13,7 @@ use crate::common::metrics::{sample, scrape_until};
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::process::BridgeProcess;
-use crate::state::{EXTENSION_TOPIC, add_extension, latest_for, setup_without_index};
+use crate::state::{EXTENSION_TOPIC, latest_for, setup_without_index};
 
 const HINT_TOPIC: &str = "ringcentral.account.extension";
 const INDEX_TOPIC: &str = "ringcentral.state-index";
@@ -43,7 +43,7 @@ async fn extensions(n: usize) -> (MockKafka, FakeRingCentral, Vec<String>) {
         }
     }
     for id in &ids {
-        add_extension(&fake, id);
+        fake.add_extension(id);
     }
     (kafka, fake, ids)
 }
@@ -135,7 +135,7 @@ async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
         }
         state.listing.rate_limit_page = Some(2);
     }
-    add_extension(&fake, "599");
+    fake.add_extension("599");
     bridge.signal("USR1");
     sweeps(&bridge, "requested", 1.0).await;
 

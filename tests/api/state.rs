@@ -72,18 +72,8 @@ pub(crate) async fn setup_without_index(partitions: i32) -> (MockKafka, FakeRing
         // Topics the default settings have exist already.
         let _ = kafka.cluster.create_topic(topic.as_str(), 1, 1);
     }
-    add_extension(&fake, EXTENSION);
+    fake.add_extension(EXTENSION);
     (kafka, fake)
-}
-
-/// An enabled extension in the fake, named after its id.
-pub(crate) fn add_extension(fake: &FakeRingCentral, id: &str) {
-    fake.state.lock().unwrap().extensions.insert(
-        id.into(),
-        json!({"id": id.parse::<u64>().unwrap(), "extensionNumber": id, "name": format!("User {id}"),
-               "status": "Enabled", "setupWizardState": "Completed",
-               "regionalSettings": {"timezone": {"id": "58", "name": "US/Pacific"}}}),
-    );
 }
 
 pub(crate) fn latest<'a>(read: &'a [Received], topic: &str) -> Option<&'a Received> {

@@ -11,8 +11,7 @@ use crate::common::metrics::sample;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::process::BridgeProcess;
 use crate::state::{
-    EXTENSION, EXTENSION_TOPIC, add_extension, latest_for, setup, setup_with_request_partitions,
-    with_state,
+    EXTENSION, EXTENSION_TOPIC, latest_for, setup, setup_with_request_partitions, with_state,
 };
 
 /// Posts one `ExtensionInfo` hint for each of `extensions`.
@@ -58,7 +57,7 @@ async fn a_small_budget_is_never_exceeded_and_every_state_arrives() {
         state.limits.budgets.insert("light", budget);
     }
     for id in &ids {
-        add_extension(&fake, id);
+        fake.add_extension(id);
     }
     let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
     hint_each(&app, &ids).await;
@@ -78,7 +77,7 @@ async fn a_small_budget_is_never_exceeded_and_every_state_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_renewed_and_the_state_still_arrives() {
     let (kafka, fake) = setup().await;
-    add_extension(&fake, "102");
+    fake.add_extension("102");
     let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
     hint_each(&app, &[EXTENSION.to_string()]).await;
     states_of(&kafka.bootstrap, &[EXTENSION.to_string()]).await;
@@ -110,7 +109,7 @@ async fn an_expired_token_is_renewed_and_the_state_still_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_ringcentral_refuses_is_given_up_and_the_queue_goes_on() {
     let (kafka, fake) = setup().await;
-    add_extension(&fake, "666");
+    fake.add_extension("666");
     fake.state.lock().unwrap().forbidden.insert("666".into());
     let app = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
     hint_each(&app, &["666".to_string(), EXTENSION.to_string()]).await;
@@ -167,7 +166,7 @@ async fn fetches_pending_at_a_sigkill_are_carried_out_after_the_restart() {
     let (kafka, fake) = setup().await;
     let ids = extensions(301..306);
     for id in &ids {
-        add_extension(&fake, id);
+        fake.add_extension(id);
     }
     let spool = tempfile::tempdir().unwrap();
     let args: Vec<String> = ["--state".to_string()]
@@ -208,7 +207,7 @@ async fn two_replicas_share_the_queue_and_fetch_each_resource_once() {
     let (kafka, fake) = setup_with_request_partitions(partitions).await;
     let ids = extensions(401..421);
     for id in &ids {
-        add_extension(&fake, id);
+        fake.add_extension(id);
     }
     let first = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;
     let second = TestApp::spawn(&kafka.bootstrap, with_state(&fake)).await;

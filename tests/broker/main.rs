@@ -9,6 +9,11 @@
 mod common {
     pub mod app;
     pub mod contract;
+    pub mod fake_extensions;
+    // The fake serves all the RingCentral the mock-cluster suite needs; this suite needs its
+    // extensions alone.
+    #[allow(dead_code)]
+    pub mod fake_ringcentral;
     pub mod kafka;
     pub mod payloads;
     pub mod polling;
@@ -25,7 +30,8 @@ use serde_json::Value;
 
 use common::app::{TestApp, http};
 use common::contract::check_contract;
-use common::kafka::{default_topics, missing_after_delivery};
+use common::fake_ringcentral::FakeRingCentral;
+use common::kafka::{Received, default_topics, missing_after_delivery, read_until};
 use common::payloads::{extension_update, unique};
 use common::polling::eventually;
 use common::process::{BridgeProcess, bridge_command};
@@ -300,6 +306,10 @@ async fn missing_topics_are_reported_and_topics_ensure_creates_them() {
         .await;
 }
 
+/// ExtensionInfo's state topic and hint topic.
+const EXTENSION_STATE: &str = "ringcentral.state.account.extension";
+const HINTS: &str = "ringcentral.account.extension";
+
 /// Settings for `--state` that never reach RingCentral: credentials are required, not used.
 const STATE_ARGS: [&str; 7] = [
     "--state",
@@ -395,6 +405,99 @@ async fn serve_with_ensure_topics_creates_them_and_delivers() {
     let missing =
         missing_after_delivery(&tansu.bootstrap(), &[uuid], Duration::from_secs(60)).await;
     assert!(missing.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Tansu broker: run scripts/broker-tests.sh"]
+async fn a_snapshot_then_a_sweep_repair_the_state_topics() {
+    let tansu = Tansu::start().await;
+    let fake = FakeRingCentral::start().await;
+    let ids: Vec<String> = (701..711).map(|n: u32| n.to_string()).collect();
+    for id in &ids {
+        fake.add_extension(id);
+    }
+    let mut args: Vec<String> = ["--state", "--ensure-topics", "--partitions", "1"]
+        .map(String::from)
+        .to_vec();
+    args.extend(fake.cli_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = BridgeProcess::start(&tansu.bootstrap(), dir.path(), &args).await;
+    let done = bridge
+        .wait_for_log("reconciliation sweep done", Duration::from_secs(60))
+        .await;
+    assert_eq!(done["cause"], "snapshot", "{done}");
+    assert_eq!(done["new"], 10, "{done}");
+    let topics = [EXTENSION_STATE, HINTS].map(String::from);
+    let state_of = |read: &[Received], id: &str| {
+        read.iter()
+            .rev()
+            .find(|m| m.topic == EXTENSION_STATE && m.key == id)
+            .cloned()
+    };
+    let read = read_until(
+        &tansu.bootstrap(),
+        &topics,
+        Duration::from_secs(60),
+        |read| ids.iter().all(|id| state_of(read, id).is_some()),
+    )
+    .await;
+    for id in &ids {
+        let state = state_of(&read, id).unwrap_or_else(|| panic!("no state for {id}"));
+        assert_eq!(state.value()["name"], format!("User {id}"));
+    }
+
+    // RingCentral renames one extension and deletes another, and sends nothing.
+    {
+        let mut state = fake.state.lock().unwrap();
+        state.extensions.get_mut("703").unwrap()["name"] = serde_json::json!("Renamed 703");
+        state.extensions.remove("709");
+    }
+    bridge.signal("USR1");
+    let done = bridge
+        .wait_for_log("reconciliation sweep done", Duration::from_secs(60))
+        .await;
+    assert_eq!(done["cause"], "requested", "{done}");
+    assert_eq!(
+        (&done["changed"], &done["gone"]),
+        (&1.into(), &1.into()),
+        "{done}"
+    );
+    let read = read_until(
+        &tansu.bootstrap(),
+        &topics,
+        Duration::from_secs(60),
+        |read| {
+            state_of(read, "703").is_some_and(|m| m.value()["name"] == "Renamed 703")
+                && state_of(read, "709").is_some_and(|m| m.tombstone)
+                && read
+                    .iter()
+                    .filter(|m| m.header("rc-reconciled").is_some())
+                    .count()
+                    >= 2
+        },
+    )
+    .await;
+    assert!(state_of(&read, "703").is_some_and(|m| m.value()["name"] == "Renamed 703"));
+    assert!(state_of(&read, "709").is_some_and(|m| m.tombstone));
+    let reconciled: Vec<(String, String)> = read
+        .iter()
+        .filter(|m| m.topic == HINTS && m.header("rc-reconciled").is_some())
+        .map(|m| {
+            (
+                m.key.clone(),
+                m.header("rc-event-type").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reconciled,
+        [
+            ("703".into(), "Reconciled".into()),
+            ("709".into(), "Delete".into())
+        ],
+        "what the sweep tells hint consumers"
+    );
 }
 
 /// A small tmpfs, so the spool's disk can really fill up. Needs root (CI runs as root).

@@ -329,6 +329,22 @@ async fn call_queues(
     .await
 }
 
+impl super::fake_ringcentral::FakeRingCentral {
+    /// An enabled extension, named after its id, with fields only Get Extension Info returns too.
+    pub fn add_extension(&self, id: &str) {
+        let record = json!({
+            "id": id.parse::<u64>().unwrap(), "extensionNumber": id, "name": format!("User {id}"),
+            "status": "Enabled", "setupWizardState": "Completed",
+            "regionalSettings": {"timezone": {"id": "58", "name": "US/Pacific"}},
+        });
+        self.state
+            .lock()
+            .unwrap()
+            .extensions
+            .insert(id.into(), record);
+    }
+}
+
 /// An extension record as List Extensions returns it: the fields its `records` schema has
 /// (`GetExtensionListInfoResponse`), without those only Get Extension Info returns.
 fn listed(record: &Value) -> Value {

@@ -1,7 +1,7 @@
 //! What the mock-cluster suite checks of the real binary's life beyond starting it
 //! ([`super::process`]): the environment and descriptor limit it starts with, its start-up log, a
-//! refusal to start, its admin listener, signals, its exit and every line it logged; and an
-//! in-process bridge whose settings need its own bound port.
+//! refusal to start, its admin listener, its exit and every line it logged; and an in-process
+//! bridge whose settings need its own bound port.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -70,15 +70,6 @@ impl BridgeProcess {
             .iter()
             .filter_map(|line| event(line))
             .collect()
-    }
-
-    /// Sends `signal` (a name such as `TERM`) to the bridge.
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal}");
     }
 
     /// Waits for the bridge to exit by itself, at most `timeout`.

@@ -198,6 +198,15 @@ impl BridgeProcess {
         format!("http://127.0.0.1:{}", self.listening("port"))
     }
 
+    /// Sends `signal` (a name such as `TERM`) to the bridge.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// The next log event after the last one waited for whose message contains `text`, waiting at
     /// most `timeout`.
     pub async fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Value {
