@@ -405,6 +405,65 @@ async fn a_snapshot_cut_by_sigkill_completes_after_the_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_cut_by_sigkill_completes_after_the_restart_and_loses_no_difference() {
+    let (kafka, fake, ids) = thirty_extensions().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = start(&kafka, &fake, spool.path()).await;
+    sweeps(&bridge, "snapshot", 1.0).await;
+    every_state(&kafka, &ids).await;
+
+    // 25 renamed and 2 deleted, unannounced: two steps of repairs. RingCentral holds the fetches,
+    // so the sweep waits after its first step, and is killed there.
+    let renamed: Vec<String> = ids[..25].to_vec();
+    {
+        let mut state = fake.state.lock().unwrap();
+        for id in &renamed {
+            state.extensions.get_mut(id).unwrap()["name"] = json!(format!("Renamed {id}"));
+        }
+        for id in &ids[28..] {
+            state.extensions.remove(id);
+        }
+    }
+    let gate = fake.state.lock().unwrap().gate.clone();
+    let closed = gate.write().await;
+    bridge.signal("USR1");
+    scrape_until(&bridge.admin_address(), "the sweep's first step", |m| {
+        let progress = sample(m, "rckb_state_sweep_progress_ratio", &[]);
+        progress > 0.5 && progress < 1.0
+    })
+    .await;
+    bridge.kill_hard();
+    drop(closed);
+
+    let restarted = start(&kafka, &fake, spool.path()).await;
+    sweeps(&restarted, "resumed", 1.0).await;
+    let expected = |read: &[Received]| {
+        let repaired = renamed.iter().all(|id| {
+            latest_for(read, EXTENSION_TOPIC, id)
+                .is_some_and(|m| m.value()["name"] == json!(format!("Renamed {id}")))
+        });
+        let tombstoned = ids[28..]
+            .iter()
+            .all(|id| latest_for(read, EXTENSION_TOPIC, id).is_some_and(|m| m.tombstone));
+        repaired && tombstoned && reconciled(read, "Delete").len() == 2
+    };
+    let read = read_until(
+        &kafka.bootstrap,
+        &topics(),
+        Duration::from_secs(60),
+        expected,
+    )
+    .await;
+    assert!(expected(&read), "every repair arrives");
+    let mut told: Vec<&str> = reconciled(&read, "Reconciled")
+        .iter()
+        .map(|m| m.key.as_str())
+        .collect();
+    told.sort();
+    assert_eq!(told, renamed, "each change told once, across the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
     let (kafka, fake, ids) = thirty_extensions().await;
     let (first_spool, second_spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
