@@ -13,6 +13,7 @@ mod serve;
 mod spool;
 mod state;
 mod subscription;
+mod tail;
 mod topics;
 
 /// RingCentral Extension Info webhooks in, one Kafka message per hint out.
@@ -59,6 +60,28 @@ enum Command {
     State {
         #[command(subcommand)]
         command: StateCommand,
+    },
+    /// Print the messages of topics: partition, offset, key, headers and value. Reads by partition
+    /// assignment (no consumer group). Without --brokers, reads the embedded broker of the bridge
+    /// running with the same --spool-dir.
+    Tail {
+        /// The topics to read.
+        #[arg(required = true, value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Every message of each partition, not only its last ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Messages printed per partition before its end (without --from-beginning).
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
+        lines: u32,
+        /// Keep printing messages as they arrive, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// One JSON object per message and line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
 }
 
@@ -204,6 +227,23 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Command::State {
             command: StateCommand::Reconcile { settings },
         } => state::reconcile(&Settings::load(&settings)?),
+        Command::Tail {
+            topics,
+            from_beginning,
+            lines,
+            follow,
+            json,
+            settings,
+        } => tail::tail(
+            &Settings::load(&settings)?,
+            &tail::Tail {
+                topics,
+                from_beginning,
+                lines: i64::from(lines),
+                follow,
+                json,
+            },
+        ),
     }
 }
 

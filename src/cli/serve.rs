@@ -20,6 +20,7 @@ pub(super) fn serve(args: SettingsArgs) -> Result<(), CommandError> {
 }
 
 async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError> {
+    let spool_dir = settings.spool_dir.clone();
     let mut app = Application::build(settings.clone())
         .await
         .map_err(|e| CommandError::start(&settings, e))?;
@@ -50,8 +51,14 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
              any Kafka client can read the topics at this bootstrap address"
         );
         println!("embedded Kafka broker: {}", app.bootstrap_servers());
+        super::tail::record_embedded_broker(&spool_dir, app.bootstrap_servers());
     }
-    app.run_until_stopped().await.map_err(CommandError::Serve)
+    let embedded = app.is_embedded();
+    let stopped = app.run_until_stopped().await.map_err(CommandError::Serve);
+    if embedded {
+        super::tail::forget_embedded_broker(&spool_dir);
+    }
+    stopped
 }
 
 /// What of the routing the running fetcher depends on.

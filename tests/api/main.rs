@@ -34,4 +34,5 @@ mod spool;
 mod state;
 mod state_faults;
 mod subscription;
+mod tail;
 mod webhook;
