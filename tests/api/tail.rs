@@ -35,6 +35,16 @@ async fn publish(bridge: &BridgeProcess, n: usize) -> Vec<String> {
     uuids
 }
 
+/// A `tail --follow`, stopped when the test ends however it ends.
+struct Follower(std::process::Child);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `tail` with `args`; its standard output, or its standard error when it fails.
 fn tail(args: &[&str]) -> Result<String, String> {
     let output = bridge_command().arg("tail").args(args).output().unwrap();
@@ -96,6 +106,49 @@ async fn tail_prints_the_last_messages_or_all_and_stops_at_the_end() {
             .filter(|l| l.starts_with(TOPIC))
             .count(),
         3
+    );
+
+    // Following: what arrives later is printed as it arrives.
+    let mut follower = Follower(
+        bridge_command()
+            .args([
+                "tail",
+                "--brokers",
+                &kafka.bootstrap,
+                "--follow",
+                "--json",
+                "-n",
+                "1",
+                TOPIC,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = follower.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        let line = printed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line");
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    // The last message first: once it is printed, `tail` is reading.
+    assert_eq!(next()["value"]["uuid"], uuids[11].as_str());
+    let later = publish(&bridge, 1).await;
+    let object = next();
+    assert_eq!(
+        object["value"]["uuid"],
+        later[0].as_str(),
+        "then the new one"
     );
 
     let missing = tail(&["--brokers", &kafka.bootstrap, "no.such.topic"]).unwrap_err();
