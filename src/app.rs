@@ -320,9 +320,9 @@ impl Application {
                 let limiter = Arc::new(RateLimiter::new());
                 let fetcher = Fetcher::new(
                     &factory.client_config(),
+                    &settings.routing,
                     state,
                     factory.clone(),
-                    settings.routing.dead_letter_topic().clone(),
                     client.clone(),
                     limiter.clone(),
                     metrics.clone(),

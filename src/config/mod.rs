@@ -25,6 +25,7 @@ pub use kafka_properties::{
 };
 use kafka_properties::{OWNED_KAFKA_PROPERTIES, PropertyParser};
 
+use crate::routing::cloudevents::CloudEvents;
 use crate::routing::{DEFAULT_TOPIC_PREFIX, FanoutLimits, RoutingError, RoutingTable, Topic};
 
 /// How an accepted notification reaches Kafka.
@@ -98,6 +99,15 @@ pub struct Settings {
     /// Prefix of every topic.
     #[arg(long, env = "RCKB_TOPIC_PREFIX", default_value = DEFAULT_TOPIC_PREFIX)]
     pub topic_prefix: String,
+    /// CloudEvents binary-mode headers (`ce_*`) on every message: true or false.
+    #[arg(
+        long,
+        env = "RCKB_CLOUDEVENTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub cloudevents: bool,
     /// The subscription's verification token; when set, notifications without it get 401.
     #[arg(long, env = "RCKB_VERIFICATION_TOKEN", hide_env_values = true)]
     pub verification_token: Option<Secret>,
@@ -573,6 +583,9 @@ impl Settings {
         let mut routing = RoutingTable::new(&self.topic_prefix, &self.hints)?.with_limits(limits);
         if let Some(topic) = &self.dead_letter_topic {
             routing = routing.with_dead_letter_topic(topic.clone());
+        }
+        if self.cloudevents {
+            routing = routing.with_cloudevents(CloudEvents::new(&self.ringcentral.server));
         }
         if self.state.enabled {
             // The fetches need RingCentral's API: missing credentials stop start-up here.

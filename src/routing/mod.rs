@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::notification::{EventKind, ExtensionChange, Hint, Notification, is_resource_id};
 use crate::state::request::StateRouting;
+use cloudevents::CloudEvents;
 
 /// The default topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "ringcentral.";
@@ -28,6 +29,7 @@ pub const UNROUTED_REASON_HEADER: &str = "rc-unrouted-reason";
 /// names, a GET path and a state topic (each at most a few hundred bytes for any configured GET).
 const STATE_REQUEST_BYTES: usize = 1024;
 
+pub mod cloudevents;
 mod limits;
 mod plan;
 mod topic;
@@ -69,6 +71,8 @@ pub struct RoutingTable {
     limits: FanoutLimits,
     /// With `--state`: the fetch table and the requests topic.
     state: Option<StateRouting>,
+    /// Unless `--cloudevents false`: the `ce_` headers.
+    cloudevents: Option<CloudEvents>,
 }
 
 impl RoutingTable {
@@ -122,6 +126,7 @@ impl RoutingTable {
             extension_target: TargetApi::new(EXTENSION_INFO_TARGET),
             limits: FanoutLimits::default(),
             state: None,
+            cloudevents: None,
         })
     }
 
@@ -129,6 +134,17 @@ impl RoutingTable {
     pub fn with_limits(mut self, limits: FanoutLimits) -> RoutingTable {
         self.limits = limits;
         self
+    }
+
+    /// The same table giving every message CloudEvents headers.
+    pub fn with_cloudevents(mut self, cloudevents: CloudEvents) -> RoutingTable {
+        self.cloudevents = Some(cloudevents);
+        self
+    }
+
+    /// The CloudEvents headers messages get, if they get them.
+    pub fn cloudevents(&self) -> Option<&CloudEvents> {
+        self.cloudevents.as_ref()
     }
 
     /// The same table planning a fetch request for every fetchable hint (`--state`).

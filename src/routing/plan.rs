@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::cloudevents::{self, Event, Kind, Source};
 use super::*;
 use crate::state::request::Request;
 
@@ -135,16 +136,27 @@ impl RoutingTable {
             body: None,
         };
         let topic = topic.as_str();
-        let headers = vec![
-            (
-                "rc-message-id".to_string(),
-                format!("{sweep_id}:{extension_id}:{event_type}:{topic}"),
-            ),
+        let message_id = format!("{sweep_id}:{extension_id}:{event_type}:{topic}");
+        let mut headers = vec![
+            ("rc-message-id".to_string(), message_id.clone()),
             ("rc-notification-uuid".into(), sweep_id.into()),
             ("rc-event-type".into(), event_type.into()),
             ("content-type".into(), "application/json".into()),
             (RECONCILED_HEADER.into(), sweep_id.into()),
         ];
+        if let Some(ce) = &self.cloudevents {
+            let kind = match what {
+                Reconciled::Changed => Kind::Reconciled,
+                Reconciled::Gone => Kind::Extension("Delete"),
+            };
+            headers.extend(ce.headers(&Event {
+                id: &message_id,
+                kind,
+                source: Source::Account(account_id),
+                time: at,
+                subject: Some(extension_id),
+            }));
+        }
         OutboundMessage {
             topic: topic.to_string(),
             key: extension_id.to_string(),
@@ -281,9 +293,19 @@ impl Planner<'_> {
     pub(super) fn raw(&mut self, raw: &[u8], reason: Option<&'static str>) {
         let n = self.notification;
         let topic = self.table.unrouted_topic.as_str();
-        let mut headers = self.headers(&format!("{}::Unrouted:{topic}", n.uuid), None, None);
+        let message_id = format!("{}::Unrouted:{topic}", n.uuid);
+        let mut headers = self.headers(&message_id, None, None);
         if let Some(reason) = reason {
             headers.push((UNROUTED_REASON_HEADER.into(), reason.into()));
+        }
+        if let Some(ce) = &self.table.cloudevents {
+            headers.extend(ce.headers(&Event {
+                id: &message_id,
+                kind: Kind::Unrouted,
+                source: Source::Api,
+                time: &self.time(),
+                subject: None,
+            }));
         }
         self.messages.push(OutboundMessage {
             topic: topic.to_string(),
@@ -326,14 +348,42 @@ impl Planner<'_> {
             extension_id.unwrap_or_default(),
             hint.or(event_type).unwrap_or(part.kind_label),
         );
+        let mut headers = self.headers(&message_id, event_type, hint);
+        if let Some(ce) = &self.table.cloudevents {
+            let (kind, source) = match (hint, event_type, part.account_id) {
+                (Some(hint), _, Some(account)) => (Kind::Hint(hint), Source::Account(account)),
+                (None, Some(event_type), Some(account)) => {
+                    (Kind::Extension(event_type), Source::Account(account))
+                }
+                _ => (
+                    Kind::SubscriptionReminder,
+                    n.subscription_id
+                        .as_deref()
+                        .map_or(Source::Api, Source::Subscription),
+                ),
+            };
+            headers.extend(ce.headers(&Event {
+                id: &message_id,
+                kind,
+                source,
+                time: &self.time(),
+                subject: extension_id,
+            }));
+        }
         self.messages.push(OutboundMessage {
             topic: topic.to_string(),
             key: extension_id.unwrap_or_else(|| fallback_key(n)).to_string(),
-            headers: self.headers(&message_id, event_type, hint),
+            headers,
             value: serde_json::to_string(&value).expect("a message value always serialises"),
             hint_label: part.hint_label.to_string(),
             tombstone: false,
         });
+    }
+
+    /// The notification's time, for `ce_time`.
+    fn time(&self) -> String {
+        let timestamp = self.notification.timestamp.as_str();
+        cloudevents::normalise_time(timestamp, self.received_at)
     }
 
     fn headers(

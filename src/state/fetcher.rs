@@ -28,7 +28,8 @@ use super::request::{Request, StateRouting};
 use crate::kafka::{ErrorKind, KafkaProducer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
 use crate::ringcentral::RingCentral;
-use crate::routing::{OutboundMessage, Topic};
+use crate::routing::cloudevents::{CloudEvents, Event, Kind, Source};
+use crate::routing::{OutboundMessage, RoutingTable, Topic};
 use crate::shutdown::Shutdown;
 
 /// Requests taken per batch: the unit of coalescing.
@@ -99,9 +100,40 @@ struct Worker {
     /// Where a deleted extension leaves tombstones.
     per_extension_topics: Vec<Topic>,
     index: Option<IndexFeed>,
+    cloudevents: Option<StateEvents>,
     metrics: Metrics,
     shutdown: Shutdown,
     oldest: Arc<OldestRequest>,
+}
+
+/// The CloudEvents headers of state records: `ce_type` names the state topic's resource (the topic
+/// without `<prefix>state.`), `ce_time` is when the state was fetched.
+struct StateEvents {
+    cloudevents: CloudEvents,
+    /// `<prefix>state.`
+    state_prefix: String,
+}
+
+impl StateEvents {
+    fn headers(&self, resource: &Resource, fetched_at: &str) -> Vec<(String, String)> {
+        let topic = resource.key.topic.as_str();
+        let name = topic.strip_prefix(&self.state_prefix).unwrap_or(topic);
+        // `/restapi/v1.0/account/{id}/...`; a tombstone has no path.
+        let account = resource
+            .path
+            .strip_prefix("/restapi/v1.0/account/")
+            .and_then(|rest| rest.split(['/', '?']).next())
+            .filter(|id| !id.is_empty())
+            .unwrap_or("~");
+        let id = format!("{topic}:{}:{fetched_at}", resource.key.key);
+        self.cloudevents.headers(&Event {
+            id: &id,
+            kind: Kind::State(name),
+            source: Source::Account(account),
+            time: fetched_at,
+            subject: (resource.scope == KeyScope::Extension).then_some(resource.key.key.as_str()),
+        })
+    }
 }
 
 /// The extension record's state topic and the sweeps' index: what the fetcher publishes on the one
@@ -161,12 +193,13 @@ impl OldestRequest {
 }
 
 impl Fetcher {
-    /// Joins the fetchers' consumer group on the requests topic; [`Fetcher::run`] fetches.
+    /// Joins the fetchers' consumer group on the requests topic; [`Fetcher::run`] fetches. From
+    /// `routing` (whose state part is `state`): the dead-letter topic and the CloudEvents headers.
     pub fn new(
         config: &ClientConfig,
+        routing: &RoutingTable,
         state: &StateRouting,
         factory: ProducerFactory,
-        dead_letter_topic: Topic,
         client: Arc<RingCentral>,
         limiter: Arc<RateLimiter>,
         metrics: Metrics,
@@ -192,7 +225,7 @@ impl Fetcher {
                 client,
                 limiter,
                 requests_topic: state.requests_topic.clone(),
-                dead_letter_topic,
+                dead_letter_topic: routing.dead_letter_topic().clone(),
                 per_extension_topics: state.fetches.per_extension_topics(),
                 index: state
                     .fetches
@@ -201,6 +234,10 @@ impl Fetcher {
                         extension_topic,
                         index_topic: state.index_topic.clone(),
                     }),
+                cloudevents: routing.cloudevents().map(|cloudevents| StateEvents {
+                    cloudevents: cloudevents.clone(),
+                    state_prefix: state.state_prefix.clone(),
+                }),
                 metrics,
                 // Replaced by `run`'s.
                 shutdown: crate::shutdown::channel().1,
@@ -429,7 +466,7 @@ impl Worker {
                     let entry = self.index.as_ref().and_then(|index| {
                         index.entry(&resource.key.topic, &resource.key.key, Some(&value))
                     });
-                    let message = state_message(&resource, Some(value), &cause);
+                    let message = self.state_message(&resource, Some(value), &cause);
                     let messages = std::iter::once(message).chain(entry).collect();
                     return self.publish(messages, &accepted_at).await;
                 }
@@ -487,6 +524,40 @@ impl Worker {
         }
     }
 
+    /// One state record (a tombstone without `value`).
+    fn state_message(
+        &self,
+        resource: &Resource,
+        value: Option<String>,
+        cause: &str,
+    ) -> OutboundMessage {
+        let fetched_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut headers = vec![
+            ("rc-fetched-at".to_string(), fetched_at.clone()),
+            ("rc-cause".to_string(), cause.to_string()),
+        ];
+        if !resource.path.is_empty() {
+            headers.insert(0, ("rc-resource-path".into(), resource.path.clone()));
+        }
+        let tombstone = value.is_none();
+        if !tombstone {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        if let Some(events) = &self.cloudevents {
+            headers.extend(events.headers(resource, &fetched_at));
+        }
+        OutboundMessage {
+            topic: resource.key.topic.to_string(),
+            key: resource.key.key.clone(),
+            headers,
+            value: value.unwrap_or_default(),
+            hint_label: if tombstone { "tombstone" } else { "state" }.into(),
+            tombstone,
+        }
+    }
+
     fn count(&self, group: &str, outcome: &str) {
         self.metrics
             .state_fetches
@@ -525,7 +596,7 @@ impl Worker {
                     group: super::rate_limits::RateGroup::Light,
                     paged: false,
                 };
-                state_message(&resource, None, cause)
+                self.state_message(&resource, None, cause)
             })
             .chain(entries)
             .collect();
@@ -632,32 +703,6 @@ fn accepted_at(request: &Request) -> Option<time::OffsetDateTime> {
 
 fn accepted_at_of(text: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-}
-
-/// One state record (a tombstone without `value`).
-fn state_message(resource: &Resource, value: Option<String>, cause: &str) -> OutboundMessage {
-    let fetched_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let mut headers = vec![
-        ("rc-fetched-at".to_string(), fetched_at),
-        ("rc-cause".to_string(), cause.to_string()),
-    ];
-    if !resource.path.is_empty() {
-        headers.insert(0, ("rc-resource-path".into(), resource.path.clone()));
-    }
-    let tombstone = value.is_none();
-    if !tombstone {
-        headers.push(("content-type".into(), "application/json".into()));
-    }
-    OutboundMessage {
-        topic: resource.key.topic.to_string(),
-        key: resource.key.key.clone(),
-        headers,
-        value: value.unwrap_or_default(),
-        hint_label: if tombstone { "tombstone" } else { "state" }.into(),
-        tombstone,
-    }
 }
 
 /// The requests of a batch worth carrying out, in order: a fetch is dropped when a later request

@@ -121,6 +121,8 @@ pub struct StateRouting {
     pub index_topic: Topic,
     /// The consumer group whose owner of the index topic's one partition runs the sweeps.
     pub sweeper_group: String,
+    /// What every state topic's name starts with: `<prefix>state.`
+    pub state_prefix: String,
 }
 
 impl StateRouting {
@@ -132,6 +134,7 @@ impl StateRouting {
             fetcher_group: format!("{prefix}state-fetchers"),
             index_topic: Topic::parse(format!("{prefix}state-index"))?,
             sweeper_group: format!("{prefix}state-sweepers"),
+            state_prefix: format!("{prefix}state."),
         })
     }
 }

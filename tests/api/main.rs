@@ -8,6 +8,7 @@
 #[path = "../common"]
 mod common {
     pub mod app;
+    pub mod cloudevents;
     pub mod contract;
     pub mod fake_extensions;
     pub mod fake_ringcentral;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cloudevents::AttributesReader;
 use rc_kafka_bridge::config::{Secret, Settings};
 use serde_json::{Value, json};
 
@@ -290,6 +291,18 @@ async fn every_fetchable_hint_publishes_the_state_of_its_resource() {
                 .is_some_and(|c| c.starts_with(&uuid)),
             "{topic}: {:?}",
             record.headers
+        );
+        // A CloudEvent of the state topic's resource, from the account, about the extension.
+        let event = crate::common::cloudevents::event(record).unwrap();
+        let resource = topic.strip_prefix("ringcentral.state.").unwrap();
+        assert_eq!(event.ty(), format!("com.ringcentral.state.{resource}"));
+        let source = format!("{}/restapi/v1.0/account/{account}", fake.url);
+        assert_eq!(event.source().to_string(), source, "{topic}");
+        let subject = (*key == EXTENSION).then_some(EXTENSION);
+        assert_eq!(event.subject(), subject, "{topic}");
+        assert_eq!(
+            event.time().is_some(),
+            record.header("rc-fetched-at").is_some()
         );
     }
     // Features, Limits and Permissions share one GET, as do ExtensionInfo and ProfileImage, and

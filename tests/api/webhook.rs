@@ -20,6 +20,14 @@ async fn every_documented_variant_is_published_as_the_contract_says() {
     app.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cloudevents_the_contract_is_the_same_without_ce_headers() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| a.cloudevents = false).await;
+    check_contract(&app).await;
+    app.shutdown().await;
+}
+
 /// Sends a raw HTTP/1.1 request and returns the whole response as bytes.
 async fn raw_exchange(address: &str, request: String) -> Vec<u8> {
     let host = address.trim_start_matches("http://");

@@ -8,6 +8,7 @@
 #[path = "../common"]
 mod common {
     pub mod app;
+    pub mod cloudevents;
     pub mod contract;
     pub mod fake_extensions;
     // The fake serves all the RingCentral the mock-cluster suite needs; this suite needs its

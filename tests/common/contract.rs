@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use cloudevents::AttributesReader;
 use rc_kafka_bridge::routing::BUILT_IN_HINTS;
 use serde_json::{Value, json};
 
@@ -225,25 +226,37 @@ pub async fn check_contract(app: &TestApp) {
         .find(|m| m.uuid() == uuid)
         .expect("CompanyNumbers message");
     assert_eq!(m.key, "8475874957");
-    assert_eq!(
-        m.headers,
-        vec![
+    let message_id =
+        format!("{uuid}:8475874957:CompanyNumbers:ringcentral.account.extension.phone-number");
+    let mut headers: Vec<(String, String)> = vec![
+        ("rc-message-id".to_string(), message_id.clone()),
+        ("rc-notification-uuid".into(), uuid.into()),
+        ("rc-event-type".into(), "Update".into()),
+        ("rc-hint".into(), "CompanyNumbers".into()),
+        (
+            "rc-subscription-id".into(),
+            "9d38419f-645f-4ee3-a053-8cf1368c21c4".into(),
+        ),
+        ("content-type".into(), "application/json".into()),
+    ];
+    if app.settings.cloudevents {
+        let server = &app.settings.ringcentral.server;
+        headers.extend([
+            ("ce_specversion".to_string(), "1.0".to_string()),
+            ("ce_id".into(), message_id),
             (
-                "rc-message-id".to_string(),
-                format!(
-                    "{uuid}:8475874957:CompanyNumbers:ringcentral.account.extension.phone-number"
-                )
+                "ce_source".into(),
+                format!("{server}/restapi/v1.0/account/~"),
             ),
-            ("rc-notification-uuid".into(), uuid.into()),
-            ("rc-event-type".into(), "Update".into()),
-            ("rc-hint".into(), "CompanyNumbers".into()),
             (
-                "rc-subscription-id".into(),
-                "9d38419f-645f-4ee3-a053-8cf1368c21c4".into()
+                "ce_type".into(),
+                "com.ringcentral.extension.hint.CompanyNumbers".into(),
             ),
-            ("content-type".into(), "application/json".into()),
-        ]
-    );
+            ("ce_time".into(), "2013-06-14T12:00:00.000Z".into()),
+            ("ce_subject".into(), "8475874957".into()),
+        ]);
+    }
+    assert_eq!(m.headers, headers);
     assert!(!m.tombstone, "a hint message always has a value");
     let mut value = m.value();
     let received_at = value["receivedAt"].take();
@@ -310,11 +323,68 @@ pub async fn check_contract(app: &TestApp) {
             } else {
                 assert_eq!(value["hint"].as_str(), m.header("rc-hint"), "{what}");
             }
+            check_cloudevent(app, m, what);
         }
+    }
+    // A timestamp with a basic offset is given as RFC 3339.
+    let numeric = published["ringcentral.account"]
+        .iter()
+        .find(|m| m.uuid().starts_with("case-numeric-"))
+        .expect("the numeric case's message");
+    if app.settings.cloudevents {
+        let event = super::cloudevents::event(numeric).unwrap();
+        let time = event.time().expect("ce_time").to_rfc3339();
+        assert_eq!(time, "2014-04-29T14:29:27.408+00:00");
     }
 
     // Nothing else was published anywhere.
     let total: usize = published.values().map(Vec::len).sum();
     let expected_total: usize = 2 + cases.iter().map(|(_, _, e)| e.len()).sum::<usize>();
     assert_eq!(total, expected_total, "no message beyond the planned ones");
+}
+
+/// With CloudEvents on, `m` reads as an event through the SDK, with the attributes the message
+/// contract gives it; with them off, it has no `ce_` header.
+fn check_cloudevent(app: &TestApp, m: &Received, what: &str) {
+    if !app.settings.cloudevents {
+        assert!(
+            m.headers.iter().all(|(name, _)| !name.starts_with("ce_")),
+            "{what}: {:?}",
+            m.headers
+        );
+        return;
+    }
+    let event = super::cloudevents::event(m).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let message_id = m.header("rc-message-id").unwrap();
+    assert_eq!(event.id(), message_id, "{what}");
+    assert_eq!(event.datacontenttype(), Some("application/json"), "{what}");
+    assert!(event.time().is_some(), "{what}");
+    let value = m.value();
+    let api = format!("{}/restapi/v1.0", app.settings.ringcentral.server);
+    let (ty, source, subject) = if message_id.contains("::Unrouted:") {
+        (
+            "com.ringcentral.notification.unrouted".to_string(),
+            api,
+            None,
+        )
+    } else if message_id.contains("::SubscriptionReminder:") {
+        let subscription = value["subscriptionId"].as_str().unwrap();
+        (
+            "com.ringcentral.subscription.reminder".to_string(),
+            format!("{api}/subscription/{subscription}"),
+            None,
+        )
+    } else {
+        let ty = match (m.header("rc-hint"), m.header("rc-event-type")) {
+            (Some(hint), _) => format!("com.ringcentral.extension.hint.{hint}"),
+            (None, Some("Delete")) => "com.ringcentral.extension.deleted".to_string(),
+            (None, Some("Create")) => "com.ringcentral.extension.created".to_string(),
+            (None, other) => panic!("{what}: an extension message with event type {other:?}"),
+        };
+        let account = value["accountId"].as_str().unwrap();
+        (ty, format!("{api}/account/{account}"), Some(m.key.as_str()))
+    };
+    assert_eq!(event.ty(), ty, "{what}");
+    assert_eq!(event.source().to_string(), source, "{what}");
+    assert_eq!(event.subject(), subject, "{what}");
 }
