@@ -30,6 +30,7 @@ use crate::ringcentral::SubscriptionId;
 use crate::routing::RoutingTable;
 use crate::secret::Secret;
 use crate::sink::{Acceptance, Sink, SinkError};
+use crate::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 
 pub const VALIDATION_TOKEN: &str = "validation-token";
 pub const VERIFICATION_TOKEN: &str = "verification-token";
@@ -234,7 +235,7 @@ impl From<BytesRejection> for Rejection {
     }
 }
 
-#[tracing::instrument(name = "webhook", skip_all, fields(uuid, kind))]
+#[tracing::instrument(name = "webhook", skip_all, fields(uuid, kind, trace_id))]
 async fn webhook(
     State(state): State<IngressState>,
     headers: HeaderMap,
@@ -321,7 +322,11 @@ async fn webhook(
         .format(&Rfc3339)
         .expect("now formats as RFC 3339");
     let routing = state.routing.load();
-    let plan = routing.plan(&notification, &body, &received_at);
+    let mut plan = routing.plan(&notification, &body, &received_at);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::continue_or_start(header(TRACEPARENT), header(TRACESTATE));
+    span.record("trace_id", trace.trace_id().as_str());
+    trace.stamp(&mut plan, routing.cloudevents().is_some());
     // One message per unknown hint is planned on the unrouted topic: count what was planned.
     let unknown = plan
         .messages

@@ -45,3 +45,4 @@ pub mod sink;
 pub mod spool;
 pub mod state;
 pub mod telemetry;
+pub mod trace_context;

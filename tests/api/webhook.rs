@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::app::{TestApp, http};
-use crate::common::contract::{check_contract, read_all_before_marker};
-use crate::common::kafka::read_until;
+use crate::common::contract::{check_contract, is_traceparent, read_all_before_marker};
+use crate::common::kafka::{Received, read_until};
 use crate::common::metrics::sample;
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{DOCUMENTED_EXAMPLE, extension_update, unique};
@@ -17,6 +17,69 @@ async fn every_documented_variant_is_published_as_the_contract_says() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
     check_contract(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_continues_the_callers_trace_or_starts_one_on_every_message() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |_| {}).await;
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = format!("traced-{}", unique());
+    let body = extension_update(&traced, "201", &["ExtensionInfo", "CompanyNumbers"]);
+    let headers = [
+        ("traceparent", given),
+        ("tracestate", "rojo=00f067aa0ba902b7"),
+    ];
+    assert_eq!(
+        app.post_with(body.to_string(), &headers).await.status(),
+        200
+    );
+    let fresh = [format!("fresh-{}", unique()), format!("fresh-{}", unique())];
+    for uuid in &fresh {
+        let body = extension_update(uuid, "202", &["ExtensionInfo", "CompanyNumbers"]);
+        assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+    }
+    let topics = [
+        "ringcentral.account.extension",
+        "ringcentral.account.extension.phone-number",
+    ]
+    .map(String::from);
+    let uuids = [traced.clone(), fresh[0].clone(), fresh[1].clone()];
+    let all = |read: &[Received]| {
+        uuids
+            .iter()
+            .all(|u| read.iter().filter(|m| m.uuid() == u).count() == 2)
+    };
+    let read = read_until(&kafka.bootstrap, &topics, Duration::from_secs(30), all).await;
+    assert!(all(&read), "two messages per notification");
+    let trace_of = |uuid: &str| -> Vec<String> {
+        read.iter()
+            .filter(|m| m.uuid() == uuid)
+            .map(|m| {
+                let parent = m.header("traceparent").expect("a traceparent").to_string();
+                assert!(is_traceparent(&parent), "{parent}");
+                assert_eq!(m.header("ce_traceparent"), Some(parent.as_str()));
+                parent.split('-').nth(1).unwrap().to_string()
+            })
+            .collect()
+    };
+    // The caller's trace, continued by the bridge's span, its trace state passed on.
+    for m in read.iter().filter(|m| m.uuid() == traced) {
+        let parent = m.header("traceparent").unwrap();
+        assert!(
+            parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{parent}"
+        );
+        assert_ne!(parent, given, "the bridge's own span is the parent");
+        assert_eq!(m.header("tracestate"), Some("rojo=00f067aa0ba902b7"));
+    }
+    assert_eq!(trace_of(&traced), ["4bf92f3577b34da6a3ce929d0e0e4736"; 2]);
+    // Without one: a trace per notification, shared by its messages.
+    let (a, b) = (trace_of(&fresh[0]), trace_of(&fresh[1]));
+    assert_eq!(a[0], a[1]);
+    assert_eq!(b[0], b[1]);
+    assert_ne!(a[0], b[0]);
     app.shutdown().await;
 }
 

@@ -256,7 +256,23 @@ pub async fn check_contract(app: &TestApp) {
             ("ce_subject".into(), "8475874957".into()),
         ]);
     }
-    assert_eq!(m.headers, headers);
+    // The trace headers close the list: the notification's trace, started here (no traceparent).
+    let (trace, others): (Vec<_>, Vec<_>) = m
+        .headers
+        .iter()
+        .cloned()
+        .partition(|(name, _)| name.ends_with("traceparent"));
+    assert_eq!(others, headers);
+    let traceparent = m.header("traceparent").expect("a traceparent");
+    assert!(is_traceparent(traceparent), "{traceparent}");
+    let mut names: Vec<&str> = trace.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort();
+    if app.settings.cloudevents {
+        assert_eq!(names, ["ce_traceparent", "traceparent"]);
+        assert_eq!(m.header("ce_traceparent"), Some(traceparent));
+    } else {
+        assert_eq!(names, ["traceparent"]);
+    }
     assert!(!m.tombstone, "a hint message always has a value");
     let mut value = m.value();
     let received_at = value["receivedAt"].take();
@@ -387,4 +403,21 @@ fn check_cloudevent(app: &TestApp, m: &Received, what: &str) {
     assert_eq!(event.ty(), ty, "{what}");
     assert_eq!(event.source().to_string(), source, "{what}");
     assert_eq!(event.subject(), subject, "{what}");
+}
+
+/// Whether `header` is a W3C `traceparent` of version 00: lowercase hex ids, not zero, sampled or not.
+pub fn is_traceparent(header: &str) -> bool {
+    let fields: Vec<&str> = header.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    fields.len() == 4
+        && fields[0] == "00"
+        && hex(fields[1], 32)
+        && fields[1].bytes().any(|b| b != b'0')
+        && hex(fields[2], 16)
+        && fields[2].bytes().any(|b| b != b'0')
+        && (fields[3] == "00" || fields[3] == "01")
 }

@@ -1,0 +1,209 @@
+//! W3C Trace Context: the trace a notification belongs to, carried on every message it becomes, so
+//! that a consumer continues the trace. A `traceparent` on the webhook request is continued (same
+//! trace, the bridge's own span as the parent); without one, or with one that is not valid, the
+//! notification starts a trace. The headers are planned into the spool entry with the messages, so a
+//! notification relayed after a restart still carries its trace.
+
+use std::fmt;
+
+use crate::routing::RoutePlan;
+
+/// The request and message header of the trace's position.
+pub const TRACEPARENT: &str = "traceparent";
+/// Vendors' trace state, passed on unchanged.
+pub const TRACESTATE: &str = "tracestate";
+/// The CloudEvents distributed-tracing extension's attributes, in the Kafka binding's names.
+const CE_TRACEPARENT: &str = "ce_traceparent";
+const CE_TRACESTATE: &str = "ce_tracestate";
+/// The longest `tracestate` passed on (the W3C limit is 32 entries of at most 256 characters; 512
+/// is what the specification asks to propagate at least).
+const MAX_TRACESTATE: usize = 512;
+
+/// One notification's place in a trace: the trace and the bridge's span in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+    state: Option<String>,
+}
+
+impl TraceContext {
+    /// Continues the trace of `traceparent` (and its `tracestate`) with a span of the bridge, or
+    /// starts a trace when there is none or it is not valid.
+    pub fn continue_or_start(traceparent: Option<&str>, tracestate: Option<&str>) -> TraceContext {
+        let span_id = random_id::<8>();
+        match traceparent.and_then(parse) {
+            Some((trace_id, sampled)) => TraceContext {
+                trace_id,
+                span_id,
+                sampled,
+                state: tracestate
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE && s.is_ascii())
+                    .map(str::to_string),
+            },
+            None => TraceContext {
+                trace_id: random_id::<16>(),
+                span_id,
+                sampled: true,
+                state: None,
+            },
+        }
+    }
+
+    /// The trace id as 32 hex digits, for logs.
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// Adds the trace headers to every message of `plan` (and the CloudEvents extension's when
+    /// `cloudevents`).
+    pub fn stamp(&self, plan: &mut RoutePlan, cloudevents: bool) {
+        let parent = self.to_string();
+        for message in &mut plan.messages {
+            message.headers.push((TRACEPARENT.into(), parent.clone()));
+            if let Some(state) = &self.state {
+                message.headers.push((TRACESTATE.into(), state.clone()));
+            }
+            if cloudevents && message.header("ce_specversion").is_some() {
+                message
+                    .headers
+                    .push((CE_TRACEPARENT.into(), parent.clone()));
+                if let Some(state) = &self.state {
+                    message.headers.push((CE_TRACESTATE.into(), state.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// `version-traceid-parentid-flags`, as W3C Trace Context level 1 reads it: version 00 exactly,
+/// a later version by its first four fields; a trace or parent id of zeros is invalid.
+fn parse(header: &str) -> Option<([u8; 16], bool)> {
+    let header = header.trim();
+    let mut fields = header.split('-');
+    let version = fields.next()?;
+    let trace = fields.next()?;
+    let parent = fields.next()?;
+    let flags = fields.next()?;
+    let more = fields.next().is_some();
+    let version = u8::from_str_radix(lower_hex(version, 2)?, 16).ok()?;
+    if version == 0xff || (version == 0 && more) {
+        return None;
+    }
+    let trace_id: [u8; 16] = decode(lower_hex(trace, 32)?)?;
+    let parent_id: [u8; 8] = decode(lower_hex(parent, 16)?)?;
+    let flags = u8::from_str_radix(lower_hex(flags, 2)?, 16).ok()?;
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, flags & 1 == 1))
+}
+
+/// `text` when it is `len` lowercase hex digits.
+fn lower_hex(text: &str, len: usize) -> Option<&str> {
+    (text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then_some(text)
+}
+
+fn decode<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    let mut bytes = [0u8; N];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random id that is not all zeros (which W3C reserves for "none").
+fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    while id == [0u8; N] {
+        getrandom::fill(&mut id).expect("the OS random source");
+    }
+    id
+}
+
+impl fmt::Display for TraceContext {
+    /// The `traceparent` of the bridge's span.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flags = if self.sampled { "01" } else { "00" };
+        write!(
+            f,
+            "00-{}-{}-{flags}",
+            hex(&self.trace_id),
+            hex(&self.span_id)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIVEN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_continued_with_a_span_of_the_bridge() {
+        let context = TraceContext::continue_or_start(Some(GIVEN), Some("rojo=00f067aa0ba902b7"));
+        let parent = context.to_string();
+        assert!(
+            parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{parent}"
+        );
+        assert!(parent.ends_with("-01"));
+        assert_ne!(parent, GIVEN, "the bridge's span is the new parent");
+        assert_eq!(context.state.as_deref(), Some("rojo=00f067aa0ba902b7"));
+        let unsampled = GIVEN.replace("-01", "-00");
+        let context = TraceContext::continue_or_start(Some(&unsampled), None);
+        assert!(
+            context.to_string().ends_with("-00"),
+            "the sampling decision is kept"
+        );
+    }
+
+    #[test]
+    fn an_invalid_traceparent_starts_a_trace() {
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let context = TraceContext::continue_or_start(Some(invalid), Some("a=b"));
+            assert_ne!(
+                context.trace_id(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{invalid}"
+            );
+            assert_eq!(
+                context.state, None,
+                "{invalid}: a tracestate belongs to its parent"
+            );
+            assert!(
+                parse(&context.to_string()).is_some(),
+                "{invalid}: starts a valid one"
+            );
+        }
+        // A later version is read by its first four fields.
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
+        let context = TraceContext::continue_or_start(Some(future), None);
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn started_traces_differ() {
+        let a = TraceContext::continue_or_start(None, None);
+        let b = TraceContext::continue_or_start(None, None);
+        assert_ne!(a.trace_id(), b.trace_id());
+        assert!(parse(&a.to_string()).is_some());
+    }
+}
