@@ -326,7 +326,7 @@ async fn webhook(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let trace = TraceContext::continue_or_start(header(TRACEPARENT), header(TRACESTATE));
     span.record("trace_id", trace.trace_id().as_str());
-    trace.stamp(&mut plan, routing.cloudevents().is_some());
+    trace.stamp(&mut plan);
     // One message per unknown hint is planned on the unrouted topic: count what was planned.
     let unknown = plan
         .messages

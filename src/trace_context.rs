@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::routing::RoutePlan;
+use crate::routing::{OutboundMessage, RoutePlan};
 
 /// The request and message header of the trace's position.
 pub const TRACEPARENT: &str = "traceparent";
@@ -57,22 +57,26 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
-    /// Adds the trace headers to every message of `plan` (and the CloudEvents extension's when
-    /// `cloudevents`).
-    pub fn stamp(&self, plan: &mut RoutePlan, cloudevents: bool) {
-        let parent = self.to_string();
+    /// Adds the trace headers to every message of `plan`.
+    pub fn stamp(&self, plan: &mut RoutePlan) {
         for message in &mut plan.messages {
-            message.headers.push((TRACEPARENT.into(), parent.clone()));
+            self.stamp_message(message);
+        }
+    }
+
+    /// Adds the trace headers to `message`, and the CloudEvents tracing extension's when it is a
+    /// CloudEvent.
+    pub fn stamp_message(&self, message: &mut OutboundMessage) {
+        let parent = self.to_string();
+        let cloudevent = message.header("ce_specversion").is_some();
+        message.headers.push((TRACEPARENT.into(), parent.clone()));
+        if let Some(state) = &self.state {
+            message.headers.push((TRACESTATE.into(), state.clone()));
+        }
+        if cloudevent {
+            message.headers.push((CE_TRACEPARENT.into(), parent));
             if let Some(state) = &self.state {
-                message.headers.push((TRACESTATE.into(), state.clone()));
-            }
-            if cloudevents && message.header("ce_specversion").is_some() {
-                message
-                    .headers
-                    .push((CE_TRACEPARENT.into(), parent.clone()));
-                if let Some(state) = &self.state {
-                    message.headers.push((CE_TRACESTATE.into(), state.clone()));
-                }
+                message.headers.push((CE_TRACESTATE.into(), state.clone()));
             }
         }
     }

@@ -15,7 +15,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
@@ -31,6 +31,7 @@ use crate::ringcentral::RingCentral;
 use crate::routing::cloudevents::{CloudEvents, Event, Kind, Source};
 use crate::routing::{OutboundMessage, RoutingTable, Topic};
 use crate::shutdown::Shutdown;
+use crate::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// Requests taken per batch: the unit of coalescing.
 const BATCH: usize = 500;
@@ -79,6 +80,8 @@ struct Queued {
     request: Request,
     partition: i32,
     offset: i64,
+    /// The trace of the notification that queued it, continued by the fetch.
+    trace: Option<TraceContext>,
 }
 
 pub struct Fetcher {
@@ -101,6 +104,8 @@ struct Worker {
     per_extension_topics: Vec<Topic>,
     index: Option<IndexFeed>,
     cloudevents: Option<StateEvents>,
+    /// The trace of the request being carried out: its state records continue it.
+    trace: Option<TraceContext>,
     metrics: Metrics,
     shutdown: Shutdown,
     oldest: Arc<OldestRequest>,
@@ -234,6 +239,7 @@ impl Fetcher {
                         extension_topic,
                         index_topic: state.index_topic.clone(),
                     }),
+                trace: None,
                 cloudevents: routing.cloudevents().map(|cloudevents| StateEvents {
                     cloudevents: cloudevents.clone(),
                     state_prefix: state.state_prefix.clone(),
@@ -348,11 +354,19 @@ fn read(received: Result<BorrowedMessage<'_>, KafkaError>) -> Option<Queued> {
             return None;
         }
     };
+    let header = |name: &str| {
+        let headers = message.headers()?;
+        let found = headers.iter().find(|h| h.key == name)?;
+        std::str::from_utf8(found.value?).ok()
+    };
+    let trace = header(TRACEPARENT)
+        .map(|parent| TraceContext::continue_or_start(Some(parent), header(TRACESTATE)));
     match message.payload().map(serde_json::from_slice::<Request>) {
         Some(Ok(request)) => Some(Queued {
             request,
             partition: message.partition(),
             offset: message.offset(),
+            trace,
         }),
         _ => {
             tracing::error!(
@@ -383,6 +397,7 @@ impl Worker {
     ) -> bool {
         for (n, queued) in batch.iter().enumerate() {
             self.oldest.note(Some(queued));
+            self.trace = queued.trace.clone();
             if let Handled::Stopped = self.handle(&queued.request).await {
                 return false;
             }
@@ -548,14 +563,18 @@ impl Worker {
         if let Some(events) = &self.cloudevents {
             headers.extend(events.headers(resource, &fetched_at));
         }
-        OutboundMessage {
+        let mut message = OutboundMessage {
             topic: resource.key.topic.to_string(),
             key: resource.key.key.clone(),
             headers,
             value: value.unwrap_or_default(),
             hint_label: if tombstone { "tombstone" } else { "state" }.into(),
             tombstone,
+        };
+        if let Some(trace) = &self.trace {
+            trace.stamp_message(&mut message);
         }
+        message
     }
 
     fn count(&self, group: &str, outcome: &str) {
@@ -609,8 +628,11 @@ impl Worker {
         if let Request::Fetch { requeued, .. } = &mut request {
             *requeued += 1;
         }
-        self.publish(vec![request.message(&self.requests_topic)], "")
-            .await
+        let mut message = request.message(&self.requests_topic);
+        if let Some(trace) = &self.trace {
+            trace.stamp_message(&mut message);
+        }
+        self.publish(vec![message], "").await
     }
 
     /// Publishes until Kafka acknowledged every message. A message Kafka refuses for good (too
@@ -765,6 +787,7 @@ mod tests {
                 request,
                 partition: 0,
                 offset,
+                trace: None,
             })
             .collect()
     }

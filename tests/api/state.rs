@@ -223,7 +223,12 @@ async fn every_fetchable_hint_publishes_the_state_of_its_resource() {
     ];
     let uuid = format!("every-{}", unique());
     let body = extension_update(&uuid, EXTENSION, &hints);
-    assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let posted = app
+        .post_with(body.to_string(), &[("traceparent", &traceparent)])
+        .await;
+    assert_eq!(posted.status(), 200);
 
     // Each state topic, its key, and what its record holds.
     let account = "37439510";
@@ -304,6 +309,13 @@ async fn every_fetchable_hint_publishes_the_state_of_its_resource() {
             event.time().is_some(),
             record.header("rc-fetched-at").is_some()
         );
+        // The notification's trace, continued by the fetch.
+        let parent = record.header("traceparent").unwrap_or_default();
+        assert!(
+            parent.starts_with(&format!("00-{trace}-")),
+            "{topic}: {parent}"
+        );
+        assert_ne!(parent, traceparent);
     }
     // Features, Limits and Permissions share one GET, as do ExtensionInfo and ProfileImage, and
     // the two account hints: one fetch each (the phone numbers take two pages).
