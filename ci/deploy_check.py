@@ -9,8 +9,17 @@ Subcommands:
                              configMapGenerator files; enough to validate the base without kustomize)
   validate-k8s VERSION FILE  validate every object of a YAML stream against Kubernetes VERSION's schemas
                              (strict: unknown fields fail); CRDs are checked here by hand
-  check-wiring FILE          check what schemas cannot: selectors, ports, probes, references, grace period,
-                             a spool volume large enough for spool_max_bytes
+  check-wiring FILE [SECRET...]  check what schemas cannot: selectors, ports, probes, references, grace
+                             period, a spool volume large enough for spool_max_bytes; the Secrets named
+                             SECRET are expected outside the stream (a Helm chart's existingSecret)
+  same-objects BASE OTHER    fail unless the YAML stream OTHER (a Helm chart's rendering) holds the objects
+                             of BASE (the kustomize base's): the same kinds and names, and the same content
+                             but for added labels and annotations, a Secret's encoding and the config's
+                             TOML layout
+  container-flags FILE       print the --flags of the bridge's container args in a YAML stream
+  container-env FILE         print the bridge's environment in a YAML stream as NAME=VALUE lines, for
+                             running its commands here: a Secret's value stands in for itself, and the
+                             paths inside the container (RCKB_CONFIG, RCKB_SPOOL_DIR) are left out
   prometheusrule-spec FILE   print the `spec` of the PrometheusRule in a YAML stream (for promtool)
   same-rules RULES FILE      fail unless that PrometheusRule's spec equals the rules file RULES
   sync-prometheusrule RULES OUT   rewrite the PrometheusRule OUT to embed RULES
@@ -254,7 +263,7 @@ def seconds(duration):
     return {"ms": value / 1000, "s": value, "m": value * 60}[unit]
 
 
-def check_wiring(path):
+def check_wiring(path, *external_secrets):
     """What schemas cannot see: names, ports and labels that must agree across objects."""
     objects = load_stream(path)
     by_kind = {}
@@ -309,7 +318,7 @@ def check_wiring(path):
     secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
     for variable in env.values():
         ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
-        if ref:
+        if ref and ref["name"] not in external_secrets:
             secret = secrets.get(ref["name"])
             keys = set((secret or {}).get("stringData", {})) | set((secret or {}).get("data", {}))
             if ref["key"] not in keys:
@@ -397,6 +406,125 @@ def check_spool_volume(sts, env, config_maps, problems):
         problems.append(f"spool_max_bytes {max_bytes} lets the spool file grow to {needed:.0f} bytes "
                         f"({factor} x), over {FILESYSTEM_SHARE:.0%} of the spool volume ({volume} bytes)")
     return f"spool file up to {needed / 2**30:.2f} GiB on a {volume / 2**30:g} GiB volume"
+
+
+# ---- the Helm chart against the kustomize base --------------------------------------------------------
+
+# Keys whose value is a set of labels: the chart adds its own (app.kubernetes.io/instance, helm.sh/chart,
+# ...) to every set, so the base's must be a subset of the chart's.
+LABEL_KEYS = {"labels", "matchLabels"}
+
+
+def label_map(value):
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def compare(base, other, where, problems):
+    """Appends to problems every difference between base and other, but for added labels and annotations."""
+    if isinstance(base, dict) and isinstance(other, dict):
+        for key in sorted(set(base) | set(other)):
+            path = f"{where}.{key}"
+            if key == "annotations":
+                continue  # the chart adds checksums of the configuration; the base has none of its own
+            if key not in other:
+                problems.append(f"{path}: missing (base: {base[key]!r})")
+            elif key not in base:
+                if key not in LABEL_KEYS:
+                    problems.append(f"{path}: not in the base ({other[key]!r})")
+            elif (key in LABEL_KEYS or key == "selector") and label_map(base[key]) and label_map(other[key]):
+                # Services' selectors are label sets too.
+                missing = {k: v for k, v in base[key].items() if other[key].get(k) != v}
+                if missing:
+                    problems.append(f"{path}: lacks the base's {missing}")
+            else:
+                compare(base[key], other[key], path, problems)
+    elif isinstance(base, list) and isinstance(other, list):
+        if len(base) != len(other):
+            problems.append(f"{where}: {len(other)} items, the base {len(base)}")
+        for i, (b, o) in enumerate(zip(base, other)):
+            compare(b, o, f"{where}[{i}]", problems)
+    elif base != other:
+        problems.append(f"{where}: {other!r}, the base {base!r}")
+
+
+def normalised(obj, renames):
+    """An object with what may differ without changing what Kubernetes runs set aside: generated names
+    (kustomize's hashed ConfigMap names, in references too), a Secret's data as plain strings, the
+    configuration as parsed TOML rather than text."""
+    import base64
+
+    def rename(node):
+        if isinstance(node, dict):
+            return {k: rename(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return renames.get(node, node) if isinstance(node, str) else node
+
+    obj = rename(obj)
+    if obj.get("kind") == "Secret":
+        data = {k: base64.b64decode(v).decode() for k, v in (obj.pop("data", None) or {}).items()}
+        data.update(obj.pop("stringData", None) or {})
+        obj["stringData"] = data
+    if obj.get("kind") == "ConfigMap":
+        obj["data"] = {k: tomllib.loads(v) if k.endswith(".toml") else v
+                       for k, v in (obj.get("data") or {}).items()}
+    return obj
+
+
+def same_objects(base_path, other_path):
+    base, other = load_stream(base_path), load_stream(other_path)
+    # kubectl kustomize appends a hash of the content to a generated ConfigMap's name.
+    renames = {o["metadata"]["name"]: re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"])
+               for o in base if o["kind"] == "ConfigMap"}
+    base = {(o["kind"], renames.get(o["metadata"]["name"], o["metadata"]["name"])): normalised(o, renames)
+            for o in base}
+    other = {(o["kind"], o["metadata"]["name"]): normalised(o, {}) for o in other}
+    failures = 0
+    for key in sorted(set(base) | set(other)):
+        what = "/".join(key)
+        if key not in other:
+            print(f"  FAIL {what}: in the base, not rendered")
+            failures += 1
+            continue
+        if key not in base:
+            print(f"  FAIL {what}: rendered, not in the base")
+            failures += 1
+            continue
+        problems = []
+        compare(base[key], other[key], what, problems)
+        for problem in problems:
+            print(f"  FAIL {problem}")
+        if not problems:
+            print(f"  ok   {what}")
+        failures += bool(problems)
+    if failures:
+        fail(f"{failures} object(s) of {other_path} differ from {base_path}")
+
+
+def container_flags(path):
+    """The --flags among the args of every StatefulSet's containers, one a line."""
+    for obj in load_stream(path):
+        if obj.get("kind") == "StatefulSet":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                for arg in container.get("args", []):
+                    if arg.startswith("--"):
+                        print(arg.split("=", 1)[0])
+
+
+CONTAINER_PATHS = {"RCKB_CONFIG", "RCKB_SPOOL_DIR"}
+
+
+def container_env(path):
+    for obj in load_stream(path):
+        if obj.get("kind") == "StatefulSet":
+            for variable in obj["spec"]["template"]["spec"]["containers"][0].get("env", []):
+                if variable["name"] in CONTAINER_PATHS:
+                    continue
+                ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    print(f"{variable['name']}=a-value-from-secret-{ref['name']}-{ref['key']}")
+                elif "value" in variable:
+                    print(f"{variable['name']}={variable['value']}")
 
 
 # ---- PrometheusRule ---------------------------------------------------------------------------------
@@ -585,7 +713,9 @@ COMMANDS = {
     "run-healthcheck": (run_healthcheck, 2),
     "kustomize": (kustomize, 1),
     "validate-k8s": (validate_k8s, 2),
-    "check-wiring": (check_wiring, 1),
+    "same-objects": (same_objects, 2),
+    "container-flags": (container_flags, 1),
+    "container-env": (container_env, 1),
     "prometheusrule-spec": (prometheusrule_spec, 1),
     "same-rules": (same_rules, 2),
     "sync-prometheusrule": (sync_prometheusrule, 2),
@@ -599,6 +729,8 @@ COMMANDS = {
 def main(argv):
     if len(argv) >= 2 and argv[0] == "dashboard-metrics":
         return dashboard_metrics(argv[1], argv[2:])
+    if len(argv) >= 2 and argv[0] == "check-wiring":
+        return check_wiring(*argv[1:])
     if not argv or argv[0] not in COMMANDS or len(argv) - 1 != COMMANDS[argv[0]][1]:
         sys.exit(__doc__)
     function, _ = COMMANDS[argv[0]]

