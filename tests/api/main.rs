@@ -21,6 +21,7 @@ mod common {
     pub mod process;
     pub mod router;
     pub mod scenarios;
+    pub mod schemas;
 }
 
 mod delivery;

@@ -20,6 +20,7 @@ mod common {
     pub mod polling;
     pub mod process;
     pub mod scenarios;
+    pub mod schemas;
 }
 
 use std::process::{Child, Command, Stdio};

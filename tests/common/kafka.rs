@@ -29,9 +29,10 @@ pub struct Received {
 }
 
 impl Received {
+    /// The record, once it passed its schemas' checks.
     fn from_kafka(m: &BorrowedMessage<'_>) -> Received {
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        Received {
+        let received = Received {
             topic: m.topic().to_string(),
             key: m.key().map(text).unwrap_or_default(),
             headers: m
@@ -44,7 +45,9 @@ impl Received {
                 .unwrap_or_default(),
             raw: m.payload().map(text).unwrap_or_default(),
             tombstone: m.payload().is_none(),
-        }
+        };
+        super::schemas::check(&received);
+        received
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
