@@ -28,6 +28,7 @@
 //! Modules are public only where the binary, the tests or the benchmarks need them.
 
 pub mod app;
+pub mod asyncapi;
 pub mod cli;
 pub mod config;
 pub mod ingress;

@@ -61,6 +61,14 @@ enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Print the AsyncAPI 3.0 document of this configuration's topics and messages.
+    Asyncapi {
+        /// yaml or json.
+        #[arg(long, value_enum, default_value_t = DocumentFormat::Yaml)]
+        format: DocumentFormat,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
     /// Print the messages of topics: partition, offset, key, headers and value. Reads by partition
     /// assignment (no consumer group). Without --brokers, reads the embedded broker of the bridge
     /// running with the same --spool-dir.
@@ -83,6 +91,12 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DocumentFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +241,17 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Command::State {
             command: StateCommand::Reconcile { settings },
         } => state::reconcile(&Settings::load(&settings)?),
+        Command::Asyncapi { format, settings } => {
+            let document = crate::asyncapi::document(&Settings::load(&settings)?);
+            match format {
+                DocumentFormat::Yaml => print!("{}", crate::asyncapi::to_yaml(&document)),
+                DocumentFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&document).expect("JSON always serialises")
+                ),
+            }
+            Ok(())
+        }
         Command::Tail {
             topics,
             from_beginning,

@@ -146,3 +146,101 @@ fn every_setting_has_its_key_in_the_example_config() {
         .collect();
     assert!(missing.is_empty(), "config.example.toml lacks {missing:?}");
 }
+
+/// `rc-kafka-bridge asyncapi` with `args`, its standard output.
+fn asyncapi(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+        .arg("asyncapi")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_asyncapi_document_is_the_commands_and_valid_asyncapi_3() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/asyncapi.yaml");
+    let printed = asyncapi(&[]);
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &printed).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        checked_in == printed,
+        "docs/asyncapi.yaml is out of date: run `UPDATE_DOCS=1 cargo test --test api docs`"
+    );
+    let document: serde_json::Value =
+        serde_json::from_str(&asyncapi(&["--format", "json"])).unwrap();
+    let spec =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/asyncapi-3.0.0.schema.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spec).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&spec).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The YAML says what the JSON says.
+    let yaml: serde_json::Value = yaml_serde::from_str(&printed).unwrap();
+    assert_eq!(yaml, document);
+}
+
+#[test]
+fn the_asyncapi_document_follows_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        "topic_prefix = \"acme.\"\n[hints]\nHolidays = [\"account/~/extension/~/holidays\"]\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let document: serde_json::Value = serde_json::from_str(&asyncapi(&[
+        "--format",
+        "json",
+        "--config",
+        config,
+        "--state",
+        "--rc-client-id",
+        "id",
+        "--rc-client-secret",
+        "secret",
+        "--rc-jwt",
+        "jwt",
+    ]))
+    .unwrap();
+    let channels = document["channels"].as_object().unwrap();
+    let channel = |address: &str| {
+        channels
+            .values()
+            .find(|c| c["address"] == address)
+            .unwrap_or_else(|| panic!("no channel {address}"))
+    };
+    let holidays = channel("acme.account.extension.holidays");
+    assert!(
+        holidays["description"]
+            .as_str()
+            .unwrap()
+            .contains("Holidays")
+    );
+    assert!(holidays["messages"]["hint"].is_object());
+    // State topics are compacted; hint topics are not.
+    let features = channel("acme.state.account.extension.features");
+    assert_eq!(
+        features["bindings"]["kafka"]["topicConfiguration"]["cleanup.policy"],
+        serde_json::json!(["compact"])
+    );
+    assert!(features["messages"]["stateTombstone"].is_object());
+    assert!(holidays["bindings"]["kafka"]["topicConfiguration"].is_null());
+    assert!(
+        channels
+            .values()
+            .all(|c| c["address"].as_str().unwrap().starts_with("acme."))
+    );
+}
