@@ -206,11 +206,17 @@ impl ProducerFactory {
 
 /// The configuration of a member of `group` among the replicas: offsets committed by the bridge
 /// only, and a session of 10 s unless the properties say otherwise, so that a replica that died
-/// (SIGKILL, a lost node) hands over its partitions in seconds rather than librdkafka's 45.
+/// (SIGKILL, a lost node) hands over its partitions in seconds rather than librdkafka's 45. Its
+/// topic metadata is refreshed every 10 s (librdkafka: 5 min), so a topic created after it
+/// subscribed (`--ensure-topics` creates them in the background) or given more partitions is
+/// consumed within seconds.
 pub fn group_member_config(config: &ClientConfig, group: &str) -> ClientConfig {
     let mut config = config.clone();
     if config.get("session.timeout.ms").is_none() {
         config.set("session.timeout.ms", "10000");
+    }
+    if config.get("topic.metadata.refresh.interval.ms").is_none() {
+        config.set("topic.metadata.refresh.interval.ms", "10000");
     }
     config
         .set("group.id", group)
