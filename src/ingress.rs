@@ -241,6 +241,7 @@ async fn webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Rejection> {
+    let started = std::time::SystemTime::now();
     let metrics = &state.metrics;
     let count = |kind: &str, outcome: &str| {
         metrics
@@ -335,7 +336,12 @@ async fn webhook(
         .count() as u64;
 
     let unrouted_reason = plan.unrouted_reason;
-    match state.sink.accept(plan).await {
+    let accepted = state.sink.accept(plan).await;
+    if let Some(spans) = crate::otlp::spans() {
+        let status = if accepted.is_ok() { 200 } else { 503 };
+        spans.request(&trace, started, status, &notification.uuid);
+    }
+    match accepted {
         Ok(Acceptance::Accepted) => {
             count(kind, "accepted");
             if let Some(reason) = unrouted_reason {

@@ -35,6 +35,7 @@ pub mod ingress;
 pub mod kafka;
 pub mod metrics;
 pub mod notification;
+pub mod otlp;
 mod readiness;
 pub mod relay;
 pub mod ringcentral;

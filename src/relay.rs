@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rdkafka::error::KafkaError;
 use tokio::task::JoinHandle;
@@ -262,9 +262,10 @@ impl<P: Producer> Worker<P> {
             shutdown: self.shutdown.clone(),
             passed: false,
         };
+        let started = SystemTime::now();
         let enqueued = self.enqueue(batch, &mut round, &mut cut).await;
         let rejected = self
-            .await_acknowledgements(enqueued, &mut round, &mut cut)
+            .await_acknowledgements(enqueued, started, &mut round, &mut cut)
             .await;
         self.dead_letter_rejected(rejected, &mut round, &mut cut)
             .await;
@@ -307,6 +308,7 @@ impl<P: Producer> Worker<P> {
     async fn await_acknowledgements<'b>(
         &self,
         enqueued: Vec<Enqueued<'b, P::Delivery>>,
+        started: SystemTime,
         round: &mut Round,
         cut: &mut Cut,
     ) -> Vec<(&'b SpooledEntry, &'b OutboundMessage, ErrorKind)> {
@@ -320,7 +322,11 @@ impl<P: Producer> Worker<P> {
                     return rejected;
                 };
                 match outcome {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if let Some(spans) = crate::otlp::spans() {
+                            spans.published(message, started);
+                        }
+                    }
                     Err(e) if e.kind.is_permanent() => refused.push((entry, message, e.kind)),
                     Err(e) => {
                         complete = false;

@@ -24,8 +24,47 @@ const MAX_TRACESTATE: usize = 512;
 pub struct TraceContext {
     trace_id: [u8; 16],
     span_id: [u8; 8],
+    /// The caller's span, when the trace is continued.
+    parent: Option<[u8; 8]>,
     sampled: bool,
     state: Option<String>,
+}
+
+/// A parsed `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traceparent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl Traceparent {
+    /// `version-traceid-parentid-flags`, as W3C Trace Context level 1 reads it: version 00
+    /// exactly, a later version by its first four fields; a trace or parent id of zeros is invalid.
+    pub fn parse(header: &str) -> Option<Traceparent> {
+        let header = header.trim();
+        let mut fields = header.split('-');
+        let version = fields.next()?;
+        let trace = fields.next()?;
+        let parent = fields.next()?;
+        let flags = fields.next()?;
+        let more = fields.next().is_some();
+        let version = u8::from_str_radix(lower_hex(version, 2)?, 16).ok()?;
+        if version == 0xff || (version == 0 && more) {
+            return None;
+        }
+        let trace_id: [u8; 16] = decode(lower_hex(trace, 32)?)?;
+        let span_id: [u8; 8] = decode(lower_hex(parent, 16)?)?;
+        let flags = u8::from_str_radix(lower_hex(flags, 2)?, 16).ok()?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(Traceparent {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
 }
 
 impl TraceContext {
@@ -33,11 +72,12 @@ impl TraceContext {
     /// starts a trace when there is none or it is not valid.
     pub fn continue_or_start(traceparent: Option<&str>, tracestate: Option<&str>) -> TraceContext {
         let span_id = random_id::<8>();
-        match traceparent.and_then(parse) {
-            Some((trace_id, sampled)) => TraceContext {
-                trace_id,
+        match traceparent.and_then(Traceparent::parse) {
+            Some(caller) => TraceContext {
+                trace_id: caller.trace_id,
                 span_id,
-                sampled,
+                parent: Some(caller.span_id),
+                sampled: caller.sampled,
                 state: tracestate
                     .map(str::trim)
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE && s.is_ascii())
@@ -46,10 +86,16 @@ impl TraceContext {
             None => TraceContext {
                 trace_id: random_id::<16>(),
                 span_id,
+                parent: None,
                 sampled: true,
                 state: None,
             },
         }
+    }
+
+    /// The trace, the bridge's span, the caller's span (if continued) and whether it is sampled.
+    pub fn ids(&self) -> ([u8; 16], [u8; 8], Option<[u8; 8]>, bool) {
+        (self.trace_id, self.span_id, self.parent, self.sampled)
     }
 
     /// The trace id as 32 hex digits, for logs.
@@ -82,29 +128,6 @@ impl TraceContext {
     }
 }
 
-/// `version-traceid-parentid-flags`, as W3C Trace Context level 1 reads it: version 00 exactly,
-/// a later version by its first four fields; a trace or parent id of zeros is invalid.
-fn parse(header: &str) -> Option<([u8; 16], bool)> {
-    let header = header.trim();
-    let mut fields = header.split('-');
-    let version = fields.next()?;
-    let trace = fields.next()?;
-    let parent = fields.next()?;
-    let flags = fields.next()?;
-    let more = fields.next().is_some();
-    let version = u8::from_str_radix(lower_hex(version, 2)?, 16).ok()?;
-    if version == 0xff || (version == 0 && more) {
-        return None;
-    }
-    let trace_id: [u8; 16] = decode(lower_hex(trace, 32)?)?;
-    let parent_id: [u8; 8] = decode(lower_hex(parent, 16)?)?;
-    let flags = u8::from_str_radix(lower_hex(flags, 2)?, 16).ok()?;
-    if trace_id == [0; 16] || parent_id == [0; 8] {
-        return None;
-    }
-    Some((trace_id, flags & 1 == 1))
-}
-
 /// `text` when it is `len` lowercase hex digits.
 fn lower_hex(text: &str, len: usize) -> Option<&str> {
     (text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
@@ -124,7 +147,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A random id that is not all zeros (which W3C reserves for "none").
-fn random_id<const N: usize>() -> [u8; N] {
+pub fn random_id<const N: usize>() -> [u8; N] {
     let mut id = [0u8; N];
     while id == [0u8; N] {
         getrandom::fill(&mut id).expect("the OS random source");
@@ -193,7 +216,7 @@ mod tests {
                 "{invalid}: a tracestate belongs to its parent"
             );
             assert!(
-                parse(&context.to_string()).is_some(),
+                Traceparent::parse(&context.to_string()).is_some(),
                 "{invalid}: starts a valid one"
             );
         }
@@ -208,6 +231,6 @@ mod tests {
         let a = TraceContext::continue_or_start(None, None);
         let b = TraceContext::continue_or_start(None, None);
         assert_ne!(a.trace_id(), b.trace_id());
-        assert!(parse(&a.to_string()).is_some());
+        assert!(Traceparent::parse(&a.to_string()).is_some());
     }
 }

@@ -11,11 +11,17 @@ use crate::telemetry;
 pub(super) fn serve(args: SettingsArgs) -> Result<(), CommandError> {
     let settings = Settings::load(&args)?;
     telemetry::init(settings.log_format);
+    // Before the runtime: the exporter's HTTP client blocks.
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        crate::otlp::install(endpoint).map_err(CommandError::Start)?;
+        tracing::info!(endpoint = %endpoint, "exporting spans over OTLP");
+    }
     let runtime = runtime()?;
     let served = runtime.block_on(run(settings, args));
     // A blocking call still waiting on Kafka (the topic check) must not hold the exit beyond the
     // grace period: dropping the runtime would wait for it.
     runtime.shutdown_timeout(Duration::from_millis(200));
+    crate::otlp::shutdown();
     served
 }
 

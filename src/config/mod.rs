@@ -144,6 +144,10 @@ pub struct Settings {
     /// human or json.
     #[arg(long, env = "RCKB_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://otel-collector:4318: the
+    /// webhook request's and, per message, the relay's [default: no export].
+    #[arg(long, env = "RCKB_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// A librdkafka property, KEY=VALUE (the value whole, commas included); repeatable. Wins over
     /// the environment (RCKB_KAFKA_PROPERTY_<KEY>, then RCKB_KAFKA_PROPERTIES: KEY=VALUE,KEY=VALUE
     /// with `\,` for a comma in a value) and over [kafka.properties].
@@ -574,6 +578,17 @@ impl Settings {
         self.verification_token = self.verification_token.filter(|t| !t.expose().is_empty());
         self.brokers = self.brokers.filter(|b| !b.trim().is_empty());
         self.ringcentral.check()?;
+        // An empty variable means "not set", as for the brokers.
+        self.otlp_endpoint = self.otlp_endpoint.filter(|e| !e.trim().is_empty());
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let scheme = reqwest::Url::parse(endpoint).map(|url| url.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(ConfigError::Invalid {
+                    key: "otlp_endpoint",
+                    message: format!("{endpoint} is not an http or https URL"),
+                });
+            }
+        }
         let limits = FanoutLimits {
             max_hints_per_change: self.max_hints_per_change.get(),
             max_changes: self.max_changes_per_notification.get(),

@@ -30,6 +30,7 @@ mod exposure;
 mod http_limits;
 mod keeper_hardening;
 mod operations;
+mod otlp;
 mod reconcile;
 mod rejections;
 mod spool;
