@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::routing::post;
 use serde_json::Value;
 
-use crate::common::app::http;
 use crate::common::kafka::read_until;
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
@@ -82,14 +81,11 @@ async fn spans_of_the_request_and_of_each_published_message_reach_the_collector(
     let caller = "00f067aa0ba902b7";
     let uuid = format!("otlp-{}", unique());
     let body = extension_update(&uuid, "301", &["ExtensionInfo", "CompanyNumbers"]);
-    let answer = http()
-        .post(format!("{}/webhook", bridge.address()))
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
+    let traceparent = format!("00-{trace}-{caller}-01");
+    let answer = bridge
+        .post_webhook(body.to_string(), &[("traceparent", &traceparent)])
+        .await;
+    assert_eq!(answer, 200);
 
     // The bridge's span, as the messages name it.
     let topics = [

@@ -281,13 +281,7 @@ async fn a_change_a_hint_delivered_is_not_reported_again_by_the_next_sweep() {
 /// Posts an ExtensionInfo hint for `extension`, accepted.
 async fn post_hint(bridge: &BridgeProcess, uuid: &str, extension: &str) {
     let body = extension_update(uuid, extension, &["ExtensionInfo"]);
-    let answer = crate::common::app::http()
-        .post(format!("{}/webhook", bridge.address()))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
+    assert_eq!(bridge.post_webhook(body.to_string(), &[]).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

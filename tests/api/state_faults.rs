@@ -177,16 +177,9 @@ async fn fetches_pending_at_a_sigkill_are_carried_out_after_the_restart() {
     let gate = fake.state.lock().unwrap().gate.clone();
     let closed = gate.write().await;
     let bridge = BridgeProcess::start(&kafka.bootstrap, spool.path(), &args).await;
-    let client = crate::common::app::http();
     for id in &ids {
         let body = extension_update(&format!("k-{}", unique()), id, &["ExtensionInfo"]);
-        let response = client
-            .post(format!("{}/webhook", bridge.address()))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(bridge.post_webhook(body.to_string(), &[]).await, 200);
     }
     // The fetcher is inside its first GET, which RingCentral holds: every fetch is pending.
     fake.until("a fetch to start", |s| {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::app::http;
 use crate::common::metrics::{sample, scrape_until};
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
@@ -19,13 +18,7 @@ async fn publish(bridge: &BridgeProcess, n: usize) -> Vec<String> {
     for i in 0..n {
         let uuid = format!("tail-{}-{i}", unique());
         let body = extension_update(&uuid, &(100 + i).to_string(), &["ExtensionInfo"]);
-        let answer = http()
-            .post(format!("{}/webhook", bridge.address()))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200);
+        assert_eq!(bridge.post_webhook(body.to_string(), &[]).await, 200);
         uuids.push(uuid);
     }
     scrape_until(&bridge.admin_address(), "every message published", |m| {

@@ -30,7 +30,7 @@ use rc_kafka_bridge::kafka::{self, ProducerFactory};
 use rc_kafka_bridge::metrics::Metrics;
 use serde_json::Value;
 
-use common::app::{TestApp, http};
+use common::app::TestApp;
 use common::contract::check_contract;
 use common::fake_ringcentral::FakeRingCentral;
 use common::kafka::{Received, default_topics, missing_after_delivery, read_until};
@@ -397,13 +397,8 @@ async fn serve_with_ensure_topics_creates_them_and_delivers() {
         .wait_for_log("created missing topics", Duration::from_secs(30))
         .await;
     let uuid = format!("ensured-{}", unique());
-    let response = http()
-        .post(format!("{}/webhook", bridge.address()))
-        .body(extension_update(&uuid, "3", &["Limits"]).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let body = extension_update(&uuid, "3", &["Limits"]).to_string();
+    assert_eq!(bridge.post_webhook(body, &[]).await, 200);
     let missing =
         missing_after_delivery(&tansu.bootstrap(), &[uuid], Duration::from_secs(60)).await;
     assert!(missing.is_empty());

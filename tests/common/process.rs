@@ -198,6 +198,21 @@ impl BridgeProcess {
         format!("http://127.0.0.1:{}", self.listening("port"))
     }
 
+    /// Posts `body` to the webhook, with `headers`; the answer's status.
+    pub async fn post_webhook(
+        &self,
+        body: impl Into<String>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::StatusCode {
+        let mut request = super::app::http()
+            .post(format!("{}/webhook", self.address()))
+            .body(body.into());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("the webhook answers").status()
+    }
+
     /// Sends `signal` (a name such as `TERM`) to the bridge.
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
