@@ -41,15 +41,17 @@ pub(crate) async fn setup_with_request_partitions(partitions: i32) -> (MockKafka
         .create()
         .unwrap();
     // An earlier sweep that finished, and indexed an extension RingCentral no longer has.
-    for (key, payload) in [
-        ("1", r#"{"digest":"0","sweep":"earlier"}"#),
-        (
-            "~sweep",
-            r#"{"sweep":"earlier","cause":"interval","finished":true}"#,
-        ),
-    ] {
+    let digest = "0".repeat(32);
+    let entry = format!(r#"{{"digest":"{digest}","sweep":"sweep-1-00000000"}}"#);
+    let mark = r#"{"sweep":"sweep-1-00000000","cause":"interval","finished":true}"#;
+    let json = rdkafka::message::Header {
+        key: "content-type",
+        value: Some("application/json"),
+    };
+    for (key, payload) in [("1", entry.as_str()), ("~sweep", mark)] {
         let record = rdkafka::producer::FutureRecord::to("ringcentral.state-index")
             .key(key)
+            .headers(rdkafka::message::OwnedHeaders::new().insert(json.clone()))
             .payload(payload);
         producer.send(record, Duration::from_secs(5)).await.unwrap();
     }

@@ -1,7 +1,7 @@
 //! Every message the suites read back is checked against its JSON Schema (`schemas/`): the rules of
 //! `schemas/index.json` pick the schemas of a record from its topic and headers, as a consumer
-//! would, so the schemas and the code cannot drift apart. Internal topics (the fetch queue, the
-//! sweeps' index) are left out: tests write records of their own there.
+//! would, so the schemas and the code cannot drift apart; the internal topics (the fetch queue, the
+//! sweeps' index) too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +13,6 @@ use super::kafka::Received;
 
 /// The prefix every suite's topics have.
 const PREFIX: &str = "ringcentral.";
-/// Topic kinds whose records are internal: not checked.
-const INTERNAL: [&str; 2] = ["state-requests", "state-index"];
 
 struct Schemas {
     index: Value,
@@ -97,9 +95,6 @@ fn applies(rule: &Value, kind: &str, headers: &Map<String, Value>, m: &Received)
 fn check_as(m: &Received, topic: &str, mut headers: Map<String, Value>) {
     let schemas = schemas();
     let kind = kind(&schemas.index, topic);
-    if INTERNAL.contains(&kind.as_str()) {
-        return;
-    }
     let rules: Vec<&Value> = schemas.index["rules"]
         .as_array()
         .expect("rules")
