@@ -153,3 +153,46 @@ async fn spans_of_the_request_and_of_each_published_message_reach_the_collector(
         assert!(id.as_str().unwrap().starts_with(&uuid), "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_relayed_after_a_restart_joins_the_requests_trace() {
+    let (collector_url, collector) = Collector::start().await;
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--otlp-endpoint", collector_url.as_str()];
+    // Kafka is down: the notification waits in the spool, and the bridge dies before it is relayed.
+    kafka.down();
+    let first = BridgeProcess::start(&kafka.bootstrap, dir.path(), &args).await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace}-b7ad6b7169203331-01");
+    let uuid = format!("restart-{}", unique());
+    let body = extension_update(&uuid, "302", &["ExtensionInfo"]);
+    let answer = first
+        .post_webhook(body.to_string(), &[("traceparent", &traceparent)])
+        .await;
+    assert_eq!(answer, 200);
+    let request = eventually("the request's span", Duration::from_secs(30), async || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s["traceId"] == trace && s["name"] == "POST /webhook")
+    })
+    .await;
+    first.kill_hard();
+
+    kafka.up();
+    let _second = BridgeProcess::start(&kafka.bootstrap, dir.path(), &args).await;
+    let published = eventually(
+        "the relayed message's span",
+        Duration::from_secs(30),
+        async || {
+            collector
+                .spans()
+                .into_iter()
+                .find(|s| s["traceId"] == trace && s["kind"] == 4)
+        },
+    )
+    .await;
+    assert_eq!(published["parentSpanId"], request["spanId"]);
+    assert_eq!(published["name"], "send ringcentral.account.extension");
+}
