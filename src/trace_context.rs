@@ -19,6 +19,15 @@ const CE_TRACESTATE: &str = "ce_tracestate";
 /// is what the specification asks to propagate at least).
 const MAX_TRACESTATE: usize = 512;
 
+/// The most the trace headers add to one message: `traceparent` (always 55 characters) and
+/// `tracestate` (at most [`MAX_TRACESTATE`]), twice when the message is a CloudEvent. The fan-out
+/// caps count it before the plan is built, since the headers are stamped on the built plan.
+pub const MAX_HEADER_BYTES: usize = CE_TRACEPARENT.len()
+    + CE_TRACESTATE.len()
+    + 2 * (55 + MAX_TRACESTATE)
+    + TRACEPARENT.len()
+    + TRACESTATE.len();
+
 /// One notification's place in a trace: the trace and the bridge's span in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {

@@ -89,6 +89,20 @@ impl CloudEvents {
         }
     }
 
+    /// An upper bound of the bytes the `ce_` headers add to a message beyond what its event's id,
+    /// source id, time and subject weigh: the names, the type and the API's address. The fan-out
+    /// caps count it before anything is planned.
+    pub fn fixed_bytes(&self) -> usize {
+        // Six names of at most 14 bytes, the version, and the longest type: the prefix, a kind and
+        // a hint or resource name (counted by the caller as the event's hint).
+        6 * 14
+            + SPEC_VERSION.len()
+            + TYPE_PREFIX.len()
+            + 32
+            + self.api.len()
+            + "/subscription/".len()
+    }
+
     /// The `ce_` headers of one event, in the binding's names.
     pub fn headers(&self, event: &Event<'_>) -> Vec<(String, String)> {
         let source = match event.source {

@@ -316,8 +316,14 @@ impl RoutingTable {
         {
             return Some(Overflow::Hints);
         }
-        // Fields every message of this notification repeats, in its value and headers.
+        // Fields every message of this notification repeats, in its value and headers; the trace
+        // headers (stamped on the built plan) and the CloudEvents headers at their largest.
+        let cloudevents = self.cloudevents.as_ref().map_or(0, |ce| {
+            ce.fixed_bytes() + n.uuid.len() + n.timestamp_len().max(40) + account_id.len()
+        });
         let common = 512
+            + crate::trace_context::MAX_HEADER_BYTES
+            + cloudevents
             + 3 * n.uuid.len()
             + n.event.len()
             + n.timestamp_len()
@@ -327,19 +333,21 @@ impl RoutingTable {
         let (mut messages, mut bytes) = (0usize, 0usize);
         for change in changes {
             let per_change = common
-                + 4 * change.extension_id.len()
+                + 6 * change.extension_id.len()
                 + 2 * change.event_type.len()
                 + change
                     .hints
                     .iter()
                     .map(|h| h.as_str().len() + 3)
                     .sum::<usize>();
+            // `ce_id` repeats the message id (topic and hint), `ce_type` the hint.
+            let ce = usize::from(self.cloudevents.is_some());
             self.for_each_destination(change, |d| {
                 messages += 1;
                 bytes += per_change
-                    + 2 * d.topic.as_str().len()
+                    + (2 + ce) * d.topic.as_str().len()
                     + 2 * d.target.map_or(0, |t| t.as_str().len())
-                    + 3 * d.hint.map_or(0, |h| h.as_str().len());
+                    + (3 + 2 * ce) * d.hint.map_or(0, |h| h.as_str().len());
             });
             if self.state.is_some() {
                 // At most one fetch request per distinct hint, one for a change without hints; each
@@ -1015,6 +1023,7 @@ mod properties {
                 1..20),
             batched in any::<bool>(),
             state in any::<bool>(),
+            cloudevents in any::<bool>(),
         ) {
             let limits = FanoutLimits {
                 max_hints_per_change: 30,
@@ -1031,6 +1040,9 @@ mod properties {
                     fetches: crate::state::fetch_table::FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap(),
                     ..crate::state::request::StateRouting::new(DEFAULT_TOPIC_PREFIX, crate::state::fetch_table::FetchTable::built_in(DEFAULT_TOPIC_PREFIX).unwrap()).unwrap()
                 });
+            }
+            if cloudevents {
+                table = table.with_cloudevents(CloudEvents::new("https://platform.ringcentral.com"));
             }
             let entries: Vec<Value> = changes
                 .iter()
@@ -1049,7 +1061,14 @@ mod properties {
             let raw = body.to_string();
             prop_assume!(raw.len() <= 64 * 1024);
             let n = Notification::parse(raw.as_bytes()).unwrap();
-            let plan = table.plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
+            let mut plan = table.plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
+            // The trace headers are stamped on the built plan: the longest a client can send.
+            let tracestate = format!("v={}", "x".repeat(510));
+            crate::trace_context::TraceContext::continue_or_start(
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                Some(&tracestate),
+            )
+            .stamp(&mut plan);
             prop_assert!(plan.messages.len() <= limits.max_messages);
             prop_assert!(plan.payload_bytes() <= limits.max_plan_bytes.max(2 * raw.len()),
                 "{} bytes planned", plan.payload_bytes());
