@@ -245,7 +245,8 @@ impl Planner<'_> {
         let wanted: Vec<(Hint, String)> = match change.event_type.as_str() {
             "Delete" => {
                 let cause = cause("Delete", &self.table.extension_topic);
-                let delete = Request::delete(&state.fetches, extension, cause, self.received_at);
+                let topics = state.fetches.per_extension_topics();
+                let delete = Request::delete(extension, &topics, cause, self.received_at);
                 self.messages.push(delete.message(&state.requests_topic));
                 return;
             }

@@ -102,7 +102,7 @@ struct Worker {
     dead_letter_topic: Topic,
     /// Where a deleted extension leaves tombstones.
     per_extension_topics: Vec<Topic>,
-    index: Option<IndexFeed>,
+    index: IndexFeed,
     cloudevents: Option<StateEvents>,
     /// The trace of the request being carried out: its state records continue it.
     trace: Option<TraceContext>,
@@ -141,31 +141,51 @@ impl StateEvents {
     }
 }
 
-/// The extension record's state topic and the sweeps' index: what the fetcher publishes on the one
-/// moves the other, after it, so that a sweep does not report as missed a change a hint delivered.
+/// The sweeps' index, moved by what the fetcher publishes, after it: an extension record's digest
+/// (so that a sweep does not report as missed a change a hint delivered), and which state topics
+/// hold a record for an extension (so that a gone extension leaves tombstones only there).
 struct IndexFeed {
-    extension_topic: Topic,
+    /// The extension record's state topic, when it is fetched.
+    extension_topic: Option<Topic>,
     index_topic: Topic,
 }
 
 impl IndexFeed {
-    /// The index entry that follows a state on `topic`: the digest of the record, or a tombstone
-    /// when the extension is gone (`record` is `None`).
-    fn entry(&self, topic: &Topic, key: &str, record: Option<&str>) -> Option<OutboundMessage> {
-        if *topic != self.extension_topic {
-            return None;
+    /// The index records that follow a per-extension state on `topic` (a tombstone when `record` is
+    /// `None`): its holding record and, for the extension record, the entry with its digest.
+    fn records(
+        &self,
+        topic: &Topic,
+        extension: &str,
+        record: Option<&str>,
+        fetched_at: &str,
+    ) -> Vec<OutboundMessage> {
+        let holding = record.map(|_| fetched_at);
+        let mut records = vec![index::holding_message(
+            &self.index_topic,
+            extension,
+            topic,
+            holding,
+        )];
+        if self.extension_topic.as_ref() == Some(topic) {
+            let entry = match record {
+                None => None,
+                Some(record) => match serde_json::from_str::<serde_json::Value>(record) {
+                    Ok(record) => Some(Entry {
+                        digest: index::digest(&record),
+                        sweep: index::FETCHED.to_string(),
+                    }),
+                    // Not JSON: the next sweep compares and repairs.
+                    Err(_) => return records,
+                },
+            };
+            records.push(index::entry_message(
+                &self.index_topic,
+                extension,
+                entry.as_ref(),
+            ));
         }
-        let entry = match record {
-            None => None,
-            Some(record) => {
-                let record: serde_json::Value = serde_json::from_str(record).ok()?;
-                Some(Entry {
-                    digest: index::digest(&record),
-                    sweep: index::FETCHED.to_string(),
-                })
-            }
-        };
-        Some(index::entry_message(&self.index_topic, key, entry.as_ref()))
+        records
     }
 }
 
@@ -232,13 +252,10 @@ impl Fetcher {
                 requests_topic: state.requests_topic.clone(),
                 dead_letter_topic: routing.dead_letter_topic().clone(),
                 per_extension_topics: state.fetches.per_extension_topics(),
-                index: state
-                    .fetches
-                    .extension_record_topic()
-                    .map(|extension_topic| IndexFeed {
-                        extension_topic,
-                        index_topic: state.index_topic.clone(),
-                    }),
+                index: IndexFeed {
+                    extension_topic: state.fetches.extension_record_topic(),
+                    index_topic: state.index_topic.clone(),
+                },
                 trace: None,
                 cloudevents: routing.cloudevents().map(|cloudevents| StateEvents {
                     cloudevents: cloudevents.clone(),
@@ -478,11 +495,18 @@ impl Worker {
                 FetchOutcome::State(body) => {
                     self.count(group, "ok");
                     let value = String::from_utf8_lossy(&body).into_owned();
-                    let entry = self.index.as_ref().and_then(|index| {
-                        index.entry(&resource.key.topic, &resource.key.key, Some(&value))
-                    });
-                    let message = self.state_message(&resource, Some(value), &cause);
-                    let messages = std::iter::once(message).chain(entry).collect();
+                    let fetched_at = now();
+                    let index = match resource.scope {
+                        KeyScope::Extension => self.index.records(
+                            &resource.key.topic,
+                            &resource.key.key,
+                            Some(&value),
+                            &fetched_at,
+                        ),
+                        KeyScope::Account => Vec::new(),
+                    };
+                    let message = self.state_message(&resource, Some(value), &cause, &fetched_at);
+                    let messages = std::iter::once(message).chain(index).collect();
                     return self.publish(messages, &accepted_at).await;
                 }
                 FetchOutcome::Gone => {
@@ -545,12 +569,10 @@ impl Worker {
         resource: &Resource,
         value: Option<String>,
         cause: &str,
+        fetched_at: &str,
     ) -> OutboundMessage {
-        let fetched_at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
         let mut headers = vec![
-            ("rc-fetched-at".to_string(), fetched_at.clone()),
+            ("rc-fetched-at".to_string(), fetched_at.to_string()),
             ("rc-cause".to_string(), cause.to_string()),
         ];
         if !resource.path.is_empty() {
@@ -561,7 +583,7 @@ impl Worker {
             headers.push(("content-type".into(), "application/json".into()));
         }
         if let Some(events) = &self.cloudevents {
-            headers.extend(events.headers(resource, &fetched_at));
+            headers.extend(events.headers(resource, fetched_at));
         }
         let mut message = OutboundMessage {
             topic: resource.key.topic.to_string(),
@@ -595,13 +617,11 @@ impl Worker {
             .iter()
             .filter_map(|t| Topic::parse(t.as_str()).ok())
             .collect();
-        let entries: Vec<OutboundMessage> = match &self.index {
-            Some(index) => topics
-                .iter()
-                .filter_map(|topic| index.entry(topic, key, None))
-                .collect(),
-            None => Vec::new(),
-        };
+        let at = now();
+        let index: Vec<OutboundMessage> = topics
+            .iter()
+            .flat_map(|topic| self.index.records(topic, key, None, &at))
+            .collect();
         let messages = topics
             .into_iter()
             .map(|topic| {
@@ -615,9 +635,9 @@ impl Worker {
                     group: super::rate_limits::RateGroup::Light,
                     paged: false,
                 };
-                self.state_message(&resource, None, cause)
+                self.state_message(&resource, None, cause, &at)
             })
-            .chain(entries)
+            .chain(index)
             .collect();
         self.publish(messages, accepted_at).await
     }
@@ -714,7 +734,14 @@ impl Worker {
     }
 }
 
-/// Failures that asking again will not change.
+/// Now, as RFC 3339: when a state was fetched.
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// When a request was accepted.
 fn accepted_at(request: &Request) -> Option<time::OffsetDateTime> {
     match request {
         Request::Fetch { accepted_at, .. } | Request::Delete { accepted_at, .. } => {

@@ -1,12 +1,15 @@
 //! The sweeps' state index: per extension, a digest of its record as List Extensions last showed it,
 //! or as the last fetch of its extension record did (the digest covers the listed fields only, so
 //! both give the same digest for the same record).
+//! Beside each entry, one record per state topic that holds a record for the extension
+//! (`<id>@<topic>`), written by the fetcher with the state itself: a gone extension leaves
+//! tombstones on those topics only.
 //! Kept in Kafka, on a compacted topic of one partition keyed by extension id, rather than in one
 //! replica's spool: whichever replica runs the sweeps reads it whole at the start of each sweep,
 //! so a replica taking over the sweeps compares with what the previous one published instead of
 //! republishing everything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -78,6 +81,44 @@ pub fn digest(record: &Value) -> String {
 /// Extension id to entry.
 pub type Index = BTreeMap<String, Entry>;
 
+/// Extension id to the per-extension state topics that hold a record for it.
+pub type Holdings = BTreeMap<String, BTreeSet<String>>;
+
+/// What separates the extension id and the state topic in the key of a holding record (`101@<topic>`):
+/// neither an id nor a topic name holds it.
+const HOLDING_SEPARATOR: char = '@';
+
+/// A holding record's value: when the state it stands for was fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Holding {
+    pub fetched_at: String,
+}
+
+/// The record that says the state topic `state_topic` holds a record for `extension` (a tombstone
+/// when `fetched_at` is `None`: it holds none any more). Written by the fetcher beside each state
+/// record, it is what lets a gone extension leave tombstones only where it has records.
+pub fn holding_message(
+    topic: &Topic,
+    extension: &str,
+    state_topic: &Topic,
+    fetched_at: Option<&str>,
+) -> OutboundMessage {
+    let holding = fetched_at.map(|at| Holding {
+        fetched_at: at.to_string(),
+    });
+    OutboundMessage {
+        topic: topic.to_string(),
+        key: format!("{extension}{HOLDING_SEPARATOR}{state_topic}"),
+        headers: vec![("content-type".into(), "application/json".into())],
+        value: holding
+            .map(|h| serde_json::to_string(&h).expect("a holding always serialises"))
+            .unwrap_or_default(),
+        hint_label: "none".into(),
+        tombstone: fetched_at.is_none(),
+    }
+}
+
 /// The key of the record that says which sweep runs or ran last: not an extension id (those are
 /// digits), so never mistaken for one.
 pub const SWEEP_KEY: &str = "~sweep";
@@ -122,14 +163,50 @@ impl SweepMark {
     }
 }
 
-/// The index as read: the entries, and the last sweep's mark.
+/// The index as read: the entries, which state topics hold records, and the last sweep's mark.
 #[derive(Debug, Default)]
 pub struct Read {
     pub index: Index,
+    pub holdings: Holdings,
     pub mark: Option<SweepMark>,
 }
 
 impl Read {
+    /// Applies one record of the index topic (`payload` `None`: a tombstone), as compaction will:
+    /// a later record of a key replaces an earlier one and a tombstone removes it.
+    pub fn apply(&mut self, key: &str, payload: Option<&[u8]>) {
+        if key == SWEEP_REQUEST_KEY {
+            return;
+        }
+        if key == SWEEP_KEY {
+            self.mark = payload.and_then(|p| serde_json::from_slice(p).ok());
+            return;
+        }
+        if let Some((extension, state_topic)) = key.split_once(HOLDING_SEPARATOR) {
+            let held = self.holdings.entry(extension.to_string()).or_default();
+            if payload.is_some() {
+                held.insert(state_topic.to_string());
+            } else {
+                held.remove(state_topic);
+                if held.is_empty() {
+                    self.holdings.remove(extension);
+                }
+            }
+            return;
+        }
+        match payload.map(serde_json::from_slice::<Entry>) {
+            Some(Ok(entry)) => {
+                self.index.insert(key.to_string(), entry);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(key, error = %e, "an index entry that is not one; ignored")
+            }
+            None => {
+                self.index.remove(key);
+            }
+        }
+    }
+
     /// Whether no sweep ever ran: the initial snapshot is due. (Fetches fill the index too, so an
     /// index with entries may still have had no sweep.)
     pub fn never_swept(&self) -> bool {
@@ -187,26 +264,8 @@ pub fn read(config: &ClientConfig, topic: &Topic) -> Result<Read, KafkaError> {
             continue;
         };
         let message = received?;
-        let key = message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned());
-        match (key, message.payload()) {
-            (Some(key), Some(payload)) if key == SWEEP_KEY => {
-                read.mark = serde_json::from_slice(payload).ok();
-            }
-            (Some(key), _) if key == SWEEP_REQUEST_KEY => {}
-            (Some(key), Some(payload)) => match serde_json::from_slice::<Entry>(payload) {
-                Ok(entry) => {
-                    read.index.insert(key, entry);
-                }
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "an index entry that is not one; ignored")
-                }
-            },
-            (Some(key), None) => {
-                read.index.remove(&key);
-            }
-            (None, _) => {}
+        if let Some(key) = message.key() {
+            read.apply(&String::from_utf8_lossy(key), message.payload());
         }
         if message.offset() + 1 >= high {
             return Ok(read);
@@ -236,6 +295,42 @@ mod tests {
         );
         let gone = entry_message(&topic, "101", None);
         assert!(gone.tombstone && gone.value.is_empty());
+    }
+
+    #[test]
+    fn records_read_in_order_leave_what_compaction_would() {
+        let topic = Topic::parse("ringcentral.state-index").unwrap();
+        let features = Topic::parse("ringcentral.state.account.extension.features").unwrap();
+        let numbers = Topic::parse("ringcentral.state.account.extension.phone-number").unwrap();
+        let entry = Entry {
+            digest: "d".into(),
+            sweep: FETCHED.into(),
+        };
+        let records = [
+            entry_message(&topic, "101", Some(&entry)),
+            holding_message(&topic, "101", &features, Some("2026-01-01T00:00:00Z")),
+            holding_message(&topic, "101", &numbers, Some("2026-01-01T00:00:00Z")),
+            holding_message(&topic, "102", &numbers, Some("2026-01-01T00:00:00Z")),
+            holding_message(&topic, "101", &numbers, None),
+            entry_message(&topic, "102", Some(&entry)),
+            entry_message(&topic, "102", None),
+            holding_message(&topic, "102", &numbers, None),
+            sweep_request(&topic, super::super::sweep::Cause::Requested),
+        ];
+        let mut read = Read::default();
+        for r in &records {
+            read.apply(&r.key, (!r.tombstone).then_some(r.value.as_bytes()));
+        }
+        assert_eq!(read.index.keys().collect::<Vec<_>>(), ["101"]);
+        let held: Vec<(&String, Vec<&String>)> = read
+            .holdings
+            .iter()
+            .map(|(id, topics)| (id, topics.iter().collect()))
+            .collect();
+        assert_eq!(held.len(), 1, "102 holds nothing any more: {held:?}");
+        assert_eq!(held[0].0, "101");
+        assert_eq!(held[0].1, [&features.to_string()]);
+        assert!(read.mark.is_none());
     }
 
     #[test]

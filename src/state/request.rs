@@ -60,19 +60,16 @@ impl Request {
         }
     }
 
+    /// Tombstones for `extension_id` on `topics`.
     pub fn delete(
-        table: &FetchTable,
         extension_id: &str,
+        topics: &[Topic],
         cause: String,
         accepted_at: &str,
     ) -> Request {
         Request::Delete {
             key: extension_id.to_string(),
-            topics: table
-                .per_extension_topics()
-                .iter()
-                .map(Topic::to_string)
-                .collect(),
+            topics: topics.iter().map(Topic::to_string).collect(),
             cause,
             accepted_at: accepted_at.to_string(),
         }

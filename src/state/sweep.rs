@@ -4,7 +4,7 @@
 //! synthetic `Delete`. The index moves only once Kafka acknowledged what the sweep published for
 //! an extension, so a sweep cut short (SIGKILL, shutdown) is redone for what it had not finished.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::fetch::{FetchOutcome, fetch};
 use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
-use super::index::{self, Entry, Index, SweepMark};
+use super::index::{self, Entry, SweepMark};
 use super::limiter::RateLimiter;
 use super::rate_limits::RateGroup;
 use super::request::{Request, StateRouting};
@@ -98,14 +98,26 @@ pub enum SweepError {
 /// One extension's difference between the index and the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
-    New { id: String, digest: String },
-    Changed { id: String, digest: String },
-    Gone { id: String },
+    New {
+        id: String,
+        digest: String,
+    },
+    Changed {
+        id: String,
+        digest: String,
+    },
+    /// Indexed, or holding state records, and no longer listed. `held`: the state topics that hold
+    /// a record for it (none known: an index written before holdings were recorded).
+    Gone {
+        id: String,
+        held: BTreeSet<String>,
+    },
 }
 
-/// What differs between `index` and `listed` (extension id to the digest of its listed record),
-/// in extension id order; unchanged extensions are not in it.
-pub fn differences(index: &Index, listed: &BTreeMap<String, String>) -> Vec<Difference> {
+/// What differs between the index as read and `listed` (extension id to the digest of its listed
+/// record), in extension id order; unchanged extensions are not in it.
+pub fn differences(read: &index::Read, listed: &BTreeMap<String, String>) -> Vec<Difference> {
+    let index = &read.index;
     let mut found = Vec::new();
     for (id, digest) in listed {
         match index.get(id) {
@@ -120,10 +132,25 @@ pub fn differences(index: &Index, listed: &BTreeMap<String, String>) -> Vec<Diff
             Some(_) => {}
         }
     }
-    for id in index.keys().filter(|id| !listed.contains_key(*id)) {
-        found.push(Difference::Gone { id: id.clone() });
+    let known: BTreeSet<&String> = index.keys().chain(read.holdings.keys()).collect();
+    for id in known.into_iter().filter(|id| !listed.contains_key(*id)) {
+        found.push(Difference::Gone {
+            id: id.clone(),
+            held: read.holdings.get(id).cloned().unwrap_or_default(),
+        });
     }
+    found.sort_by(|a, b| a.id().cmp(b.id()));
     found
+}
+
+impl Difference {
+    pub fn id(&self) -> &str {
+        match self {
+            Difference::New { id, .. }
+            | Difference::Changed { id, .. }
+            | Difference::Gone { id, .. } => id,
+        }
+    }
 }
 
 impl Swept {
@@ -191,8 +218,7 @@ impl Sweeper {
         let sweep_id = sweep_id();
         let resumed = read.interrupted().cloned();
         let snapshot = cause == Cause::Snapshot;
-        let index = read.index;
-        tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = index.len(),
+        tracing::info!(sweep = %sweep_id, cause = cause.label(), indexed = read.index.len(),
             resumes = resumed.as_ref().map(|m| m.sweep.as_str()), "reconciliation sweep started");
         let mark = |finished| SweepMark {
             sweep: sweep_id.clone(),
@@ -203,7 +229,7 @@ impl Sweeper {
             .await?;
         let account = self.account_id(shutdown).await?;
         let listed = self.list(shutdown).await?;
-        let differences = differences(&index, &listed);
+        let differences = differences(&read, &listed);
         let report = Report {
             snapshot,
             listed: listed.len(),
@@ -421,9 +447,16 @@ impl Sweeper {
                     };
                     entries.push(index::entry_message(&state.index_topic, id, Some(&entry)));
                 }
-                Difference::Gone { id } => {
+                Difference::Gone { id, held } => {
                     let cause = format!("{sweep_id}:{id}:Delete");
-                    let request = Request::delete(&state.fetches, id, cause, &at);
+                    // Tombstones where the extension has records; everywhere it could have, when
+                    // the index does not say.
+                    let topics: Vec<Topic> = if held.is_empty() {
+                        state.fetches.per_extension_topics()
+                    } else {
+                        held.iter().filter_map(|t| Topic::parse(t).ok()).collect()
+                    };
+                    let request = Request::delete(id, &topics, cause, &at);
                     repairs.push(request.message(&state.requests_topic));
                     repairs.push(self.routing.reconciled_message(
                         Reconciled::Gone,
@@ -433,6 +466,11 @@ impl Sweeper {
                         &at,
                     ));
                     entries.push(index::entry_message(&state.index_topic, id, None));
+                    entries.extend(
+                        topics.iter().map(|topic| {
+                            index::holding_message(&state.index_topic, id, topic, None)
+                        }),
+                    );
                 }
             }
         }
@@ -541,6 +579,7 @@ fn sweep_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::index::Index;
 
     fn entry(digest: &str) -> Entry {
         Entry {
@@ -555,28 +594,66 @@ mod tests {
             .into_iter()
             .map(|(id, d)| (id.to_string(), entry(d)))
             .collect();
+        let read = index::Read {
+            index: index.clone(),
+            ..Default::default()
+        };
         let listed: BTreeMap<String, String> = [("1", "a"), ("2", "B"), ("4", "d")]
             .into_iter()
             .map(|(id, d)| (id.to_string(), d.to_string()))
             .collect();
         assert_eq!(
-            differences(&index, &listed),
+            differences(&read, &listed),
             vec![
                 Difference::Changed {
                     id: "2".into(),
                     digest: "B".into()
                 },
+                Difference::Gone {
+                    id: "3".into(),
+                    held: BTreeSet::new()
+                },
                 Difference::New {
                     id: "4".into(),
                     digest: "d".into()
                 },
-                Difference::Gone { id: "3".into() },
             ]
         );
         let same: BTreeMap<String, String> = index
             .iter()
             .map(|(id, e)| (id.clone(), e.digest.clone()))
             .collect();
-        assert!(differences(&index, &same).is_empty());
+        assert!(differences(&read, &same).is_empty());
+    }
+
+    #[test]
+    fn an_extension_gone_leaves_tombstones_where_it_holds_records() {
+        let mut read = index::Read::default();
+        read.index.insert("1".into(), entry("a"));
+        read.holdings
+            .insert("1".into(), BTreeSet::from(["t.a".to_string()]));
+        // Records, but no entry (its extension record was never fetched): gone all the same.
+        read.holdings
+            .insert("2".into(), BTreeSet::from(["t.b".to_string()]));
+        read.holdings
+            .insert("3".into(), BTreeSet::from(["t.c".to_string()]));
+        let listed: BTreeMap<String, String> = [("3".to_string(), "c".to_string())].into();
+        assert_eq!(
+            differences(&read, &listed),
+            vec![
+                Difference::Gone {
+                    id: "1".into(),
+                    held: BTreeSet::from(["t.a".to_string()])
+                },
+                Difference::Gone {
+                    id: "2".into(),
+                    held: BTreeSet::from(["t.b".to_string()])
+                },
+                Difference::New {
+                    id: "3".into(),
+                    digest: "c".into()
+                },
+            ]
+        );
     }
 }

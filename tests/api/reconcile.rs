@@ -18,6 +18,8 @@ use crate::state::{EXTENSION_TOPIC, latest_for, setup_without_index};
 const HINT_TOPIC: &str = "ringcentral.account.extension";
 const INDEX_TOPIC: &str = "ringcentral.state-index";
 const REQUESTS_TOPIC: &str = "ringcentral.state-requests";
+const FEATURES_TOPIC: &str = "ringcentral.state.account.extension.features";
+const VIDEO_TOPIC: &str = "ringcentral.state.account.extension.video-configuration";
 
 /// The fake with 30 extensions, listed 10 a page, and budgets large enough that a test's snapshot
 /// takes seconds, not minutes.
@@ -107,6 +109,13 @@ fn states(read: &[Received]) -> Vec<&Received> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
     let (kafka, fake, ids) = thirty_extensions().await;
+    // One extension whose video configuration the app may not read: that state topic never holds
+    // a record for it, and so gets no tombstone when it is gone.
+    fake.state
+        .lock()
+        .unwrap()
+        .forbidden_resources
+        .insert(("512".to_string(), "video-configuration"));
     let spool = tempfile::tempdir().unwrap();
     let mut bridge = start(&kafka, &fake, spool.path()).await;
 
@@ -208,6 +217,42 @@ async fn a_sweep_repairs_exactly_what_changed_without_a_notification() {
     );
     // Three pages a sweep; the 429 made the second sweep list its first page again.
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3 + 4 + 3);
+
+    // The gone extensions' tombstones are where they had records, and only there; the index no
+    // longer says they hold any.
+    let per_extension = [FEATURES_TOPIC, VIDEO_TOPIC].map(String::from).to_vec();
+    let mut read_topics = per_extension.clone();
+    read_topics.push(INDEX_TOPIC.to_string());
+    let tombstoned = |read: &[Received], topic: &str, id: &str| {
+        latest_for(read, topic, id).is_some_and(|m| m.tombstone)
+    };
+    let settled = |read: &[Received]| {
+        per_extension
+            .iter()
+            .all(|topic| tombstoned(read, topic, "511"))
+            && tombstoned(read, FEATURES_TOPIC, "512")
+            && [
+                ("511", FEATURES_TOPIC),
+                ("511", VIDEO_TOPIC),
+                ("512", FEATURES_TOPIC),
+            ]
+            .iter()
+            .all(|(id, topic)| tombstoned(read, INDEX_TOPIC, &format!("{id}@{topic}")))
+    };
+    let read = read_until(
+        &kafka.bootstrap,
+        &read_topics,
+        Duration::from_secs(30),
+        settled,
+    )
+    .await;
+    assert!(settled(&read), "tombstones on the topics holding records");
+    assert!(
+        latest_for(&read, VIDEO_TOPIC, "512").is_none(),
+        "no record, and so no tombstone, where the extension had none"
+    );
+    assert!(latest_for(&read, INDEX_TOPIC, &format!("512@{VIDEO_TOPIC}")).is_none());
+    assert!(latest_for(&read, VIDEO_TOPIC, "513").is_some_and(|m| !m.tombstone));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,7 @@ fn lookup(
     headers: &HeaderMap,
     group: &'static str,
     id: &str,
+    what: &'static str,
 ) -> Result<(Value, LimitHeaders), Box<Response>> {
     let mut state = state.lock().unwrap();
     if let Some(refused) = refusal(&mut state, headers) {
@@ -150,7 +151,7 @@ fn lookup(
     }
     let limits = state.limits.admit(group)?;
     state.state_gets += 1;
-    if state.forbidden.contains(id) {
+    if state.forbidden.contains(id) || state.forbidden_resources.contains(&(id.to_string(), what)) {
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "CMN-408",
@@ -173,10 +174,11 @@ async fn resource(
     headers: &HeaderMap,
     group: &'static str,
     id: &str,
+    what: &'static str,
     body: impl FnOnce(Value) -> Value,
 ) -> Response {
     gate(state).await;
-    match lookup(state, headers, group, id) {
+    match lookup(state, headers, group, id, what) {
         Ok((record, limits)) => {
             let mut response = axum::Json(body(record)).into_response();
             for (name, value) in limits {
@@ -222,7 +224,7 @@ async fn extension(
     headers: HeaderMap,
     Path((_, id)): Path<(String, String)>,
 ) -> Response {
-    resource(&state, &headers, "light", &id, |record| record).await
+    resource(&state, &headers, "light", &id, "extension", |record| record).await
 }
 
 async fn features(
@@ -235,6 +237,7 @@ async fn features(
         &headers,
         "medium",
         &id,
+        "features",
         |record| json!({"records": [{"id": "SMS", "available": record["status"] == "Enabled"}]}),
     )
     .await
@@ -250,6 +253,7 @@ async fn video_configuration(
         &headers,
         "light",
         &id,
+        "video-configuration",
         |_| json!({"provider": "RCVideo", "userLicenseType": "Paid"}),
     )
     .await
@@ -284,7 +288,7 @@ async fn phone_numbers(
 ) -> Response {
     let n = page_number(&query);
     let uri = format!("/restapi/v1.0/account/{account}/extension/{id}/phone-number");
-    resource(&state, &headers, "light", &id, |_| {
+    resource(&state, &headers, "light", &id, "phone-number", |_| {
         let number =
             json!([{"id": format!("{id}0{n}"), "phoneNumber": format!("+1650555{id}{n}")}]);
         page(&uri, n, 2, number)
@@ -299,7 +303,7 @@ async fn answering_rules(
     Path((account, id)): Path<(String, String)>,
 ) -> Response {
     let uri = format!("/restapi/v1.0/account/{account}/extension/{id}/answering-rule");
-    resource(&state, &headers, "medium", &id, |_| {
+    resource(&state, &headers, "medium", &id, "answering-rule", |_| {
         let rule = json!([{"id": "business-hours-rule", "type": "BusinessHours", "enabled": true}]);
         page(&uri, 1, 1, rule)
     })
@@ -321,7 +325,7 @@ async fn call_queues(
         );
     };
     let uri = format!("/restapi/v1.0/account/{account}/call-queues");
-    resource(&state, &headers, "medium", &id, |_| {
+    resource(&state, &headers, "medium", &id, "call-queues", |_| {
         let queue =
             json!([{"id": "q1", "name": "Support", "extensionNumber": "200", "status": "Enabled"}]);
         page(&uri, 1, 1, queue)

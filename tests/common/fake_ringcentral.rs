@@ -46,6 +46,9 @@ pub struct FakeState {
     pub state_gets: usize,
     /// Extensions whose resources the app may not read: answered 403.
     pub forbidden: std::collections::BTreeSet<String>,
+    /// One resource of an extension the app may not read (extension id, the resource's last path
+    /// segment: `features`, `video-configuration`...): answered 403 like `forbidden`.
+    pub forbidden_resources: std::collections::BTreeSet<(String, &'static str)>,
     /// RingCentral's per-group rate limits, enforced on the resource GETs.
     pub limits: super::fake_extensions::RateLimits,
     /// How List Extensions pages, and how often it was asked.
