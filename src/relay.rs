@@ -9,6 +9,10 @@
 //! the rest. A producer in a fatal state (for instance after the broker lost its producer ids) is
 //! replaced by a new one.
 //!
+//! The entries it takes come from the spool writer's hand-off, in memory, once it has caught up; it
+//! reads the database at start-up, after a round that did not release everything it took, and when
+//! the hand-off overflowed (see `spool::handoff`).
+//!
 //! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
@@ -24,7 +28,7 @@ use crate::kafka::{ErrorKind, KafkaProducer, Pending, Producer, ProducerFactory,
 use crate::metrics::Metrics;
 use crate::routing::{OutboundMessage, Topic};
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::spool::{DeadLetter, Spool, SpooledEntry};
+use crate::spool::{DeadLetter, Handed, Spool, SpooledEntry};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
@@ -143,32 +147,51 @@ impl<P: Producer> Worker<P> {
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         let mut failed_rounds = 0u32;
+        // The sequence number of the next entry to publish, while every entry before it has been
+        // released: the hand-off can then say what follows. `None`: read the database.
+        let mut next: Option<u64> = None;
         loop {
             let deadline = self.shutdown.deadline();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let Some(batch) = self.read_batch().await else {
-                break;
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(()) => {
-                    self.pause(MAX_BACKOFF).await;
-                    continue;
+            let handed = next.map(|n| self.spool.handed_off(n, ROUND_ENTRIES, ROUND_BYTES));
+            let batch = match handed {
+                Some(Handed::Entries(batch)) => batch,
+                Some(Handed::Unknown) | None => {
+                    // Read before the database: what is committed after it is handed off.
+                    let end = self.spool.end();
+                    let Some(batch) = self.read_batch().await else {
+                        break;
+                    };
+                    match batch {
+                        Ok(batch) => {
+                            if batch.is_empty() {
+                                next = Some(end);
+                            }
+                            batch
+                        }
+                        Err(()) => {
+                            next = None;
+                            self.pause(MAX_BACKOFF).await;
+                            continue;
+                        }
+                    }
                 }
             };
             self.spool.observe_oldest(batch.first());
-            if batch.is_empty() {
+            let Some(last) = batch.last().map(|e| e.seq) else {
                 if deadline.is_some() {
                     break;
                 }
                 self.wait_for_work().await;
                 continue;
-            }
+            };
             let round = self.publish(&batch).await;
             let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
-            self.release(round).await;
+            let whole = round.released.len() == batch.len();
+            let released = self.release(round).await;
+            next = (whole && released).then_some(last + 1);
             if cut {
                 tracing::warn!(
                     "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
@@ -244,14 +267,18 @@ impl<P: Producer> Worker<P> {
         }
     }
 
-    /// Releases what the round published (or dead-lettered). Not released means published again
-    /// later: a duplicate, never a loss.
-    async fn release(&self, round: Round) {
+    /// Releases what the round published (or dead-lettered); whether that was committed. Not
+    /// released means published again later: a duplicate, never a loss.
+    async fn release(&self, round: Round) -> bool {
         if round.released.is_empty() && round.dead.is_empty() {
-            return;
+            return true;
         }
-        if let Err(e) = self.spool.release(round.released, round.dead).await {
-            tracing::error!(error = %e, "cannot release published entries");
+        match self.spool.release(round.released, round.dead).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot release published entries");
+                false
+            }
         }
     }
 
@@ -636,6 +663,40 @@ mod tests {
         let published = &bench.metrics.messages_published;
         assert_eq!(bench.counted(published, &["t1", "ExtensionInfo"]), 2);
         assert_eq!(bench.counted(published, &["t2", "ExtensionInfo"]), 1);
+    }
+
+    #[tokio::test]
+    async fn entries_accepted_while_the_relay_runs_are_all_published_in_order() {
+        // One message fails twice, so that a round does not release everything and the entries
+        // accepted meanwhile overflow the hand-off; every entry still reaches Kafka, in order.
+        let mut bench = bench(Vec::new(), |m, attempt, _| {
+            match (m.key.as_str(), attempt) {
+                ("e010", 0 | 1) => Answer::Fail(ErrorKind::Timeout),
+                _ => Answer::Ack,
+            }
+        })
+        .await;
+        let keys: Vec<String> = (0..200).map(|n| format!("e{n:03}")).collect();
+        for key in &keys {
+            bench.spool.accept(plan(key, &["t1"])).await.unwrap();
+        }
+        bench.drain().await;
+        let mut first_acks = Vec::new();
+        let mut attempts = std::collections::HashMap::new();
+        for (_, message) in bench.log.sent() {
+            let attempt = attempts.entry(message.key.clone()).or_insert(0);
+            *attempt += 1;
+            let failed = message.key == "e010" && *attempt <= 2;
+            if !failed && !first_acks.contains(&message.key) {
+                first_acks.push(message.key);
+            }
+        }
+        let mut expected: Vec<String> = keys.iter().filter(|k| *k != "e010").cloned().collect();
+        let retried = first_acks.iter().position(|k| k == "e010").unwrap();
+        first_acks.remove(retried);
+        assert_eq!(first_acks, expected, "every entry, in acceptance order");
+        expected.push("e010".into());
+        assert_eq!(attempts.len(), expected.len());
     }
 
     #[tokio::test]

@@ -49,10 +49,12 @@ use crate::routing::{OutboundMessage, RoutePlan};
 use crate::sink::{Acceptance, Sink, SinkError, SinkFuture};
 
 mod files;
+mod handoff;
 mod inspect;
 mod writer;
 use files::*;
 pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
+pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -224,6 +226,8 @@ struct Shared {
     dead_letter_bytes: AtomicU64,
     health: AtomicU8,
     appended: Notify,
+    /// Committed entries on their way to the relay, and the sequence number of the next one.
+    handoff: Mutex<handoff::HandOff>,
     metrics: Metrics,
 }
 
@@ -326,6 +330,16 @@ impl Spool {
             identity,
             counts,
         } = opened;
+        // Sequence numbers only grow while the process runs (the hand-off relies on it), also
+        // across moments when every entry has been released.
+        let end = {
+            let read = db.begin_read().map_err(storage)?;
+            let table = read.open_table(ENTRIES).map_err(storage)?;
+            table
+                .last()
+                .map_err(storage)?
+                .map_or(0, |(seq, _)| seq.value() + 1)
+        };
         let shared = Arc::new(Shared {
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             path: dir.join(DATABASE_FILE),
@@ -339,6 +353,7 @@ impl Spool {
             dead_letter_bytes: AtomicU64::new(counts.dead_letter_bytes),
             health: AtomicU8::new(HEALTH_OK),
             appended: Notify::new(),
+            handoff: Mutex::new(handoff::HandOff::new(end)),
             metrics,
         });
         shared.publish_gauges();
@@ -374,6 +389,23 @@ impl Spool {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// The entries from sequence number `next` on, as the writer handed them over after committing
+    /// them: at most `limit`, no more than `max_bytes` of stored entries (but at least one).
+    /// [`Handed::Unknown`] when they must be read from the database ([`Spool::oldest`]).
+    pub fn handed_off(&self, next: u64, limit: usize, max_bytes: usize) -> Handed {
+        self.shared
+            .handoff
+            .lock()
+            .unwrap()
+            .take(next, limit, max_bytes)
+    }
+
+    /// The sequence number the next committed entry gets: read before [`Spool::oldest`], it is
+    /// where a relay that found the database empty goes on from.
+    pub fn end(&self) -> u64 {
+        self.shared.handoff.lock().unwrap().end()
     }
 
     /// Removes entries whose messages Kafka acknowledged (or that were dead-lettered), and keeps

@@ -15,6 +15,9 @@ pub(super) struct Delta {
     removed_dead_letter_bytes: u64,
     /// Dead letters dropped to keep the area within its share: logged once the commit is durable.
     dropped: Vec<DeadLetter>,
+    /// The appends committed, by their index in the group: their sequence number and stored size.
+    committed: Vec<(usize, u64, usize)>,
+    accepted_at_ms: u64,
 }
 
 impl Shared {
@@ -109,11 +112,22 @@ impl Shared {
                 };
                 self.health.store(health, Ordering::Relaxed);
                 self.publish_gauges();
+                let mut committed = delta.committed.iter().peekable();
+                let mut handoff = self.handoff.lock().unwrap();
+                for (n, (append, outcome)) in appends.into_iter().zip(outcomes).enumerate() {
+                    let _ = append.reply.send(outcome);
+                    if let Some((_, seq, bytes)) = committed.next_if(|(i, _, _)| *i == n) {
+                        let entry = SpooledEntry {
+                            seq: *seq,
+                            accepted_at_ms: delta.accepted_at_ms,
+                            plan: append.plan,
+                        };
+                        handoff.push(entry, *bytes);
+                    }
+                }
+                drop(handoff);
                 if delta.added_entries > 0 {
                     self.appended.notify_one();
-                }
-                for (append, outcome) in appends.into_iter().zip(outcomes) {
-                    let _ = append.reply.send(outcome);
                 }
                 for release in releases {
                     let _ = release.reply.send(Ok(()));
@@ -193,14 +207,11 @@ impl Shared {
                 delta.removed_dead_letter_bytes += len;
             }
 
-            let mut next_seq = entries
-                .last()
-                .map_err(storage)?
-                .map(|(k, _)| k.value() + 1)
-                .unwrap_or(0);
+            let mut next_seq = self.handoff.lock().unwrap().end();
+            delta.accepted_at_ms = now;
             // Pending entries and dead letters share --spool-max-bytes.
             let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
-            for Append { plan, .. } in appends {
+            for (n, Append { plan, .. }) in appends.iter().enumerate() {
                 if seen.get(plan.uuid.as_str()).map_err(storage)?.is_some() {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
@@ -224,6 +235,7 @@ impl Shared {
                 bytes += value.len() as u64;
                 delta.added_entries += 1;
                 delta.added_bytes += value.len() as u64;
+                delta.committed.push((n, next_seq, value.len()));
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
             }
