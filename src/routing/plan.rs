@@ -189,6 +189,95 @@ struct MessageValue<'a> {
     body: Option<&'a Value>,
 }
 
+impl MessageValue<'_> {
+    /// The value as JSON text: the fields every message of one change shares are serialized once
+    /// (`shared`, from [`SharedParts::of`]) and the message's own (`hint`, `targetApi`,
+    /// `resourcePath`) spliced between them, giving exactly what serializing it whole would.
+    fn to_json(&self, shared: Option<&SharedParts>) -> String {
+        let Some(shared) = shared else {
+            return serde_json::to_string(self).expect("a message value always serialises");
+        };
+        let own = serde_json::to_string(&OwnFields {
+            hint: self.hint,
+            target_api: self.target_api,
+            resource_path: self.resource_path.as_deref(),
+        })
+        .expect("a message value always serialises");
+        // `{"uuid":...,"eventType":...` + `,` + `"hint":...,"resourcePath":...` + `,` + `"hints":...}`
+        let mut json = String::with_capacity(shared.head.len() + own.len() + shared.tail.len());
+        json.push_str(&shared.head);
+        json.push(',');
+        json.push_str(&own[1..own.len() - 1]);
+        json.push(',');
+        json.push_str(&shared.tail);
+        json
+    }
+}
+
+/// The fields of [`MessageValue`] before a message's own, and after them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadFields<'a> {
+    uuid: &'a str,
+    event: &'a str,
+    timestamp: &'a Value,
+    subscription_id: Option<&'a str>,
+    owner_id: Option<&'a str>,
+    account_id: Option<&'a str>,
+    extension_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnFields<'a> {
+    hint: Option<&'a str>,
+    target_api: Option<&'a str>,
+    resource_path: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TailFields<'a> {
+    hints: &'a [Hint],
+    received_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a Value>,
+}
+
+/// One change's shared fields as JSON text: `head` without its closing brace, `tail` without its
+/// opening one. The `hints` array is serialized once per change instead of once per message.
+struct SharedParts {
+    head: String,
+    tail: String,
+}
+
+impl SharedParts {
+    fn of(value: &MessageValue<'_>) -> SharedParts {
+        let head = serde_json::to_string(&HeadFields {
+            uuid: value.uuid,
+            event: value.event,
+            timestamp: value.timestamp,
+            subscription_id: value.subscription_id,
+            owner_id: value.owner_id,
+            account_id: value.account_id,
+            extension_id: value.extension_id,
+            event_type: value.event_type,
+        })
+        .expect("a message value always serialises");
+        let tail = serde_json::to_string(&TailFields {
+            hints: value.hints,
+            received_at: value.received_at,
+            body: value.body,
+        })
+        .expect("a message value always serialises");
+        SharedParts {
+            head: head[..head.len() - 1].to_string(),
+            tail: tail[1..].to_string(),
+        }
+    }
+}
+
 pub(super) struct Planner<'a> {
     pub(super) table: &'a RoutingTable,
     pub(super) notification: &'a Notification,
@@ -206,11 +295,14 @@ struct Part<'a> {
     target: Option<&'a TargetApi>,
     /// For messages without an event type: the kind that stands in for it in the message id.
     kind_label: &'a str,
+    /// The change's shared value fields, serialized by its first message for the others.
+    shared: Option<&'a mut Option<SharedParts>>,
 }
 
 impl Planner<'_> {
     pub(super) fn change(&mut self, account_id: &str, change: &ExtensionChange) {
         let table = self.table;
+        let mut shared = None;
         table.for_each_destination(change, |d| {
             let hint_label = match (d.hint, d.target) {
                 (None, _) => "none",
@@ -225,6 +317,7 @@ impl Planner<'_> {
                 hint_label,
                 target: d.target,
                 kind_label: "",
+                shared: Some(&mut shared),
             });
         });
         if let Some(state) = &table.state {
@@ -286,6 +379,7 @@ impl Planner<'_> {
             hint_label: "none",
             target: None,
             kind_label: "SubscriptionReminder",
+            shared: None,
         });
     }
 
@@ -375,7 +469,12 @@ impl Planner<'_> {
             topic: topic.to_string(),
             key: extension_id.unwrap_or_else(|| fallback_key(n)).to_string(),
             headers,
-            value: serde_json::to_string(&value).expect("a message value always serialises"),
+            value: match part.shared {
+                Some(shared) => {
+                    value.to_json(Some(shared.get_or_insert_with(|| SharedParts::of(&value))))
+                }
+                None => value.to_json(None),
+            },
             hint_label: part.hint_label.to_string(),
             tombstone: false,
         });
@@ -420,4 +519,48 @@ fn fallback_key(n: &Notification) -> &str {
         .flatten()
         .find(|id| is_resource_id(id))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod splice {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A value spliced from its change's shared parts is byte for byte the value serialized
+        /// whole, whatever the fields hold (quotes, escapes, non-ASCII, absent fields).
+        #[test]
+        fn a_spliced_value_is_the_value_serialized_whole(
+            texts in proptest::collection::vec(any::<String>(), 8),
+            present in proptest::collection::vec(any::<bool>(), 6),
+            hints in proptest::collection::vec("[A-Za-z\"\\\\é]{0,12}", 0..6),
+        ) {
+            let hints: Vec<Hint> = hints.iter().map(Hint::new).collect();
+            let timestamp = Value::String(texts[2].clone());
+            let some = |i: usize, text: &str| present[i].then_some(text.to_string());
+            let (subscription, owner, hint, target, path) = (
+                some(0, &texts[3]), some(1, &texts[4]), some(2, &texts[5]), some(3, &texts[6]),
+                some(4, &texts[7]),
+            );
+            let value = MessageValue {
+                uuid: &texts[0],
+                event: &texts[1],
+                timestamp: &timestamp,
+                subscription_id: subscription.as_deref(),
+                owner_id: owner.as_deref(),
+                account_id: Some("~"),
+                extension_id: Some("101"),
+                event_type: Some("Update"),
+                hint: hint.as_deref(),
+                target_api: target.as_deref(),
+                resource_path: path.clone(),
+                hints: &hints,
+                received_at: &texts[0],
+                body: None,
+            };
+            let shared = SharedParts::of(&value);
+            prop_assert_eq!(value.to_json(Some(&shared)), value.to_json(None));
+        }
+    }
 }
