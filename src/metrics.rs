@@ -2,6 +2,8 @@
 //! `rckb_<name>_<unit>[_total]`; labels are bounded: route templates, status classes, event kinds,
 //! topics of the routing table, hints of the table (or `unknown`), and error-kind enums.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -9,8 +11,20 @@ use prometheus::{
 
 const NAMESPACE: &str = "rckb";
 
+/// Every metric of the bridge, behind one `Arc`: cloned per request and per task, it costs one
+/// reference count, not one per metric.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Collectors>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Collectors;
+
+    fn deref(&self) -> &Collectors {
+        &self.0
+    }
+}
+
+pub struct Collectors {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
@@ -71,7 +85,7 @@ impl Metrics {
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
-        let m = Metrics {
+        let m = Collectors {
             http_requests: IntCounterVec::new(
                 opts("http_requests_total", "HTTP requests answered, by route template and status class."),
                 &["route", "status"],
@@ -387,7 +401,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        m
+        Metrics(Arc::new(m))
     }
 
     /// The Prometheus text exposition of every metric.
