@@ -44,6 +44,8 @@ WRK_THREADS = env_int("WRK_THREADS", 1)
 DRAIN_COUNT = env_int("DRAIN_COUNT", 100_000)
 DRAIN_TIMEOUT = env_int("DRAIN_TIMEOUT", 300)
 SKIP = set(filter(None, os.environ.get("SKIP", "").split(",")))
+# Hints per notification at max load: a range `lo-hi` (uniform), e.g. `3-3` for exactly three.
+HINTS = os.environ.get("HINTS", "1-12")
 BRIDGE = Path(os.environ.get("BRIDGE_BIN", ROOT / "target/release/rc-kafka-bridge"))
 LOADGEN = Path(os.environ.get("LOADGEN_BIN", BENCH / ".work/loadgen"))
 TANSU = os.environ.get("TANSU_BIN", "tansu")
@@ -361,7 +363,7 @@ def phase_max(server, label, brokers):
     before = metrics(server.admin_port) if server.admin_port else None
     cpu0, t0 = cpu_seconds(server.pid), time.time()
     split = CpuSplit(server.pid, TANSU_PID[0])
-    r = run_wrk(f"http://{HOST}:{server.port}", LOAD_SECONDS)
+    r = run_wrk(f"http://{HOST}:{server.port}", LOAD_SECONDS, hints=HINTS)
     r["cores"] = split.done()
     cpu_load = cpu_seconds(server.pid) - cpu0
     r["server_cpu_s_during_load"] = round(cpu_load, 3)

@@ -431,6 +431,29 @@ pub(super) fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolErro
         }
         (None, None) => None,
     };
+    // A spool of an earlier format is read as it is, but what this release writes (binary entries
+    // since format 2) an earlier release cannot read: the identity says so, so that such a release
+    // refuses the spool with a clear message instead of failing on its entries.
+    if access == Access::Serve
+        && let Some(identity) = &mut opened.identity
+        && identity.format < FORMAT
+    {
+        let upgraded = SpoolIdentity {
+            format: FORMAT,
+            ..identity.clone()
+        };
+        let upgrade = || -> Result<(), redb::Error> {
+            let txn = opened.db.begin_write()?;
+            store_identity(&txn, &upgraded)?;
+            txn.commit()?;
+            Ok(())
+        };
+        upgrade().map_err(|e| classify(&path, dir, e))?;
+        write_identity(dir, &upgraded)?;
+        tracing::info!(dir = %dir.display(), from = identity.format, to = FORMAT,
+            "spool format upgraded: earlier releases will refuse this spool");
+        *identity = upgraded;
+    }
     Ok(opened)
 }
 

@@ -7,7 +7,8 @@
 //! concurrent requests share one fsync (group commit).
 //!
 //! Tables:
-//! - `entries`: sequence number -> spooled plan, in acceptance order (the relay publishes in this order).
+//! - `entries`: sequence number -> spooled plan (a binary record, `record`), in acceptance order (the
+//!   relay publishes in this order).
 //! - `seen`: notification uuid -> acceptance time; `seen_order`: (time, sequence) -> uuid, to expire
 //!   the deduplication record by age and by count.
 //! - `dead`: messages Kafka rejected for good and the dead-letter topic refused too. They count towards
@@ -51,6 +52,7 @@ use crate::sink::{Acceptance, Sink, SinkError, SinkFuture};
 mod files;
 mod handoff;
 mod inspect;
+mod record;
 mod writer;
 use files::*;
 pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
@@ -71,8 +73,9 @@ pub const DATABASE_FILE: &str = "spool.redb";
 pub const IDENTITY_FILE: &str = "spool.id";
 /// Where a new database is prepared, so that `spool.redb` only ever appears complete.
 const NEW_DATABASE_FILE: &str = "spool.redb.new";
-/// The spool's layout; a spool of a later format is refused rather than misread.
-const FORMAT: u32 = 1;
+/// The spool's layout; a spool of a later format is refused rather than misread. 2: entries are
+/// binary records (`record`); format 1's JSON entries are still read.
+const FORMAT: u32 = 2;
 
 /// The dead-letter area may hold at most `--spool-max-bytes` divided by this.
 pub const DEAD_LETTER_SHARE: u64 = 10;
@@ -167,13 +170,6 @@ pub struct SpooledEntry {
     /// Milliseconds since the Unix epoch when the notification was answered.
     pub accepted_at_ms: u64,
     pub plan: RoutePlan,
-}
-
-/// What is written for a [`SpooledEntry`]: the same layout, borrowing the plan instead of copying it.
-#[derive(Serialize)]
-struct StoredEntry<'a> {
-    accepted_at_ms: u64,
-    plan: &'a RoutePlan,
 }
 
 impl SpooledEntry {
@@ -384,7 +380,7 @@ impl Spool {
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
-            let mut entry: SpooledEntry = serde_json::from_slice(value.value()).map_err(storage)?;
+            let mut entry = record::decode(value.value()).map_err(storage)?;
             entry.seq = seq.value();
             out.push(entry);
         }
@@ -489,7 +485,7 @@ impl Spool {
         let mut out = Vec::new();
         for item in table.range(from..).map_err(storage)?.take(limit) {
             let (seq, value) = item.map_err(storage)?;
-            let mut entry: SpooledEntry = serde_json::from_slice(value.value()).map_err(storage)?;
+            let mut entry = record::decode(value.value()).map_err(storage)?;
             entry.seq = seq.value();
             out.push(entry);
         }
@@ -611,9 +607,8 @@ mod tests {
         assert_eq!(uuids, ["a", "b", "c"]);
         // A byte budget smaller than one entry still yields that entry; two entries' worth, two.
         assert_eq!(spool.oldest(10, 1).unwrap().len(), 1);
-        let one = serde_json::to_vec(&spool.oldest(1, usize::MAX).unwrap()[0])
-            .unwrap()
-            .len();
+        let oldest = &spool.oldest(1, usize::MAX).unwrap()[0];
+        let one = record::encode(0, &oldest.plan).unwrap().len();
         assert_eq!(spool.oldest(10, 2 * one + 20).unwrap().len(), 2);
         assert_eq!(
             spool.accept(plan("b")).await.unwrap(),
@@ -775,9 +770,8 @@ mod tests {
             n += 1;
         }
         assert!(spool.bytes() + spool.dead_letter_bytes() <= 10_000);
-        let entry = serde_json::to_vec(&spool.oldest(1, usize::MAX).unwrap()[0])
-            .unwrap()
-            .len() as u64;
+        let oldest = &spool.oldest(1, usize::MAX).unwrap()[0];
+        let entry = record::encode(0, &oldest.plan).unwrap().len() as u64;
         // Refused only once the next entry (a uuid at most two characters longer) no longer fitted.
         assert!(spool.bytes() + spool.dead_letter_bytes() + entry + 2 > 10_000);
 

@@ -216,11 +216,7 @@ impl Shared {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
-                let entry = StoredEntry {
-                    accepted_at_ms: now,
-                    plan,
-                };
-                let value = serde_json::to_vec(&entry).map_err(storage)?;
+                let value = record::encode(now, plan).map_err(storage)?;
                 if bytes + value.len() as u64 > self.max_bytes {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;

@@ -273,6 +273,42 @@ async fn a_spool_of_an_earlier_release_is_adopted_and_delivered() {
     drop(bridge);
 }
 
+/// The identity file's `format`.
+fn spool_format(dir: &Path) -> i64 {
+    let text = std::fs::read_to_string(dir.join(spool::IDENTITY_FILE)).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    table["format"].as_integer().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_written_by_the_json_entry_release_is_delivered_and_its_format_upgraded() {
+    // `tests/fixtures/spool-format-1`: three notifications (ExtensionInfo and Features hints)
+    // answered by the release that stored entries as JSON, while Kafka was unreachable.
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-format-1");
+    for name in [spool::DATABASE_FILE, spool::IDENTITY_FILE] {
+        std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
+    }
+    assert_eq!(spool_format(dir.path()), 1);
+    let id = spool_id(dir.path());
+
+    let kafka = MockKafka::start();
+    let (bridge, events) = serve_until_listening(dir.path(), &kafka.bootstrap, &[]).await;
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spool format upgraded"))),
+        "{events:#?}"
+    );
+    let uuids: Vec<String> = (1..=3).map(|n| format!("fixture-{n}")).collect();
+    let missing = missing_after_delivery(&kafka.bootstrap, &uuids, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "not delivered: {missing:?}");
+    drop(bridge);
+    // The same spool, now saying that earlier releases cannot read it.
+    assert_eq!(spool_id(dir.path()), id);
+    assert_eq!(spool_format(dir.path()), 2);
+}
+
 #[test]
 fn a_lost_identity_file_is_written_again_from_the_database() {
     let dir = tempfile::tempdir().unwrap();
