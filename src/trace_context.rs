@@ -114,22 +114,31 @@ impl TraceContext {
 
     /// Adds the trace headers to every message of `plan`.
     pub fn stamp(&self, plan: &mut RoutePlan) {
+        // Formatted once: every message carries the same.
+        let parent = self.to_string();
         for message in &mut plan.messages {
-            self.stamp_message(message);
+            self.stamp_with(message, &parent);
         }
     }
 
     /// Adds the trace headers to `message`, and the CloudEvents tracing extension's when it is a
     /// CloudEvent.
     pub fn stamp_message(&self, message: &mut OutboundMessage) {
-        let parent = self.to_string();
+        self.stamp_with(message, &self.to_string());
+    }
+
+    fn stamp_with(&self, message: &mut OutboundMessage, parent: &str) {
         let cloudevent = message.header("ce_specversion").is_some();
-        message.headers.push((TRACEPARENT.into(), parent.clone()));
+        message
+            .headers
+            .push((TRACEPARENT.into(), parent.to_string()));
         if let Some(state) = &self.state {
             message.headers.push((TRACESTATE.into(), state.clone()));
         }
         if cloudevent {
-            message.headers.push((CE_TRACEPARENT.into(), parent));
+            message
+                .headers
+                .push((CE_TRACEPARENT.into(), parent.to_string()));
             if let Some(state) = &self.state {
                 message.headers.push((CE_TRACESTATE.into(), state.clone()));
             }
@@ -152,7 +161,13 @@ fn decode<const N: usize>(hex: &str) -> Option<[u8; N]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    text
 }
 
 /// A random id that is not all zeros (which W3C reserves for "none").

@@ -16,6 +16,8 @@ const BINARY_V1: u8 = 1;
 /// The layout of version 1, in field order (postcard is positional: only ever add a version).
 #[derive(Serialize, Deserialize)]
 struct Record<'a> {
+    /// [`BINARY_V1`]: postcard writes a `u8` as the byte itself, so it is the record's first byte.
+    version: u8,
     accepted_at_ms: u64,
     #[serde(borrow)]
     uuid: Cow<'a, str>,
@@ -43,6 +45,7 @@ struct Message<'a> {
 /// The stored form of `plan`, accepted at `accepted_at_ms`.
 pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> {
     let record = Record {
+        version: BINARY_V1,
         accepted_at_ms,
         uuid: Cow::Borrowed(&plan.uuid),
         kind: Cow::Borrowed(&plan.kind),
@@ -63,7 +66,7 @@ pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> 
             })
             .collect(),
     };
-    postcard::to_extend(&record, vec![BINARY_V1]).map_err(|e| e.to_string())
+    postcard::to_stdvec(&record).map_err(|e| e.to_string())
 }
 
 /// The entry stored as `bytes` (its sequence number is the caller's to set).
@@ -71,8 +74,7 @@ pub fn decode(bytes: &[u8]) -> Result<SpooledEntry, String> {
     match bytes.first() {
         Some(b'{') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         Some(&BINARY_V1) => {
-            let record: Record<'_> =
-                postcard::from_bytes(&bytes[1..]).map_err(|e| e.to_string())?;
+            let record: Record<'_> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
             Ok(SpooledEntry {
                 seq: 0,
                 accepted_at_ms: record.accepted_at_ms,
