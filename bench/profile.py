@@ -100,7 +100,8 @@ def main():
     tansu, brokers = b.start_tansu()
     try:
         server = b.start_bridge(brokers, mode, f"p{b.NONCE}-{mode}.")
-        env = dict(os.environ, BENCH_NONCE=b.NONCE_NEXT(), HINTS_MIN="1", HINTS_MAX="12")
+        lo, hi = b.HINTS.split("-")
+        env = dict(os.environ, BENCH_NONCE=b.NONCE_NEXT(), HINTS_MIN=lo, HINTS_MAX=hi)
         wrk = subprocess.Popen(["wrk", f"-t{b.WRK_THREADS}", f"-c{b.CONNECTIONS}", f"-d{seconds + 3}s", "--timeout",
                                 "10s", "-s", str(b.BENCH / "webhook.lua"), f"http://{b.HOST}:{server.port}"],
                                stdout=subprocess.PIPE, text=True, env=env)
