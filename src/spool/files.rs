@@ -417,13 +417,7 @@ pub(super) fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolErro
         }
         (None, None) if access == Access::Serve => {
             let adopted = SpoolIdentity::generate()?;
-            let adopt = || -> Result<(), redb::Error> {
-                let txn = opened.db.begin_write()?;
-                store_identity(&txn, &adopted)?;
-                txn.commit()?;
-                Ok(())
-            };
-            adopt().map_err(|e| classify(&path, dir, e))?;
+            commit_identity(&opened.db, &adopted).map_err(|e| classify(&path, dir, e))?;
             write_identity(dir, &adopted)?;
             tracing::info!(dir = %dir.display(), id = %adopted.id,
                 "adopted a spool without an identity (written by an earlier release): wrote {IDENTITY_FILE}");
@@ -442,19 +436,21 @@ pub(super) fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolErro
             format: FORMAT,
             ..identity.clone()
         };
-        let upgrade = || -> Result<(), redb::Error> {
-            let txn = opened.db.begin_write()?;
-            store_identity(&txn, &upgraded)?;
-            txn.commit()?;
-            Ok(())
-        };
-        upgrade().map_err(|e| classify(&path, dir, e))?;
+        commit_identity(&opened.db, &upgraded).map_err(|e| classify(&path, dir, e))?;
         write_identity(dir, &upgraded)?;
         tracing::info!(dir = %dir.display(), from = identity.format, to = FORMAT,
             "spool format upgraded: earlier releases will refuse this spool");
         *identity = upgraded;
     }
     Ok(opened)
+}
+
+/// Stores `identity` in the database, durably.
+fn commit_identity(db: &Database, identity: &SpoolIdentity) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    store_identity(&txn, identity)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// How large redb's file may grow, as a multiple of the bytes the spool accounts for
