@@ -120,20 +120,26 @@ impl RoutingTable {
         };
         let timestamp = Value::String(at.to_string());
         let value = MessageValue {
-            uuid: sweep_id,
-            event: &format!("/restapi/v1.0/account/{account_id}/extension/{extension_id}"),
-            timestamp: &timestamp,
-            subscription_id: None,
-            owner_id: None,
-            account_id: Some(account_id),
-            extension_id: Some(extension_id),
-            event_type: Some(event_type),
-            hint: None,
-            target_api: None,
-            resource_path: None,
-            hints: &[],
-            received_at: at,
-            body: None,
+            head: HeadFields {
+                uuid: sweep_id,
+                event: &format!("/restapi/v1.0/account/{account_id}/extension/{extension_id}"),
+                timestamp: &timestamp,
+                subscription_id: None,
+                owner_id: None,
+                account_id: Some(account_id),
+                extension_id: Some(extension_id),
+                event_type: Some(event_type),
+            },
+            own: OwnFields {
+                hint: None,
+                target_api: None,
+                resource_path: None,
+            },
+            tail: TailFields {
+                hints: &[],
+                received_at: at,
+                body: None,
+            },
         };
         let topic = topic.as_str();
         let message_id = format!("{sweep_id}:{extension_id}:{event_type}:{topic}");
@@ -161,32 +167,23 @@ impl RoutingTable {
             topic: topic.to_string(),
             key: extension_id.to_string(),
             headers,
-            value: serde_json::to_string(&value).expect("a message value always serialises"),
+            value: value.to_json(None),
             hint_label: "none".into(),
             tombstone: false,
         }
     }
 }
 
-/// The JSON value of a routed message (the message contract).
+/// The JSON value of a routed message (the message contract): the fields every message of a change
+/// shares around the message's own, in this order.
 #[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct MessageValue<'a> {
-    uuid: &'a str,
-    event: &'a str,
-    timestamp: &'a Value,
-    subscription_id: Option<&'a str>,
-    owner_id: Option<&'a str>,
-    account_id: Option<&'a str>,
-    extension_id: Option<&'a str>,
-    event_type: Option<&'a str>,
-    hint: Option<&'a str>,
-    target_api: Option<&'a str>,
-    resource_path: Option<String>,
-    hints: &'a [Hint],
-    received_at: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a Value>,
+    #[serde(flatten)]
+    head: HeadFields<'a>,
+    #[serde(flatten)]
+    own: OwnFields<'a>,
+    #[serde(flatten)]
+    tail: TailFields<'a>,
 }
 
 impl MessageValue<'_> {
@@ -197,12 +194,7 @@ impl MessageValue<'_> {
         let Some(shared) = shared else {
             return serde_json::to_string(self).expect("a message value always serialises");
         };
-        let own = serde_json::to_string(&OwnFields {
-            hint: self.hint,
-            target_api: self.target_api,
-            resource_path: self.resource_path.as_deref(),
-        })
-        .expect("a message value always serialises");
+        let own = serde_json::to_string(&self.own).expect("a message value always serialises");
         // `{"uuid":...,"eventType":...` + `,` + `"hint":...,"resourcePath":...` + `,` + `"hints":...}`
         let mut json = String::with_capacity(shared.head.len() + own.len() + shared.tail.len());
         json.push_str(&shared.head);
@@ -254,23 +246,8 @@ struct SharedParts {
 
 impl SharedParts {
     fn of(value: &MessageValue<'_>) -> SharedParts {
-        let head = serde_json::to_string(&HeadFields {
-            uuid: value.uuid,
-            event: value.event,
-            timestamp: value.timestamp,
-            subscription_id: value.subscription_id,
-            owner_id: value.owner_id,
-            account_id: value.account_id,
-            extension_id: value.extension_id,
-            event_type: value.event_type,
-        })
-        .expect("a message value always serialises");
-        let tail = serde_json::to_string(&TailFields {
-            hints: value.hints,
-            received_at: value.received_at,
-            body: value.body,
-        })
-        .expect("a message value always serialises");
+        let head = serde_json::to_string(&value.head).expect("a message value always serialises");
+        let tail = serde_json::to_string(&value.tail).expect("a message value always serialises");
         SharedParts {
             head: head[..head.len() - 1].to_string(),
             tail: tail[1..].to_string(),
@@ -417,24 +394,31 @@ impl Planner<'_> {
         let extension_id = part.change.map(|c| c.extension_id.as_str());
         let event_type = part.change.map(|c| c.event_type.as_str());
         let hint = part.hint.map(Hint::as_str);
+        let resource_path = part
+            .target
+            .zip(part.account_id.zip(extension_id))
+            .map(|(t, (account, extension))| t.resource_path(account, extension));
         let value = MessageValue {
-            uuid: &n.uuid,
-            event: &n.event,
-            timestamp: &n.timestamp,
-            subscription_id: n.subscription_id.as_deref(),
-            owner_id: n.owner_id.as_deref(),
-            account_id: part.account_id,
-            extension_id,
-            event_type,
-            hint,
-            target_api: part.target.map(TargetApi::as_str),
-            resource_path: part
-                .target
-                .zip(part.account_id.zip(extension_id))
-                .map(|(t, (account, extension))| t.resource_path(account, extension)),
-            hints: part.change.map(|c| c.hints.as_slice()).unwrap_or_default(),
-            received_at: self.received_at,
-            body: part.change.is_none().then_some(&n.body),
+            head: HeadFields {
+                uuid: &n.uuid,
+                event: &n.event,
+                timestamp: &n.timestamp,
+                subscription_id: n.subscription_id.as_deref(),
+                owner_id: n.owner_id.as_deref(),
+                account_id: part.account_id,
+                extension_id,
+                event_type,
+            },
+            own: OwnFields {
+                hint,
+                target_api: part.target.map(TargetApi::as_str),
+                resource_path: resource_path.as_deref(),
+            },
+            tail: TailFields {
+                hints: part.change.map(|c| c.hints.as_slice()).unwrap_or_default(),
+                received_at: self.received_at,
+                body: part.change.is_none().then_some(&n.body),
+            },
         };
         let topic = part.topic.as_str();
         let message_id = format!(
@@ -544,20 +528,26 @@ mod splice {
                 some(4, &texts[7]),
             );
             let value = MessageValue {
-                uuid: &texts[0],
-                event: &texts[1],
-                timestamp: &timestamp,
-                subscription_id: subscription.as_deref(),
-                owner_id: owner.as_deref(),
-                account_id: Some("~"),
-                extension_id: Some("101"),
-                event_type: Some("Update"),
-                hint: hint.as_deref(),
-                target_api: target.as_deref(),
-                resource_path: path.clone(),
-                hints: &hints,
-                received_at: &texts[0],
-                body: None,
+                head: HeadFields {
+                    uuid: &texts[0],
+                    event: &texts[1],
+                    timestamp: &timestamp,
+                    subscription_id: subscription.as_deref(),
+                    owner_id: owner.as_deref(),
+                    account_id: Some("~"),
+                    extension_id: Some("101"),
+                    event_type: Some("Update"),
+                },
+                own: OwnFields {
+                    hint: hint.as_deref(),
+                    target_api: target.as_deref(),
+                    resource_path: path.as_deref(),
+                },
+                tail: TailFields {
+                    hints: &hints,
+                    received_at: &texts[0],
+                    body: None,
+                },
             };
             let shared = SharedParts::of(&value);
             prop_assert_eq!(value.to_json(Some(&shared)), value.to_json(None));
