@@ -24,6 +24,7 @@ use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
 use super::index::{self, Entry};
 use super::limiter::RateLimiter;
+use super::now;
 use super::request::{Request, StateRouting};
 use crate::kafka::{ErrorKind, KafkaProducer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
@@ -732,13 +733,6 @@ impl Worker {
             Err(e) => tracing::error!(error = %e, "state fetcher: cannot build a new producer"),
         }
     }
-}
-
-/// Now, as RFC 3339: when a state was fetched.
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// When a request was accepted.

@@ -28,3 +28,10 @@ pub mod sweep;
 
 #[cfg(test)]
 mod fake_api;
+
+/// Now, as RFC 3339: when a state was fetched, a request accepted, a sweep repaired.
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

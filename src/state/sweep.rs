@@ -16,6 +16,7 @@ use super::fetch_table::{Resource, ResourceKey};
 use super::get_template::KeyScope;
 use super::index::{self, Entry, SweepMark};
 use super::limiter::RateLimiter;
+use super::now;
 use super::rate_limits::RateGroup;
 use super::request::{Request, StateRouting};
 use crate::kafka::{KafkaProducer, Publisher};
@@ -559,12 +560,6 @@ fn count(differences: &[Difference]) -> Report {
         }
     }
     report
-}
-
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// A sweep's id: when it started, and a random suffix so that two sweeps in one second differ.
