@@ -391,17 +391,13 @@ impl Spool {
     /// them: at most `limit`, no more than `max_bytes` of stored entries (but at least one).
     /// [`Handed::Unknown`] when they must be read from the database ([`Spool::oldest`]).
     pub fn handed_off(&self, next: u64, limit: usize, max_bytes: usize) -> Handed {
-        self.shared
-            .handoff
-            .lock()
-            .unwrap()
-            .take(next, limit, max_bytes)
+        self.shared.handoff().take(next, limit, max_bytes)
     }
 
     /// The sequence number the next committed entry gets: read before [`Spool::oldest`], it is
     /// where a relay that found the database empty goes on from.
     pub fn end(&self) -> u64 {
-        self.shared.handoff.lock().unwrap().end()
+        self.shared.handoff().end()
     }
 
     /// Removes entries whose messages Kafka acknowledged (or that were dead-lettered), and keeps

@@ -25,6 +25,14 @@ impl Shared {
         self.max_bytes / DEAD_LETTER_SHARE
     }
 
+    /// The hand-off, even after a panic elsewhere while it was held: every change to it leaves it
+    /// whole (a run of entries and its end), and the relay falls back to the database anyway.
+    pub(super) fn handoff(&self) -> std::sync::MutexGuard<'_, handoff::HandOff> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(super) fn database(&self) -> Result<Arc<Database>, SpoolError> {
         self.db.read().unwrap().clone().ok_or_else(|| {
             SpoolError::Storage("spool is closed, or reopening after an I/O error".into())
@@ -113,7 +121,7 @@ impl Shared {
                 self.health.store(health, Ordering::Relaxed);
                 self.publish_gauges();
                 let mut committed = delta.committed.iter().peekable();
-                let mut handoff = self.handoff.lock().unwrap();
+                let mut handoff = self.handoff();
                 for (n, (append, outcome)) in appends.into_iter().zip(outcomes).enumerate() {
                     let _ = append.reply.send(outcome);
                     if let Some((_, seq, bytes)) = committed.next_if(|(i, _, _)| *i == n) {
@@ -207,7 +215,7 @@ impl Shared {
                 delta.removed_dead_letter_bytes += len;
             }
 
-            let mut next_seq = self.handoff.lock().unwrap().end();
+            let mut next_seq = self.handoff().end();
             delta.accepted_at_ms = now;
             // Pending entries and dead letters share --spool-max-bytes.
             let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
