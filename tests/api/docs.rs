@@ -16,7 +16,7 @@ struct Declared {
 }
 
 fn declared() -> Vec<Declared> {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    let output = crate::common::process::bridge_command()
         .args(["serve", "--help"])
         .env("COLUMNS", "1000")
         .output()
@@ -149,7 +149,7 @@ fn every_setting_has_its_key_in_the_example_config() {
 
 /// `rc-kafka-bridge asyncapi` with `args`, its standard output.
 fn asyncapi(args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rc-kafka-bridge"))
+    let output = crate::common::process::bridge_command()
         .arg("asyncapi")
         .args(args)
         .output()
