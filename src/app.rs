@@ -259,9 +259,7 @@ impl Application {
                 DeliveryMode::Spool => {
                     let spool = Arc::new(Spool::open(
                         &settings.spool_dir,
-                        settings.spool_max_bytes.get(),
-                        settings.dedup_window,
-                        settings.dedup_capacity.get(),
+                        settings.spool_options(),
                         metrics.clone(),
                     )?);
                     let relay = Relay::start(

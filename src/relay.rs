@@ -497,6 +497,7 @@ mod tests {
     use crate::kafka::PublishError;
     use crate::routing::RoutePlan;
     use crate::sink::Sink;
+    use crate::spool::SpoolOptions;
 
     /// What the double answers for one message.
     #[derive(Clone, Copy, Debug)]
@@ -588,7 +589,18 @@ mod tests {
     }
 
     fn open(dir: &Path, metrics: &Metrics) -> Arc<Spool> {
-        Arc::new(Spool::open(dir, 1 << 20, Duration::from_secs(60), 100, metrics.clone()).unwrap())
+        Arc::new(
+            Spool::open(
+                dir,
+                SpoolOptions {
+                    max_bytes: 1 << 20,
+                    dedup_window: Duration::from_secs(60),
+                    dedup_capacity: 100,
+                },
+                metrics.clone(),
+            )
+            .unwrap(),
+        )
     }
 
     /// A spool holding `plans`, and a relay publishing it through doubles that follow `script`.

@@ -19,9 +19,7 @@ pub(super) fn run(command: SpoolCommand) -> Result<(), CommandError> {
     let open = || {
         Spool::open_existing(
             &settings.spool_dir,
-            settings.spool_max_bytes.get(),
-            settings.dedup_window,
-            settings.dedup_capacity.get(),
+            settings.spool_options(),
             Metrics::new(),
         )
     };

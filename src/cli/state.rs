@@ -68,9 +68,7 @@ pub(super) fn reconcile(settings: &Settings) -> Result<(), CommandError> {
     let metrics = Metrics::new();
     let _held = match Spool::open_existing(
         &settings.spool_dir,
-        settings.spool_max_bytes.get(),
-        settings.dedup_window,
-        settings.dedup_capacity.get(),
+        settings.spool_options(),
         metrics.clone(),
     ) {
         Err(SpoolError::InUse { .. }) => {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::ringcentral::SubscriptionId;
 pub use crate::secret::Secret;
+use crate::spool::SpoolOptions;
 use crate::state::fetch_table::{FetchTable, FetchTableError, StateFetchOverride};
 use crate::state::request::StateRouting;
 
@@ -537,6 +538,15 @@ impl Settings {
             .update_from_arg_matches(&args.given)
             .map_err(|e| ConfigError::Arguments(e.to_string()))?;
         settings.resolve_with(kafka_properties_from_env(std::env::vars_os())?)
+    }
+
+    /// How the spool is sized.
+    pub fn spool_options(&self) -> SpoolOptions {
+        SpoolOptions {
+            max_bytes: self.spool_max_bytes.get(),
+            dedup_window: self.dedup_window,
+            dedup_capacity: self.dedup_capacity.get(),
+        }
     }
 
     /// The file's settings over the declared defaults. Unknown keys are an error.

@@ -227,6 +227,17 @@ struct Shared {
     metrics: Metrics,
 }
 
+/// How a spool is sized, for `serve` and the `spool` commands alike.
+#[derive(Clone, Copy, Debug)]
+pub struct SpoolOptions {
+    /// Largest backlog, in bytes of stored entries, before new notifications are refused.
+    pub max_bytes: u64,
+    /// How long a notification uuid is remembered to drop redeliveries.
+    pub dedup_window: Duration,
+    /// How many notification uuids are remembered at most.
+    pub dedup_capacity: usize,
+}
+
 pub struct Spool {
     shared: Arc<Shared>,
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
@@ -265,15 +276,9 @@ fn rfc3339(ms: u64) -> String {
 impl Spool {
     /// Opens (or creates) the spool in `dir` and resumes whatever an earlier run left in it. A spool
     /// that was lost or damaged is an error, never a new empty spool.
-    pub fn open(
-        dir: &Path,
-        max_bytes: u64,
-        dedup_window: Duration,
-        dedup_capacity: usize,
-        metrics: Metrics,
-    ) -> Result<Spool, SpoolError> {
+    pub fn open(dir: &Path, options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
         let opened = open_files(dir, Access::Serve)?;
-        warn_if_disk_is_small(dir, &dir.join(DATABASE_FILE), max_bytes);
+        warn_if_disk_is_small(dir, &dir.join(DATABASE_FILE), options.max_bytes);
         let counts = &opened.counts;
         if counts.entries > 0 || counts.dead_letters > 0 {
             tracing::info!(
@@ -283,42 +288,24 @@ impl Spool {
                 "resuming spooled notifications from an earlier run"
             );
         }
-        Self::start(
-            dir,
-            opened,
-            max_bytes,
-            dedup_window,
-            dedup_capacity,
-            metrics,
-        )
+        Self::start(dir, opened, options, metrics)
     }
 
     /// Opens the spool in `dir` as it is, for the `spool` commands: it must exist, and nothing is
     /// created, adopted or tightened to open it.
     pub fn open_existing(
         dir: &Path,
-        max_bytes: u64,
-        dedup_window: Duration,
-        dedup_capacity: usize,
+        options: SpoolOptions,
         metrics: Metrics,
     ) -> Result<Spool, SpoolError> {
         let opened = open_files(dir, Access::Existing)?;
-        Self::start(
-            dir,
-            opened,
-            max_bytes,
-            dedup_window,
-            dedup_capacity,
-            metrics,
-        )
+        Self::start(dir, opened, options, metrics)
     }
 
     fn start(
         dir: &Path,
         opened: Opened,
-        max_bytes: u64,
-        dedup_window: Duration,
-        dedup_capacity: usize,
+        options: SpoolOptions,
         metrics: Metrics,
     ) -> Result<Spool, SpoolError> {
         let Opened {
@@ -340,9 +327,9 @@ impl Spool {
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             path: dir.join(DATABASE_FILE),
             identity,
-            max_bytes,
-            dedup_window,
-            dedup_capacity,
+            max_bytes: options.max_bytes,
+            dedup_window: options.dedup_window,
+            dedup_capacity: options.dedup_capacity,
             entries: AtomicU64::new(counts.entries),
             bytes: AtomicU64::new(counts.bytes),
             dead_letters: AtomicU64::new(counts.dead_letters),
@@ -571,9 +558,11 @@ mod tests {
     fn open(dir: &Path, max_bytes: u64) -> Spool {
         Spool::open(
             dir,
-            max_bytes,
-            Duration::from_secs(3600),
-            1000,
+            SpoolOptions {
+                max_bytes,
+                dedup_window: Duration::from_secs(3600),
+                dedup_capacity: 1000,
+            },
             Metrics::new(),
         )
         .unwrap()
@@ -695,9 +684,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(
             dir.path(),
-            1 << 20,
-            Duration::from_secs(3600),
-            2,
+            SpoolOptions {
+                max_bytes: 1 << 20,
+                dedup_window: Duration::from_secs(3600),
+                dedup_capacity: 2,
+            },
             Metrics::new(),
         )
         .unwrap();
@@ -737,9 +728,11 @@ mod tests {
         let metrics = Metrics::new();
         let spool = Spool::open(
             dir.path(),
-            10_000,
-            Duration::from_secs(3600),
-            1000,
+            SpoolOptions {
+                max_bytes: 10_000,
+                dedup_window: Duration::from_secs(3600),
+                dedup_capacity: 1000,
+            },
             metrics.clone(),
         )
         .unwrap();

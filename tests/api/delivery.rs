@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rc_kafka_bridge::metrics::Metrics;
-use rc_kafka_bridge::spool::Spool;
+use rc_kafka_bridge::spool::{Spool, SpoolOptions};
 use rdkafka::types::RDKafkaRespErr;
 use serde_json::Value;
 
@@ -174,9 +174,11 @@ async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_are
 
     let spool = Spool::open(
         dir.path(),
-        1 << 20,
-        Duration::from_secs(60),
-        10,
+        SpoolOptions {
+            max_bytes: 1 << 20,
+            dedup_window: Duration::from_secs(60),
+            dedup_capacity: 10,
+        },
         Metrics::new(),
     )
     .unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rc_kafka_bridge::metrics::Metrics;
-use rc_kafka_bridge::spool::Spool;
+use rc_kafka_bridge::spool::{Spool, SpoolOptions};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -392,9 +392,11 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
 
     let spool = Spool::open(
         dir.path(),
-        1 << 20,
-        Duration::from_secs(60),
-        10,
+        SpoolOptions {
+            max_bytes: 1 << 20,
+            dedup_window: Duration::from_secs(60),
+            dedup_capacity: 10,
+        },
         Metrics::new(),
     )
     .unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::routing::{OutboundMessage, RoutePlan};
 use rc_kafka_bridge::sink::{Sink, SinkError};
-use rc_kafka_bridge::spool::{self, Spool, SpoolError};
+use rc_kafka_bridge::spool::{self, Spool, SpoolError, SpoolOptions};
 use serde_json::Value;
 
 use crate::common::app::TestApp;
@@ -38,9 +38,11 @@ fn spool_id(dir: &Path) -> String {
 fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
     Spool::open(
         dir,
-        max_bytes,
-        Duration::from_secs(3600),
-        100_000,
+        SpoolOptions {
+            max_bytes,
+            dedup_window: Duration::from_secs(3600),
+            dedup_capacity: 100_000,
+        },
         Metrics::new(),
     )
 }

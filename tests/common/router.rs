@@ -51,14 +51,8 @@ impl Ingress {
         let settings = test_settings("127.0.0.1:1", dir.path(), tweak);
         let metrics = Metrics::new();
         let spool = Arc::new(
-            Spool::open(
-                dir.path(),
-                settings.spool_max_bytes.get(),
-                settings.dedup_window,
-                settings.dedup_capacity.get(),
-                metrics.clone(),
-            )
-            .expect("a spool in a fresh directory"),
+            Spool::open(dir.path(), settings.spool_options(), metrics.clone())
+                .expect("a spool in a fresh directory"),
         );
         let state = IngressState {
             routing: Arc::new(ArcSwap::from_pointee(settings.routing.clone())),
