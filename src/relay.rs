@@ -596,6 +596,7 @@ mod tests {
                     max_bytes: 1 << 20,
                     dedup_window: Duration::from_secs(60),
                     dedup_capacity: 100,
+                    cache_bytes: 1 << 20,
                 },
                 metrics.clone(),
             )

@@ -121,6 +121,10 @@ pub struct Settings {
     /// Largest spool backlog, in bytes of pending messages, before answering 503.
     #[arg(long, env = "RCKB_SPOOL_MAX_BYTES", default_value = "1073741824")]
     pub spool_max_bytes: NonZeroU64,
+    /// Memory for the spool database's page cache, in bytes. The relay reads each entry about once,
+    /// so a larger cache buys little; it mostly grows the bridge's memory while a backlog drains.
+    #[arg(long, env = "RCKB_SPOOL_CACHE_BYTES", default_value = "8388608")]
+    pub spool_cache_bytes: NonZeroUsize,
     /// Largest accepted webhook body, in bytes.
     #[arg(long, env = "RCKB_MAX_BODY_BYTES", default_value = "65536")]
     pub max_body_bytes: NonZeroUsize,
@@ -544,6 +548,7 @@ impl Settings {
     pub fn spool_options(&self) -> SpoolOptions {
         SpoolOptions {
             max_bytes: self.spool_max_bytes.get(),
+            cache_bytes: self.spool_cache_bytes.get(),
             dedup_window: self.dedup_window,
             dedup_capacity: self.dedup_capacity.get(),
         }

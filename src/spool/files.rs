@@ -255,7 +255,8 @@ pub(super) fn create_spool(dir: &Path) -> Result<SpoolIdentity, SpoolError> {
     {
         let backend =
             redb::backends::FileBackend::new(file).map_err(|e| classify(&staged, dir, e))?;
-        let db = builder()
+        // Empty and closed again at once: its page cache never fills.
+        let db = Database::builder()
             .create_with_backend(backend)
             .map_err(|e| classify(&staged, dir, e))?;
         let initialise = || -> Result<(), redb::Error> {
@@ -276,12 +277,16 @@ pub(super) fn create_spool(dir: &Path) -> Result<SpoolIdentity, SpoolError> {
 
 /// Opens an existing database, checking every page it uses, and reads what the spool holds. Any
 /// failure, a panic inside the storage engine included, is an error naming the file.
-pub(super) fn open_database(path: &Path, dir: &Path) -> Result<Opened, SpoolError> {
+pub(super) fn open_database(
+    path: &Path,
+    dir: &Path,
+    cache_bytes: usize,
+) -> Result<Opened, SpoolError> {
     let open = || -> Result<Opened, SpoolError> {
         let fail = |e: redb::Error| classify(path, dir, e);
         // The integrity check verifies the checksum of every page in use: a damaged file is refused
         // here, where a plain open trusts it and may panic later, halfway through serving.
-        let db = builder()
+        let db = builder(cache_bytes)
             .set_check_integrity_on_open(true)
             .open(path)
             .map_err(|e| fail(e.into()))?;
@@ -341,7 +346,11 @@ pub(super) fn open_database(path: &Path, dir: &Path) -> Result<Opened, SpoolErro
 }
 
 /// Opens the spool in `dir`, checking that the database is the one the identity file names.
-pub(super) fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolError> {
+pub(super) fn open_files(
+    dir: &Path,
+    access: Access,
+    cache_bytes: usize,
+) -> Result<Opened, SpoolError> {
     let path = dir.join(DATABASE_FILE);
     let identity_path = dir.join(IDENTITY_FILE);
     if access == Access::Serve {
@@ -384,7 +393,7 @@ pub(super) fn open_files(dir: &Path, access: Access) -> Result<Opened, SpoolErro
         }
     }
 
-    let mut opened = open_database(&path, dir)?;
+    let mut opened = open_database(&path, dir, cache_bytes)?;
     if let Some(stored) = &opened.identity
         && stored.format > FORMAT
     {

@@ -214,6 +214,8 @@ struct Shared {
     path: PathBuf,
     identity: Option<SpoolIdentity>,
     max_bytes: u64,
+    /// For reopening the database.
+    cache_bytes: usize,
     dedup_window: Duration,
     dedup_capacity: usize,
     entries: AtomicU64,
@@ -232,6 +234,8 @@ struct Shared {
 pub struct SpoolOptions {
     /// Largest backlog, in bytes of stored entries, before new notifications are refused.
     pub max_bytes: u64,
+    /// Bytes of the database's page cache.
+    pub cache_bytes: usize,
     /// How long a notification uuid is remembered to drop redeliveries.
     pub dedup_window: Duration,
     /// How many notification uuids are remembered at most.
@@ -245,14 +249,11 @@ pub struct Spool {
     closed: AtomicBool,
 }
 
-/// redb's page cache defaults to 1 GiB and grows with a backlog; the relay reads each entry about once,
-/// so a small cache costs little speed and keeps memory bounded (measured: a 100k backlog drained at
-/// about 50k messages/s with 64 MiB, peak RSS halved).
-const CACHE_BYTES: usize = 64 << 20;
-
-fn builder() -> redb::Builder {
+/// redb's page cache would default to 1 GiB and grow with a backlog; the relay reads each entry about
+/// once, so a small cache costs little speed and keeps memory bounded (`--spool-cache-bytes`).
+fn builder(cache_bytes: usize) -> redb::Builder {
     let mut builder = Database::builder();
-    builder.set_cache_size(CACHE_BYTES);
+    builder.set_cache_size(cache_bytes);
     builder
 }
 
@@ -277,7 +278,7 @@ impl Spool {
     /// Opens (or creates) the spool in `dir` and resumes whatever an earlier run left in it. A spool
     /// that was lost or damaged is an error, never a new empty spool.
     pub fn open(dir: &Path, options: SpoolOptions, metrics: Metrics) -> Result<Spool, SpoolError> {
-        let opened = open_files(dir, Access::Serve)?;
+        let opened = open_files(dir, Access::Serve, options.cache_bytes)?;
         warn_if_disk_is_small(dir, &dir.join(DATABASE_FILE), options.max_bytes);
         let counts = &opened.counts;
         if counts.entries > 0 || counts.dead_letters > 0 {
@@ -298,7 +299,7 @@ impl Spool {
         options: SpoolOptions,
         metrics: Metrics,
     ) -> Result<Spool, SpoolError> {
-        let opened = open_files(dir, Access::Existing)?;
+        let opened = open_files(dir, Access::Existing, options.cache_bytes)?;
         Self::start(dir, opened, options, metrics)
     }
 
@@ -328,6 +329,7 @@ impl Spool {
             path: dir.join(DATABASE_FILE),
             identity,
             max_bytes: options.max_bytes,
+            cache_bytes: options.cache_bytes,
             dedup_window: options.dedup_window,
             dedup_capacity: options.dedup_capacity,
             entries: AtomicU64::new(counts.entries),
@@ -562,10 +564,40 @@ mod tests {
                 max_bytes,
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 1000,
+                cache_bytes: 1 << 20,
             },
             Metrics::new(),
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_page_cache_far_smaller_than_the_backlog_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SpoolOptions {
+            max_bytes: 1 << 30,
+            dedup_window: Duration::from_secs(3600),
+            dedup_capacity: 10_000,
+            cache_bytes: 4096,
+        };
+        let uuids: Vec<String> = (0..200).map(|n| format!("u{n:04}")).collect();
+        {
+            let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
+            for uuid in &uuids {
+                let mut plan = plan(uuid);
+                plan.messages[0].value = format!("\"{}\"", "x".repeat(2000));
+                spool.accept(plan).await.unwrap();
+            }
+            assert!(spool.bytes() > 16 * 4096, "the backlog outgrows the cache");
+        }
+        let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
+        let read: Vec<String> = spool
+            .entries_from(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.plan.uuid)
+            .collect();
+        assert_eq!(read, uuids);
     }
 
     #[tokio::test]
@@ -688,6 +720,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 2,
+                cache_bytes: 1 << 20,
             },
             Metrics::new(),
         )
@@ -732,6 +765,7 @@ mod tests {
                 max_bytes: 10_000,
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 1000,
+                cache_bytes: 1 << 20,
             },
             metrics.clone(),
         )

@@ -46,7 +46,7 @@ impl Shared {
         // The old handle must be gone before the file can be opened again.
         drop(slot.take());
         // Open, never create: a file that vanished while serving must not come back empty.
-        match catch_storage_panic(|| builder().open(&self.path)) {
+        match catch_storage_panic(|| builder(self.cache_bytes).open(&self.path)) {
             Ok(Ok(db)) => {
                 tracing::info!("spool reopened");
                 *slot = Some(Arc::new(db));

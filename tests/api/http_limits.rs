@@ -396,6 +396,7 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
             max_bytes: 1 << 20,
             dedup_window: Duration::from_secs(60),
             dedup_capacity: 10,
+            cache_bytes: 1 << 20,
         },
         Metrics::new(),
     )

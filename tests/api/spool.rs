@@ -42,6 +42,7 @@ fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
             max_bytes,
             dedup_window: Duration::from_secs(3600),
             dedup_capacity: 100_000,
+            cache_bytes: 1 << 20,
         },
         Metrics::new(),
     )
