@@ -1,7 +1,8 @@
 """A/B comparison of two bridge binaries under the same max load, alternating A B A B ... in one run
-(so both see the same machine noise). Reports accepted/s and CPU per notification for each.
+(so both see the same machine noise). Reports accepted/s and CPU per notification for each; with MODE
+`drain`, the drain after a broker outage instead: messages/s, CPU seconds and peak RSS.
 
-    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [MODE]     (LOAD_SECONDS=10 by default here)
+    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain]   (LOAD_SECONDS=10 here)
 """
 
 import os
@@ -21,13 +22,16 @@ def main():
     tansu, brokers = b.start_tansu()
     b.TANSU_PID[0] = tansu.pid
     out = {"A": [], "B": []}
+    if mode == "drain":
+        return drain(bins, rounds, tansu, brokers)
     try:
         for i in range(rounds):
             for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
                 b.BRIDGE = b.Path(bins[name])
                 server = b.start_bridge(brokers, mode, f"ab{b.NONCE}-{name}{i}.")
                 r = b.phase_max(server, f"{name} round {i}", brokers)
-                out[name].append((r["accepted_per_s"], r["cpu_ms_per_notification"], r["latency_ms"]["p99"]))
+                peak = b.mib(b.mem_kib(server.pid)["VmHWM"])
+                out[name].append((r["accepted_per_s"], r["cpu_ms_per_notification"], r["latency_ms"]["p99"], peak))
                 b.stop(server.proc)
     finally:
         for proc in b.children:
@@ -36,10 +40,29 @@ def main():
         rps = [x[0] for x in out[name]]
         cpu = [x[1] for x in out[name]]
         print(f"{name} {bins[name]}: accepted/s median {statistics.median(rps):.0f} {rps}; "
-              f"cpu ms/notification median {statistics.median(cpu):.4f} {cpu}")
+              f"cpu ms/notification median {statistics.median(cpu):.4f} {cpu}; "
+              f"peak RSS MiB {[x[3] for x in out[name]]}")
     ra = statistics.median(x[0] for x in out["B"]) / statistics.median(x[0] for x in out["A"])
     ca = statistics.median(x[1] for x in out["B"]) / statistics.median(x[1] for x in out["A"])
     print(f"B/A: throughput x{ra:.3f}, CPU per notification x{ca:.3f}")
+
+
+def drain(bins, rounds, tansu, brokers):
+    out = {"A": [], "B": []}
+    try:
+        for i in range(rounds):
+            for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                b.BRIDGE = b.Path(bins[name])
+                r = b.phase_drain(tansu, brokers)
+                out[name].append((r["msgs_per_s_from_resume"], r["bridge_cpu_s"], r["peak_rss_mib"]))
+    finally:
+        for proc in b.children:
+            b.stop(proc)
+    for name in ("A", "B"):
+        print(f"{name} {bins[name]}: drain msgs/s, CPU s, peak RSS MiB: {out[name]}")
+    for i, what in enumerate(("drain rate", "CPU", "peak RSS")):
+        ratio = statistics.median(x[i] for x in out["B"]) / statistics.median(x[i] for x in out["A"])
+        print(f"B/A: {what} x{ratio:.3f}")
 
 
 if __name__ == "__main__":

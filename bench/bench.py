@@ -458,7 +458,7 @@ def phase_soak(server):
 
 
 def phase_drain(tansu, brokers):
-    server = start_bridge(brokers, "spool", f"b{NONCE}-drain.")
+    server = start_bridge(brokers, "spool", f"b{NONCE_NEXT()}-drain.")
     try:
         os.kill(tansu.pid, signal.SIGSTOP)
         t0 = time.time()

@@ -1,16 +1,18 @@
 """Profiles the bridge under max load: where does its CPU go?
 
-    bench/profile.sh [spool|direct] [SECONDS]
+    bench/profile.sh [spool|direct|drain] [SECONDS]
 
 Starts Tansu and the bridge like bench/bench.py, drives it with the same wrk load, samples it with
 `perf record -e cpu-clock` (a software clock: this VM exposes no hardware counters) with DWARF call
 graphs, and attributes every sample to one component of the bridge by the innermost frame of its stack
 that names one (see RULES). Prints the components, the threads, and the top self-time symbols, and writes
-bench/results/profile-MODE.txt.
+bench/results/profile-MODE.txt. `drain` profiles the relay instead: Tansu is stopped while
+DRAIN_COUNT single-hint notifications are posted, then resumed, and the bridge is sampled while it drains.
 """
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,11 +95,36 @@ def summarize(perf_data, out):
     return text
 
 
+def profile_drain(tansu, brokers, seconds, data):
+    server = b.start_bridge(brokers, "spool", f"p{b.NONCE}-drain.")
+    os.kill(tansu.pid, signal.SIGSTOP)
+    try:
+        post = b.run_loadgen(server.port, seconds=120, count=b.DRAIN_COUNT, hints="1-1", single_topic=True)
+        print(f"posted {post['ok']} notifications with Kafka stopped")
+    finally:
+        os.kill(tansu.pid, signal.SIGCONT)
+    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
+                    "-p", str(server.pid), "-o", data, "--", "sleep", str(seconds)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b.wait_drained(server, post["ok"], time.time(), limit=120)
+    b.stop(server.proc)
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "spool"
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     b.WORK.mkdir(parents=True, exist_ok=True)
     tansu, brokers = b.start_tansu()
+    data = str(b.WORK / f"perf-{mode}.data")
+    if mode == "drain":
+        try:
+            profile_drain(tansu, brokers, seconds, data)
+        finally:
+            for proc in b.children:
+                b.stop(proc)
+        (b.BENCH / "results").mkdir(exist_ok=True)
+        print(summarize(data, b.BENCH / "results" / f"profile-{mode}.txt"))
+        return
     try:
         server = b.start_bridge(brokers, mode, f"p{b.NONCE}-{mode}.")
         lo, hi = b.HINTS.split("-")
@@ -106,7 +133,6 @@ def main():
                                 "10s", "-s", str(b.BENCH / "webhook.lua"), f"http://{b.HOST}:{server.port}"],
                                stdout=subprocess.PIPE, text=True, env=env)
         time.sleep(2)
-        data = str(b.WORK / f"perf-{mode}.data")
         subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
                         "-p", str(server.pid), "-o", data, "--", "sleep", str(seconds)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
