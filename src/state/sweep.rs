@@ -493,13 +493,12 @@ impl Sweeper {
             let mut pending = Vec::new();
             for message in &unsent {
                 match self.publisher.enqueue(message) {
-                    Ok(p) => pending.push(p),
+                    Ok(p) => pending.push((p, *message)),
                     Err(_) => failed.push(*message),
                 }
             }
-            for p in pending {
-                let message = p.message;
-                match self.publisher.acknowledged(p).await {
+            for (p, message) in pending {
+                match self.publisher.acknowledged(p, message).await {
                     Ok(()) => {}
                     Err(e) if e.kind.is_permanent() => {
                         tracing::error!(topic = %message.topic, key = %message.key, error = %e,
