@@ -157,15 +157,16 @@ impl Direct {
                 .map_err(|_| SinkError::KafkaFailed)?;
             if queued.refused() {
                 // Counted as it is settled; the notification fails whole, as it would at once.
-                let _ = self.publisher.acknowledged(queued, message).await;
+                let _ = self.publisher.acknowledged(queued).await;
                 return Err(SinkError::KafkaFailed);
             }
-            pending.push((queued, message));
+            pending.push(queued);
         }
         let all = async {
-            for (queued, message) in pending {
-                if let Err(e) = self.publisher.acknowledged(queued, message).await {
-                    tracing::warn!(uuid = %plan.uuid, topic = %message.topic, error = %e, "publish failed");
+            for queued in pending {
+                let topic = queued.message.topic.clone();
+                if let Err(e) = self.publisher.acknowledged(queued).await {
+                    tracing::warn!(uuid = %plan.uuid, topic = %topic, error = %e, "publish failed");
                     return Err(SinkError::KafkaFailed);
                 }
             }

@@ -79,13 +79,13 @@ impl Future for Delivery {
 }
 
 /// A message handed to the producer, its outcome still to come; or one the producer refused for
-/// good at once, which has its outcome already. It does not borrow the message, so that the relay
-/// can keep rounds in flight beside the entries they came from.
-pub struct Pending<D> {
+/// good at once, which has its outcome already.
+pub struct Pending<'m, D> {
+    pub message: &'m OutboundMessage,
     delivery: Result<D, PublishError>,
 }
 
-impl<D: Future<Output = Result<(), PublishError>>> Pending<D> {
+impl<D: Future<Output = Result<(), PublishError>>> Pending<'_, D> {
     /// Whether the producer refused the message for good when it was enqueued.
     pub fn refused(&self) -> bool {
         self.delivery.is_err()
@@ -116,12 +116,19 @@ impl<P: Producer> Publisher<P> {
 
     /// Enqueues one message. A permanent refusal becomes the message's outcome; a retriable one
     /// (queue full, a fatal producer) is counted and returned, as enqueueing more would fail alike.
-    pub fn enqueue(&self, message: &OutboundMessage) -> Result<Pending<P::Delivery>, PublishError> {
+    pub fn enqueue<'m>(
+        &self,
+        message: &'m OutboundMessage,
+    ) -> Result<Pending<'m, P::Delivery>, PublishError> {
         match self.producer.send(message) {
             Ok(delivery) => Ok(Pending {
+                message,
                 delivery: Ok(delivery),
             }),
-            Err(e) if e.kind.is_permanent() => Ok(Pending { delivery: Err(e) }),
+            Err(e) if e.kind.is_permanent() => Ok(Pending {
+                message,
+                delivery: Err(e),
+            }),
             Err(e) => {
                 self.count_error(e.kind);
                 Err(e)
@@ -129,11 +136,10 @@ impl<P: Producer> Publisher<P> {
         }
     }
 
-    /// Kafka's outcome for a pending `message`, counted.
+    /// Kafka's outcome for a pending message, counted.
     pub async fn acknowledged(
         &self,
-        pending: Pending<P::Delivery>,
-        message: &OutboundMessage,
+        pending: Pending<'_, P::Delivery>,
     ) -> Result<(), PublishError> {
         let outcome = match pending.delivery {
             Ok(delivery) => delivery.await,
@@ -143,7 +149,7 @@ impl<P: Producer> Publisher<P> {
             Ok(()) => self
                 .metrics
                 .messages_published
-                .with_label_values(&[&message.topic, &message.hint_label])
+                .with_label_values(&[&pending.message.topic, &pending.message.hint_label])
                 .inc(),
             Err(e) => self.count_error(e.kind),
         }

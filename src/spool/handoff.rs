@@ -63,12 +63,6 @@ impl HandOff {
         self.entries.push_back((entry, bytes));
     }
 
-    /// Whether a round of `limit` entries or `max_bytes` waits: the hand-off holds that much, or it
-    /// overflowed and the database holds more.
-    pub(super) fn holds_a_round(&self, limit: usize, max_bytes: usize) -> bool {
-        self.gap || self.entries.len() >= limit || self.bytes >= max_bytes
-    }
-
     /// Takes the entries from `next` on: at most `limit`, and no more than `max_bytes` (but at least
     /// one). Entries before `next` were published already and are dropped.
     pub(super) fn take(&mut self, next: u64, limit: usize, max_bytes: usize) -> Handed {

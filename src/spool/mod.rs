@@ -359,21 +359,11 @@ impl Spool {
     /// The oldest entries, in acceptance order: at most `limit` of them, and no more than `max_bytes`
     /// of stored entries (but always at least one).
     pub fn oldest(&self, limit: usize, max_bytes: usize) -> Result<Vec<SpooledEntry>, SpoolError> {
-        self.oldest_from(0, limit, max_bytes)
-    }
-
-    /// [`Spool::oldest`] among the entries from sequence number `from` on.
-    pub fn oldest_from(
-        &self,
-        from: u64,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<SpooledEntry>, SpoolError> {
         let read = self.shared.database()?.begin_read().map_err(storage)?;
         let table = read.open_table(ENTRIES).map_err(storage)?;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for item in table.range(from..).map_err(storage)?.take(limit) {
+        for item in table.iter().map_err(storage)?.take(limit) {
             let (seq, value) = item.map_err(storage)?;
             bytes += value.value().len();
             if bytes > max_bytes && !out.is_empty() {
@@ -391,12 +381,6 @@ impl Spool {
     /// [`Handed::Unknown`] when they must be read from the database ([`Spool::oldest`]).
     pub fn handed_off(&self, next: u64, limit: usize, max_bytes: usize) -> Handed {
         self.shared.handoff().take(next, limit, max_bytes)
-    }
-
-    /// Whether at least `limit` entries or `max_bytes` of them wait beyond what the relay took: a
-    /// backlog, worth a round in flight beside the one Kafka is acknowledging.
-    pub fn backlog(&self, limit: usize, max_bytes: usize) -> bool {
-        self.shared.handoff().holds_a_round(limit, max_bytes)
     }
 
     /// The sequence number the next committed entry gets: read before [`Spool::oldest`], it is

@@ -666,7 +666,7 @@ impl Worker {
         let mut unsent = messages.as_slice();
         while let Some(message) = unsent.first() {
             let sent = match self.publisher.enqueue(message) {
-                Ok(pending) => self.publisher.acknowledged(pending, message).await,
+                Ok(pending) => self.publisher.acknowledged(pending).await,
                 Err(e) => Err(e),
             };
             let failure = match sent {

@@ -493,12 +493,13 @@ impl Sweeper {
             let mut pending = Vec::new();
             for message in &unsent {
                 match self.publisher.enqueue(message) {
-                    Ok(p) => pending.push((p, *message)),
+                    Ok(p) => pending.push(p),
                     Err(_) => failed.push(*message),
                 }
             }
-            for (p, message) in pending {
-                match self.publisher.acknowledged(p, message).await {
+            for p in pending {
+                let message = p.message;
+                match self.publisher.acknowledged(p).await {
                     Ok(()) => {}
                     Err(e) if e.kind.is_permanent() => {
                         tracing::error!(topic = %message.topic, key = %message.key, error = %e,
