@@ -660,6 +660,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn released_runs_with_gaps_and_scattered_entries_leave_exactly_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), 1 << 20);
+        for n in 0..40 {
+            spool.accept(plan(&format!("u{n:02}"))).await.unwrap();
+        }
+        let all = spool.oldest(100, usize::MAX).unwrap();
+        let seq = |n: usize| all[n].seq;
+        let one = spool.bytes() / 40;
+        // A round's run less two failed entries (one pass over the range), given out of order...
+        let run: Vec<u64> = (0..20)
+            .filter(|n| ![3, 7].contains(n))
+            .map(seq)
+            .rev()
+            .collect();
+        spool.release(run, Vec::new()).await.unwrap();
+        // ...then entries far apart (removed one by one), and one already gone.
+        spool
+            .release(vec![seq(25), seq(39), seq(0)], Vec::new())
+            .await
+            .unwrap();
+        let left: Vec<String> = spool
+            .oldest(100, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.plan.uuid)
+            .collect();
+        let expected: Vec<String> = [3, 7]
+            .into_iter()
+            .chain((20..39).filter(|n| *n != 25))
+            .map(|n| format!("u{n:02}"))
+            .collect();
+        assert_eq!(left, expected);
+        assert_eq!(spool.entries(), expected.len() as u64);
+        assert_eq!(
+            spool.bytes(),
+            one * expected.len() as u64,
+            "bytes counted once"
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_spool_refuses_and_recovers_when_drained() {
         let dir = tempfile::tempdir().unwrap();
         let spool = open(dir.path(), 400);

@@ -173,12 +173,7 @@ impl Shared {
             let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
 
             for release in releases {
-                for seq in &release.seqs {
-                    if let Some(old) = entries.remove(seq).map_err(storage)? {
-                        delta.removed_entries += 1;
-                        delta.removed_bytes += old.value().len() as u64;
-                    }
-                }
+                remove_entries(&mut entries, &release.seqs, &mut delta)?;
                 for id in &release.forget {
                     if let Some(old) = dead_table.remove(id).map_err(storage)? {
                         delta.removed_dead_letters += 1;
@@ -285,4 +280,38 @@ impl Shared {
             .spool_dead_letter_bytes
             .set(self.dead_letter_bytes.load(Ordering::Relaxed) as i64);
     }
+}
+
+/// Removes released entries. The relay releases runs of consecutive sequence numbers (a round, less
+/// the entries that failed), so one pass over the run's range costs much less than a removal from
+/// the tree's root per entry; scattered ones are removed one by one.
+fn remove_entries(
+    entries: &mut redb::Table<u64, &[u8]>,
+    seqs: &[u64],
+    delta: &mut Delta,
+) -> Result<(), SpoolError> {
+    let mut seqs = seqs.to_vec();
+    seqs.sort_unstable();
+    let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+        return Ok(());
+    };
+    if last - first >= 2 * seqs.len() as u64 {
+        for seq in seqs {
+            if let Some(old) = entries.remove(seq).map_err(storage)? {
+                delta.removed_entries += 1;
+                delta.removed_bytes += old.value().len() as u64;
+            }
+        }
+        return Ok(());
+    }
+    entries
+        .retain_in(first..=last, |seq, value| {
+            let released = seqs.binary_search(&seq).is_ok();
+            if released {
+                delta.removed_entries += 1;
+                delta.removed_bytes += value.len() as u64;
+            }
+            !released
+        })
+        .map_err(storage)
 }
