@@ -73,12 +73,14 @@ def main():
         for proc in b.children:
             b.stop(proc)
     lines = [
-        f"{sys.argv[1] if len(sys.argv) > 1 else b.BRIDGE}, spool mode, hints {b.HINTS}, "
+        f"spool mode, hints {b.HINTS}, "
         f"{result['accepted_per_s']:.0f} notifications/s for {b.LOAD_SECONDS} s",
         f"VmHWM {hwm / 1024:.1f} MiB; highest sampled RSS {peak['rss'] / 1024:.1f} MiB",
         f"{'':34}{'at the peak':>12}{'after load':>12}",
     ]
     for kind in sorted(peak["parts"], key=lambda k: -peak["parts"][k]):
+        if peak["parts"][kind] < 64 and after.get(kind, 0) < 64:
+            continue  # the kernel's small mappings: vdso, vvar and the like
         lines.append(f"{kind:34}{peak['parts'][kind] / 1024:9.1f} MiB{after.get(kind, 0) / 1024:9.1f} MiB")
     text = "\n".join(lines) + "\n"
     print(text, end="")
