@@ -559,12 +559,17 @@ def ratio(a, b):
     return round(a / b, 3) if a and b else None
 
 
+def bridge_name():
+    """The binary measured, relative to the project (results are committed: no paths of the machine)."""
+    return str(BRIDGE.relative_to(ROOT)) if BRIDGE.is_relative_to(ROOT) else BRIDGE.name
+
+
 def main():
     WORK.mkdir(parents=True, exist_ok=True)
     results["machine"] = machine()
     results["config"] = dict(load_seconds=LOAD_SECONDS, half_seconds=HALF_SECONDS, soak_seconds=SOAK_SECONDS,
                              connections=CONNECTIONS, wrk_threads=WRK_THREADS, drain_count=DRAIN_COUNT,
-                             bridge=str(BRIDGE), commit=os.environ.get("BENCH_COMMIT", "?"))
+                             bridge=bridge_name(), commit=os.environ.get("BENCH_COMMIT", "?"))
     log("machine:", results["machine"])
     results["fsync"] = fsync_probe()
     log("fsync probe:", results["fsync"])
