@@ -275,3 +275,12 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
 fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
     tokio::runtime::Runtime::new().map_err(CommandError::Runtime)
 }
+
+/// The runtime of `serve`, with `workers` worker threads (`--worker-threads`).
+fn serve_runtime(workers: usize) -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(CommandError::Runtime)
+}

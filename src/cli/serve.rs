@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{CommandError, runtime};
+use super::{CommandError, serve_runtime};
 use crate::app::Application;
 use crate::config::{Settings, SettingsArgs};
 use crate::routing::{RoutingTable, Topic};
@@ -16,7 +16,7 @@ pub(super) fn serve(args: SettingsArgs) -> Result<(), CommandError> {
         crate::otlp::install(endpoint).map_err(CommandError::Start)?;
         tracing::info!(endpoint = %endpoint, "exporting spans over OTLP");
     }
-    let runtime = runtime()?;
+    let runtime = serve_runtime(settings.worker_threads())?;
     let served = runtime.block_on(run(settings, args));
     // A blocking call still waiting on Kafka (the topic check) must not hold the exit beyond the
     // grace period: dropping the runtime would wait for it.
@@ -48,6 +48,7 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
     tracing::info!(
         port = app.port(),
         admin_port = app.admin_port(),
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "listening"
     );
     if app.is_embedded() {

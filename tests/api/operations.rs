@@ -154,6 +154,42 @@ async fn sigterm_under_load_delivers_every_answered_notification_and_exits_zero(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sizes_the_runtime_and_one_worker_delivers_everything_under_load() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let default = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]).await;
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(default.listening("worker_threads"), (cpus - 1).max(1));
+    drop(default);
+    let three =
+        BridgeProcess::start(&kafka.bootstrap, dir.path(), &["--worker-threads", "3"]).await;
+    assert_eq!(three.listening("worker_threads"), 3);
+    drop(three);
+
+    let mut bridge = BridgeProcess::start(
+        &kafka.bootstrap,
+        dir.path(),
+        &["--worker-threads", "1", "--shutdown-grace", "10s"],
+    )
+    .await;
+    assert_eq!(bridge.listening("worker_threads"), 1);
+    let load = Load::until_accepted(&bridge.address(), 4, 300).await;
+    bridge.signal("TERM");
+    let status = bridge.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+    let accepted = load.finish().await;
+    drop(bridge);
+    let missing =
+        missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} not delivered",
+        missing.len(),
+        accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one() {
     let kafka = MockKafka::start();
     kafka

@@ -183,8 +183,8 @@ impl BridgeProcess {
         self.lines.is_closed() && self.lines.is_empty()
     }
 
-    /// The `listening` event's value of `field` (a port).
-    pub(super) fn listening(&self, field: &str) -> u64 {
+    /// The `listening` event's value of `field` (a port, the worker threads).
+    pub fn listening(&self, field: &str) -> u64 {
         self.log[..self.start_up]
             .iter()
             .filter_map(|line| event(line))
