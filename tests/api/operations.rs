@@ -129,28 +129,38 @@ async fn metrics_tell_what_was_received_delivered_and_rejected() {
 async fn sigterm_under_load_delivers_every_answered_notification_and_exits_zero() {
     let kafka = MockKafka::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut bridge =
+    let bridge =
         BridgeProcess::start(&kafka.bootstrap, dir.path(), &["--shutdown-grace", "10s"]).await;
+    let exit = sigterm_under_load_delivers_everything(bridge, &kafka.bootstrap).await;
+    assert!(
+        exit < Duration::from_secs(12),
+        "exited within the grace period"
+    );
+}
+
+/// Puts `bridge` under load until 300 notifications are answered, sends SIGTERM, checks that it
+/// exits zero and that every answered notification reached Kafka before the exit (no restart);
+/// returns how long the exit took.
+async fn sigterm_under_load_delivers_everything(
+    mut bridge: BridgeProcess,
+    bootstrap: &str,
+) -> Duration {
     let load = Load::until_accepted(&bridge.address(), 4, 300).await;
     let signalled = Instant::now();
     bridge.signal("TERM");
     let status = bridge.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status:?}");
-    assert!(
-        signalled.elapsed() < Duration::from_secs(12),
-        "exited within the grace period"
-    );
+    let exit = signalled.elapsed();
     let accepted = load.finish().await;
     drop(bridge);
-    // Delivered before the exit: no restart needed.
-    let missing =
-        missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(30)).await;
+    let missing = missing_after_delivery(bootstrap, &accepted, Duration::from_secs(30)).await;
     assert!(
         missing.is_empty(),
         "{} of {} not delivered",
         missing.len(),
         accepted.len()
     );
+    exit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,27 +176,14 @@ async fn worker_threads_sizes_the_runtime_and_one_worker_delivers_everything_und
     assert_eq!(three.listening("worker_threads"), 3);
     drop(three);
 
-    let mut bridge = BridgeProcess::start(
+    let one = BridgeProcess::start(
         &kafka.bootstrap,
         dir.path(),
         &["--worker-threads", "1", "--shutdown-grace", "10s"],
     )
     .await;
-    assert_eq!(bridge.listening("worker_threads"), 1);
-    let load = Load::until_accepted(&bridge.address(), 4, 300).await;
-    bridge.signal("TERM");
-    let status = bridge.wait_exit(Duration::from_secs(20)).await;
-    assert!(status.success(), "exit status {status:?}");
-    let accepted = load.finish().await;
-    drop(bridge);
-    let missing =
-        missing_after_delivery(&kafka.bootstrap, &accepted, Duration::from_secs(30)).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} not delivered",
-        missing.len(),
-        accepted.len()
-    );
+    assert_eq!(one.listening("worker_threads"), 1);
+    sigterm_under_load_delivers_everything(one, &kafka.bootstrap).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
