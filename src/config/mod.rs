@@ -548,11 +548,10 @@ impl Settings {
         settings.resolve_with(kafka_properties_from_env(std::env::vars_os())?)
     }
 
-    /// How the spool is sized.
     /// The runtime's worker threads: as set, or one fewer than the CPUs available (at least one).
-    /// On two cores, one worker instead of two cut the peak memory at max load by a third and the
-    /// CPU per notification by about a tenth, for up to 9% fewer notifications/s at one hint each
-    /// (BENCHMARKS.md): each worker is one more allocator heap and more wake-ups across threads,
+    /// On two cores, with several hints per notification, one worker instead of two cut the peak
+    /// memory at max load by 20-40% and the CPU per notification by about a tenth, for up to 9%
+    /// fewer notifications/s at one hint each (BENCHMARKS.md): each worker is one more allocator heap and more wake-ups across threads,
     /// and the spool's writer and librdkafka's threads need a CPU too.
     pub fn worker_threads(&self) -> usize {
         self.worker_threads.map_or_else(
@@ -564,6 +563,7 @@ impl Settings {
         )
     }
 
+    /// How the spool is sized.
     pub fn spool_options(&self) -> SpoolOptions {
         SpoolOptions {
             max_bytes: self.spool_max_bytes.get(),
