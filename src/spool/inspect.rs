@@ -56,7 +56,7 @@ impl Spool {
     /// What the spool holds, for `spool inspect`.
     pub fn summary(&self) -> Result<SpoolSummary, SpoolError> {
         let shared = &self.shared;
-        let oldest = self.entries_from(0, 1)?;
+        let oldest = self.entries_from(0, 1, usize::MAX)?;
         Ok(SpoolSummary {
             path: shared.path.clone(),
             id: shared.identity.as_ref().map(|i| i.id.clone()),
@@ -83,7 +83,7 @@ impl Spool {
         };
         let mut from = 0;
         while let Some(last) = {
-            let page = self.entries_from(from, PAGE)?;
+            let page = self.entries_from(from, PAGE, usize::MAX)?;
             for entry in &page {
                 let accepted_at = rfc3339(entry.accepted_at_ms);
                 for message in &entry.plan.messages {

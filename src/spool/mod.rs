@@ -359,11 +359,22 @@ impl Spool {
     /// The oldest entries, in acceptance order: at most `limit` of them, and no more than `max_bytes`
     /// of stored entries (but always at least one).
     pub fn oldest(&self, limit: usize, max_bytes: usize) -> Result<Vec<SpooledEntry>, SpoolError> {
+        self.entries_from(0, limit, max_bytes)
+    }
+
+    /// Pending entries from sequence number `from` on, as [`Spool::oldest`] reads them: what
+    /// follows a round whose release is not committed yet, or a page of `spool export`.
+    pub fn entries_from(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SpooledEntry>, SpoolError> {
         let read = self.shared.database()?.begin_read().map_err(storage)?;
         let table = read.open_table(ENTRIES).map_err(storage)?;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for item in table.iter().map_err(storage)?.take(limit) {
+        for item in table.range(from..).map_err(storage)?.take(limit) {
             let (seq, value) = item.map_err(storage)?;
             bytes += value.value().len();
             if bytes > max_bytes && !out.is_empty() {
@@ -459,20 +470,6 @@ impl Spool {
                 id.value(),
                 serde_json::from_slice(value.value()).map_err(storage)?,
             ));
-        }
-        Ok(out)
-    }
-
-    /// Pending entries from sequence number `from` on, in acceptance order: at most `limit` of them.
-    pub fn entries_from(&self, from: u64, limit: usize) -> Result<Vec<SpooledEntry>, SpoolError> {
-        let read = self.shared.database()?.begin_read().map_err(storage)?;
-        let table = read.open_table(ENTRIES).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in table.range(from..).map_err(storage)?.take(limit) {
-            let (seq, value) = item.map_err(storage)?;
-            let mut entry = record::decode(value.value()).map_err(storage)?;
-            entry.seq = seq.value();
-            out.push(entry);
         }
         Ok(out)
     }
@@ -592,7 +589,7 @@ mod tests {
         }
         let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
         let read: Vec<String> = spool
-            .entries_from(0, usize::MAX)
+            .entries_from(0, usize::MAX, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|e| e.plan.uuid)
@@ -627,6 +624,14 @@ mod tests {
         let oldest = &spool.oldest(1, usize::MAX).unwrap()[0];
         let one = record::encode(0, &oldest.plan).unwrap().len();
         assert_eq!(spool.oldest(10, 2 * one + 20).unwrap().len(), 2);
+        // From a sequence number on: what follows a round not released yet.
+        let after: Vec<String> = spool
+            .entries_from(oldest.seq + 1, 10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.plan.uuid)
+            .collect();
+        assert_eq!(after, ["b", "c"]);
         assert_eq!(
             spool.accept(plan("b")).await.unwrap(),
             Acceptance::Duplicate
