@@ -17,6 +17,7 @@
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -140,6 +141,18 @@ impl Cut {
     }
 }
 
+/// A read of the spool's database: `Err` when the spool cannot be read now, `None` when the
+/// runtime is shutting down under the relay.
+type Read = Option<Result<Vec<SpooledEntry>, ()>>;
+
+/// A read of the database started ahead of the round that needs it.
+struct ReadAhead {
+    from: u64,
+    /// [`Spool::end`] before the read, as for any read of the database.
+    end: u64,
+    batch: Pin<Box<dyn Future<Output = Read> + Send>>,
+}
+
 /// Messages of one entry, enqueued.
 type Enqueued<'b, D> = (&'b SpooledEntry, Vec<Pending<'b, D>>);
 
@@ -150,18 +163,30 @@ impl<P: Producer> Worker<P> {
         // The sequence number of the next entry to publish, while every entry before it has been
         // released: the hand-off can then say what follows. `None`: read the database.
         let mut next: Option<u64> = None;
+        // The database's entries after the round being published, read meanwhile: a backlog then
+        // drains without a pause for the database between rounds. Used only when the round
+        // released everything; otherwise the next round starts again from the oldest entry.
+        let mut ahead: Option<ReadAhead> = None;
         loop {
             let deadline = self.shutdown.deadline();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             let handed = next.map(|n| self.spool.handed_off(n, ROUND_ENTRIES, ROUND_BYTES));
+            let from_database = !matches!(handed, Some(Handed::Entries(_)));
+            let read_ahead = ahead.take().filter(|a| Some(a.from) == next);
             let batch = match handed {
                 Some(Handed::Entries(batch)) => batch,
                 Some(Handed::Unknown) | None => {
-                    // Read before the database: what is committed after it is handed off.
-                    let end = self.spool.end();
-                    let Some(batch) = self.read_batch().await else {
+                    let (end, batch) = match read_ahead {
+                        Some(read) => (read.end, read.batch.await),
+                        None => {
+                            // Read before the database: what is committed after it is handed off.
+                            let end = self.spool.end();
+                            (end, self.read_batch(0).await)
+                        }
+                    };
+                    let Some(batch) = batch else {
                         break;
                     };
                     match batch {
@@ -187,6 +212,9 @@ impl<P: Producer> Worker<P> {
                 self.wait_for_work().await;
                 continue;
             };
+            if from_database && self.spool.entries() > batch.len() as u64 {
+                ahead = Some(self.read_ahead(last + 1));
+            }
             let round = self.publish(&batch).await;
             let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
             let whole = round.released.len() == batch.len();
@@ -222,17 +250,31 @@ impl<P: Producer> Worker<P> {
         tracing::info!(left_in_spool = self.spool.entries(), "relay stopped");
     }
 
-    /// The oldest entries; `Err` when the spool cannot be read now, `None` when the runtime is
-    /// shutting down under the relay.
-    async fn read_batch(&self) -> Option<Result<Vec<SpooledEntry>, ()>> {
+    /// The oldest entries from sequence number `from` on (0: the oldest of all).
+    fn read_batch(&self, from: u64) -> impl Future<Output = Read> + use<P> {
         let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.oldest(ROUND_ENTRIES, ROUND_BYTES)).await {
-            Ok(Ok(batch)) => Some(Ok(batch)),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the spool");
-                Some(Err(()))
+        let read = tokio::task::spawn_blocking(move || {
+            spool.entries_from(from, ROUND_ENTRIES, ROUND_BYTES)
+        });
+        async move {
+            match read.await {
+                Ok(Ok(batch)) => Some(Ok(batch)),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the spool");
+                    Some(Err(()))
+                }
+                Err(_) => None,
             }
-            Err(_) => None,
+        }
+    }
+
+    /// Starts reading the entries from `from` on, while the round before them is published.
+    fn read_ahead(&self, from: u64) -> ReadAhead {
+        let end = self.spool.end();
+        ReadAhead {
+            from,
+            end,
+            batch: Box::pin(self.read_batch(from)),
         }
     }
 
@@ -604,6 +646,25 @@ mod tests {
         )
     }
 
+    /// Accepts `plans` in their order, all at once: each is handed to the spool's writer on its
+    /// first poll, in turn, so the writer commits them in groups.
+    async fn accept_in_order(spool: &Spool, plans: Vec<RoutePlan>) {
+        let mut accepts: Vec<_> = plans.into_iter().map(|plan| spool.accept(plan)).collect();
+        let mut early = Vec::with_capacity(accepts.len());
+        std::future::poll_fn(|cx| {
+            early.extend(accepts.iter_mut().map(|accept| accept.as_mut().poll(cx)));
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for (accept, early) in accepts.into_iter().zip(early) {
+            let outcome = match early {
+                std::task::Poll::Ready(outcome) => outcome,
+                std::task::Poll::Pending => accept.await,
+            };
+            outcome.unwrap();
+        }
+    }
+
     /// A spool holding `plans`, and a relay publishing it through doubles that follow `script`.
     async fn bench(
         plans: Vec<RoutePlan>,
@@ -612,9 +673,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
         let spool = open(dir.path(), &metrics);
-        for plan in plans {
-            spool.accept(plan).await.unwrap();
-        }
+        accept_in_order(&spool, plans).await;
         let (log, builds, script): (Log, Arc<AtomicUsize>, Arc<Script>) =
             (Log::default(), Arc::default(), Arc::new(script));
         let source: ProducerSource<Double> = {
@@ -710,6 +769,39 @@ mod tests {
         assert_eq!(first_acks, expected, "every entry, in acceptance order");
         expected.push("e010".into());
         assert_eq!(attempts.len(), expected.len());
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_several_rounds_is_published_once_and_in_order() {
+        // Over two rounds' worth: each round is read from the database while the one before it
+        // is published. One message of the second round fails once, so that round does not
+        // release everything and what was read ahead of the third must not be used.
+        let keys: Vec<String> = (0..2 * ROUND_ENTRIES + 100)
+            .map(|n| format!("k{n:05}"))
+            .collect();
+        let failing = keys[ROUND_ENTRIES + 10].clone();
+        let plans = keys.iter().map(|key| plan(key, &["t1"])).collect();
+        let mut bench = bench(plans, {
+            let failing = failing.clone();
+            move |m, attempt, _| match (m.key == failing, attempt) {
+                (true, 0) => Answer::Fail(ErrorKind::Timeout),
+                _ => Answer::Ack,
+            }
+        })
+        .await;
+        bench.drain().await;
+        let sent: Vec<String> = bench.log.sent().into_iter().map(|(_, m)| m.key).collect();
+        assert_eq!(sent.len(), keys.len() + 1, "one retry, no other duplicate");
+        let first_failed = sent.iter().position(|k| *k == failing).unwrap();
+        let mut acknowledged = sent.clone();
+        acknowledged.remove(first_failed);
+        let retried = acknowledged.iter().position(|k| *k == failing).unwrap();
+        acknowledged.remove(retried);
+        let others: Vec<String> = keys.iter().filter(|k| **k != failing).cloned().collect();
+        assert_eq!(
+            acknowledged, others,
+            "every other entry once, in acceptance order"
+        );
     }
 
     #[tokio::test]
