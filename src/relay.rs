@@ -17,7 +17,6 @@
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +28,7 @@ use crate::kafka::{ErrorKind, KafkaProducer, Pending, Producer, ProducerFactory,
 use crate::metrics::Metrics;
 use crate::routing::{OutboundMessage, Topic};
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::spool::{DeadLetter, Handed, Spool, SpooledEntry};
+use crate::spool::{DeadLetter, Handed, Spool, SpoolError, SpooledEntry};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
@@ -141,16 +140,28 @@ impl Cut {
     }
 }
 
-/// A read of the spool's database: `Err` when the spool cannot be read now, `None` when the
-/// runtime is shutting down under the relay.
-type Read = Option<Result<Vec<SpooledEntry>, ()>>;
+/// A read of the spool's database, running on a blocking thread.
+type Read = JoinHandle<Result<Vec<SpooledEntry>, SpoolError>>;
 
 /// A read of the database started ahead of the round that needs it.
 struct ReadAhead {
     from: u64,
     /// [`Spool::end`] before the read, as for any read of the database.
     end: u64,
-    batch: Pin<Box<dyn Future<Output = Read> + Send>>,
+    read: Read,
+}
+
+/// What a read found: `Err` when the spool cannot be read now, `None` when the runtime is shutting
+/// down under the relay.
+async fn read_batch(read: Read) -> Option<Result<Vec<SpooledEntry>, ()>> {
+    match read.await {
+        Ok(Ok(batch)) => Some(Ok(batch)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the spool");
+            Some(Err(()))
+        }
+        Err(_) => None,
+    }
 }
 
 /// Messages of one entry, enqueued.
@@ -179,11 +190,11 @@ impl<P: Producer> Worker<P> {
                 Some(Handed::Entries(batch)) => batch,
                 Some(Handed::Unknown) | None => {
                     let (end, batch) = match read_ahead {
-                        Some(read) => (read.end, read.batch.await),
+                        Some(ahead) => (ahead.end, read_batch(ahead.read).await),
                         None => {
                             // Read before the database: what is committed after it is handed off.
                             let end = self.spool.end();
-                            (end, self.read_batch(0).await)
+                            (end, read_batch(self.start_read(0)).await)
                         }
                     };
                     let Some(batch) = batch else {
@@ -250,22 +261,10 @@ impl<P: Producer> Worker<P> {
         tracing::info!(left_in_spool = self.spool.entries(), "relay stopped");
     }
 
-    /// The oldest entries from sequence number `from` on (0: the oldest of all).
-    fn read_batch(&self, from: u64) -> impl Future<Output = Read> + use<P> {
+    /// Starts reading the oldest entries from sequence number `from` on (0: the oldest of all).
+    fn start_read(&self, from: u64) -> Read {
         let spool = self.spool.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            spool.entries_from(from, ROUND_ENTRIES, ROUND_BYTES)
-        });
-        async move {
-            match read.await {
-                Ok(Ok(batch)) => Some(Ok(batch)),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read the spool");
-                    Some(Err(()))
-                }
-                Err(_) => None,
-            }
-        }
+        tokio::task::spawn_blocking(move || spool.entries_from(from, ROUND_ENTRIES, ROUND_BYTES))
     }
 
     /// Starts reading the entries from `from` on, while the round before them is published.
@@ -274,7 +273,7 @@ impl<P: Producer> Worker<P> {
         ReadAhead {
             from,
             end,
-            batch: Box::pin(self.read_batch(from)),
+            read: self.start_read(from),
         }
     }
 
@@ -487,7 +486,7 @@ pub struct ReplayReport {
 pub async fn replay_dead_letters(
     spool: &Spool,
     producer: &impl Producer,
-) -> Result<ReplayReport, crate::spool::SpoolError> {
+) -> Result<ReplayReport, SpoolError> {
     const PAGE: usize = 256;
     let mut report = ReplayReport::default();
     let mut from = 0;
