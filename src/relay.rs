@@ -24,7 +24,7 @@ use rdkafka::error::KafkaError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::kafka::{ErrorKind, KafkaProducer, Pending, Producer, ProducerFactory, Publisher};
+use crate::kafka::{ErrorKind, Pending, Producer, ProducerFactory, Publisher, RelayProducer};
 use crate::metrics::Metrics;
 use crate::routing::{OutboundMessage, Topic};
 use crate::shutdown::{self, Shutdown, Trigger};
@@ -56,7 +56,7 @@ impl Relay {
         dead_letter_topic: Topic,
         metrics: Metrics,
     ) -> Result<Relay, KafkaError> {
-        let source: ProducerSource<KafkaProducer> = Box::new(move || factory.build());
+        let source: ProducerSource<RelayProducer> = Box::new(move || factory.build_relay());
         Relay::start_with(spool, source, dead_letter_topic, metrics)
     }
 
@@ -280,6 +280,8 @@ impl<P: Producer> Worker<P> {
     /// Waits for a new entry or the shutdown; a periodic look covers the age gauge and a missed
     /// wake-up.
     async fn wait_for_work(&mut self) {
+        // Idle, nothing else serves the producer's statistics and errors.
+        self.publisher.producer().serve();
         tokio::select! {
             _ = self.spool.appended() => {}
             _ = self.shutdown.begun() => {}
@@ -288,6 +290,7 @@ impl<P: Producer> Worker<P> {
     }
 
     async fn pause(&mut self, duration: Duration) {
+        self.publisher.producer().serve();
         let mut until = Instant::now() + duration;
         if let Some(deadline) = self.shutdown.deadline() {
             until = until.min(deadline);

@@ -17,7 +17,9 @@ use rdkafka::statistics::Statistics;
 use crate::metrics::Metrics;
 use crate::routing::Topic;
 
+mod polled;
 mod publisher;
+pub use polled::{RelayDelivery, RelayProducer};
 pub use publisher::{Delivery, Pending, Producer, Publisher};
 
 /// How a failed publish is handled.
@@ -172,6 +174,16 @@ impl ProducerFactory {
         self.config.create_with_context(StatsContext {
             metrics: self.metrics.clone(),
         })
+    }
+
+    /// The relay's producer, which serves its delivery reports on the task awaiting them.
+    pub fn build_relay(&self) -> Result<RelayProducer, KafkaError> {
+        let producer = self.config.create_with_context(polled::RelayContext {
+            stats: StatsContext {
+                metrics: self.metrics.clone(),
+            },
+        })?;
+        Ok(RelayProducer::new(producer))
     }
 
     /// A producer whose statistics feed no metric: for the state fetcher, so that the producer

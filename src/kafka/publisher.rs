@@ -25,22 +25,19 @@ pub trait Producer: Send + Sync + 'static {
 
     /// Waits up to `timeout` for what is enqueued to be delivered.
     fn flush(&self, timeout: Duration);
+
+    /// Serves the events waiting for the producer's owner (statistics, errors), for a producer
+    /// that has no thread of its own to do that.
+    fn serve(&self) {}
 }
 
 impl Producer for KafkaProducer {
     type Delivery = Delivery;
 
     fn send(&self, message: &OutboundMessage) -> Result<Delivery, PublishError> {
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
         let record = FutureRecord::to(&message.topic)
             .key(message.key.as_str())
-            .headers(headers);
+            .headers(headers(message));
         // A tombstone has no value at all: that is what compaction deletes a key on.
         let record = match message.tombstone {
             true => record,
@@ -55,6 +52,18 @@ impl Producer for KafkaProducer {
         // What is not flushed in time is retried from the spool (or answered 503 in direct mode).
         let _ = rdkafka::producer::Producer::flush(self, timeout);
     }
+}
+
+/// The message's headers as librdkafka takes them.
+pub(super) fn headers(message: &OutboundMessage) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
 }
 
 /// Kafka's acknowledgement of one message, classified.
