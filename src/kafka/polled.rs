@@ -73,8 +73,8 @@ impl ProducerContext for RelayContext {
 /// messages); whether it served one.
 fn serve_one(producer: &BaseProducer<RelayContext>) -> bool {
     use rdkafka::producer::Producer as _;
-    // Served events leave the count (a report takes its messages with it); nothing else lowers it
-    // while the relay, the only one enqueueing, is here.
+    // Only serving an event lowers the count (a report takes its messages with it). One that
+    // arrives meanwhile can hide the one served: the awaited delivery then looks again shortly.
     let before = producer.in_flight_count();
     producer.poll(Duration::ZERO);
     producer.in_flight_count() < before
