@@ -1,8 +1,10 @@
 """A/B comparison of two bridge binaries under the same max load, alternating A B A B ... in one run
 (so both see the same machine noise). Reports accepted/s and CPU per notification for each; with MODE
-`drain`, the drain after a broker outage instead: messages/s, CPU seconds and peak RSS.
+`drain`, the drain after a broker outage instead: messages/s, CPU seconds and peak RSS; with MODE
+`half`, the open-loop latency at a fixed rate instead (HALF_RATE notifications/s, default 2000, about
+half of max load at 1 to 12 hints; HALF_SECONDS long).
 
-    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain]   (LOAD_SECONDS=10 here)
+    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half]   (LOAD_SECONDS=10 here)
 """
 
 import os
@@ -24,6 +26,8 @@ def main():
     out = {"A": [], "B": []}
     if mode == "drain":
         return drain(bins, rounds, tansu, brokers)
+    if mode == "half":
+        return half(bins, rounds, brokers)
     try:
         for i in range(rounds):
             for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
@@ -61,6 +65,27 @@ def drain(bins, rounds, tansu, brokers):
     for name in ("A", "B"):
         print(f"{name} {bins[name]}: drain msgs/s, CPU s, peak RSS MiB: {out[name]}")
     for i, what in enumerate(("drain rate", "CPU", "peak RSS")):
+        ratio = statistics.median(x[i] for x in out["B"]) / statistics.median(x[i] for x in out["A"])
+        print(f"B/A: {what} x{ratio:.3f}")
+
+
+def half(bins, rounds, brokers):
+    rate = int(os.environ.get("HALF_RATE", "2000"))
+    out = {"A": [], "B": []}
+    try:
+        for i in range(rounds):
+            for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                b.BRIDGE = b.Path(bins[name])
+                server = b.start_bridge(brokers, "spool", f"ab{b.NONCE}-{name}{i}.")
+                r = b.phase_half(server, f"{name} round {i} half", 2 * rate)
+                out[name].append((r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["latency_ms"]["max"]))
+                b.stop(server.proc)
+    finally:
+        for proc in b.children:
+            b.stop(proc)
+    for name in ("A", "B"):
+        print(f"{name} {bins[name]}: at {rate}/s, p50, p99, max ms: {out[name]}")
+    for i, what in enumerate(("p50", "p99", "max")):
         ratio = statistics.median(x[i] for x in out["B"]) / statistics.median(x[i] for x in out["A"])
         print(f"B/A: {what} x{ratio:.3f}")
 
