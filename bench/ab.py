@@ -23,23 +23,19 @@ def main():
     b.WORK.mkdir(parents=True, exist_ok=True)
     tansu, brokers = b.start_tansu()
     b.TANSU_PID[0] = tansu.pid
-    out = {"A": [], "B": []}
     if mode == "drain":
         return drain(bins, rounds, tansu, brokers)
     if mode == "half":
         return half(bins, rounds, brokers)
-    try:
-        for i in range(rounds):
-            for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
-                b.BRIDGE = b.Path(bins[name])
-                server = b.start_bridge(brokers, mode, f"ab{b.NONCE}-{name}{i}.")
-                r = b.phase_max(server, f"{name} round {i}", brokers)
-                peak = b.mib(b.mem_kib(server.pid)["VmHWM"])
-                out[name].append((r["accepted_per_s"], r["cpu_ms_per_notification"], r["latency_ms"]["p99"], peak))
-                b.stop(server.proc)
-    finally:
-        for proc in b.children:
-            b.stop(proc)
+
+    def measure(name, i):
+        server = b.start_bridge(brokers, mode, f"ab{b.NONCE}-{name}{i}.")
+        r = b.phase_max(server, f"{name} round {i}", brokers)
+        peak = b.mib(b.mem_kib(server.pid)["VmHWM"])
+        b.stop(server.proc)
+        return r["accepted_per_s"], r["cpu_ms_per_notification"], r["latency_ms"]["p99"], peak
+
+    out = alternate(bins, rounds, measure)
     for name in ("A", "B"):
         rps = [x[0] for x in out[name]]
         cpu = [x[1] for x in out[name]]
@@ -51,43 +47,50 @@ def main():
     print(f"B/A: throughput x{ra:.3f}, CPU per notification x{ca:.3f}")
 
 
-def drain(bins, rounds, tansu, brokers):
+def alternate(bins, rounds, measure):
+    """`measure(name, round)` for A and B in turn, the order swapped every round; the results per build."""
     out = {"A": [], "B": []}
     try:
         for i in range(rounds):
             for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
                 b.BRIDGE = b.Path(bins[name])
-                r = b.phase_drain(tansu, brokers)
-                out[name].append((r["msgs_per_s_from_resume"], r["bridge_cpu_s"], r["peak_rss_mib"]))
+                out[name].append(measure(name, i))
     finally:
         for proc in b.children:
             b.stop(proc)
-    for name in ("A", "B"):
-        print(f"{name} {bins[name]}: drain msgs/s, CPU s, peak RSS MiB: {out[name]}")
-    for i, what in enumerate(("drain rate", "CPU", "peak RSS")):
+    return out
+
+
+def print_ratios(out, names):
+    for i, what in enumerate(names):
         ratio = statistics.median(x[i] for x in out["B"]) / statistics.median(x[i] for x in out["A"])
         print(f"B/A: {what} x{ratio:.3f}")
+
+
+def drain(bins, rounds, tansu, brokers):
+    def measure(name, i):
+        r = b.phase_drain(tansu, brokers)
+        return r["msgs_per_s_from_resume"], r["bridge_cpu_s"], r["peak_rss_mib"]
+
+    out = alternate(bins, rounds, measure)
+    for name in ("A", "B"):
+        print(f"{name} {bins[name]}: drain msgs/s, CPU s, peak RSS MiB: {out[name]}")
+    print_ratios(out, ("drain rate", "CPU", "peak RSS"))
 
 
 def half(bins, rounds, brokers):
     rate = int(os.environ.get("HALF_RATE", "2000"))
-    out = {"A": [], "B": []}
-    try:
-        for i in range(rounds):
-            for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
-                b.BRIDGE = b.Path(bins[name])
-                server = b.start_bridge(brokers, "spool", f"ab{b.NONCE}-{name}{i}.")
-                r = b.phase_half(server, f"{name} round {i} half", 2 * rate)
-                out[name].append((r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["latency_ms"]["max"]))
-                b.stop(server.proc)
-    finally:
-        for proc in b.children:
-            b.stop(proc)
+
+    def measure(name, i):
+        server = b.start_bridge(brokers, "spool", f"ab{b.NONCE}-{name}{i}.")
+        r = b.phase_half(server, f"{name} round {i} half", 2 * rate)
+        b.stop(server.proc)
+        return r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["latency_ms"]["max"]
+
+    out = alternate(bins, rounds, measure)
     for name in ("A", "B"):
         print(f"{name} {bins[name]}: at {rate}/s, p50, p99, max ms: {out[name]}")
-    for i, what in enumerate(("p50", "p99", "max")):
-        ratio = statistics.median(x[i] for x in out["B"]) / statistics.median(x[i] for x in out["A"])
-        print(f"B/A: {what} x{ratio:.3f}")
+    print_ratios(out, ("p50", "p99", "max"))
 
 
 if __name__ == "__main__":
