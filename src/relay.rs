@@ -13,6 +13,11 @@
 //! reads the database at start-up, after a round that did not release everything it took, and when
 //! the hand-off overflowed (see `spool::handoff`).
 //!
+//! It shares the server's worker threads. A round it keeps up with yields between messages, so the
+//! webhook's answers do not wait for the whole round. A backlog's round runs through and holds the
+//! answers back until the relay has caught up: accepting faster than Kafka takes would only grow
+//! the backlog the hand-off and the rounds hold in memory.
+//!
 //! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
