@@ -20,7 +20,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanProcessor};
 
-use crate::routing::OutboundMessage;
+use crate::routing::Outbound;
 use crate::trace_context::{TRACEPARENT, TraceContext, Traceparent};
 
 /// How long an export may take.
@@ -123,7 +123,7 @@ impl Spans {
 
     /// A producer span for `message`, published from `start` until now, as a child of the span its
     /// `traceparent` names (none without one: the message was planned with no trace).
-    pub fn published(&self, message: &OutboundMessage, start: SystemTime) {
+    pub fn published(&self, message: &impl Outbound, start: SystemTime) {
         let Some(parent) = message.header(TRACEPARENT).and_then(Traceparent::parse) else {
             return;
         };
@@ -131,13 +131,13 @@ impl Spans {
             KeyValue::new("messaging.system", "kafka"),
             KeyValue::new("messaging.operation.name", "send"),
             KeyValue::new("messaging.operation.type", "send"),
-            KeyValue::new("messaging.destination.name", message.topic.clone()),
-            KeyValue::new("messaging.kafka.message.key", message.key.clone()),
+            KeyValue::new("messaging.destination.name", message.topic().to_string()),
+            KeyValue::new("messaging.kafka.message.key", message.key().to_string()),
         ];
         if let Some(id) = message.header("rc-message-id") {
             attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
         }
-        if message.tombstone {
+        if message.tombstone() {
             attributes.push(KeyValue::new("messaging.kafka.message.tombstone", true));
         }
         self.end(Ended {
@@ -146,7 +146,7 @@ impl Spans {
             parent: Some((parent.span_id, false)),
             sampled: parent.sampled,
             kind: SpanKind::Producer,
-            name: format!("send {}", message.topic),
+            name: format!("send {}", message.topic()),
             start,
             attributes,
         });

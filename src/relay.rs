@@ -165,7 +165,7 @@ async fn read_batch(read: Read) -> Option<Result<Vec<SpooledEntry>, ()>> {
 }
 
 /// Messages of one entry, enqueued.
-type Enqueued<'b, D> = (&'b SpooledEntry, Vec<Pending<'b, D>>);
+type Enqueued<'b, D> = (&'b SpooledEntry, Vec<Pending<'b, OutboundMessage, D>>);
 
 impl<P: Producer> Worker<P> {
     async fn run(mut self) {
@@ -539,7 +539,7 @@ mod tests {
 
     use super::*;
     use crate::kafka::PublishError;
-    use crate::routing::RoutePlan;
+    use crate::routing::{Outbound, RoutePlan};
     use crate::sink::Sink;
     use crate::spool::SpoolOptions;
 
@@ -586,7 +586,8 @@ mod tests {
     impl Producer for Double {
         type Delivery = std::future::Ready<Result<(), PublishError>>;
 
-        fn send(&self, message: &OutboundMessage) -> Result<Self::Delivery, PublishError> {
+        fn send(&self, message: &impl Outbound) -> Result<Self::Delivery, PublishError> {
+            let message = &message.to_outbound();
             let mut log = self.log.0.lock().unwrap();
             let attempt = log.iter().filter(|(_, m)| m == message).count();
             let answer = (self.script)(message, attempt, self.number);

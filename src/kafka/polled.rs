@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 
 use super::publisher::{Producer, headers};
 use super::{PublishError, StatsContext};
-use crate::routing::OutboundMessage;
+use crate::routing::Outbound;
 
 /// How long an awaited delivery waits before it serves the producer's reports again, once there
 /// was nothing to serve. `linger.ms` (5) and the broker's round trip come first anyway.
@@ -83,15 +83,15 @@ fn serve_one(producer: &BaseProducer<RelayContext>) -> bool {
 impl Producer for RelayProducer {
     type Delivery = RelayDelivery;
 
-    fn send(&self, message: &OutboundMessage) -> Result<RelayDelivery, PublishError> {
+    fn send(&self, message: &impl Outbound) -> Result<RelayDelivery, PublishError> {
         let slot = Arc::new(DeliverySlot::default());
-        let record = BaseRecord::with_opaque_to(&message.topic, slot.clone())
-            .key(message.key.as_str())
+        let record = BaseRecord::with_opaque_to(message.topic(), slot.clone())
+            .key(message.key())
             .headers(headers(message));
         // A tombstone has no value at all: that is what compaction deletes a key on.
-        let record = match message.tombstone {
+        let record = match message.tombstone() {
             true => record,
-            false => record.payload(message.value.as_str()),
+            false => record.payload(message.value()),
         };
         match self.inner.send(record) {
             Ok(()) => Ok(RelayDelivery {
@@ -161,8 +161,8 @@ mod tests {
     use crate::kafka::{ErrorKind, ProducerFactory};
     use crate::metrics::Metrics;
 
-    fn message(topic: &str, n: usize) -> OutboundMessage {
-        OutboundMessage {
+    fn message(topic: &str, n: usize) -> crate::routing::OutboundMessage {
+        crate::routing::OutboundMessage {
             topic: topic.into(),
             key: format!("extension-{n}"),
             headers: vec![("rc-message-id".into(), format!("message-{n}"))],

@@ -13,7 +13,7 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
 use super::{ErrorKind, KafkaProducer, PublishError};
 use crate::metrics::Metrics;
-use crate::routing::OutboundMessage;
+use crate::routing::Outbound;
 
 /// What messages are sent through: Kafka's idempotent producer, or a double in tests.
 pub trait Producer: Send + Sync + 'static {
@@ -21,7 +21,7 @@ pub trait Producer: Send + Sync + 'static {
     type Delivery: Future<Output = Result<(), PublishError>> + Send + 'static;
 
     /// Enqueues one message without blocking.
-    fn send(&self, message: &OutboundMessage) -> Result<Self::Delivery, PublishError>;
+    fn send(&self, message: &impl Outbound) -> Result<Self::Delivery, PublishError>;
 
     /// Waits up to `timeout` for what is enqueued to be delivered.
     fn flush(&self, timeout: Duration);
@@ -34,14 +34,14 @@ pub trait Producer: Send + Sync + 'static {
 impl Producer for KafkaProducer {
     type Delivery = Delivery;
 
-    fn send(&self, message: &OutboundMessage) -> Result<Delivery, PublishError> {
-        let record = FutureRecord::to(&message.topic)
-            .key(message.key.as_str())
+    fn send(&self, message: &impl Outbound) -> Result<Delivery, PublishError> {
+        let record = FutureRecord::to(message.topic())
+            .key(message.key())
             .headers(headers(message));
         // A tombstone has no value at all: that is what compaction deletes a key on.
-        let record = match message.tombstone {
+        let record = match message.tombstone() {
             true => record,
-            false => record.payload(message.value.as_str()),
+            false => record.payload(message.value()),
         };
         self.send_result(record)
             .map(Delivery)
@@ -55,9 +55,10 @@ impl Producer for KafkaProducer {
 }
 
 /// The message's headers as librdkafka takes them.
-pub(super) fn headers(message: &OutboundMessage) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-    for (name, value) in &message.headers {
+pub(super) fn headers(message: &impl Outbound) -> OwnedHeaders {
+    let message_headers = message.headers();
+    let mut headers = OwnedHeaders::new_with_capacity(message_headers.len());
+    for (name, value) in message_headers {
         headers = headers.insert(Header {
             key: name,
             value: Some(value.as_bytes()),
@@ -89,12 +90,12 @@ impl Future for Delivery {
 
 /// A message handed to the producer, its outcome still to come; or one the producer refused for
 /// good at once, which has its outcome already.
-pub struct Pending<'m, D> {
-    pub message: &'m OutboundMessage,
+pub struct Pending<'m, M, D> {
+    pub message: &'m M,
     delivery: Result<D, PublishError>,
 }
 
-impl<D: Future<Output = Result<(), PublishError>>> Pending<'_, D> {
+impl<M, D: Future<Output = Result<(), PublishError>>> Pending<'_, M, D> {
     /// Whether the producer refused the message for good when it was enqueued.
     pub fn refused(&self) -> bool {
         self.delivery.is_err()
@@ -125,10 +126,10 @@ impl<P: Producer> Publisher<P> {
 
     /// Enqueues one message. A permanent refusal becomes the message's outcome; a retriable one
     /// (queue full, a fatal producer) is counted and returned, as enqueueing more would fail alike.
-    pub fn enqueue<'m>(
+    pub fn enqueue<'m, M: Outbound>(
         &self,
-        message: &'m OutboundMessage,
-    ) -> Result<Pending<'m, P::Delivery>, PublishError> {
+        message: &'m M,
+    ) -> Result<Pending<'m, M, P::Delivery>, PublishError> {
         match self.producer.send(message) {
             Ok(delivery) => Ok(Pending {
                 message,
@@ -146,9 +147,9 @@ impl<P: Producer> Publisher<P> {
     }
 
     /// Kafka's outcome for a pending message, counted.
-    pub async fn acknowledged(
+    pub async fn acknowledged<M: Outbound>(
         &self,
-        pending: Pending<'_, P::Delivery>,
+        pending: Pending<'_, M, P::Delivery>,
     ) -> Result<(), PublishError> {
         let outcome = match pending.delivery {
             Ok(delivery) => delivery.await,
@@ -158,7 +159,7 @@ impl<P: Producer> Publisher<P> {
             Ok(()) => self
                 .metrics
                 .messages_published
-                .with_label_values(&[&pending.message.topic, &pending.message.hint_label])
+                .with_label_values(&[pending.message.topic(), pending.message.hint_label()])
                 .inc(),
             Err(e) => self.count_error(e.kind),
         }

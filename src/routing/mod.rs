@@ -35,7 +35,7 @@ mod plan;
 mod topic;
 pub use limits::{FanoutLimits, Overflow};
 use plan::{Destination, Planner};
-pub use plan::{OutboundMessage, RECONCILED_HEADER, Reconciled, RoutePlan};
+pub use plan::{Outbound, OutboundMessage, RECONCILED_HEADER, Reconciled, RoutePlan};
 pub use topic::{TargetApi, Topic, TopicError};
 
 /// Where one hint goes: each distinct topic with the first target API (in table order) that derives it.

@@ -83,6 +83,52 @@ impl OutboundMessage {
     }
 }
 
+/// What publishing needs of a message: an [`OutboundMessage`] as planned, or one read in place from
+/// the spool's stored record (`spool::record`), whose fields stay where they were read instead of
+/// each becoming a `String` of its own.
+pub trait Outbound {
+    fn topic(&self) -> &str;
+    fn key(&self) -> &str;
+    /// Names and values, in order.
+    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)>;
+    /// The JSON value as text (empty for a tombstone).
+    fn value(&self) -> &str;
+    /// The metrics label of the message's hint.
+    fn hint_label(&self) -> &str;
+    /// Published with no value at all.
+    fn tombstone(&self) -> bool;
+    /// The message as an owned [`OutboundMessage`]: for a dead letter, which outlives the round.
+    fn to_outbound(&self) -> OutboundMessage;
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl Outbound for OutboundMessage {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+    fn hint_label(&self) -> &str {
+        &self.hint_label
+    }
+    fn tombstone(&self) -> bool {
+        self.tombstone
+    }
+    fn to_outbound(&self) -> OutboundMessage {
+        self.clone()
+    }
+}
+
 /// What a reconciliation sweep tells hint consumers about one extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reconciled {

@@ -491,10 +491,10 @@ impl Sweeper {
         while !unsent.is_empty() {
             let mut failed = Vec::new();
             let mut pending = Vec::new();
-            for message in &unsent {
+            for &message in &unsent {
                 match self.publisher.enqueue(message) {
                     Ok(p) => pending.push(p),
-                    Err(_) => failed.push(*message),
+                    Err(_) => failed.push(message),
                 }
             }
             for p in pending {
