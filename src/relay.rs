@@ -11,7 +11,9 @@
 //!
 //! The entries it takes come from the spool writer's hand-off, in memory, once it has caught up; it
 //! reads the database at start-up, after a round that did not release everything it took, and when
-//! the hand-off overflowed (see `spool::handoff`).
+//! the hand-off overflowed (see `spool::handoff`). Either way it holds them as stored records and
+//! reads each in place (`spool::record`): a message's fields are borrowed from the record, so a
+//! backlog costs its stored size in memory, not a `String` per header.
 //!
 //! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
@@ -26,9 +28,9 @@ use tokio::time::Instant;
 
 use crate::kafka::{ErrorKind, Pending, Producer, ProducerFactory, Publisher, RelayProducer};
 use crate::metrics::Metrics;
-use crate::routing::{OutboundMessage, Topic};
+use crate::routing::{Outbound, Topic};
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::spool::{DeadLetter, Handed, Spool, SpoolError, SpooledEntry};
+use crate::spool::{DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, StoredMessage};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
@@ -141,7 +143,7 @@ impl Cut {
 }
 
 /// A read of the spool's database, running on a blocking thread.
-type Read = JoinHandle<Result<Vec<SpooledEntry>, SpoolError>>;
+type Read = JoinHandle<Result<Vec<StoredEntry>, SpoolError>>;
 
 /// A read of the database started ahead of the round that needs it.
 struct ReadAhead {
@@ -153,7 +155,7 @@ struct ReadAhead {
 
 /// What a read found: `Err` when the spool cannot be read now, `None` when the runtime is shutting
 /// down under the relay.
-async fn read_batch(read: Read) -> Option<Result<Vec<SpooledEntry>, ()>> {
+async fn read_batch(read: Read) -> Option<Result<Vec<StoredEntry>, ()>> {
     match read.await {
         Ok(Ok(batch)) => Some(Ok(batch)),
         Ok(Err(e)) => {
@@ -164,8 +166,26 @@ async fn read_batch(read: Read) -> Option<Result<Vec<SpooledEntry>, ()>> {
     }
 }
 
+/// An entry of a round, its record read in place from the stored bytes.
+struct Entry<'b> {
+    seq: u64,
+    record: Record<'b>,
+}
+
+impl Entry<'_> {
+    fn read(stored: &StoredEntry) -> Result<Entry<'_>, String> {
+        Ok(Entry {
+            seq: stored.seq,
+            record: stored.read()?,
+        })
+    }
+}
+
 /// Messages of one entry, enqueued.
-type Enqueued<'b, D> = (&'b SpooledEntry, Vec<Pending<'b, OutboundMessage, D>>);
+type Enqueued<'b, D> = (&'b Entry<'b>, Vec<Pending<'b, StoredMessage<'b>, D>>);
+
+/// A message Kafka refused for good, and the entry it belongs to.
+type Rejected<'b> = (&'b Entry<'b>, &'b StoredMessage<'b>, ErrorKind);
 
 impl<P: Producer> Worker<P> {
     async fn run(mut self) {
@@ -215,7 +235,17 @@ impl<P: Producer> Worker<P> {
                     }
                 }
             };
-            self.spool.observe_oldest(batch.first());
+            let entries: Vec<Entry<'_>> = match batch.iter().map(Entry::read).collect() {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a spooled entry");
+                    next = None;
+                    self.pause(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
+            self.spool
+                .observe_oldest(entries.first().map(|e| &e.record));
             let Some(last) = batch.last().map(|e| e.seq) else {
                 if deadline.is_some() {
                     break;
@@ -226,7 +256,7 @@ impl<P: Producer> Worker<P> {
             if from_database && self.spool.entries() > batch.len() as u64 {
                 ahead = Some(self.read_ahead(last + 1));
             }
-            let round = self.publish(&batch).await;
+            let round = self.publish(&entries).await;
             let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
             let whole = round.released.len() == batch.len();
             let released = self.release(round).await;
@@ -264,7 +294,7 @@ impl<P: Producer> Worker<P> {
     /// Starts reading the oldest entries from sequence number `from` on (0: the oldest of all).
     fn start_read(&self, from: u64) -> Read {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.entries_from(from, ROUND_ENTRIES, ROUND_BYTES))
+        tokio::task::spawn_blocking(move || spool.stored_from(from, ROUND_ENTRIES, ROUND_BYTES))
     }
 
     /// Starts reading the entries from `from` on, while the round before them is published.
@@ -327,7 +357,7 @@ impl<P: Producer> Worker<P> {
     }
 
     /// Publishes every message of `batch` and reports what can be released.
-    async fn publish(&self, batch: &[SpooledEntry]) -> Round {
+    async fn publish(&self, batch: &[Entry<'_>]) -> Round {
         let mut round = Round::default();
         let mut cut = Cut {
             shutdown: self.shutdown.clone(),
@@ -348,14 +378,14 @@ impl<P: Producer> Worker<P> {
     /// retriable reason (queue full or worse): the entry it belongs to waits for a later round.
     async fn enqueue<'b>(
         &self,
-        batch: &'b [SpooledEntry],
+        batch: &'b [Entry<'b>],
         round: &mut Round,
         cut: &mut Cut,
     ) -> Vec<Enqueued<'b, P::Delivery>> {
         let mut enqueued = Vec::with_capacity(batch.len());
         for entry in batch {
-            let mut messages = Vec::with_capacity(entry.plan.messages.len());
-            for message in &entry.plan.messages {
+            let mut messages = Vec::with_capacity(entry.record.messages.len());
+            for message in &entry.record.messages {
                 match self.publisher.enqueue(message) {
                     Ok(pending) => messages.push(pending),
                     Err(e) => {
@@ -382,7 +412,7 @@ impl<P: Producer> Worker<P> {
         started: SystemTime,
         round: &mut Round,
         cut: &mut Cut,
-    ) -> Vec<(&'b SpooledEntry, &'b OutboundMessage, ErrorKind)> {
+    ) -> Vec<Rejected<'b>> {
         let mut rejected = Vec::new();
         for (entry, messages) in enqueued {
             let mut complete = true;
@@ -402,7 +432,7 @@ impl<P: Producer> Worker<P> {
                     Err(e) => {
                         complete = false;
                         round.failed(e.kind);
-                        tracing::warn!(uuid = %entry.plan.uuid, topic = %message.topic,
+                        tracing::warn!(uuid = %entry.record.uuid, topic = %message.topic(),
                             error = %e.error, "publish failed; will retry");
                     }
                 }
@@ -411,7 +441,7 @@ impl<P: Producer> Worker<P> {
                 round.released.push(entry.seq);
                 self.metrics
                     .accept_to_ack
-                    .observe(entry.age().as_secs_f64());
+                    .observe(entry.record.age().as_secs_f64());
                 // Only entries being released dead-letter their refused messages; the others
                 // are published again whole.
                 rejected.extend(refused);
@@ -422,7 +452,7 @@ impl<P: Producer> Worker<P> {
 
     async fn dead_letter_rejected(
         &self,
-        rejected: Vec<(&SpooledEntry, &OutboundMessage, ErrorKind)>,
+        rejected: Vec<Rejected<'_>>,
         round: &mut Round,
         cut: &mut Cut,
     ) {
@@ -437,13 +467,14 @@ impl<P: Producer> Worker<P> {
     /// too, or if shutdown's deadline passes first.
     async fn dead_letter(
         &self,
-        entry: &SpooledEntry,
-        message: &OutboundMessage,
+        entry: &Entry<'_>,
+        message: &StoredMessage<'_>,
         kind: ErrorKind,
         cut: &mut Cut,
     ) -> Option<DeadLetter> {
-        tracing::error!(uuid = %entry.plan.uuid, topic = %message.topic, reason = kind.label(),
+        tracing::error!(uuid = %entry.record.uuid, topic = %message.topic(), reason = kind.label(),
             "Kafka rejected a message for good; dead-lettering it");
+        let message = message.to_outbound();
         let letter = message.dead_letter(&self.dead_letter_topic, kind.label());
         // Counted as a dead letter, not as a published message.
         let sent = match self.publisher.producer().send(&letter) {
@@ -452,7 +483,7 @@ impl<P: Producer> Worker<P> {
         };
         let kept = DeadLetter {
             reason: kind.label().into(),
-            message: message.clone(),
+            message,
         };
         match sent {
             Some(Ok(())) => {
@@ -462,9 +493,9 @@ impl<P: Producer> Worker<P> {
                     .inc();
                 return None;
             }
-            None => tracing::warn!(uuid = %entry.plan.uuid,
+            None => tracing::warn!(uuid = %entry.record.uuid,
                 "shutting down before the dead-letter topic acknowledged; keeping the message in the spool"),
-            Some(Err(e)) => tracing::error!(uuid = %entry.plan.uuid, error = %e.error,
+            Some(Err(e)) => tracing::error!(uuid = %entry.record.uuid, error = %e.error,
                 "dead-letter topic refused the message too; keeping it in the spool"),
         }
         self.metrics
@@ -539,7 +570,7 @@ mod tests {
 
     use super::*;
     use crate::kafka::PublishError;
-    use crate::routing::{Outbound, RoutePlan};
+    use crate::routing::{OutboundMessage, RoutePlan};
     use crate::sink::Sink;
     use crate::spool::SpoolOptions;
 

@@ -1,7 +1,7 @@
-//! The hand-off: entries the writer has just committed, passed to the relay in memory so that it
-//! does not read back and decode what was just written. It is a cache of the database's tail, never
-//! the only copy: the relay reads the database at start-up, after a round that did not release all
-//! it took, and whenever the hand-off cannot say what comes next.
+//! The hand-off: entries the writer has just committed, passed to the relay in memory as their
+//! stored records so that it does not read back what was just written. It is a cache of the
+//! database's tail, never the only copy: the relay reads the database at start-up, after a round
+//! that did not release all it took, and whenever the hand-off cannot say what comes next.
 //!
 //! What it holds is always one contiguous run of sequence numbers ending at the last committed
 //! entry. When it is full (the relay is behind: Kafka is slow or down), the writer stops adding to
@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::SpooledEntry;
+use super::StoredEntry;
 
 /// The most stored bytes (of the entries' database form) the hand-off holds: one relay round's worth,
 /// many times what accumulates while a round awaits Kafka at full load.
@@ -22,8 +22,8 @@ pub(super) const MAX_BYTES: usize = 4 << 10;
 
 #[derive(Default)]
 pub(super) struct HandOff {
-    /// `(entry, its stored size)`, by sequence number.
-    entries: VecDeque<(SpooledEntry, usize)>,
+    /// By sequence number.
+    entries: VecDeque<StoredEntry>,
     bytes: usize,
     /// Entries were committed but not added: the run no longer reaches the last commit.
     gap: bool,
@@ -35,7 +35,7 @@ pub(super) struct HandOff {
 #[derive(Debug)]
 pub enum Handed {
     /// The entries from `next` on (possibly none: nothing was committed since).
-    Entries(Vec<SpooledEntry>),
+    Entries(Vec<StoredEntry>),
     /// It does not hold `next`: read the database.
     Unknown,
 }
@@ -52,15 +52,15 @@ impl HandOff {
         self.end
     }
 
-    /// Adds a committed entry of `bytes` stored bytes (called in sequence order).
-    pub(super) fn push(&mut self, entry: SpooledEntry, bytes: usize) {
+    /// Adds a committed entry (called in sequence order).
+    pub(super) fn push(&mut self, entry: StoredEntry) {
         self.end = entry.seq + 1;
-        if self.gap || self.bytes + bytes > MAX_BYTES {
+        if self.gap || self.bytes + entry.stored_bytes() > MAX_BYTES {
             self.gap = true;
             return;
         }
-        self.bytes += bytes;
-        self.entries.push_back((entry, bytes));
+        self.bytes += entry.stored_bytes();
+        self.entries.push_back(entry);
     }
 
     /// Takes the entries from `next` on: at most `limit`, and no more than `max_bytes` (but at least
@@ -72,23 +72,25 @@ impl HandOff {
             self.gap = false;
             return Handed::Unknown;
         }
-        while self.entries.front().is_some_and(|(e, _)| e.seq < next) {
-            if let Some((_, bytes)) = self.entries.pop_front() {
-                self.bytes -= bytes;
+        while self.entries.front().is_some_and(|e| e.seq < next) {
+            if let Some(entry) = self.entries.pop_front() {
+                self.bytes -= entry.stored_bytes();
             }
         }
         match self.entries.front() {
             None if next == self.end => Handed::Entries(Vec::new()),
-            Some((first, _)) if first.seq == next => {
+            Some(first) if first.seq == next => {
                 let mut out = Vec::new();
                 let mut taken = 0;
-                while let Some((_, bytes)) = self.entries.front() {
-                    if out.len() == limit || (taken + bytes > max_bytes && !out.is_empty()) {
+                while let Some(entry) = self.entries.front() {
+                    if out.len() == limit
+                        || (taken + entry.stored_bytes() > max_bytes && !out.is_empty())
+                    {
                         break;
                     }
-                    taken += bytes;
-                    if let Some((entry, bytes)) = self.entries.pop_front() {
-                        self.bytes -= bytes;
+                    taken += entry.stored_bytes();
+                    if let Some(entry) = self.entries.pop_front() {
+                        self.bytes -= entry.stored_bytes();
                         out.push(entry);
                     }
                 }
@@ -103,19 +105,10 @@ impl HandOff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::RoutePlan;
 
-    fn entry(seq: u64) -> SpooledEntry {
-        SpooledEntry {
-            seq,
-            accepted_at_ms: 0,
-            plan: RoutePlan {
-                uuid: format!("u{seq}"),
-                kind: "ExtensionInfo".into(),
-                messages: Vec::new(),
-                unrouted_reason: None,
-            },
-        }
+    /// An entry of `bytes` stored bytes (the hand-off reads only their number).
+    fn entry(seq: u64, bytes: usize) -> StoredEntry {
+        StoredEntry::encoded(seq, vec![0; bytes])
     }
 
     fn seqs(handed: Handed) -> Option<Vec<u64>> {
@@ -130,7 +123,7 @@ mod tests {
         let mut handoff = HandOff::new(5);
         assert_eq!(seqs(handoff.take(5, 10, 1 << 20)), Some(vec![]));
         for seq in 5..9 {
-            handoff.push(entry(seq), 100);
+            handoff.push(entry(seq, 100));
         }
         assert_eq!(seqs(handoff.take(5, 3, 1 << 20)), Some(vec![5, 6, 7]));
         assert_eq!(seqs(handoff.take(8, 3, 150)), Some(vec![8]));
@@ -141,13 +134,13 @@ mod tests {
     fn what_the_relay_already_published_is_dropped_and_what_it_lacks_is_unknown() {
         let mut handoff = HandOff::new(0);
         for seq in 0..4 {
-            handoff.push(entry(seq), 100);
+            handoff.push(entry(seq, 100));
         }
         // The relay read 0 and 1 from the database (a round after a failure).
         assert_eq!(seqs(handoff.take(2, 10, 1 << 20)), Some(vec![2, 3]));
         // A relay that expects an entry older than the run must read the database.
         let mut handoff = HandOff::new(10);
-        handoff.push(entry(10), 100);
+        handoff.push(entry(10, 100));
         assert_eq!(seqs(handoff.take(7, 10, 1 << 20)), None);
         // So must one that expects an entry committed but not held.
         let mut handoff = HandOff::new(10);
@@ -157,12 +150,12 @@ mod tests {
     #[test]
     fn a_full_hand_off_marks_the_gap_and_starts_again_after_it() {
         let mut handoff = HandOff::new(0);
-        handoff.push(entry(0), MAX_BYTES - 10);
-        handoff.push(entry(1), 100);
+        handoff.push(entry(0, MAX_BYTES - 10));
+        handoff.push(entry(1, 100));
         // Held 0 but not 1: nothing can be handed over, and it empties.
-        handoff.push(entry(2), 1);
+        handoff.push(entry(2, 1));
         assert_eq!(seqs(handoff.take(0, 10, usize::MAX)), None);
-        handoff.push(entry(3), 100);
+        handoff.push(entry(3, 100));
         // The relay read 0 to 2 from the database; 3 came after the gap.
         assert_eq!(seqs(handoff.take(3, 10, 1 << 20)), Some(vec![3]));
         assert_eq!(handoff.end(), 4);

@@ -58,6 +58,7 @@ use files::*;
 pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
+pub use record::{Record, StoredEntry, StoredMessage};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
@@ -362,8 +363,32 @@ impl Spool {
         self.entries_from(0, limit, max_bytes)
     }
 
-    /// Pending entries from sequence number `from` on, as [`Spool::oldest`] reads them: what
-    /// follows a round whose release is not committed yet, or a page of `spool export`.
+    /// Pending entries from sequence number `from` on, as the relay publishes them (read in place,
+    /// see [`StoredEntry`]): at most `limit`, no more than `max_bytes` of stored entries (but always
+    /// at least one).
+    pub fn stored_from(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEntry>, SpoolError> {
+        let read = self.shared.database()?.begin_read().map_err(storage)?;
+        let table = read.open_table(ENTRIES).map_err(storage)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in table.range(from..).map_err(storage)?.take(limit) {
+            let (seq, value) = item.map_err(storage)?;
+            bytes += value.value().len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(StoredEntry::from_database(seq.value(), value.value()).map_err(storage)?);
+        }
+        Ok(out)
+    }
+
+    /// Pending entries from sequence number `from` on, as [`Spool::oldest`] reads them: a page of
+    /// `spool export`.
     pub fn entries_from(
         &self,
         from: u64,
@@ -479,9 +504,9 @@ impl Spool {
         self.shared.dead_letter_bytes.load(Ordering::Relaxed)
     }
 
-    /// Updates the age gauge of the oldest entry.
-    pub fn observe_oldest(&self, oldest: Option<&SpooledEntry>) {
-        let age = oldest.map(|e| e.age().as_secs_f64()).unwrap_or(0.0);
+    /// Updates the age gauge of the oldest entry, given its record.
+    pub fn observe_oldest(&self, oldest: Option<&Record<'_>>) {
+        let age = oldest.map(|r| r.age().as_secs_f64()).unwrap_or(0.0);
         self.shared.metrics.spool_oldest_entry_age.set(age);
     }
 

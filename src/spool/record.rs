@@ -1,45 +1,129 @@
 //! How a spooled entry is stored: a compact binary record, a version byte then the entry in
 //! [`postcard`] (lengths as varints, strings as they are). Entries written by earlier releases are
 //! JSON documents, each message's value a JSON string inside them (escaped a second time); they are
-//! still read, told apart by their first byte (`{`).
-
-use std::borrow::Cow;
+//! still read, told apart by their first byte (`{`). The relay reads a binary record in place
+//! ([`StoredEntry`]): its strings are borrowed from the stored bytes, not copied into a plan.
 
 use serde::{Deserialize, Serialize};
 
 use super::SpooledEntry;
-use crate::routing::{OutboundMessage, RoutePlan};
+use crate::routing::{Outbound, OutboundMessage, RoutePlan};
 
 /// The first byte of a binary record: the version of its layout. A JSON record starts with `{`.
 const BINARY_V1: u8 = 1;
 
-/// The layout of version 1, in field order (postcard is positional: only ever add a version).
+/// The layout of version 1, in field order (postcard is positional: only ever add a version). Read,
+/// its strings are borrowed from the stored bytes.
 #[derive(Serialize, Deserialize)]
-struct Record<'a> {
+pub struct Record<'a> {
     /// [`BINARY_V1`]: postcard writes a `u8` as the byte itself, so it is the record's first byte.
     version: u8,
-    accepted_at_ms: u64,
+    /// Milliseconds since the Unix epoch when the notification was accepted.
+    pub accepted_at_ms: u64,
+    pub uuid: &'a str,
+    pub kind: &'a str,
     #[serde(borrow)]
-    uuid: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    messages: Vec<Message<'a>>,
+    pub messages: Vec<StoredMessage<'a>>,
 }
 
+/// One message of a record, read in place.
 #[derive(Serialize, Deserialize)]
-struct Message<'a> {
+pub struct StoredMessage<'a> {
+    topic: &'a str,
+    key: &'a str,
     #[serde(borrow)]
-    topic: Cow<'a, str>,
-    #[serde(borrow)]
-    key: Cow<'a, str>,
-    #[serde(borrow)]
-    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    #[serde(borrow)]
-    value: Cow<'a, str>,
-    #[serde(borrow)]
-    hint_label: Cow<'a, str>,
+    headers: Vec<(&'a str, &'a str)>,
+    value: &'a str,
+    hint_label: &'a str,
     tombstone: bool,
+}
+
+impl Outbound for StoredMessage<'_> {
+    fn topic(&self) -> &str {
+        self.topic
+    }
+    fn key(&self) -> &str {
+        self.key
+    }
+    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.headers.iter().copied()
+    }
+    fn value(&self) -> &str {
+        self.value
+    }
+    fn hint_label(&self) -> &str {
+        self.hint_label
+    }
+    fn tombstone(&self) -> bool {
+        self.tombstone
+    }
+    fn to_outbound(&self) -> OutboundMessage {
+        OutboundMessage {
+            topic: self.topic.into(),
+            key: self.key.into(),
+            headers: self
+                .headers
+                .iter()
+                .map(|&(n, v)| (n.into(), v.into()))
+                .collect(),
+            value: self.value.into(),
+            hint_label: self.hint_label.into(),
+            tombstone: self.tombstone,
+        }
+    }
+}
+
+impl Record<'_> {
+    /// How long ago the notification was accepted.
+    pub fn age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(super::now_ms().saturating_sub(self.accepted_at_ms))
+    }
+}
+
+/// A committed entry as stored: what the hand-off holds and the relay publishes from, read in
+/// place ([`StoredEntry::read`]) rather than decoded into a plan of owned strings.
+#[derive(Debug)]
+pub struct StoredEntry {
+    pub seq: u64,
+    /// A binary record.
+    bytes: Box<[u8]>,
+}
+
+impl StoredEntry {
+    /// An entry just encoded by [`encode`].
+    pub fn encoded(seq: u64, bytes: Vec<u8>) -> StoredEntry {
+        StoredEntry {
+            seq,
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    /// An entry as the database holds it; a JSON record of an earlier release is encoded again as
+    /// a binary one, so that every entry reads alike.
+    pub fn from_database(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
+        let bytes = match bytes.first() {
+            Some(b'{') => {
+                let entry = decode(bytes)?;
+                encode(entry.accepted_at_ms, &entry.plan)?
+            }
+            _ => {
+                // Refused now rather than at every round.
+                read_binary(bytes)?;
+                bytes.to_vec()
+            }
+        };
+        Ok(StoredEntry::encoded(seq, bytes))
+    }
+
+    /// Its stored size in bytes.
+    pub fn stored_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The record, its strings borrowed from the entry.
+    pub fn read(&self) -> Result<Record<'_>, String> {
+        read_binary(&self.bytes)
+    }
 }
 
 /// The stored form of `plan`, accepted at `accepted_at_ms`.
@@ -47,21 +131,21 @@ pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> 
     let record = Record {
         version: BINARY_V1,
         accepted_at_ms,
-        uuid: Cow::Borrowed(&plan.uuid),
-        kind: Cow::Borrowed(&plan.kind),
+        uuid: &plan.uuid,
+        kind: &plan.kind,
         messages: plan
             .messages
             .iter()
-            .map(|m| Message {
-                topic: Cow::Borrowed(&m.topic),
-                key: Cow::Borrowed(&m.key),
+            .map(|m| StoredMessage {
+                topic: &m.topic,
+                key: &m.key,
                 headers: m
                     .headers
                     .iter()
-                    .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect(),
-                value: Cow::Borrowed(&m.value),
-                hint_label: Cow::Borrowed(&m.hint_label),
+                value: &m.value,
+                hint_label: &m.hint_label,
                 tombstone: m.tombstone,
             })
             .collect(),
@@ -69,43 +153,33 @@ pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> 
     postcard::to_stdvec(&record).map_err(|e| e.to_string())
 }
 
-/// The entry stored as `bytes` (its sequence number is the caller's to set).
-pub fn decode(bytes: &[u8]) -> Result<SpooledEntry, String> {
+fn read_binary(bytes: &[u8]) -> Result<Record<'_>, String> {
     match bytes.first() {
-        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-        Some(&BINARY_V1) => {
-            let record: Record<'_> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-            Ok(SpooledEntry {
-                seq: 0,
-                accepted_at_ms: record.accepted_at_ms,
-                plan: RoutePlan {
-                    uuid: record.uuid.into_owned(),
-                    kind: record.kind.into_owned(),
-                    messages: record
-                        .messages
-                        .into_iter()
-                        .map(|m| OutboundMessage {
-                            topic: m.topic.into_owned(),
-                            key: m.key.into_owned(),
-                            headers: m
-                                .headers
-                                .into_iter()
-                                .map(|(n, v)| (n.into_owned(), v.into_owned()))
-                                .collect(),
-                            value: m.value.into_owned(),
-                            hint_label: m.hint_label.into_owned(),
-                            tombstone: m.tombstone,
-                        })
-                        .collect(),
-                    unrouted_reason: None,
-                },
-            })
-        }
+        Some(&BINARY_V1) => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+        Some(b'{') => Err("a JSON entry where a binary record was expected".into()),
         Some(version) => Err(format!(
             "an entry of record version {version}, written by a later release"
         )),
         None => Err("an empty entry".into()),
     }
+}
+
+/// The entry stored as `bytes`, with owned strings (its sequence number is the caller's to set).
+pub fn decode(bytes: &[u8]) -> Result<SpooledEntry, String> {
+    if bytes.first() == Some(&b'{') {
+        return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+    }
+    let record = read_binary(bytes)?;
+    Ok(SpooledEntry {
+        seq: 0,
+        accepted_at_ms: record.accepted_at_ms,
+        plan: RoutePlan {
+            uuid: record.uuid.into(),
+            kind: record.kind.into(),
+            messages: record.messages.iter().map(Outbound::to_outbound).collect(),
+            unrouted_reason: None,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -154,6 +228,55 @@ mod tests {
             binary.len(),
             json.len()
         );
+    }
+
+    #[test]
+    fn a_stored_entry_reads_in_place_as_the_plan_it_was_encoded_from() {
+        let plan = plan();
+        let entry = StoredEntry::encoded(7, encode(9, &plan).unwrap());
+        let record = entry.read().unwrap();
+        assert_eq!(
+            (record.accepted_at_ms, record.uuid, record.kind),
+            (9, "u-1", "ExtensionInfo")
+        );
+        let messages: Vec<OutboundMessage> =
+            record.messages.iter().map(Outbound::to_outbound).collect();
+        assert_eq!(messages, plan.messages);
+        assert!(record.messages[1].tombstone());
+        assert_eq!(
+            record.messages[0].header("tracestate"),
+            Some("vendor=é\"\\")
+        );
+        // Borrowed from the entry's bytes, not copied out of them.
+        let stored = entry.bytes.as_ptr_range();
+        assert!(stored.contains(&record.messages[0].value().as_ptr()));
+        assert!(stored.contains(&record.messages[0].headers[0].1.as_ptr()));
+    }
+
+    #[test]
+    fn entries_of_earlier_releases_are_stored_again_as_binary_and_later_versions_refused() {
+        let json = serde_json::to_vec(&SpooledEntry {
+            seq: 0,
+            accepted_at_ms: 5,
+            plan: plan(),
+        })
+        .unwrap();
+        let entry = StoredEntry::from_database(3, &json).unwrap();
+        assert_eq!((entry.seq, entry.bytes[0]), (3, BINARY_V1));
+        let record = entry.read().unwrap();
+        assert_eq!(record.accepted_at_ms, 5);
+        assert_eq!(decode(&entry.bytes).unwrap().plan, plan());
+        let binary = encode(5, &plan()).unwrap();
+        assert_eq!(
+            StoredEntry::from_database(4, &binary).unwrap().bytes[..],
+            binary[..]
+        );
+        let mut later = binary.clone();
+        later[0] = 2;
+        let refused = StoredEntry::from_database(5, &later).unwrap_err();
+        assert!(refused.contains("later release"), "{refused}");
+        assert!(StoredEntry::from_database(6, &binary[..binary.len() - 3]).is_err());
+        assert!(StoredEntry::from_database(7, &[]).is_err());
     }
 
     #[test]

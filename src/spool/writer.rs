@@ -15,9 +15,8 @@ pub(super) struct Delta {
     removed_dead_letter_bytes: u64,
     /// Dead letters dropped to keep the area within its share: logged once the commit is durable.
     dropped: Vec<DeadLetter>,
-    /// The appends committed, by their index in the group: their sequence number and stored size.
-    committed: Vec<(usize, u64, usize)>,
-    accepted_at_ms: u64,
+    /// The appends committed, in order: their sequence number and record, for the hand-off.
+    committed: Vec<(u64, Vec<u8>)>,
 }
 
 impl Shared {
@@ -120,18 +119,12 @@ impl Shared {
                 };
                 self.health.store(health, Ordering::Relaxed);
                 self.publish_gauges();
-                let mut committed = delta.committed.iter().peekable();
-                let mut handoff = self.handoff();
-                for (n, (append, outcome)) in appends.into_iter().zip(outcomes).enumerate() {
+                for (append, outcome) in appends.into_iter().zip(outcomes) {
                     let _ = append.reply.send(outcome);
-                    if let Some((_, seq, bytes)) = committed.next_if(|(i, _, _)| *i == n) {
-                        let entry = SpooledEntry {
-                            seq: *seq,
-                            accepted_at_ms: delta.accepted_at_ms,
-                            plan: append.plan,
-                        };
-                        handoff.push(entry, *bytes);
-                    }
+                }
+                let mut handoff = self.handoff();
+                for (seq, record) in delta.committed {
+                    handoff.push(StoredEntry::encoded(seq, record));
                 }
                 drop(handoff);
                 if delta.added_entries > 0 {
@@ -211,10 +204,9 @@ impl Shared {
             }
 
             let mut next_seq = self.handoff().end();
-            delta.accepted_at_ms = now;
             // Pending entries and dead letters share --spool-max-bytes.
             let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
-            for (n, Append { plan, .. }) in appends.iter().enumerate() {
+            for Append { plan, .. } in appends {
                 if seen.get(plan.uuid.as_str()).map_err(storage)?.is_some() {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
@@ -234,7 +226,7 @@ impl Shared {
                 bytes += value.len() as u64;
                 delta.added_entries += 1;
                 delta.added_bytes += value.len() as u64;
-                delta.committed.push((n, next_seq, value.len()));
+                delta.committed.push((next_seq, value));
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
             }
