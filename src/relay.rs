@@ -15,6 +15,11 @@
 //! reads each in place (`spool::record`): a message's fields are borrowed from the record, so a
 //! backlog costs its stored size in memory, not a `String` per header.
 //!
+//! It shares the server's worker threads. A round it keeps up with yields between messages, so the
+//! webhook's answers do not wait for the whole round. A backlog's round runs through and holds the
+//! answers back until the relay has caught up: accepting faster than Kafka takes would only grow
+//! the backlog the hand-off and the rounds hold in memory.
+//!
 //! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
@@ -37,6 +42,11 @@ const ROUND_ENTRIES: usize = 2048;
 /// And at most this many bytes of messages per round, so a backlog of large notifications does not
 /// hold hundreds of megabytes in memory at once.
 const ROUND_BYTES: usize = 4 << 20;
+/// A round of at most this many messages yields to the rest of the server between messages: the
+/// relay is keeping up, and the webhook's answers need not wait for the whole round. A larger one
+/// means a backlog: it runs through, which holds the server back until the relay has caught up, so
+/// the backlog does not build up in memory.
+const YIELDING_ROUND_MESSAGES: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Consecutive failed rounds after which the producer is replaced even without a fatal error:
@@ -364,9 +374,14 @@ impl<P: Producer> Worker<P> {
             passed: false,
         };
         let started = SystemTime::now();
-        let enqueued = self.enqueue(batch, &mut round, &mut cut).await;
+        let yielding = batch
+            .iter()
+            .map(|entry| entry.record.messages.len())
+            .sum::<usize>()
+            <= YIELDING_ROUND_MESSAGES;
+        let enqueued = self.enqueue(batch, yielding, &mut round, &mut cut).await;
         let rejected = self
-            .await_acknowledgements(enqueued, started, &mut round, &mut cut)
+            .await_acknowledgements(enqueued, yielding, started, &mut round, &mut cut)
             .await;
         self.dead_letter_rejected(rejected, &mut round, &mut cut)
             .await;
@@ -379,6 +394,7 @@ impl<P: Producer> Worker<P> {
     async fn enqueue<'b>(
         &self,
         batch: &'b [Entry<'b>],
+        yielding: bool,
         round: &mut Round,
         cut: &mut Cut,
     ) -> Vec<Enqueued<'b, P::Delivery>> {
@@ -386,6 +402,9 @@ impl<P: Producer> Worker<P> {
         for entry in batch {
             let mut messages = Vec::with_capacity(entry.record.messages.len());
             for message in &entry.record.messages {
+                if yielding {
+                    tokio::task::consume_budget().await;
+                }
                 match self.publisher.enqueue(message) {
                     Ok(pending) => messages.push(pending),
                     Err(e) => {
@@ -409,6 +428,7 @@ impl<P: Producer> Worker<P> {
     async fn await_acknowledgements<'b>(
         &self,
         enqueued: Vec<Enqueued<'b, P::Delivery>>,
+        yielding: bool,
         started: SystemTime,
         round: &mut Round,
         cut: &mut Cut,
@@ -418,6 +438,9 @@ impl<P: Producer> Worker<P> {
             let mut complete = true;
             let mut refused = Vec::new();
             for pending in messages {
+                if yielding {
+                    tokio::task::consume_budget().await;
+                }
                 let message = pending.message;
                 let Some(outcome) = cut.before(self.publisher.acknowledged(pending)).await else {
                     return rejected;
@@ -926,5 +949,56 @@ mod tests {
             [(2, "t1")]
         );
         assert_eq!(bench.counted(&bench.metrics.publish_errors, &["fatal"]), 1);
+    }
+
+    /// How far a task that only counts and yields got at each message the relay sent, for a round
+    /// of one entry of `messages` messages: the relay yielded mid-round where the count moved.
+    async fn ticks_seen_by_each_send(messages: usize) -> Vec<usize> {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let topics: Vec<String> = (0..messages).map(|n| format!("t{n}")).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut bench = bench(vec![plan("a", &topics)], {
+            let seen = seen.clone();
+            move |_, _, _| {
+                seen.lock().unwrap().push(ticks.load(Ordering::SeqCst));
+                Answer::Ack
+            }
+        })
+        .await;
+        bench.drain().await;
+        ticker.abort();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), messages, "every message sent once");
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_round_the_relay_keeps_up_with_lets_the_server_run_between_its_messages() {
+        let seen = ticks_seen_by_each_send(YIELDING_ROUND_MESSAGES).await;
+        assert!(
+            seen.first() < seen.last(),
+            "another task ran while the round was being enqueued: {:?}..{:?}",
+            seen.first(),
+            seen.last()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backlog_round_runs_through_holding_the_server_back() {
+        let seen = ticks_seen_by_each_send(YIELDING_ROUND_MESSAGES + 1).await;
+        assert!(
+            seen.iter().all(|&t| t == seen[0]),
+            "nothing else ran while the round was being enqueued"
+        );
     }
 }
