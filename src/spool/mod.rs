@@ -395,21 +395,10 @@ impl Spool {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<SpooledEntry>, SpoolError> {
-        let read = self.shared.database()?.begin_read().map_err(storage)?;
-        let table = read.open_table(ENTRIES).map_err(storage)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for item in table.range(from..).map_err(storage)?.take(limit) {
-            let (seq, value) = item.map_err(storage)?;
-            bytes += value.value().len();
-            if bytes > max_bytes && !out.is_empty() {
-                break;
-            }
-            let mut entry = record::decode(value.value()).map_err(storage)?;
-            entry.seq = seq.value();
-            out.push(entry);
-        }
-        Ok(out)
+        self.stored_from(from, limit, max_bytes)?
+            .iter()
+            .map(|stored| stored.decode().map_err(storage))
+            .collect()
     }
 
     /// The entries from sequence number `next` on, as the writer handed them over after committing

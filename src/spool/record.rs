@@ -124,6 +124,13 @@ impl StoredEntry {
     pub fn read(&self) -> Result<Record<'_>, String> {
         read_binary(&self.bytes)
     }
+
+    /// The entry with owned strings, as `spool export` writes it.
+    pub fn decode(&self) -> Result<SpooledEntry, String> {
+        let mut entry = decode(&self.bytes)?;
+        entry.seq = self.seq;
+        Ok(entry)
+    }
 }
 
 /// The stored form of `plan`, accepted at `accepted_at_ms`.
@@ -165,7 +172,7 @@ fn read_binary(bytes: &[u8]) -> Result<Record<'_>, String> {
 }
 
 /// The entry stored as `bytes`, with owned strings (its sequence number is the caller's to set).
-pub fn decode(bytes: &[u8]) -> Result<SpooledEntry, String> {
+fn decode(bytes: &[u8]) -> Result<SpooledEntry, String> {
     if bytes.first() == Some(&b'{') {
         return serde_json::from_slice(bytes).map_err(|e| e.to_string());
     }
