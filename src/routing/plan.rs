@@ -64,11 +64,9 @@ impl OutboundMessage {
         letter
     }
 
+    /// The first header named `name` (callable without [`Outbound`] in scope).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        Outbound::header(self, name)
     }
 
     pub fn wire_bytes(&self) -> usize {
