@@ -176,8 +176,13 @@ pub struct SpooledEntry {
 impl SpooledEntry {
     /// How long ago the notification was answered.
     pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.accepted_at_ms))
+        age_since(self.accepted_at_ms)
     }
+}
+
+/// How long ago `accepted_at_ms` (milliseconds since the Unix epoch) was.
+fn age_since(accepted_at_ms: u64) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(accepted_at_ms))
 }
 
 /// A message kept in the spool because both its topic and the dead-letter topic refused it.

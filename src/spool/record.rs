@@ -76,7 +76,7 @@ impl Outbound for StoredMessage<'_> {
 impl Record<'_> {
     /// How long ago the notification was accepted.
     pub fn age(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(super::now_ms().saturating_sub(self.accepted_at_ms))
+        super::age_since(self.accepted_at_ms)
     }
 }
 
