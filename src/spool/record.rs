@@ -260,6 +260,19 @@ mod tests {
         assert!(stored.contains(&record.messages[0].headers[0].1.as_ptr()));
     }
 
+    /// Version 1 as this release writes it, kept byte for byte: a later release must read these
+    /// bytes, and a change to how `encode` lays out version 1 fails here rather than in a spool.
+    const RECORD_V1: &[u8] = include_bytes!("../../tests/fixtures/record-v1.bin");
+
+    #[test]
+    fn version_1_is_read_and_written_byte_for_byte_as_released() {
+        let entry = StoredEntry::from_database(1, RECORD_V1).unwrap();
+        let decoded = entry.decode().unwrap();
+        assert_eq!(decoded.plan, plan());
+        assert_eq!(decoded.accepted_at_ms, 1_700_000_000_000);
+        assert_eq!(encode(1_700_000_000_000, &plan()).unwrap(), RECORD_V1);
+    }
+
     #[test]
     fn entries_of_earlier_releases_are_stored_again_as_binary_and_later_versions_refused() {
         let json = serde_json::to_vec(&SpooledEntry {
