@@ -29,6 +29,7 @@
 
 pub mod app;
 pub mod asyncapi;
+pub mod c_allocator;
 pub mod cli;
 pub mod config;
 pub mod ingress;

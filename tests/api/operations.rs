@@ -377,3 +377,70 @@ fn routes_prints_every_hint_with_its_topics() {
         2
     );
 }
+
+/// glibc sizes its allocator's per-thread cache, which serves librdkafka, only from
+/// `GLIBC_TUNABLES` at start: the bridge starts itself again, once, with the size added, unless the
+/// operator chose one; a restarted bridge whose `GLIBC_TUNABLES` glibc dropped (a program with file
+/// capabilities) does not restart again. Each runs the restarted process: it answers and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_starts_itself_again_once_with_the_c_allocators_cache_sized() {
+    let kafka = MockKafka::start();
+    // What it is given; whether it is marked as restarted already; what its environment then holds
+    // (glibc, having read the tunables, may have cut the text at each `:`); the start-up log's word.
+    let cases = [
+        (
+            "glibc.malloc.arena_max=4",
+            false,
+            &[
+                "GLIBC_TUNABLES=glibc.malloc.arena_max=4",
+                "glibc.malloc.tcache_count=4096",
+            ][..],
+            true,
+        ),
+        (
+            "glibc.malloc.tcache_count=7",
+            false,
+            &["GLIBC_TUNABLES=glibc.malloc.tcache_count=7"][..],
+            false,
+        ),
+        ("", true, &["GLIBC_TUNABLES="][..], false),
+    ];
+    for (given, restarted, environment, sized) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut serve = Serve::new(dir.path())
+            .brokers(&kafka.bootstrap)
+            .args(&["--allow-unverified-webhooks"])
+            .args(&["--kafka-property", "message.timeout.ms=5000"])
+            .env("GLIBC_TUNABLES", given);
+        if restarted {
+            serve = serve.env("RC_KAFKA_BRIDGE_RESTARTED", "1");
+        }
+        let bridge = serve.start().await;
+        let environ = std::fs::read(format!("/proc/{}/environ", bridge.child.id())).unwrap();
+        let environ: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        for expected in environment {
+            assert!(
+                environ.iter().any(|v| v == expected),
+                "{given:?}: no {expected:?}"
+            );
+        }
+        let ours = environ.iter().any(|v| v.contains("tcache_count=4096"));
+        assert_eq!(ours, sized, "{given:?}: {environ:?}");
+        let listening = bridge
+            .start_up_events()
+            .into_iter()
+            .find(|e| e["message"] == "listening")
+            .unwrap();
+        assert_eq!(listening["c_allocator_cache_sized"], sized, "{listening}");
+
+        let uuid = format!("tuned-{}", unique());
+        let body = extension_update(&uuid, "5", &["Limits"]).to_string();
+        assert_eq!(bridge.post_webhook(body, &[]).await, 200, "{given:?}");
+        let missing =
+            missing_after_delivery(&kafka.bootstrap, &[uuid], Duration::from_secs(30)).await;
+        assert!(missing.is_empty(), "{given:?}: not delivered");
+    }
+}
