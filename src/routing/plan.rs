@@ -89,8 +89,9 @@ pub trait Outbound {
     fn key(&self) -> &str;
     /// Names and values, in order.
     fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)>;
-    /// The JSON value as text (empty for a tombstone).
-    fn value(&self) -> &str;
+    /// The JSON value, UTF-8 (empty for a tombstone): bytes, as Kafka takes it, so that a value read
+    /// in place from the spool is not checked again.
+    fn value(&self) -> &[u8];
     /// The metrics label of the message's hint.
     fn hint_label(&self) -> &str;
     /// Published with no value at all.
@@ -113,8 +114,8 @@ impl Outbound for OutboundMessage {
     fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
         self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
-    fn value(&self) -> &str {
-        &self.value
+    fn value(&self) -> &[u8] {
+        self.value.as_bytes()
     }
     fn hint_label(&self) -> &str {
         &self.hint_label

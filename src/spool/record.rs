@@ -33,7 +33,10 @@ pub struct StoredMessage<'a> {
     key: &'a str,
     #[serde(borrow)]
     headers: Vec<(&'a str, &'a str)>,
-    value: &'a str,
+    /// Laid out as a string is (its length, then its bytes) and read back as bytes: it was a
+    /// `String` when encoded, so checking that it is UTF-8 again at every read would only cost time.
+    #[serde(serialize_with = "as_bytes")]
+    value: &'a [u8],
     hint_label: &'a str,
     tombstone: bool,
 }
@@ -48,7 +51,7 @@ impl Outbound for StoredMessage<'_> {
     fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
         self.headers.iter().copied()
     }
-    fn value(&self) -> &str {
+    fn value(&self) -> &[u8] {
         self.value
     }
     fn hint_label(&self) -> &str {
@@ -66,11 +69,15 @@ impl Outbound for StoredMessage<'_> {
                 .iter()
                 .map(|&(n, v)| (n.into(), v.into()))
                 .collect(),
-            value: self.value.into(),
+            value: String::from_utf8_lossy(self.value).into_owned(),
             hint_label: self.hint_label.into(),
             tombstone: self.tombstone,
         }
     }
+}
+
+fn as_bytes<S: serde::Serializer>(value: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(value)
 }
 
 impl Record<'_> {
@@ -151,7 +158,7 @@ pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> 
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect(),
-                value: &m.value,
+                value: m.value.as_bytes(),
                 hint_label: &m.hint_label,
                 tombstone: m.tombstone,
             })
