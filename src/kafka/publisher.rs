@@ -61,7 +61,7 @@ pub(super) fn headers(message: &impl Outbound) -> OwnedHeaders {
     for (name, value) in message_headers {
         headers = headers.insert(Header {
             key: name,
-            value: Some(value.as_bytes()),
+            value: Some(value),
         });
     }
     headers

@@ -87,8 +87,8 @@ impl OutboundMessage {
 pub trait Outbound {
     fn topic(&self) -> &str;
     fn key(&self) -> &str;
-    /// Names and values, in order.
-    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)>;
+    /// Names and values, in order; each value UTF-8 (bytes, as Kafka takes it, like the value).
+    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])>;
     /// The JSON value, UTF-8 (empty for a tombstone): bytes, as Kafka takes it, so that a value read
     /// in place from the spool is not checked again.
     fn value(&self) -> &[u8];
@@ -100,7 +100,8 @@ pub trait Outbound {
     fn to_outbound(&self) -> OutboundMessage;
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+        let (_, value) = self.headers().find(|(n, _)| *n == name)?;
+        std::str::from_utf8(value).ok()
     }
 }
 
@@ -111,8 +112,8 @@ impl Outbound for OutboundMessage {
     fn key(&self) -> &str {
         &self.key
     }
-    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))
     }
     fn value(&self) -> &[u8] {
         self.value.as_bytes()

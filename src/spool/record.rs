@@ -32,11 +32,9 @@ pub struct StoredMessage<'a> {
     topic: &'a str,
     key: &'a str,
     #[serde(borrow)]
-    headers: Vec<(&'a str, &'a str)>,
-    /// Laid out as a string is (its length, then its bytes) and read back as bytes: it was a
-    /// `String` when encoded, so checking that it is UTF-8 again at every read would only cost time.
-    #[serde(serialize_with = "as_bytes")]
-    value: &'a [u8],
+    headers: Vec<(&'a str, Text<'a>)>,
+    #[serde(borrow)]
+    value: Text<'a>,
     hint_label: &'a str,
     tombstone: bool,
 }
@@ -48,11 +46,11 @@ impl Outbound for StoredMessage<'_> {
     fn key(&self) -> &str {
         self.key
     }
-    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
-        self.headers.iter().copied()
+    fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|&(name, value)| (name, value.0))
     }
     fn value(&self) -> &[u8] {
-        self.value
+        self.value.0
     }
     fn hint_label(&self) -> &str {
         self.hint_label
@@ -67,17 +65,37 @@ impl Outbound for StoredMessage<'_> {
             headers: self
                 .headers
                 .iter()
-                .map(|&(n, v)| (n.into(), v.into()))
+                .map(|&(n, v)| (n.into(), v.to_string()))
                 .collect(),
-            value: String::from_utf8_lossy(self.value).into_owned(),
+            value: self.value.to_string(),
             hint_label: self.hint_label.into(),
             tombstone: self.tombstone,
         }
     }
 }
 
-fn as_bytes<S: serde::Serializer>(value: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_bytes(value)
+/// Text laid out as postcard lays out a string (its length, then its bytes) and read back as bytes,
+/// without checking again that it is UTF-8: it was a `String` when encoded. For what Kafka takes as
+/// bytes (a value, a header's value), where that check at every read would only cost time.
+#[derive(Clone, Copy)]
+struct Text<'a>(&'a [u8]);
+
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'a [u8]>::deserialize(deserializer).map(Text)
+    }
+}
+
+impl std::fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.0))
+    }
 }
 
 impl Record<'_> {
@@ -156,9 +174,9 @@ pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> 
                 headers: m
                     .headers
                     .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .map(|(n, v)| (n.as_str(), Text(v.as_bytes())))
                     .collect(),
-                value: m.value.as_bytes(),
+                value: Text(m.value.as_bytes()),
                 hint_label: &m.hint_label,
                 tombstone: m.tombstone,
             })
@@ -264,7 +282,7 @@ mod tests {
         // Borrowed from the entry's bytes, not copied out of them.
         let stored = entry.bytes.as_ptr_range();
         assert!(stored.contains(&record.messages[0].value().as_ptr()));
-        assert!(stored.contains(&record.messages[0].headers[0].1.as_ptr()));
+        assert!(stored.contains(&record.messages[0].headers[0].1.0.as_ptr()));
     }
 
     /// Version 1 as this release writes it, kept byte for byte: a later release must read these
