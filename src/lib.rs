@@ -29,7 +29,6 @@
 
 pub mod app;
 pub mod asyncapi;
-pub mod c_allocator;
 pub mod cli;
 pub mod config;
 pub mod ingress;

@@ -10,8 +10,6 @@ use rc_kafka_bridge::cli::{self, Cli};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Before any thread exists: it may replace this process with itself, tuned.
-    rc_kafka_bridge::c_allocator::restart_with_tcache();
     match cli::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

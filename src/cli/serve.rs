@@ -49,7 +49,6 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
         port = app.port(),
         admin_port = app.admin_port(),
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
-        c_allocator_cache_sized = crate::c_allocator::tcache_sized(),
         "listening"
     );
     if app.is_embedded() {
