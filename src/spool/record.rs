@@ -12,12 +12,14 @@ use crate::routing::{Outbound, OutboundMessage, RoutePlan};
 /// The first byte of a binary record: the version of its layout. A JSON record starts with `{`.
 const BINARY_V1: u8 = 1;
 
-/// The layout of version 1, in field order (postcard is positional: only ever add a version). Read,
-/// its strings are borrowed from the stored bytes.
-#[derive(Serialize, Deserialize)]
+/// The layout of version 1, in field order (postcard is positional: only ever add a version), as
+/// read: its strings are borrowed from the stored bytes. [`encode`] writes the same layout straight
+/// from a plan.
+#[derive(Deserialize)]
 pub struct Record<'a> {
-    /// [`BINARY_V1`]: postcard writes a `u8` as the byte itself, so it is the record's first byte.
-    version: u8,
+    /// [`BINARY_V1`]: postcard writes a `u8` as the byte itself, so it is the record's first byte,
+    /// checked before the rest is read.
+    _version: u8,
     /// Milliseconds since the Unix epoch when the notification was accepted.
     pub accepted_at_ms: u64,
     pub uuid: &'a str,
@@ -27,7 +29,7 @@ pub struct Record<'a> {
 }
 
 /// One message of a record, read in place.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 pub struct StoredMessage<'a> {
     topic: &'a str,
     key: &'a str,
@@ -160,29 +162,96 @@ impl StoredEntry {
 
 /// The stored form of `plan`, accepted at `accepted_at_ms`.
 pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> {
-    let record = Record {
-        version: BINARY_V1,
+    let record = PlanRecord {
         accepted_at_ms,
-        uuid: &plan.uuid,
-        kind: &plan.kind,
-        messages: plan
-            .messages
-            .iter()
-            .map(|m| StoredMessage {
-                topic: &m.topic,
-                key: &m.key,
-                headers: m
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), Text(v.as_bytes())))
-                    .collect(),
-                value: Text(m.value.as_bytes()),
-                hint_label: &m.hint_label,
-                tombstone: m.tombstone,
-            })
-            .collect(),
+        plan,
     };
-    postcard::to_stdvec(&record).map_err(|e| e.to_string())
+    // Sized before it is written: the buffer is never grown (and copied) on the way.
+    let buffer = Vec::with_capacity(record.encoded_len());
+    postcard::to_extend(&record, buffer).map_err(|e| e.to_string())
+}
+
+/// A plan laid out as a [`Record`] of version 1, field for field, written straight from the plan
+/// rather than through a `Record` of borrowed fields (a vector per message and per header list).
+struct PlanRecord<'a> {
+    accepted_at_ms: u64,
+    plan: &'a RoutePlan,
+}
+
+impl PlanRecord<'_> {
+    /// The exact length of the encoded record.
+    fn encoded_len(&self) -> usize {
+        let text = |len: usize| varint_len(len as u64) + len;
+        let message = |m: &OutboundMessage| {
+            text(m.topic.len())
+                + text(m.key.len())
+                + varint_len(m.headers.len() as u64)
+                + m.headers
+                    .iter()
+                    .map(|(n, v)| text(n.len()) + text(v.len()))
+                    .sum::<usize>()
+                + text(m.value.len())
+                + text(m.hint_label.len())
+                + 1
+        };
+        1 + varint_len(self.accepted_at_ms)
+            + text(self.plan.uuid.len())
+            + text(self.plan.kind.len())
+            + varint_len(self.plan.messages.len() as u64)
+            + self.plan.messages.iter().map(message).sum::<usize>()
+    }
+}
+
+/// How many bytes postcard's varint of `n` takes: seven bits a byte.
+fn varint_len(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+impl Serialize for PlanRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut record = serializer.serialize_struct("Record", 5)?;
+        record.serialize_field("version", &BINARY_V1)?;
+        record.serialize_field("accepted_at_ms", &self.accepted_at_ms)?;
+        record.serialize_field("uuid", &self.plan.uuid)?;
+        record.serialize_field("kind", &self.plan.kind)?;
+        record.serialize_field("messages", &Messages(&self.plan.messages))?;
+        record.end()
+    }
+}
+
+struct Messages<'a>(&'a [OutboundMessage]);
+
+impl Serialize for Messages<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(Message))
+    }
+}
+
+/// One message laid out as a [`StoredMessage`].
+struct Message<'a>(&'a OutboundMessage);
+
+impl Serialize for Message<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = self.0;
+        let mut message = serializer.serialize_struct("StoredMessage", 6)?;
+        message.serialize_field("topic", &m.topic)?;
+        message.serialize_field("key", &m.key)?;
+        message.serialize_field("headers", &Headers(&m.headers))?;
+        message.serialize_field("value", &Text(m.value.as_bytes()))?;
+        message.serialize_field("hint_label", &m.hint_label)?;
+        message.serialize_field("tombstone", &m.tombstone)?;
+        message.end()
+    }
+}
+
+struct Headers<'a>(&'a [(String, String)]);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(n, v)| (n.as_str(), Text(v.as_bytes()))))
+    }
 }
 
 fn read_binary(bytes: &[u8]) -> Result<Record<'_>, String> {
@@ -296,6 +365,37 @@ mod tests {
         assert_eq!(decoded.plan, plan());
         assert_eq!(decoded.accepted_at_ms, 1_700_000_000_000);
         assert_eq!(encode(1_700_000_000_000, &plan()).unwrap(), RECORD_V1);
+    }
+
+    proptest::proptest! {
+        /// The encoder sizes its buffer exactly, whatever the lengths (varints of one to three
+        /// bytes), and what it writes reads back as the plan.
+        #[test]
+        fn a_record_is_sized_exactly_and_reads_back_as_its_plan(
+            at in proptest::prelude::any::<u64>(),
+            lengths in proptest::collection::vec(0usize..20_000, 1..6),
+            headers in 0usize..140,
+        ) {
+            let text = |n: usize| "é".repeat(n / 2);
+            let mut plan = plan();
+            plan.uuid = text(lengths[0]);
+            plan.messages = lengths
+                .iter()
+                .map(|&n| OutboundMessage {
+                    topic: text(n % 300),
+                    key: text(n % 7),
+                    headers: (0..headers).map(|i| (text(i), text(n % 200))).collect(),
+                    value: text(n),
+                    hint_label: text(n % 150),
+                    tombstone: n % 2 == 0,
+                })
+                .collect();
+            let record = PlanRecord { accepted_at_ms: at, plan: &plan };
+            let bytes = encode(at, &plan).unwrap();
+            proptest::prop_assert_eq!(bytes.len(), record.encoded_len());
+            let entry = decode(&bytes).unwrap();
+            proptest::prop_assert_eq!((entry.accepted_at_ms, entry.plan), (at, plan));
+        }
     }
 
     #[test]
