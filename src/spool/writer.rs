@@ -15,8 +15,8 @@ pub(super) struct Delta {
     removed_dead_letter_bytes: u64,
     /// Dead letters dropped to keep the area within its share: logged once the commit is durable.
     dropped: Vec<DeadLetter>,
-    /// The appends committed, in order: their sequence number and record, for the hand-off.
-    committed: Vec<(u64, Vec<u8>)>,
+    /// The sequence numbers of the appends committed, in order, for the hand-off.
+    committed: Vec<u64>,
 }
 
 impl Shared {
@@ -119,11 +119,16 @@ impl Shared {
                 };
                 self.health.store(health, Ordering::Relaxed);
                 self.publish_gauges();
+                let mut records = Vec::with_capacity(delta.committed.len());
                 for (append, outcome) in appends.into_iter().zip(outcomes) {
+                    // Exactly the appends committed were accepted, in the same order.
+                    if matches!(outcome, Ok(Acceptance::Accepted)) {
+                        records.push(append.record);
+                    }
                     let _ = append.reply.send(outcome);
                 }
                 let mut handoff = self.handoff();
-                for (seq, record) in delta.committed {
+                for (seq, record) in delta.committed.into_iter().zip(records) {
                     handoff.push(StoredEntry::encoded(seq, record));
                 }
                 drop(handoff);
@@ -206,27 +211,26 @@ impl Shared {
             let mut next_seq = self.handoff().end();
             // Pending entries and dead letters share --spool-max-bytes.
             let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
-            for Append { plan, .. } in appends {
-                if seen.get(plan.uuid.as_str()).map_err(storage)?.is_some() {
+            for Append { uuid, record, .. } in appends {
+                if seen.get(uuid.as_str()).map_err(storage)?.is_some() {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
-                let value = record::encode(now, plan).map_err(storage)?;
-                if bytes + value.len() as u64 > self.max_bytes {
+                if bytes + record.len() as u64 > self.max_bytes {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;
                 }
                 entries
-                    .insert(next_seq, value.as_slice())
+                    .insert(next_seq, record.as_slice())
                     .map_err(storage)?;
-                seen.insert(plan.uuid.as_str(), now).map_err(storage)?;
+                seen.insert(uuid.as_str(), now).map_err(storage)?;
                 seen_order
-                    .insert((now, next_seq), plan.uuid.as_str())
+                    .insert((now, next_seq), uuid.as_str())
                     .map_err(storage)?;
-                bytes += value.len() as u64;
+                bytes += record.len() as u64;
                 delta.added_entries += 1;
-                delta.added_bytes += value.len() as u64;
-                delta.committed.push((next_seq, value));
+                delta.added_bytes += record.len() as u64;
+                delta.committed.push(next_seq);
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
             }
