@@ -522,7 +522,19 @@ async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
     } else {
         (second, first)
     };
-    sweeps(&leader, "snapshot", 1.0).await;
+    // The second replica joining the fetch requests' consumer group rebalances it, sometimes in the
+    // middle of the snapshot, whose fetches then wait for the group to settle (tens of seconds on
+    // the mock cluster): more patience than a single replica's sweep needs.
+    crate::common::polling::eventually(
+        "the snapshot sweep",
+        Duration::from_secs(120),
+        async || {
+            let scrape = crate::common::metrics::scrape(&leader.admin_address()).await;
+            let done = &[("cause", "snapshot"), ("outcome", "ok")];
+            (sample(&scrape, "rckb_state_sweeps_total", done) >= 1.0).then_some(())
+        },
+    )
+    .await;
     every_state(&kafka, &ids).await;
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3, "one snapshot");
 
