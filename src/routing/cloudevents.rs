@@ -3,6 +3,7 @@
 //! event's `datacontenttype`. A consumer with a CloudEvents SDK reads each message as an event
 //! without parsing the value; the others ignore the headers.
 
+use crate::routing::HeaderName;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -104,21 +105,21 @@ impl CloudEvents {
     }
 
     /// The `ce_` headers of one event, in the binding's names.
-    pub fn headers(&self, event: &Event<'_>) -> Vec<(String, String)> {
+    pub fn headers(&self, event: &Event<'_>) -> Vec<(HeaderName, String)> {
         let source = match event.source {
             Source::Account(id) => format!("{}/account/{id}", self.api),
             Source::Subscription(id) => format!("{}/subscription/{id}", self.api),
             Source::Api => self.api.clone(),
         };
         let mut headers = vec![
-            ("ce_specversion".to_string(), SPEC_VERSION.to_string()),
-            ("ce_id".to_string(), event.id.to_string()),
-            ("ce_source".to_string(), source),
-            ("ce_type".to_string(), event.kind.event_type()),
-            ("ce_time".to_string(), event.time.to_string()),
+            ("ce_specversion".into(), SPEC_VERSION.to_string()),
+            ("ce_id".into(), event.id.to_string()),
+            ("ce_source".into(), source),
+            ("ce_type".into(), event.kind.event_type()),
+            ("ce_time".into(), event.time.to_string()),
         ];
         if let Some(subject) = event.subject {
-            headers.push(("ce_subject".to_string(), subject.to_string()));
+            headers.push(("ce_subject".into(), subject.to_string()));
         }
         headers
     }

@@ -35,7 +35,7 @@ mod plan;
 mod topic;
 pub use limits::{FanoutLimits, Overflow};
 use plan::{Destination, Planner};
-pub use plan::{Outbound, OutboundMessage, RECONCILED_HEADER, Reconciled, RoutePlan};
+pub use plan::{HeaderName, Outbound, OutboundMessage, RECONCILED_HEADER, Reconciled, RoutePlan};
 pub use topic::{TargetApi, Topic, TopicError};
 
 /// Where one hint goes: each distinct topic with the first target API (in table order) that derives it.
@@ -263,6 +263,7 @@ impl RoutingTable {
             notification,
             received_at,
             messages: Vec::new(),
+            time: None,
         };
         let mut unrouted_reason = None;
         match &notification.kind {
@@ -680,7 +681,7 @@ mod tests {
             m.headers,
             vec![
                 (
-                    "rc-message-id".to_string(),
+                    "rc-message-id".into(),
                     "n1:8475874957:CompanyNumbers:ringcentral.account.extension.phone-number"
                         .to_string()
                 ),

@@ -35,12 +35,16 @@ impl RoutePlan {
     }
 }
 
+/// A header's name: one of the contract's fixed names, borrowed rather than allocated per message
+/// (a message carries up to a dozen headers); owned when read back from a stored record.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
 /// One Kafka record, ready to produce.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundMessage {
     pub topic: String,
     pub key: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     /// The JSON value as text.
     pub value: String,
     /// The hint this message is for; a metrics label (`unknown` for a hint not in the table).
@@ -113,7 +117,7 @@ impl Outbound for OutboundMessage {
         &self.key
     }
     fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))
+        self.headers.iter().map(|(n, v)| (&**n, v.as_bytes()))
     }
     fn value(&self) -> &[u8] {
         self.value.as_bytes()
@@ -190,7 +194,7 @@ impl RoutingTable {
         let topic = topic.as_str();
         let message_id = format!("{sweep_id}:{extension_id}:{event_type}:{topic}");
         let mut headers = vec![
-            ("rc-message-id".to_string(), message_id.clone()),
+            ("rc-message-id".into(), message_id.clone()),
             ("rc-notification-uuid".into(), sweep_id.into()),
             ("rc-event-type".into(), event_type.into()),
             ("content-type".into(), "application/json".into()),
@@ -306,6 +310,8 @@ pub(super) struct Planner<'a> {
     pub(super) notification: &'a Notification,
     pub(super) received_at: &'a str,
     pub(super) messages: Vec<OutboundMessage>,
+    /// The notification's `ce_time`, worked out for its first message (it parses the timestamp).
+    pub(super) time: Option<String>,
 }
 
 /// What distinguishes one message of a notification from the others.
@@ -421,7 +427,7 @@ impl Planner<'_> {
                 id: &message_id,
                 kind: Kind::Unrouted,
                 source: Source::Api,
-                time: &self.time(),
+                time: self.time(),
                 subject: None,
             }));
         }
@@ -491,7 +497,7 @@ impl Planner<'_> {
                 id: &message_id,
                 kind,
                 source,
-                time: &self.time(),
+                time: self.time(),
                 subject: extension_id,
             }));
         }
@@ -511,9 +517,11 @@ impl Planner<'_> {
     }
 
     /// The notification's time, for `ce_time`.
-    fn time(&self) -> String {
-        let timestamp = self.notification.timestamp.as_str();
-        cloudevents::normalise_time(timestamp, self.received_at)
+    fn time(&mut self) -> &str {
+        let (notification, received_at) = (self.notification, self.received_at);
+        self.time.get_or_insert_with(|| {
+            cloudevents::normalise_time(notification.timestamp.as_str(), received_at)
+        })
     }
 
     fn headers(
@@ -521,11 +529,11 @@ impl Planner<'_> {
         message_id: &str,
         event_type: Option<&str>,
         hint: Option<&str>,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(HeaderName, String)> {
         let n = self.notification;
         let mut headers = vec![
-            ("rc-message-id".to_string(), message_id.to_string()),
-            ("rc-notification-uuid".to_string(), n.uuid.clone()),
+            ("rc-message-id".into(), message_id.to_string()),
+            ("rc-notification-uuid".into(), n.uuid.clone()),
         ];
         if let Some(event_type) = event_type {
             headers.push(("rc-event-type".into(), event_type.into()));

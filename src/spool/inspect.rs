@@ -31,7 +31,7 @@ pub(super) enum Exported<'a> {
         accepted_at: String,
         topic: &'a str,
         key: &'a str,
-        headers: &'a [(String, String)],
+        headers: &'a [(HeaderName, String)],
         value: &'a str,
     },
     #[serde(rename_all = "camelCase")]
@@ -40,7 +40,7 @@ pub(super) enum Exported<'a> {
         error: &'a str,
         topic: &'a str,
         key: &'a str,
-        headers: &'a [(String, String)],
+        headers: &'a [(HeaderName, String)],
         value: &'a str,
     },
 }

@@ -46,7 +46,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SpoolHealth};
-use crate::routing::{OutboundMessage, RoutePlan};
+use crate::routing::{HeaderName, OutboundMessage, RoutePlan};
 use crate::sink::{Acceptance, Sink, SinkError, SinkFuture};
 
 mod files;
@@ -552,7 +552,7 @@ impl Sink for Spool {
                 record,
                 reply,
             }))
-                .map_err(|_| SinkError::ShuttingDown)?;
+            .map_err(|_| SinkError::ShuttingDown)?;
             answer.await.unwrap_or(Err(SinkError::ShuttingDown))
         })
     }

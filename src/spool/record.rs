@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::SpooledEntry;
-use crate::routing::{Outbound, OutboundMessage, RoutePlan};
+use crate::routing::{HeaderName, Outbound, OutboundMessage, RoutePlan};
 
 /// The first byte of a binary record: the version of its layout. A JSON record starts with `{`.
 const BINARY_V1: u8 = 1;
@@ -67,7 +67,7 @@ impl Outbound for StoredMessage<'_> {
             headers: self
                 .headers
                 .iter()
-                .map(|&(n, v)| (n.into(), v.to_string()))
+                .map(|&(n, v)| (n.to_string().into(), v.to_string()))
                 .collect(),
             value: self.value.to_string(),
             hint_label: self.hint_label.into(),
@@ -246,11 +246,11 @@ impl Serialize for Message<'_> {
     }
 }
 
-struct Headers<'a>(&'a [(String, String)]);
+struct Headers<'a>(&'a [(HeaderName, String)]);
 
 impl Serialize for Headers<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(n, v)| (n.as_str(), Text(v.as_bytes()))))
+        serializer.collect_seq(self.0.iter().map(|(n, v)| (&**n, Text(v.as_bytes()))))
     }
 }
 
@@ -384,7 +384,9 @@ mod tests {
                 .map(|&n| OutboundMessage {
                     topic: text(n % 300),
                     key: text(n % 7),
-                    headers: (0..headers).map(|i| (text(i), text(n % 200))).collect(),
+                    headers: (0..headers)
+                        .map(|i| (text(i).into(), text(n % 200)))
+                        .collect(),
                     value: text(n),
                     hint_label: text(n % 150),
                     tombstone: n % 2 == 0,

@@ -30,7 +30,7 @@ use crate::kafka::{ErrorKind, KafkaProducer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
 use crate::ringcentral::RingCentral;
 use crate::routing::cloudevents::{CloudEvents, Event, Kind, Source};
-use crate::routing::{OutboundMessage, RoutingTable, Topic};
+use crate::routing::{HeaderName, OutboundMessage, RoutingTable, Topic};
 use crate::shutdown::Shutdown;
 use crate::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 
@@ -121,7 +121,7 @@ struct StateEvents {
 }
 
 impl StateEvents {
-    fn headers(&self, resource: &Resource, fetched_at: &str) -> Vec<(String, String)> {
+    fn headers(&self, resource: &Resource, fetched_at: &str) -> Vec<(HeaderName, String)> {
         let topic = resource.key.topic.as_str();
         let name = topic.strip_prefix(&self.state_prefix).unwrap_or(topic);
         // `/restapi/v1.0/account/{id}/...`; a tombstone has no path.
@@ -573,8 +573,8 @@ impl Worker {
         fetched_at: &str,
     ) -> OutboundMessage {
         let mut headers = vec![
-            ("rc-fetched-at".to_string(), fetched_at.to_string()),
-            ("rc-cause".to_string(), cause.to_string()),
+            ("rc-fetched-at".into(), fetched_at.to_string()),
+            ("rc-cause".into(), cause.to_string()),
         ];
         if !resource.path.is_empty() {
             headers.insert(0, ("rc-resource-path".into(), resource.path.clone()));
