@@ -2,14 +2,18 @@
 (so both see the same machine noise). Reports accepted/s and CPU per notification for each; with MODE
 `drain`, the drain after a broker outage instead: messages/s, CPU seconds and peak RSS; with MODE
 `half`, the open-loop latency at a fixed rate instead (HALF_RATE notifications/s, default 2000, about
-half of max load at 1 to 12 hints; HALF_SECONDS long).
+half of max load at 1 to 12 hints; HALF_SECONDS long); with MODE `stall`, max load while the broker
+hangs for 1 s every 8 s (SIGSTOP, SIGCONT), which builds and clears a backlog: what bounds the peak
+RSS over a long run.
 
-    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half]   (LOAD_SECONDS=10 here)
+    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall]   (LOAD_SECONDS=10 here)
 """
 
 import os
+import signal
 import statistics
 import sys
+import threading
 
 os.environ.setdefault("LOAD_SECONDS", "10")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,8 +33,24 @@ def main():
         return half(bins, rounds, brokers)
 
     def measure(name, i):
-        server = b.start_bridge(brokers, mode, f"ab{b.NONCE}-{name}{i}.")
-        r = b.phase_max(server, f"{name} round {i}", brokers)
+        server = b.start_bridge(brokers, "spool" if mode == "stall" else mode, f"ab{b.NONCE}-{name}{i}.")
+        done = threading.Event()
+
+        def hang_the_broker():
+            while not done.wait(7):
+                os.kill(tansu.pid, signal.SIGSTOP)
+                done.wait(1)
+                os.kill(tansu.pid, signal.SIGCONT)
+
+        staller = threading.Thread(target=hang_the_broker)
+        if mode == "stall":
+            staller.start()
+        try:
+            r = b.phase_max(server, f"{name} round {i}", brokers)
+        finally:
+            done.set()
+            if mode == "stall":
+                staller.join()
         peak = b.mib(b.mem_kib(server.pid)["VmHWM"])
         b.stop(server.proc)
         return r["accepted_per_s"], r["cpu_ms_per_notification"], r["latency_ms"]["p99"], peak
