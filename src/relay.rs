@@ -41,7 +41,7 @@ use crate::spool::{DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, S
 const ROUND_ENTRIES: usize = 2048;
 /// And at most this many bytes of messages per round, so a backlog of large notifications does not
 /// hold hundreds of megabytes in memory at once.
-const ROUND_BYTES: usize = 4 << 20;
+const ROUND_BYTES: usize = 2 << 20;
 /// A round of at most this many messages yields to the rest of the server between messages: the
 /// relay is keeping up, and the webhook's answers need not wait for the whole round. A larger one
 /// means a backlog: it runs through, which holds the server back until the relay has caught up, so

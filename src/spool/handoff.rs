@@ -15,7 +15,7 @@ use super::StoredEntry;
 /// The most stored bytes (of the entries' database form) the hand-off holds: one relay round's worth,
 /// many times what accumulates while a round awaits Kafka at full load.
 #[cfg(not(test))]
-pub(super) const MAX_BYTES: usize = 4 << 20;
+pub(super) const MAX_BYTES: usize = 2 << 20;
 /// Small in the unit tests, so that the relay's overflow path runs in them.
 #[cfg(test)]
 pub(super) const MAX_BYTES: usize = 4 << 10;
