@@ -3,9 +3,10 @@
 //! event's `datacontenttype`. A consumer with a CloudEvents SDK reads each message as an event
 //! without parsing the value; the others ignore the headers.
 
-use crate::routing::HeaderName;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::routing::HeaderName;
 
 /// The CloudEvents version of every event.
 pub const SPEC_VERSION: &str = "1.0";
