@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::common::fake_extensions::Budget;
 use crate::common::fake_ringcentral::FakeRingCentral;
 use crate::common::kafka::{Received, read_until};
-use crate::common::metrics::{sample, scrape_until};
+use crate::common::metrics::{sample, scrape_until, scrape_until_within};
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::process::BridgeProcess;
@@ -63,9 +63,15 @@ async fn start(
 
 /// Waits for `n` completed sweeps of `cause` on the bridge.
 async fn sweeps(bridge: &BridgeProcess, cause: &str, n: f64) {
-    scrape_until(
+    sweeps_within(bridge, cause, n, crate::common::metrics::PATIENCE).await;
+}
+
+/// [`sweeps`], waiting at most `patience`.
+async fn sweeps_within(bridge: &BridgeProcess, cause: &str, n: f64, patience: Duration) {
+    scrape_until_within(
         &bridge.admin_address(),
         &format!("{n} {cause} sweeps"),
+        patience,
         |m| {
             sample(
                 m,
@@ -525,16 +531,7 @@ async fn one_replica_sweeps_and_the_next_does_not_republish_everything() {
     // The second replica joining the fetch requests' consumer group rebalances it, sometimes in the
     // middle of the snapshot, whose fetches then wait for the group to settle (tens of seconds on
     // the mock cluster): more patience than a single replica's sweep needs.
-    crate::common::polling::eventually(
-        "the snapshot sweep",
-        Duration::from_secs(120),
-        async || {
-            let scrape = crate::common::metrics::scrape(&leader.admin_address()).await;
-            let done = &[("cause", "snapshot"), ("outcome", "ok")];
-            (sample(&scrape, "rckb_state_sweeps_total", done) >= 1.0).then_some(())
-        },
-    )
-    .await;
+    sweeps_within(&leader, "snapshot", 1.0, Duration::from_secs(120)).await;
     every_state(&kafka, &ids).await;
     assert_eq!(fake.state.lock().unwrap().listing.pages, 3, "one snapshot");
 

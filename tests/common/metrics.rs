@@ -10,7 +10,7 @@ use super::app::{TestApp, http};
 use super::polling::eventually;
 
 /// How long a metric may take to say what a test waits for.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
@@ -36,7 +36,17 @@ pub async fn scrape_until(
     what: &str,
     condition: impl Fn(&Scrape) -> bool,
 ) -> Scrape {
-    eventually(what, PATIENCE, async || {
+    scrape_until_within(admin_address, what, PATIENCE, condition).await
+}
+
+/// [`scrape_until`], waiting at most `patience`.
+pub async fn scrape_until_within(
+    admin_address: &str,
+    what: &str,
+    patience: Duration,
+    condition: impl Fn(&Scrape) -> bool,
+) -> Scrape {
+    eventually(what, patience, async || {
         let scrape = scrape(admin_address).await;
         condition(&scrape).then_some(scrape)
     })
