@@ -118,7 +118,8 @@ pub struct Settings {
     /// Directory of the durable spool.
     #[arg(long, env = "RCKB_SPOOL_DIR", default_value = "data")]
     pub spool_dir: PathBuf,
-    /// Largest spool backlog, in bytes of pending messages, before answering 503.
+    /// Largest spool backlog, in bytes of pending messages as stored (LZ4-compressed: about 1 KB for
+    /// a notification of 7 hints), before answering 503.
     #[arg(long, env = "RCKB_SPOOL_MAX_BYTES", default_value = "1073741824")]
     pub spool_max_bytes: NonZeroU64,
     /// Memory for the spool database's page cache, in bytes. The relay reads each entry about once,

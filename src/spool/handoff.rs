@@ -55,11 +55,11 @@ impl HandOff {
     /// Adds a committed entry (called in sequence order).
     pub(super) fn push(&mut self, entry: StoredEntry) {
         self.end = entry.seq + 1;
-        if self.gap || self.bytes + entry.stored_bytes() > MAX_BYTES {
+        if self.gap || self.bytes + entry.record_bytes() > MAX_BYTES {
             self.gap = true;
             return;
         }
-        self.bytes += entry.stored_bytes();
+        self.bytes += entry.record_bytes();
         self.entries.push_back(entry);
     }
 
@@ -74,7 +74,7 @@ impl HandOff {
         }
         while self.entries.front().is_some_and(|e| e.seq < next) {
             if let Some(entry) = self.entries.pop_front() {
-                self.bytes -= entry.stored_bytes();
+                self.bytes -= entry.record_bytes();
             }
         }
         match self.entries.front() {
@@ -84,13 +84,13 @@ impl HandOff {
                 let mut taken = 0;
                 while let Some(entry) = self.entries.front() {
                     if out.len() == limit
-                        || (taken + entry.stored_bytes() > max_bytes && !out.is_empty())
+                        || (taken + entry.record_bytes() > max_bytes && !out.is_empty())
                     {
                         break;
                     }
-                    taken += entry.stored_bytes();
+                    taken += entry.record_bytes();
                     if let Some(entry) = self.entries.pop_front() {
-                        self.bytes -= entry.stored_bytes();
+                        self.bytes -= entry.record_bytes();
                         out.push(entry);
                     }
                 }

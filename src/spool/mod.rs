@@ -365,14 +365,14 @@ impl Spool {
     }
 
     /// The oldest entries, in acceptance order: at most `limit` of them, and no more than `max_bytes`
-    /// of stored entries (but always at least one).
+    /// of records, uncompressed (but always at least one).
     pub fn oldest(&self, limit: usize, max_bytes: usize) -> Result<Vec<SpooledEntry>, SpoolError> {
         self.entries_from(0, limit, max_bytes)
     }
 
     /// Pending entries from sequence number `from` on, as the relay publishes them (read in place,
-    /// see [`StoredEntry`]): at most `limit`, no more than `max_bytes` of stored entries (but always
-    /// at least one).
+    /// see [`StoredEntry`]): at most `limit`, no more than `max_bytes` of records, uncompressed (but
+    /// always at least one).
     pub fn stored_from(
         &self,
         from: u64,
@@ -385,11 +385,13 @@ impl Spool {
         let mut bytes = 0;
         for item in table.range(from..).map_err(storage)?.take(limit) {
             let (seq, value) = item.map_err(storage)?;
-            bytes += value.value().len();
+            let entry = StoredEntry::from_database(seq.value(), value.value()).map_err(storage)?;
+            // Counted as read, uncompressed: what the round holds in memory.
+            bytes += entry.record_bytes();
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
-            out.push(StoredEntry::from_database(seq.value(), value.value()).map_err(storage)?);
+            out.push(entry);
         }
         Ok(out)
     }
@@ -614,9 +616,18 @@ mod tests {
         let uuids: Vec<String> = (0..200).map(|n| format!("u{n:04}")).collect();
         {
             let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
+            // Values LZ4 cannot shrink much, so that the stored records outgrow the cache.
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            let mut noise = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            };
             for uuid in &uuids {
                 let mut plan = plan(uuid);
-                plan.messages[0].value = format!("\"{}\"", "x".repeat(2000));
+                plan.messages[0].value =
+                    format!("\"{}\"", (0..2000).map(|_| noise()).collect::<String>());
                 spool.accept(plan).await.unwrap();
             }
             assert!(spool.bytes() > 16 * 4096, "the backlog outgrows the cache");
@@ -875,7 +886,7 @@ mod tests {
         }
         assert!(spool.bytes() + spool.dead_letter_bytes() <= 10_000);
         let oldest = &spool.oldest(1, usize::MAX).unwrap()[0];
-        let entry = record::encode(0, &oldest.plan).unwrap().len() as u64;
+        let entry = record::compress(&record::encode(0, &oldest.plan).unwrap()).len() as u64;
         // Refused only once the next entry (a uuid at most two characters longer) no longer fitted.
         assert!(spool.bytes() + spool.dead_letter_bytes() + entry + 2 > 10_000);
 

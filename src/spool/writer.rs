@@ -216,20 +216,19 @@ impl Shared {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
-                if bytes + record.len() as u64 > self.max_bytes {
+                let stored = record::compress(record);
+                if bytes + stored.len() as u64 > self.max_bytes {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;
                 }
-                entries
-                    .insert(next_seq, record.as_slice())
-                    .map_err(storage)?;
+                entries.insert(next_seq, &*stored).map_err(storage)?;
                 seen.insert(uuid.as_str(), now).map_err(storage)?;
                 seen_order
                     .insert((now, next_seq), uuid.as_str())
                     .map_err(storage)?;
-                bytes += record.len() as u64;
+                bytes += stored.len() as u64;
                 delta.added_entries += 1;
-                delta.added_bytes += record.len() as u64;
+                delta.added_bytes += stored.len() as u64;
                 delta.committed.push(next_seq);
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
