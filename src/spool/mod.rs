@@ -7,8 +7,8 @@
 //! concurrent requests share one fsync (group commit).
 //!
 //! Tables:
-//! - `entries`: sequence number -> spooled plan (a binary record, `record`), in acceptance order (the
-//!   relay publishes in this order).
+//! - `entries`: sequence number -> spooled plan (a binary record, compressed, `record`), in
+//!   acceptance order (the relay publishes in this order).
 //! - `seen`: notification uuid -> acceptance time; `seen_order`: (time, sequence) -> uuid, to expire
 //!   the deduplication record by age and by count.
 //! - `dead`: messages Kafka rejected for good and the dead-letter topic refused too. They count towards
@@ -75,8 +75,9 @@ pub const IDENTITY_FILE: &str = "spool.id";
 /// Where a new database is prepared, so that `spool.redb` only ever appears complete.
 const NEW_DATABASE_FILE: &str = "spool.redb.new";
 /// The spool's layout; a spool of a later format is refused rather than misread. 2: entries are
-/// binary records (`record`); format 1's JSON entries are still read.
-const FORMAT: u32 = 2;
+/// binary records (`record`); 3: binary records compressed. Entries of formats 1 (JSON) and 2 are
+/// still read.
+const FORMAT: u32 = 3;
 
 /// The dead-letter area may hold at most `--spool-max-bytes` divided by this.
 pub const DEAD_LETTER_SHARE: u64 = 10;

@@ -287,12 +287,28 @@ fn spool_format(dir: &Path) -> i64 {
 async fn a_spool_written_by_the_json_entry_release_is_delivered_and_its_format_upgraded() {
     // `tests/fixtures/spool-format-1`: three notifications (ExtensionInfo and Features hints)
     // answered by the release that stored entries as JSON, while Kafka was unreachable.
+    an_earlier_release_s_spool_is_delivered_and_its_format_upgraded("spool-format-1", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_written_by_the_uncompressed_record_release_is_delivered_and_its_format_upgraded() {
+    // `tests/fixtures/spool-format-2`: the same three notifications answered by the release that
+    // stored entries as uncompressed binary records, while Kafka was unreachable.
+    an_earlier_release_s_spool_is_delivered_and_its_format_upgraded("spool-format-2", 2).await;
+}
+
+async fn an_earlier_release_s_spool_is_delivered_and_its_format_upgraded(
+    fixture: &str,
+    format: i64,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-format-1");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     for name in [spool::DATABASE_FILE, spool::IDENTITY_FILE] {
         std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
     }
-    assert_eq!(spool_format(dir.path()), 1);
+    assert_eq!(spool_format(dir.path()), format);
     let id = spool_id(dir.path());
 
     let kafka = MockKafka::start();
@@ -309,7 +325,7 @@ async fn a_spool_written_by_the_json_entry_release_is_delivered_and_its_format_u
     drop(bridge);
     // The same spool, now saying that earlier releases cannot read it.
     assert_eq!(spool_id(dir.path()), id);
-    assert_eq!(spool_format(dir.path()), 2);
+    assert_eq!(spool_format(dir.path()), 3);
 }
 
 #[test]
