@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use super::StoredEntry;
 
-/// The most stored bytes (of the entries' database form) the hand-off holds: one relay round's worth,
-/// many times what accumulates while a round awaits Kafka at full load.
+/// The most bytes of records (uncompressed, as the relay reads them) the hand-off holds: one relay
+/// round's worth, many times what accumulates while a round awaits Kafka at full load.
 #[cfg(not(test))]
 pub(super) const MAX_BYTES: usize = 2 << 20;
 /// Small in the unit tests, so that the relay's overflow path runs in them.

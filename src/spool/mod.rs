@@ -241,7 +241,8 @@ struct Shared {
 /// How a spool is sized, for `serve` and the `spool` commands alike.
 #[derive(Clone, Copy, Debug)]
 pub struct SpoolOptions {
-    /// Largest backlog, in bytes of stored entries, before new notifications are refused.
+    /// Largest backlog, in bytes of stored (compressed) entries, before new notifications are
+    /// refused.
     pub max_bytes: u64,
     /// Bytes of the database's page cache.
     pub cache_bytes: usize,
@@ -412,7 +413,7 @@ impl Spool {
     }
 
     /// The entries from sequence number `next` on, as the writer handed them over after committing
-    /// them: at most `limit`, no more than `max_bytes` of stored entries (but at least one).
+    /// them: at most `limit`, no more than `max_bytes` of records (but at least one).
     /// [`Handed::Unknown`] when they must be read from the database ([`Spool::oldest`]).
     pub fn handed_off(&self, next: u64, limit: usize, max_bytes: usize) -> Handed {
         self.shared.handoff().take(next, limit, max_bytes)
