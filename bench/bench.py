@@ -425,8 +425,12 @@ def phase_soak(server):
     while proc.poll() is None and time.time() - t0 < SOAK_SECONDS + 60:
         time.sleep(2)
         m = metrics(server.admin_port)
-        samples.append({"t": round(time.time() - t0, 1), "rss_mib": mib(mem_kib(server.pid)["VmRSS"]),
-                        "spool_entries": m["spool_entries"]})
+        # VmHWM too: a peak between two samples shows as a step in it. The broker's RSS: whether a
+        # step of the bridge's comes with a pause of the broker's.
+        mem = mem_kib(server.pid)
+        samples.append({"t": round(time.time() - t0, 1), "rss_mib": mib(mem["VmRSS"]),
+                        "hwm_mib": mib(mem["VmHWM"]), "spool_entries": m["spool_entries"],
+                        "tansu_rss_mib": mib(mem_kib(TANSU_PID[0])["VmRSS"]) if TANSU_PID[0] else None})
     out, _ = proc.communicate(timeout=60)
     line = next(l for l in out.splitlines() if l.startswith("RESULT "))
     r = json.loads(line[len("RESULT "):])

@@ -1,6 +1,6 @@
 """Profiles the bridge under max load: where does its CPU go?
 
-    bench/profile.sh [spool|direct|drain] [SECONDS]
+    bench/profile.sh [spool|direct|drain|half] [SECONDS] [RATE]
 
 Starts Tansu and the bridge like bench/bench.py, drives it with the same wrk load, samples it with
 `perf record -e cpu-clock` (a software clock: this VM exposes no hardware counters) with DWARF call
@@ -8,6 +8,7 @@ graphs, and attributes every sample to one component of the bridge by the innerm
 that names one (see RULES). Prints the components, the threads, and the top self-time symbols, and writes
 bench/results/profile-MODE.txt. `drain` profiles the relay instead: Tansu is stopped while
 DRAIN_COUNT single-hint notifications are posted, then resumed, and the bridge is sampled while it drains.
+`half` profiles spool mode under the open-loop load of the half-load phase, RATE notifications/s (3000).
 """
 
 import collections
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -117,15 +119,33 @@ def profile_drain(tansu, brokers, seconds, data):
     b.stop(server.proc)
 
 
+def profile_half(brokers, seconds, rate, data):
+    server = b.start_bridge(brokers, "spool", f"p{b.NONCE}-half.")
+    result = {}
+    load = threading.Thread(target=lambda: result.update(
+        b.run_loadgen(server.port, rate=rate, seconds=seconds + 3, hints=b.HINTS)))
+    load.start()
+    time.sleep(2)
+    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
+                    "-p", str(server.pid), "-o", data, "--", "sleep", str(seconds)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load.join()
+    print(f"at {rate}/s: achieved {result.get('rate_achieved')}/s, latency ms {result.get('latency_ms')}")
+    b.stop(server.proc)
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "spool"
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     b.WORK.mkdir(parents=True, exist_ok=True)
     tansu, brokers = b.start_tansu()
     data = str(b.WORK / f"perf-{mode}.data")
-    if mode == "drain":
+    if mode in ("drain", "half"):
         try:
-            profile_drain(tansu, brokers, seconds, data)
+            if mode == "drain":
+                profile_drain(tansu, brokers, seconds, data)
+            else:
+                profile_half(brokers, seconds, int(sys.argv[3]) if len(sys.argv) > 3 else 3000, data)
         finally:
             for proc in b.children:
                 b.stop(proc)

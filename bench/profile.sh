@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU profile of the bridge under the benchmark's max load: bench/profile.sh [spool|direct] [SECONDS].
+# CPU profile of the bridge: bench/profile.sh [spool|direct|drain|half] [SECONDS] [RATE] (see bench/profile.py).
 # Needs perf (Debian: linux-perf) able to sample cpu-clock; writes bench/results/profile-MODE.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
