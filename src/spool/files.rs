@@ -435,8 +435,8 @@ pub(super) fn open_files(
         (None, None) => None,
     };
     // A spool of an earlier format is read as it is, but what this release writes (binary entries
-    // since format 2, compressed since 3) an earlier release cannot read: the identity says so, so that such a release
-    // refuses the spool with a clear message instead of failing on its entries.
+    // since format 2, compressed since 3) an earlier release cannot read: the identity says so, so
+    // that such a release refuses the spool with a clear message instead of failing on its entries.
     if access == Access::Serve
         && let Some(identity) = &mut opened.identity
         && identity.format < FORMAT

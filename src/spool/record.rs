@@ -224,7 +224,7 @@ fn decompress(stored: &[u8]) -> Result<Vec<u8>, String> {
     let record = lz4_flex::block::decompress(block, len).map_err(|e| e.to_string())?;
     if record.len() != len {
         return Err(format!(
-            "a compressed record of {len} bytes holding {} bytes",
+            "a compressed record claiming {len} bytes uncompressed, holding {} bytes",
             record.len()
         ));
     }
