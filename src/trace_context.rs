@@ -174,9 +174,36 @@ fn hex(bytes: &[u8]) -> String {
 pub fn random_id<const N: usize>() -> [u8; N] {
     let mut id = [0u8; N];
     while id == [0u8; N] {
-        getrandom::fill(&mut id).expect("the OS random source");
+        RANDOM.with_borrow_mut(|random| random.fill(&mut id));
     }
     id
+}
+
+/// How many of the OS's random bytes a thread takes at once: a notification's two ids take 24, so
+/// one system call serves about 170 notifications instead of two calls serving one.
+const RANDOM_BATCH: usize = 4096;
+
+thread_local! {
+    static RANDOM: std::cell::RefCell<RandomBytes> = const {
+        std::cell::RefCell::new(RandomBytes { bytes: [0; RANDOM_BATCH], used: RANDOM_BATCH })
+    };
+}
+
+/// Bytes from the OS's random source, handed out once each.
+struct RandomBytes {
+    bytes: [u8; RANDOM_BATCH],
+    used: usize,
+}
+
+impl RandomBytes {
+    fn fill(&mut self, out: &mut [u8]) {
+        if self.used + out.len() > RANDOM_BATCH {
+            getrandom::fill(&mut self.bytes).expect("the OS random source");
+            self.used = 0;
+        }
+        out.copy_from_slice(&self.bytes[self.used..self.used + out.len()]);
+        self.used += out.len();
+    }
 }
 
 impl fmt::Display for TraceContext {
@@ -256,5 +283,19 @@ mod tests {
         let b = TraceContext::continue_or_start(None, None);
         assert_ne!(a.trace_id(), b.trace_id());
         assert!(Traceparent::parse(&a.to_string()).is_some());
+    }
+
+    #[test]
+    fn ids_stay_distinct_across_many_batches_of_random_bytes() {
+        // Ten batches' worth, ids of both sizes interleaved as the spans take them.
+        let count = 10 * RANDOM_BATCH / 24;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..count {
+            let trace = random_id::<16>();
+            let span = random_id::<8>();
+            assert!(seen.insert(trace.to_vec()), "a trace id came twice");
+            assert!(seen.insert(span.to_vec()), "a span id came twice");
+        }
+        assert_eq!(seen.len(), 2 * count);
     }
 }
