@@ -512,6 +512,18 @@ mod tests {
     }
 
     #[test]
+    fn the_most_compressible_record_is_within_the_ratio_beyond_which_damaged_ones_are_refused() {
+        // A value of one byte repeated: LZ4 at its best, close to the 255-fold limit.
+        let mut plan = plan_of(1);
+        plan.messages[0].value = "a".repeat(4 << 20);
+        let record = encode(5, &plan).unwrap();
+        let stored = compress(&record);
+        assert!(stored.len() * 200 < record.len(), "{}", stored.len());
+        let entry = StoredEntry::from_database(1, &stored).unwrap();
+        assert_eq!(&entry.bytes[..], &record[..]);
+    }
+
+    #[test]
     fn a_record_lz4_cannot_shrink_is_kept_as_it_is() {
         // Too short for LZ4 to find a repeat that pays for the compressed record's header.
         let empty = RoutePlan {
