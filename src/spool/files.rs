@@ -147,7 +147,6 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableErr
     for table in [ENTRIES, DEAD] {
         txn.open_table(table)?;
     }
-    txn.open_table(SEEN)?;
     txn.open_table(SEEN_ORDER)?;
     txn.open_table(META)?;
     Ok(())
@@ -435,8 +434,9 @@ pub(super) fn open_files(
         (None, None) => None,
     };
     // A spool of an earlier format is read as it is, but what this release writes (binary entries
-    // since format 2, compressed since 3) an earlier release cannot read: the identity says so, so
-    // that such a release refuses the spool with a clear message instead of failing on its entries.
+    // since format 2, compressed since 3, no uuid table since 4) an earlier release cannot read: the
+    // identity says so, so that such a release refuses the spool with a clear message instead of
+    // failing on its entries or missing its duplicates.
     if access == Access::Serve
         && let Some(identity) = &mut opened.identity
         && identity.format < FORMAT
@@ -445,13 +445,24 @@ pub(super) fn open_files(
             format: FORMAT,
             ..identity.clone()
         };
-        commit_identity(&opened.db, &upgraded).map_err(|e| classify(&path, dir, e))?;
+        upgrade(&opened.db, &upgraded).map_err(|e| classify(&path, dir, e))?;
         write_identity(dir, &upgraded)?;
         tracing::info!(dir = %dir.display(), from = identity.format, to = FORMAT,
             "spool format upgraded: earlier releases will refuse this spool");
         *identity = upgraded;
     }
     Ok(opened)
+}
+
+/// Stores the identity of the upgraded format and drops what that format no longer keeps, durably,
+/// in one commit.
+fn upgrade(db: &Database, identity: &SpoolIdentity) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    store_identity(&txn, identity)?;
+    let seen_by_uuid: TableDefinition<&str, u64> = TableDefinition::new(SEEN_BY_UUID);
+    txn.delete_table(seen_by_uuid)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Stores `identity` in the database, durably.

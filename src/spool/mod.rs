@@ -9,8 +9,8 @@
 //! Tables:
 //! - `entries`: sequence number -> spooled plan (a binary record, compressed, `record`), in
 //!   acceptance order (the relay publishes in this order).
-//! - `seen`: notification uuid -> acceptance time; `seen_order`: (time, sequence) -> uuid, to expire
-//!   the deduplication record by age and by count.
+//! - `seen_order`: (acceptance time, sequence) -> notification uuid: the deduplication record,
+//!   expired by age and by count, and indexed by uuid in memory (`seen`).
 //! - `dead`: messages Kafka rejected for good and the dead-letter topic refused too. They count towards
 //!   `--spool-max-bytes` and may fill at most a tenth of it: beyond, the oldest is dropped (logged and
 //!   counted), because refusing new notifications instead would lose fresh events and, with repeated
@@ -53,15 +53,18 @@ mod files;
 mod handoff;
 mod inspect;
 mod record;
+mod seen;
 mod writer;
 use files::*;
 pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
 pub use record::{Record, StoredEntry, StoredMessage};
+use seen::{SeenChanges, SeenIndex};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// The uuid index of formats up to 3, deleted on upgrade: the index is now in memory (`seen`).
+const SEEN_BY_UUID: &str = "seen";
 const SEEN_ORDER: TableDefinition<(u64, u64), &str> = TableDefinition::new("seen_order");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -75,9 +78,9 @@ pub const IDENTITY_FILE: &str = "spool.id";
 /// Where a new database is prepared, so that `spool.redb` only ever appears complete.
 const NEW_DATABASE_FILE: &str = "spool.redb.new";
 /// The spool's layout; a spool of a later format is refused rather than misread. 2: entries are
-/// binary records (`record`); 3: binary records compressed. Entries of formats 1 (JSON) and 2 are
-/// still read.
-const FORMAT: u32 = 3;
+/// binary records (`record`); 3: binary records compressed; 4: no `seen` table, whose index an
+/// earlier release would miss. Spools of formats 1 (JSON entries) to 3 are still read.
+const FORMAT: u32 = 4;
 
 /// The dead-letter area may hold at most `--spool-max-bytes` divided by this.
 pub const DEAD_LETTER_SHARE: u64 = 10;
@@ -334,6 +337,7 @@ impl Spool {
                 .map_err(storage)?
                 .map_or(0, |(seq, _)| seq.value() + 1)
         };
+        let seen = writer::read_seen(&db)?;
         let shared = Arc::new(Shared {
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             path: dir.join(DATABASE_FILE),
@@ -356,7 +360,7 @@ impl Spool {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_shared.run_writer(rx))
+            .spawn(move || writer_shared.run_writer(rx, seen))
             .map_err(|e| SpoolError::Storage(e.to_string()))?;
         Ok(Spool {
             shared,

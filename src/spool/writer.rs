@@ -17,6 +17,7 @@ pub(super) struct Delta {
     dropped: Vec<DeadLetter>,
     /// The sequence numbers of the appends committed, in order, for the hand-off.
     committed: Vec<u64>,
+    seen: SeenChanges,
 }
 
 impl Shared {
@@ -57,7 +58,15 @@ impl Shared {
         }
     }
 
-    pub(super) fn run_writer(&self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    /// The deduplication index of the database as it is now, or `None` (logged) if it cannot be read.
+    fn load_seen(&self) -> Option<SeenIndex> {
+        let loaded = self.database().and_then(|db| read_seen(&db));
+        loaded
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the deduplication record"))
+            .ok()
+    }
+
+    pub(super) fn run_writer(&self, mut rx: mpsc::UnboundedReceiver<Command>, mut seen: SeenIndex) {
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -66,11 +75,11 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            self.commit_group(group);
+            self.commit_group(group, &mut seen);
         }
     }
 
-    pub(super) fn commit_group(&self, group: Vec<Command>) {
+    pub(super) fn commit_group(&self, group: Vec<Command>, seen: &mut SeenIndex) {
         let mut appends = Vec::new();
         let mut releases = Vec::new();
         for command in group {
@@ -80,9 +89,10 @@ impl Shared {
             }
         }
         let mut outcomes: Vec<Result<Acceptance, SinkError>> = Vec::with_capacity(appends.len());
-        let result = self.write(&appends, &releases, &mut outcomes);
+        let result = self.write(&appends, &releases, seen, &mut outcomes);
         match result {
-            Ok(delta) => {
+            Ok(mut delta) => {
+                seen.apply(std::mem::take(&mut delta.seen));
                 let full_before = self.health.load(Ordering::Relaxed) == HEALTH_FULL;
                 self.entries
                     .fetch_add(delta.added_entries, Ordering::Relaxed);
@@ -145,6 +155,10 @@ impl Shared {
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
                 self.reopen();
+                // Should the failed commit have reached the disk after all, the index learns it.
+                if let Some(reloaded) = self.load_seen() {
+                    *seen = reloaded;
+                }
                 for append in appends {
                     let _ = append.reply.send(Err(SinkError::SpoolUnwritable));
                 }
@@ -159,6 +173,7 @@ impl Shared {
         &self,
         appends: &[Append],
         releases: &[Release],
+        index: &SeenIndex,
         outcomes: &mut Vec<Result<Acceptance, SinkError>>,
     ) -> Result<Delta, SpoolError> {
         let mut delta = Delta::default();
@@ -166,7 +181,6 @@ impl Shared {
         let txn = self.database()?.begin_write().map_err(storage)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
-            let mut seen = txn.open_table(SEEN).map_err(storage)?;
             let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
             let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
 
@@ -212,7 +226,11 @@ impl Shared {
             // Pending entries and dead letters share --spool-max-bytes.
             let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
             for Append { uuid, record, .. } in appends {
-                if seen.get(uuid.as_str()).map_err(storage)?.is_some() {
+                let hash = index.hash(uuid);
+                if index
+                    .contains(uuid, hash, &delta.seen, &seen_order)
+                    .map_err(storage)?
+                {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
@@ -222,10 +240,10 @@ impl Shared {
                     continue;
                 }
                 entries.insert(next_seq, &*stored).map_err(storage)?;
-                seen.insert(uuid.as_str(), now).map_err(storage)?;
                 seen_order
                     .insert((now, next_seq), uuid.as_str())
                     .map_err(storage)?;
+                delta.seen.record(hash, (now, next_seq));
                 bytes += stored.len() as u64;
                 delta.added_entries += 1;
                 delta.added_bytes += stored.len() as u64;
@@ -239,21 +257,18 @@ impl Shared {
             let mut over =
                 (seen_order.len().map_err(storage)? as usize).saturating_sub(self.dedup_capacity);
             for _ in 0..MAX_EXPIRE_PER_COMMIT {
-                let Some(((at, seq), uuid)) = seen_order
+                let Some((key, hash)) = seen_order
                     .first()
                     .map_err(storage)?
-                    .map(|(k, v)| (k.value(), v.value().to_string()))
+                    .map(|(k, v)| (k.value(), index.hash(v.value())))
                 else {
                     break;
                 };
-                if at >= horizon && over == 0 {
+                if key.0 >= horizon && over == 0 {
                     break;
                 }
-                seen_order.remove((at, seq)).map_err(storage)?;
-                // The same uuid may have been accepted again later; only its own record goes.
-                if seen.get(uuid.as_str()).map_err(storage)?.map(|v| v.value()) == Some(at) {
-                    seen.remove(uuid.as_str()).map_err(storage)?;
-                }
+                seen_order.remove(key).map_err(storage)?;
+                delta.seen.forget(hash, key);
                 over = over.saturating_sub(1);
             }
         }
@@ -274,6 +289,17 @@ impl Shared {
         self.metrics
             .spool_dead_letter_bytes
             .set(self.dead_letter_bytes.load(Ordering::Relaxed) as i64);
+    }
+}
+
+/// The deduplication index of `db`'s record.
+pub(super) fn read_seen(db: &Database) -> Result<SeenIndex, SpoolError> {
+    let read = db.begin_read().map_err(storage)?;
+    match read.open_table(SEEN_ORDER) {
+        Ok(table) => SeenIndex::load(&table).map_err(storage),
+        // Created by the first commit.
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(SeenIndex::empty()),
+        Err(e) => Err(storage(e)),
     }
 }
 

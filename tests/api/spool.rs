@@ -13,7 +13,7 @@ use rc_kafka_bridge::sink::{Sink, SinkError};
 use rc_kafka_bridge::spool::{self, Spool, SpoolError, SpoolOptions};
 use serde_json::Value;
 
-use crate::common::app::TestApp;
+use crate::common::app::{TestApp, http};
 use crate::common::kafka::{missing_after_delivery, read_until};
 use crate::common::metrics::sample;
 use crate::common::mock_kafka::MockKafka;
@@ -297,6 +297,13 @@ async fn a_spool_written_by_the_uncompressed_record_release_is_delivered_and_its
     an_earlier_release_s_spool_is_delivered_and_its_format_upgraded("spool-format-2", 2).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_written_by_the_uuid_table_release_is_delivered_and_its_format_upgraded() {
+    // `tests/fixtures/spool-format-3`: the same three notifications answered by the release that
+    // kept a table of uuids beside the deduplication record, while Kafka was unreachable.
+    an_earlier_release_s_spool_is_delivered_and_its_format_upgraded("spool-format-3", 3).await;
+}
+
 async fn an_earlier_release_s_spool_is_delivered_and_its_format_upgraded(
     fixture: &str,
     format: i64,
@@ -312,7 +319,9 @@ async fn an_earlier_release_s_spool_is_delivered_and_its_format_upgraded(
     let id = spool_id(dir.path());
 
     let kafka = MockKafka::start();
-    let (bridge, events) = serve_until_listening(dir.path(), &kafka.bootstrap, &[]).await;
+    // Long enough to remember the fixture's uuids, however old it is.
+    let window = ["--dedup-window", "36500days"];
+    let (bridge, events) = serve_until_listening(dir.path(), &kafka.bootstrap, &window).await;
     assert!(
         events.iter().any(|e| e["message"]
             .as_str()
@@ -322,10 +331,31 @@ async fn an_earlier_release_s_spool_is_delivered_and_its_format_upgraded(
     let uuids: Vec<String> = (1..=3).map(|n| format!("fixture-{n}")).collect();
     let missing = missing_after_delivery(&kafka.bootstrap, &uuids, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "not delivered: {missing:?}");
+    // The earlier release's deduplication record still holds: a redelivery is a duplicate.
+    let again = http()
+        .post(format!("{}/webhook", bridge.address()))
+        .header("content-type", "application/json")
+        .header("verification-token", TOKEN)
+        .body(extension_update("fixture-2", "102", &["ExtensionInfo"]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
     drop(bridge);
-    // The same spool, now saying that earlier releases cannot read it.
+    // The same spool, now saying that earlier releases cannot read it, without the uuid table.
     assert_eq!(spool_id(dir.path()), id);
-    assert_eq!(spool_format(dir.path()), 3);
+    assert_eq!(spool_format(dir.path()), 4);
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(database(dir.path())).unwrap();
+    let tables: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect();
+    assert!(tables.contains(&"seen_order".to_string()), "{tables:?}");
+    assert!(!tables.contains(&"seen".to_string()), "{tables:?}");
 }
 
 #[test]

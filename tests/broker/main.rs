@@ -559,11 +559,11 @@ async fn a_full_disk_answers_503_keeps_nothing_half_and_recovers_when_space_retu
         if response.status() == 200 {
             accepted.push(uuid);
         } else {
-            refused = Some(response);
+            refused = Some((uuid, response));
             break;
         }
     }
-    let refused = refused.expect("a full disk refuses notifications");
+    let (refused_uuid, refused) = refused.expect("a full disk refuses notifications");
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "5");
     let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
@@ -582,6 +582,12 @@ async fn a_full_disk_answers_503_keeps_nothing_half_and_recovers_when_space_retu
     accepted.push(recovered);
     let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
     assert_eq!(ready["spool"], "ok", "{ready}");
+    // RingCentral's retry of the refused notification: the failed commit kept nothing of it, not
+    // even in the deduplication record.
+    let retried = post(refused_uuid.clone()).await;
+    assert_eq!(retried.status(), 200);
+    assert_eq!(retried.json::<Value>().await.unwrap()["status"], "accepted");
+    accepted.push(refused_uuid);
     let missing = missing_after_delivery(&app.bootstrap, &accepted, Duration::from_secs(60)).await;
     assert!(missing.is_empty(), "lost {missing:?}");
     app.shutdown().await;
