@@ -3,8 +3,10 @@
 //!
 //! It works in rounds: take the oldest entries, enqueue all their messages (the idempotent producer
 //! keeps each partition in order), await every acknowledgement, release the entries that are done.
-//! An entry with a retriable failure stays, and the next round starts again from the oldest entry,
-//! so order per extension holds and delivery is at-least-once. A message Kafka rejects for good goes
+//! A backlog's rounds overlap by one: once such a round is enqueued, the next is enqueued behind it
+//! while Kafka answers the first, so the producer is never idle between rounds; both count as one
+//! larger round for order and release. An entry with a retriable failure stays, and the rounds start again from
+//! the oldest entry, so order per extension holds and delivery is at-least-once. A message Kafka rejects for good goes
 //! to the dead-letter topic, or to the spool's dead-letter area if that fails too, so it never blocks
 //! the rest. A producer in a fatal state (for instance after the broker lost its producer ids) is
 //! replaced by a new one.
@@ -24,10 +26,12 @@
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::error::KafkaError;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -47,6 +51,9 @@ const ROUND_BYTES: usize = 2 << 20;
 /// means a backlog: it runs through, which holds the server back until the relay has caught up, so
 /// the backlog does not build up in memory.
 const YIELDING_ROUND_MESSAGES: usize = 512;
+/// A full round is taken from a backlog, and the next published behind it while Kafka answers,
+/// when the spool holds at least this many times its entries.
+const BACKLOG_ROUNDS: u64 = 4;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Consecutive failed rounds after which the producer is replaced even without a fatal error:
@@ -120,12 +127,31 @@ struct Round {
     fatal: bool,
     /// Shutdown's deadline passed while the round waited on Kafka.
     cut: bool,
+    /// An entry of the round could not be read: nothing of it was published.
+    unreadable: bool,
 }
 
 impl Round {
     fn failed(&mut self, kind: ErrorKind) {
         self.retriable_failure = true;
         self.fatal |= kind == ErrorKind::Fatal;
+    }
+}
+
+/// Whether the rounds stop after a round that came to `outcome`.
+fn stop(outcome: Outcome, succeeded: &mut bool) -> Option<Stop> {
+    match outcome {
+        Outcome::Whole => {
+            *succeeded = true;
+            None
+        }
+        Outcome::Partly => None,
+        Outcome::Failed { fatal } => Some(Stop::Failed {
+            fatal,
+            after_success: *succeeded,
+        }),
+        Outcome::Cut => Some(Stop::Shutdown),
+        Outcome::Unreadable => Some(Stop::Unreadable),
     }
 }
 
@@ -197,6 +223,46 @@ type Enqueued<'b, D> = (&'b Entry<'b>, Vec<Pending<'b, StoredMessage<'b>, D>>);
 /// A message Kafka refused for good, and the entry it belongs to.
 type Rejected<'b> = (&'b Entry<'b>, &'b StoredMessage<'b>, ErrorKind);
 
+/// Why [`Worker::publish_rounds`] returned.
+enum Stop {
+    /// Shutdown: its deadline passed, or the runtime is going away.
+    Shutdown,
+    /// A round failed; `after_success` if a round before it in this run of rounds did not.
+    Failed { fatal: bool, after_success: bool },
+    /// The spool cannot be read now.
+    Unreadable,
+}
+
+/// A round being published. Once a backlog's round is enqueued, the next round is enqueued behind
+/// it while Kafka answers (pipelining), so that the producer's batches keep flowing.
+struct InFlight<'w> {
+    progress: Progress<'w>,
+    entries: usize,
+    last: u64,
+    /// When its first entry was accepted: the oldest in the spool once the rounds before it are
+    /// released.
+    first_accepted_at_ms: Option<u64>,
+    /// It was taken from a backlog, which the next round is published behind it from.
+    backlog: bool,
+}
+
+enum Progress<'w> {
+    /// Awaiting Kafka's outcomes.
+    Running(Pin<Box<dyn Future<Output = Round> + Send + 'w>>),
+    /// Over already: what it came to.
+    Done(Round),
+}
+
+/// What a round came to, once its release was committed.
+enum Outcome {
+    Whole,
+    /// Not released whole (its release failed): its entries are published again.
+    Partly,
+    Failed { fatal: bool },
+    Cut,
+    Unreadable,
+}
+
 impl<P: Producer> Worker<P> {
     async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
@@ -204,91 +270,33 @@ impl<P: Producer> Worker<P> {
         // The sequence number of the next entry to publish, while every entry before it has been
         // released: the hand-off can then say what follows. `None`: read the database.
         let mut next: Option<u64> = None;
-        // The database's entries after the round being published, read meanwhile: a backlog then
-        // drains without a pause for the database between rounds. Used only when the round
-        // released everything; otherwise the next round starts again from the oldest entry.
+        // The database's entries after the rounds being published, read meanwhile: a backlog
+        // then drains without a pause for the database between rounds.
         let mut ahead: Option<ReadAhead> = None;
         loop {
-            let deadline = self.shutdown.deadline();
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            let handed = next.map(|n| self.spool.handed_off(n, ROUND_ENTRIES, ROUND_BYTES));
-            let from_database = !matches!(handed, Some(Handed::Entries(_)));
-            let read_ahead = ahead.take().filter(|a| Some(a.from) == next);
-            let batch = match handed {
-                Some(Handed::Entries(batch)) => batch,
-                Some(Handed::Unknown) | None => {
-                    let (end, batch) = match read_ahead {
-                        Some(ahead) => (ahead.end, read_batch(ahead.read).await),
-                        None => {
-                            // Read before the database: what is committed after it is handed off.
-                            let end = self.spool.end();
-                            (end, read_batch(self.start_read(0)).await)
-                        }
-                    };
-                    let Some(batch) = batch else {
-                        break;
-                    };
-                    match batch {
-                        Ok(batch) => {
-                            if batch.is_empty() {
-                                next = Some(end);
-                            }
-                            batch
-                        }
-                        Err(()) => {
-                            next = None;
-                            self.pause(MAX_BACKOFF).await;
-                            continue;
-                        }
+            match self.publish_rounds(&mut next, &mut ahead).await {
+                Stop::Shutdown => break,
+                Stop::Unreadable => self.pause(MAX_BACKOFF).await,
+                Stop::Failed {
+                    fatal,
+                    after_success,
+                } => {
+                    if after_success {
+                        failed_rounds = 0;
+                        backoff = MIN_BACKOFF;
                     }
+                    failed_rounds += 1;
+                    if fatal || failed_rounds >= ROUNDS_BEFORE_NEW_PRODUCER {
+                        self.renew_producer();
+                        failed_rounds = 0;
+                    }
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-            };
-            let entries: Vec<Entry<'_>> = match batch.iter().map(Entry::read).collect() {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a spooled entry");
-                    next = None;
-                    self.pause(MAX_BACKOFF).await;
-                    continue;
-                }
-            };
-            self.spool
-                .observe_oldest(entries.first().map(|e| &e.record));
-            let Some(last) = batch.last().map(|e| e.seq) else {
-                if deadline.is_some() {
-                    break;
-                }
-                self.wait_for_work().await;
-                continue;
-            };
-            if from_database && self.spool.entries() > batch.len() as u64 {
-                ahead = Some(self.read_ahead(last + 1));
             }
-            let round = self.publish(&entries).await;
-            let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
-            let whole = round.released.len() == batch.len();
-            let released = self.release(round).await;
-            next = (whole && released).then_some(last + 1);
-            if cut {
-                tracing::warn!(
-                    "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
-                );
+            if self.shutdown.deadline().is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            if !failed {
-                failed_rounds = 0;
-                backoff = MIN_BACKOFF;
-                continue;
-            }
-            failed_rounds += 1;
-            if fatal || failed_rounds >= ROUNDS_BEFORE_NEW_PRODUCER {
-                self.renew_producer();
-                failed_rounds = 0;
-            }
-            self.pause(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let remaining = self
             .shutdown
@@ -299,6 +307,203 @@ impl<P: Producer> Worker<P> {
             .producer()
             .flush(remaining.max(Duration::from_millis(100)));
         tracing::info!(left_in_spool = self.spool.entries(), "relay stopped");
+    }
+
+    /// Publishes round after round, a backlog's each enqueued while the one before it awaits
+    /// Kafka, until shutdown or a round that failed. Two rounds in flight are one larger round as far as order
+    /// goes: the idempotent producer keeps each partition in order across both, and entries not
+    /// released are published again from the oldest.
+    async fn publish_rounds(&self, next: &mut Option<u64>, ahead: &mut Option<ReadAhead>) -> Stop {
+        let mut in_flight: Option<InFlight<'_>> = None;
+        let mut succeeded = false;
+        loop {
+            let deadline = self.shutdown.deadline();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                if let Some(round) = in_flight.take() {
+                    self.complete(round, None, next).await;
+                }
+                return Stop::Shutdown;
+            }
+            // Only a backlog is published behind a round in flight. Otherwise the relay keeps up,
+            // and awaiting the round first lets the next gather what arrives meanwhile (fewer,
+            // fuller rounds, fewer releases).
+            if let Some(round) = in_flight.take_if(|f| !f.backlog) {
+                let (outcome, _) = self.complete(round, None, next).await;
+                if let Some(stop) = stop(outcome, &mut succeeded) {
+                    return stop;
+                }
+                continue;
+            }
+            // Behind a round in flight: the entries after it, which it is expected to release.
+            let from = in_flight.as_ref().map_or(*next, |f| Some(f.last + 1));
+            let handed = from.map(|n| self.spool.handed_off(n, ROUND_ENTRIES, ROUND_BYTES));
+            let from_database = !matches!(handed, Some(Handed::Entries(_)));
+            let batch = match handed {
+                Some(Handed::Entries(batch)) => batch,
+                Some(Handed::Unknown) | None => {
+                    let (end, read) = match ahead.take().filter(|a| Some(a.from) == from) {
+                        Some(ahead) => (ahead.end, ahead.read),
+                        // Read before the database: what is committed after it is handed off.
+                        // Alone, a round starts at the oldest entry; behind another, after it.
+                        None => (
+                            self.spool.end(),
+                            self.start_read(in_flight.as_ref().map_or(0, |f| f.last + 1)),
+                        ),
+                    };
+                    let read = read_batch(read).await;
+                    if !matches!(read, Some(Ok(_)))
+                        && let Some(round) = in_flight.take()
+                    {
+                        self.complete(round, None, next).await;
+                    }
+                    match read {
+                        None => return Stop::Shutdown,
+                        Some(Err(())) => {
+                            *next = None;
+                            return Stop::Unreadable;
+                        }
+                        Some(Ok(batch)) => {
+                            if batch.is_empty() && in_flight.is_none() {
+                                *next = Some(end);
+                            }
+                            batch
+                        }
+                    }
+                }
+            };
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                // Nothing behind the round in flight: see it through.
+                if let Some(round) = in_flight.take() {
+                    let (outcome, _) = self.complete(round, None, next).await;
+                    if let Some(stop) = stop(outcome, &mut succeeded) {
+                        return stop;
+                    }
+                    continue;
+                }
+                self.spool.observe_oldest(None);
+                if deadline.is_some() {
+                    return Stop::Shutdown;
+                }
+                self.wait_for_work().await;
+                continue;
+            };
+            let taken = batch.len() + in_flight.as_ref().map_or(0, |f| f.entries);
+            if from_database && self.spool.entries() > taken as u64 {
+                *ahead = Some(self.read_ahead(last + 1));
+            }
+            let round = self.start_round(batch, in_flight.is_none()).await;
+            let Some(before) = in_flight.take() else {
+                in_flight = Some(round);
+                continue;
+            };
+            let (outcome, behind) = self.complete(before, Some(round), next).await;
+            in_flight = behind;
+            if let Some(stop) = stop(outcome, &mut succeeded) {
+                return stop;
+            }
+        }
+    }
+
+    /// Starts publishing `batch` and returns once its messages are all enqueued (or the round is
+    /// over). `oldest`: the batch starts at the spool's oldest entry, for the age gauge.
+    async fn start_round<'w>(&'w self, batch: Vec<StoredEntry>, oldest: bool) -> InFlight<'w> {
+        let (entries, last) = (batch.len(), batch.last().map_or(0, |e| e.seq));
+        // A backlog: a full round (its cap on entries reached, or more than half its cap on
+        // bytes), and at least three more like it in the spool. At max load the relay keeps up
+        // with rounds of about the spool's backlog, often full ones with many hints per
+        // notification: publishing those behind one another cost up to a tenth more CPU.
+        let full = entries >= ROUND_ENTRIES
+            || batch.iter().map(StoredEntry::record_bytes).sum::<usize>() > ROUND_BYTES / 2;
+        let backlog = full && self.spool.entries() >= BACKLOG_ROUNDS * entries as u64;
+        let first_accepted_at_ms = batch
+            .first()
+            .and_then(|e| e.read().ok())
+            .map(|r| r.accepted_at_ms);
+        if oldest {
+            self.spool.observe_oldest(first_accepted_at_ms);
+        }
+        let (enqueued, all_enqueued) = oneshot::channel();
+        let mut round: Pin<Box<dyn Future<Output = Round> + Send + 'w>> = Box::pin(async move {
+            let entries: Vec<Entry<'_>> = match batch.iter().map(Entry::read).collect() {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a spooled entry");
+                    return Round {
+                        unreadable: true,
+                        ..Round::default()
+                    };
+                }
+            };
+            self.publish(&entries, enqueued).await
+        });
+        let progress = tokio::select! {
+            biased;
+            round = &mut round => Progress::Done(round),
+            _ = all_enqueued => Progress::Running(round),
+        };
+        InFlight {
+            progress,
+            entries,
+            last,
+            first_accepted_at_ms,
+            backlog,
+        }
+    }
+
+    /// Sees `round` through and releases what it published; `next` moves past it if it was
+    /// released whole. If it was not, the round `behind` it is seen through too, and the next
+    /// round starts again from the oldest entry; otherwise `behind` is returned, still in flight.
+    async fn complete<'w>(
+        &'w self,
+        round: InFlight<'w>,
+        behind: Option<InFlight<'w>>,
+        next: &mut Option<u64>,
+    ) -> (Outcome, Option<InFlight<'w>>) {
+        let outcome = self.finish(round, next).await;
+        if matches!(outcome, Outcome::Whole) {
+            if let Some(behind) = &behind {
+                self.spool.observe_oldest(behind.first_accepted_at_ms);
+            }
+            return (outcome, behind);
+        }
+        if let Some(behind) = behind {
+            self.finish(behind, next).await;
+            *next = None;
+        }
+        (outcome, None)
+    }
+
+    async fn finish(&self, round: InFlight<'_>, next: &mut Option<u64>) -> Outcome {
+        let InFlight {
+            progress,
+            entries,
+            last,
+            ..
+        } = round;
+        let round = match progress {
+            Progress::Running(round) => round.await,
+            Progress::Done(round) => round,
+        };
+        if round.unreadable {
+            *next = None;
+            return Outcome::Unreadable;
+        }
+        let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
+        let whole = round.released.len() == entries;
+        let released = self.release(round).await;
+        *next = (whole && released).then_some(last + 1);
+        if cut {
+            tracing::warn!(
+                "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
+            );
+            Outcome::Cut
+        } else if failed {
+            Outcome::Failed { fatal }
+        } else if whole && released {
+            Outcome::Whole
+        } else {
+            Outcome::Partly
+        }
     }
 
     /// Starts reading the oldest entries from sequence number `from` on (0: the oldest of all).
@@ -319,12 +524,13 @@ impl<P: Producer> Worker<P> {
 
     /// Waits for a new entry or the shutdown; a periodic look covers the age gauge and a missed
     /// wake-up.
-    async fn wait_for_work(&mut self) {
+    async fn wait_for_work(&self) {
         // Idle, nothing else serves the producer's statistics and errors.
         self.publisher.producer().serve();
+        let mut shutdown = self.shutdown.clone();
         tokio::select! {
             _ = self.spool.appended() => {}
-            _ = self.shutdown.begun() => {}
+            _ = shutdown.begun() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -366,8 +572,9 @@ impl<P: Producer> Worker<P> {
         }
     }
 
-    /// Publishes every message of `batch` and reports what can be released.
-    async fn publish(&self, batch: &[Entry<'_>]) -> Round {
+    /// Publishes every message of `batch` and reports what can be released; `enqueued` is told
+    /// once they are all enqueued.
+    async fn publish(&self, batch: &[Entry<'_>], enqueued: oneshot::Sender<()>) -> Round {
         let mut round = Round::default();
         let mut cut = Cut {
             shutdown: self.shutdown.clone(),
@@ -379,9 +586,10 @@ impl<P: Producer> Worker<P> {
             .map(|entry| entry.record.messages.len())
             .sum::<usize>()
             <= YIELDING_ROUND_MESSAGES;
-        let enqueued = self.enqueue(batch, yielding, &mut round, &mut cut).await;
+        let pending = self.enqueue(batch, yielding, &mut round, &mut cut).await;
+        let _ = enqueued.send(());
         let rejected = self
-            .await_acknowledgements(enqueued, yielding, started, &mut round, &mut cut)
+            .await_acknowledgements(pending, yielding, started, &mut round, &mut cut)
             .await;
         self.dead_letter_rejected(rejected, &mut round, &mut cut)
             .await;
@@ -605,16 +813,35 @@ mod tests {
         RefuseEnqueue(ErrorKind),
         /// Enqueued, then failed by "Kafka".
         Fail(ErrorKind),
+        /// Acknowledged once a message with this key has been sent.
+        AckOnceSent(&'static str),
     }
 
     /// The answer to a message given its earlier attempts and the number of the producer (1, 2, ...).
     type Script = dyn Fn(&OutboundMessage, usize, usize) -> Answer + Send + Sync;
 
-    /// Every message sent, with the number of the producer that sent it.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<(usize, OutboundMessage)>>>);
+    /// Every message sent, with the number of the producer that sent it; `sends` counts them.
+    #[derive(Clone)]
+    struct Log(
+        Arc<Mutex<Vec<(usize, OutboundMessage)>>>,
+        Arc<tokio::sync::watch::Sender<usize>>,
+    );
+
+    impl Default for Log {
+        fn default() -> Self {
+            Log(Arc::default(), Arc::new(tokio::sync::watch::channel(0).0))
+        }
+    }
 
     impl Log {
+        /// Once a message with `key` has been sent.
+        async fn sent_key(self, key: &str) {
+            let mut sends = self.1.subscribe();
+            let _ = sends
+                .wait_for(|_| self.sent().iter().any(|(_, m)| m.key == key))
+                .await;
+        }
+
         fn sent(&self) -> Vec<(usize, OutboundMessage)> {
             self.0.lock().unwrap().clone()
         }
@@ -638,7 +865,7 @@ mod tests {
     }
 
     impl Producer for Double {
-        type Delivery = std::future::Ready<Result<(), PublishError>>;
+        type Delivery = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
 
         fn send(&self, message: &impl Outbound) -> Result<Self::Delivery, PublishError> {
             let message = &message.to_outbound();
@@ -649,10 +876,19 @@ mod tests {
                 return Err(error(kind));
             }
             log.push((self.number, message.clone()));
-            Ok(std::future::ready(match answer {
-                Answer::Fail(kind) => Err(error(kind)),
-                _ => Ok(()),
-            }))
+            drop(log);
+            self.log.1.send_modify(|sends| *sends += 1);
+            Ok(match answer {
+                Answer::Fail(kind) => Box::pin(std::future::ready(Err(error(kind)))),
+                Answer::AckOnceSent(key) => {
+                    let log = self.log.clone();
+                    Box::pin(async move {
+                        log.sent_key(key).await;
+                        Ok(())
+                    })
+                }
+                _ => Box::pin(std::future::ready(Ok(()))),
+            })
         }
 
         fn flush(&self, _: Duration) {}
@@ -792,6 +1028,30 @@ mod tests {
         let published = &bench.metrics.messages_published;
         assert_eq!(bench.counted(published, &["t1", "ExtensionInfo"]), 2);
         assert_eq!(bench.counted(published, &["t2", "ExtensionInfo"]), 1);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_s_next_round_is_enqueued_while_kafka_answers_the_one_before() {
+        // A backlog of entries too large to share a round. Kafka answers the first one's message
+        // only once the second one's was sent: a relay awaiting each round before enqueueing the
+        // next would wait for good (until the drain's deadline).
+        let keys: Vec<String> = (0..BACKLOG_ROUNDS).map(|n| format!("k{n}")).collect();
+        let plans = keys
+            .iter()
+            .map(|key| {
+                let mut plan = plan(key, &["t1"]);
+                plan.messages[0].value = format!("\"{}\"", "x".repeat(ROUND_BYTES * 3 / 5));
+                plan
+            })
+            .collect();
+        let mut bench = bench(plans, |message, _, _| match message.key.as_str() {
+            "k0" => Answer::AckOnceSent("k1"),
+            _ => Answer::Ack,
+        })
+        .await;
+        bench.drain().await;
+        let sent: Vec<String> = bench.log.sent().into_iter().map(|(_, m)| m.key).collect();
+        assert_eq!(sent, keys, "each once, in order");
     }
 
     #[tokio::test]

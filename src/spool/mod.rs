@@ -508,9 +508,9 @@ impl Spool {
         self.shared.dead_letter_bytes.load(Ordering::Relaxed)
     }
 
-    /// Updates the age gauge of the oldest entry, given its record.
-    pub fn observe_oldest(&self, oldest: Option<&Record<'_>>) {
-        let age = oldest.map(|r| r.age().as_secs_f64()).unwrap_or(0.0);
+    /// Updates the age gauge of the oldest entry, given when it was accepted (ms since the epoch).
+    pub fn observe_oldest(&self, accepted_at_ms: Option<u64>) {
+        let age = accepted_at_ms.map_or(0.0, |at| age_since(at).as_secs_f64());
         self.shared.metrics.spool_oldest_entry_age.set(age);
     }
 
