@@ -142,7 +142,7 @@ pub struct Settings {
     #[arg(long, env = "RCKB_DEDUP_WINDOW", default_value = "1h", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration")]
     pub dedup_window: Duration,
-    /// How many notification uuids are remembered at most.
+    /// How many notification uuids are remembered at most (about 32 bytes of memory each).
     #[arg(long, env = "RCKB_DEDUP_CAPACITY", default_value = "100000")]
     pub dedup_capacity: NonZeroUsize,
     /// Topic for messages Kafka rejects for good [default: <prefix>dead-letter].
