@@ -3,13 +3,13 @@
 //!
 //! It works in rounds: take the oldest entries, enqueue all their messages (the idempotent producer
 //! keeps each partition in order), await every acknowledgement, release the entries that are done.
-//! A backlog's rounds overlap by one: once such a round is enqueued, the next is enqueued behind it
-//! while Kafka answers the first, so the producer is never idle between rounds; both count as one
-//! larger round for order and release. An entry with a retriable failure stays, and the rounds start again from
-//! the oldest entry, so order per extension holds and delivery is at-least-once. A message Kafka rejects for good goes
-//! to the dead-letter topic, or to the spool's dead-letter area if that fails too, so it never blocks
-//! the rest. A producer in a fatal state (for instance after the broker lost its producer ids) is
-//! replaced by a new one.
+//! A large backlog's rounds overlap by one: once such a round is enqueued, the next is enqueued
+//! behind it while Kafka answers the first, so the producer is not idle between rounds; the two
+//! count as one larger round for order and release. An entry with a retriable failure stays, and
+//! the rounds start again from the oldest entry, so order per extension holds and delivery is
+//! at-least-once. A message Kafka rejects for good goes to the dead-letter topic, or to the spool's
+//! dead-letter area if that fails too, so it never blocks the rest. A producer in a fatal state (for
+//! instance after the broker lost its producer ids) is replaced by a new one.
 //!
 //! The entries it takes come from the spool writer's hand-off, in memory, once it has caught up; it
 //! reads the database at start-up, after a round that did not release everything it took, and when
@@ -248,8 +248,8 @@ enum Stop {
     Unreadable,
 }
 
-/// A round being published. Once a backlog's round is enqueued, the next round is enqueued behind
-/// it while Kafka answers (pipelining), so that the producer's batches keep flowing.
+/// A round being published. Once a large backlog's round is enqueued, the next round is enqueued
+/// behind it while Kafka answers (pipelining), so that the producer's batches keep flowing.
 struct InFlight<'w> {
     progress: Progress<'w>,
     entries: usize,
@@ -257,7 +257,7 @@ struct InFlight<'w> {
     /// When its first entry was accepted: the oldest in the spool once the rounds before it are
     /// released.
     first_accepted_at_ms: Option<u64>,
-    /// It was taken from a backlog, which the next round is published behind it from.
+    /// Taken from a large backlog: the next round is published behind it.
     backlog: bool,
 }
 
@@ -330,10 +330,10 @@ impl<P: Producer> Worker<P> {
         tracing::info!(left_in_spool = self.spool.entries(), "relay stopped");
     }
 
-    /// Publishes round after round, a backlog's each enqueued while the one before it awaits
-    /// Kafka, until shutdown or a round that failed. Two rounds in flight are one larger round as far as order
-    /// goes: the idempotent producer keeps each partition in order across both, and entries not
-    /// released are published again from the oldest.
+    /// Publishes round after round until shutdown or a round that failed; a large backlog's each
+    /// enqueued while the one before it awaits Kafka. Two rounds in flight are one larger round as
+    /// far as order goes: the idempotent producer keeps each partition in order across both, and
+    /// entries not released are published again from the oldest.
     async fn publish_rounds(&self, next: &mut Option<u64>, ahead: &mut Option<ReadAhead>) -> Stop {
         let mut in_flight: Option<InFlight<'_>> = None;
         let mut succeeded = false;
