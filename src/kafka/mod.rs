@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
@@ -234,6 +234,66 @@ pub fn group_member_config(config: &ClientConfig, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false");
     config
+}
+
+/// How long a stopping member may take to leave its group and close: the sessions' timeout, after
+/// which the group has dropped it anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a leaving member looks whether its partitions are gone.
+const LEAVE_POLL: Duration = Duration::from_millis(20);
+
+/// Takes a group member out of its group, then closes it, within [`LEAVE_TIMEOUT`]; `false` when
+/// the close did not finish in time.
+///
+/// Dropping a member closes it, and a close that meets a rebalance can hang for good inside
+/// librdkafka: the revocation it serves becomes an unassign that the closing group never answers
+/// (librdkafka issues 4527 and 4884). So the member unsubscribes first and is polled (which serves
+/// the revocation) until it owns nothing. The close itself runs on a thread of its own: should it
+/// hang all the same, the stop goes on without it.
+pub async fn leave_group<C>(member: StreamConsumer<C>) -> bool
+where
+    C: ConsumerContext + 'static,
+{
+    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+    let (closed, close) = tokio::sync::oneshot::channel();
+    // Closed off this thread even when this future is dropped half-way (a stop cut at its deadline).
+    let member = Closing {
+        member: Some(member),
+        closed: Some(closed),
+    };
+    if let Some(consumer) = &member.member {
+        consumer.unsubscribe();
+        // A served rebalance does not end `recv` (only a message does): look again every moment.
+        while consumer.assignment().is_ok_and(|a| a.count() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            let _ = tokio::time::timeout(LEAVE_POLL, consumer.recv()).await;
+        }
+    }
+    drop(member);
+    tokio::time::timeout_at(deadline, close).await.is_ok()
+}
+
+/// A group member that is closed on a thread of its own when dropped.
+struct Closing<C: ConsumerContext + 'static> {
+    member: Option<StreamConsumer<C>>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<C: ConsumerContext + 'static> Drop for Closing<C> {
+    fn drop(&mut self) {
+        let (member, closed) = (self.member.take(), self.closed.take());
+        let closing = std::thread::Builder::new()
+            .name("rckb-group-close".into())
+            .spawn(move || {
+                drop(member);
+                closed.map(|closed| closed.send(()));
+            });
+        if let Err(e) = closing {
+            // The member was closed on this thread instead, with the closure.
+            tracing::warn!(error = %e, "cannot start a thread to close a group member");
+        }
+    }
 }
 
 /// The topics of `wanted` that the cluster does not have.
@@ -475,5 +535,39 @@ mod tests {
         assert_eq!(kind(C::QueueFull), ErrorKind::QueueFull);
         assert_eq!(kind(C::InvalidProducerEpoch), ErrorKind::Fatal);
         assert!(ErrorKind::TooLarge.is_permanent() && !ErrorKind::Timeout.is_permanent());
+    }
+
+    fn member(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> StreamConsumer {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers());
+        group_member_config(&config, "sweepers")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+            .unwrap()
+    }
+
+    /// Polls `member` (which serves its rebalances) until it owns a partition.
+    async fn until_owning(member: &StreamConsumer) {
+        while member.assignment().unwrap().count() == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(10), member.recv()).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_leaves_its_group_and_closes_in_time_during_a_rebalance() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("index", 1, 1).unwrap();
+        let owner = member(&cluster);
+        owner.subscribe(&["index"]).unwrap();
+        until_owning(&owner).await;
+        // Another replica joins: the group rebalances while the owner leaves.
+        let next = member(&cluster);
+        next.subscribe(&["index"]).unwrap();
+        let joining = tokio::spawn(async move { until_owning(&next).await });
+
+        assert!(leave_group(owner).await, "closed within the timeout");
+        joining.abort();
     }
 }

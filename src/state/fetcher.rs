@@ -315,6 +315,11 @@ impl Fetcher {
             }
         }
         self.worker.metrics.state_fetcher_running.set(0);
+        if !crate::kafka::leave_group(self.consumer).await {
+            tracing::warn!(
+                "the state fetchers' group member did not close in time; stopping without it"
+            );
+        }
         tracing::info!("state fetcher stopped");
     }
 

@@ -179,6 +179,9 @@ impl Reconciler {
                 }
             }
         }
+        if !crate::kafka::leave_group(self.election).await {
+            tracing::warn!("the sweepers' group member did not close in time; stopping without it");
+        }
         tracing::info!("reconciler stopped");
     }
 
