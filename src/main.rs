@@ -5,7 +5,10 @@ use clap::Parser;
 use rc_kafka_bridge::cli::{self, Cli};
 
 // Many small allocations per notification (parsing, planning, spool entries, Kafka records):
-// mimalloc measured about 10% more notifications per CPU second than the system allocator.
+// mimalloc measured about 10% more notifications per CPU second than the system allocator. Built
+// without transparent huge pages (`no_thp`: the process opts out of them): with them, its arenas
+// grew in 2 MiB pages that stayed resident, 10 to 20 MiB more at peak and in steps over hours, for
+// no measurable throughput (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
