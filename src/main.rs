@@ -7,8 +7,8 @@ use rc_kafka_bridge::cli::{self, Cli};
 // Many small allocations per notification (parsing, planning, spool entries, Kafka records):
 // mimalloc measured about 10% more notifications per CPU second than the system allocator. Built
 // without transparent huge pages (`no_thp`: the process opts out of them): with them, its arenas
-// grew in 2 MiB pages that stayed resident, 10 to 20 MiB more at peak and in steps over hours, for
-// no measurable throughput (BENCHMARKS.md).
+// grew in 2 MiB pages that stayed resident, 10 to 20 MiB more at peak and in steps over hours. They
+// saved a few percent of CPU at the larger loads; a memory limit is the harder bound (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
