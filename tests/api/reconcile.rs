@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::common::fake_extensions::Budget;
 use crate::common::fake_ringcentral::FakeRingCentral;
 use crate::common::kafka::{Received, read_until};
-use crate::common::metrics::{sample, scrape_until, scrape_until_within};
+use crate::common::metrics::{sample, scrape_until};
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::process::BridgeProcess;
@@ -63,15 +63,9 @@ async fn start(
 
 /// Waits for `n` completed sweeps of `cause` on the bridge.
 async fn sweeps(bridge: &BridgeProcess, cause: &str, n: f64) {
-    sweeps_within(bridge, cause, n, crate::common::metrics::PATIENCE).await;
-}
-
-/// [`sweeps`], waiting at most `patience`.
-async fn sweeps_within(bridge: &BridgeProcess, cause: &str, n: f64, patience: Duration) {
-    scrape_until_within(
+    scrape_until(
         &bridge.admin_address(),
         &format!("{n} {cause} sweeps"),
-        patience,
         |m| {
             sample(
                 m,

@@ -36,17 +36,7 @@ pub async fn scrape_until(
     what: &str,
     condition: impl Fn(&Scrape) -> bool,
 ) -> Scrape {
-    scrape_until_within(admin_address, what, PATIENCE, condition).await
-}
-
-/// [`scrape_until`], waiting at most `patience`.
-pub async fn scrape_until_within(
-    admin_address: &str,
-    what: &str,
-    patience: Duration,
-    condition: impl Fn(&Scrape) -> bool,
-) -> Scrape {
-    eventually(what, patience, async || {
+    eventually(what, PATIENCE, async || {
         let scrape = scrape(admin_address).await;
         condition(&scrape).then_some(scrape)
     })
