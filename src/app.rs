@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -121,11 +122,14 @@ pub struct Application {
     admin_limits: Limits,
     lifecycle: Arc<Lifecycle>,
     metrics: Metrics,
-    reload: Option<Reload>,
+    /// What SIGHUP runs, with the handler installed when it was set.
+    reload: Option<(Reload, Signal)>,
     keeper: Option<(Keeper, mpsc::UnboundedReceiver<String>)>,
     topic_check: Option<TopicCheck>,
     fetcher: Option<Fetcher>,
     reconciler: Option<(Reconciler, SweepRequests)>,
+    /// The SIGUSR1 handler, installed with the reconciler.
+    usr1: Option<Signal>,
     // Dropped last: the embedded broker must outlive the producer.
     _embedded: Option<EmbeddedBroker>,
 }
@@ -341,6 +345,15 @@ impl Application {
             }
             None => (None, None),
         };
+        // Installed now, not when the bridge runs: a signal sent as soon as it says it is
+        // listening must not get the default action, which ends the process.
+        let usr1 = reconciler.as_ref().and_then(|_| {
+            installed(
+                SignalKind::user_defined1(),
+                "SIGUSR1",
+                "sweeps run on their schedule only",
+            )
+        });
         if let (Some((keeper, _)), Some((_, sweeps))) = (&mut keeper, &reconciler) {
             // Whatever changed while the subscription was blacklisted or expired was never sent.
             keeper.after_recreation(sweeps.clone());
@@ -362,6 +375,7 @@ impl Application {
             topic_check,
             fetcher,
             reconciler,
+            usr1,
             _embedded: embedded,
         })
     }
@@ -393,9 +407,10 @@ impl Application {
     }
 
     /// On SIGHUP, replace the routing table with what `reload` builds; a failed reload keeps the old
-    /// table serving and says why in the log.
+    /// table serving and says why in the log. The handler is installed here, before the bridge runs.
     pub fn reload_routing_with(&mut self, reload: Reload) {
-        self.reload = Some(reload);
+        self.reload = installed(SignalKind::hangup(), "SIGHUP", "reloading is off")
+            .map(|hangup| (reload, hangup));
     }
 
     /// Serves until `shutdown` completes, then drains within the grace period: `/readyz` answers
@@ -415,10 +430,15 @@ impl Application {
         if let Some((keeper, reminders)) = self.keeper {
             background.push(tokio::spawn(keeper.run(reminders, stopping.clone())));
         }
-        if let Some(reload) = self.reload {
+        if let Some((reload, hangup)) = self.reload {
             let routing = self.routing.clone();
-            let reloading =
-                reload_on_hangup(reload, routing, self.metrics.clone(), stopping.clone());
+            let reloading = reload_on_hangup(
+                reload,
+                hangup,
+                routing,
+                self.metrics.clone(),
+                stopping.clone(),
+            );
             background.push(tokio::spawn(reloading));
         }
         if let Some(fetcher) = self.fetcher {
@@ -426,7 +446,9 @@ impl Application {
         }
         if let Some((reconciler, sweeps)) = self.reconciler {
             background.push(tokio::spawn(reconciler.run(stopping.clone())));
-            background.push(tokio::spawn(sweep_on_usr1(sweeps, stopping.clone())));
+            if let Some(usr1) = self.usr1 {
+                background.push(tokio::spawn(sweep_on_usr1(usr1, sweeps, stopping.clone())));
+            }
         }
         if let Some(check) = self.topic_check {
             background.push(tokio::spawn(check.run(stopping.clone())));
@@ -479,21 +501,17 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
 
-    /// Serves until SIGTERM or SIGINT.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(shutdown_signal()).await
-    }
+/// A handler for `kind`, or none and an error logged saying what goes without it.
+fn installed(kind: SignalKind, name: &str, without: &str) -> Option<Signal> {
+    signal(kind)
+        .inspect_err(|e| tracing::error!(error = %e, "cannot install a {name} handler: {without}"))
+        .ok()
 }
 
 /// SIGUSR1 asks for a reconciliation sweep.
-async fn sweep_on_usr1(sweeps: SweepRequests, mut shutdown: Shutdown) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return tracing::error!(
-            "cannot install a SIGUSR1 handler: sweeps run on their schedule only"
-        );
-    };
+async fn sweep_on_usr1(mut usr1: Signal, sweeps: SweepRequests, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = usr1.recv() => {
@@ -507,15 +525,11 @@ async fn sweep_on_usr1(sweeps: SweepRequests, mut shutdown: Shutdown) {
 
 async fn reload_on_hangup(
     reload: Reload,
+    mut hangup: Signal,
     routing: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
     mut shutdown: Shutdown,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install a SIGHUP handler: reloading is off");
-        return;
-    };
     loop {
         tokio::select! {
             _ = hangup.recv() => {}
@@ -628,13 +642,26 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment this is installed: install it before the bridge says
+/// it is listening, so that a stop sent right then drains instead of ending the process.
+pub struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Completes on the first of them.
+    pub async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

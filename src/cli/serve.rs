@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{CommandError, serve_runtime};
-use crate::app::Application;
+use crate::app::{Application, StopSignals};
 use crate::config::{Settings, SettingsArgs};
 use crate::routing::{RoutingTable, Topic};
 use crate::telemetry;
@@ -45,6 +45,12 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
         }
         Ok(routing)
     }));
+    // Before "listening": from then on a stop drains.
+    let stop = StopSignals::install().map_err(|e| {
+        CommandError::Start(format!(
+            "cannot install the SIGTERM and SIGINT handlers: {e}"
+        ))
+    })?;
     tracing::info!(
         port = app.port(),
         admin_port = app.admin_port(),
@@ -61,7 +67,10 @@ async fn run(settings: Settings, args: SettingsArgs) -> Result<(), CommandError>
         super::tail::record_embedded_broker(&spool_dir, app.bootstrap_servers());
     }
     let embedded = app.is_embedded();
-    let stopped = app.run_until_stopped().await.map_err(CommandError::Serve);
+    let stopped = app
+        .run_until(stop.received())
+        .await
+        .map_err(CommandError::Serve);
     if embedded {
         super::tail::forget_embedded_broker(&spool_dir);
     }

@@ -186,6 +186,45 @@ async fn worker_threads_sizes_the_runtime_and_one_worker_delivers_everything_und
     sigterm_under_load_delivers_everything(one, &kafka.bootstrap).await;
 }
 
+/// A supervisor may act on the "listening" line at once: a stop or a reload sent right then is
+/// caught (a stop drains and exits zero, a reload reloads), never the default action that ends the
+/// process. Several starts, since a handler installed late loses only a narrow race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_sent_the_moment_it_is_listening_is_handled() {
+    use rustix::process::Signal;
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |name: String| {
+        Serve::new(dir.path().join(name))
+            .brokers(&kafka.bootstrap)
+            .args(&["--allow-unverified-webhooks"])
+    };
+    for round in 0..5 {
+        let mut stopped = serve(format!("term-{round}"))
+            .signal_at_listening(Signal::TERM)
+            .start()
+            .await;
+        let status = stopped.wait_exit(Duration::from_secs(20)).await;
+        assert!(status.success(), "round {round}: exit status {status:?}");
+        let logs = stopped.all_logs().await;
+        assert!(
+            logs.iter().any(|l| l.contains("SIGTERM received")),
+            "round {round}: {logs:#?}"
+        );
+
+        let mut reloaded = serve(format!("hup-{round}"))
+            .signal_at_listening(Signal::HUP)
+            .start()
+            .await;
+        reloaded
+            .wait_for_log("routing reloaded", Duration::from_secs(10))
+            .await;
+        reloaded.signal("TERM");
+        let status = reloaded.wait_exit(Duration::from_secs(20)).await;
+        assert!(status.success(), "round {round}: exit status {status:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_valid_routing_and_keeps_the_old_one_on_an_invalid_one() {
     let kafka = MockKafka::start();

@@ -20,6 +20,13 @@ impl Serve {
         self
     }
 
+    /// Sends `signal` the moment the bridge writes its "listening" line, without the delay of
+    /// polling for it: what a supervisor that acts on that line does.
+    pub fn signal_at_listening(mut self, signal: rustix::process::Signal) -> Serve {
+        self.at_listening = Some(signal);
+        self
+    }
+
     /// Starts the binary with this descriptor limit, soft and hard.
     pub fn descriptor_limit(mut self, limit: u64) -> Serve {
         self.nofile = Some(limit);

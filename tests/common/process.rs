@@ -36,6 +36,8 @@ pub struct Serve {
     pub(super) env: Vec<(String, String)>,
     /// A descriptor limit (soft and hard) set before the binary starts.
     pub(super) nofile: Option<u64>,
+    /// A signal sent the moment the "listening" line is read, from the thread reading it.
+    pub(super) at_listening: Option<rustix::process::Signal>,
 }
 
 impl Serve {
@@ -57,6 +59,7 @@ impl Serve {
             args,
             env: Vec::new(),
             nofile: None,
+            at_listening: None,
         }
     }
 
@@ -93,12 +96,19 @@ impl Serve {
             .expect("the bridge binary starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, lines) = mpsc::unbounded_channel();
+        let (pid, mut at_listening) = (rustix::process::Pid::from_child(&child), self.at_listening);
         // Drained all along, so that the bridge never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
+                if line.contains("\"listening\"")
+                    && let Some(signal) = at_listening.take()
+                {
+                    rustix::process::kill_process(pid, signal)
+                        .expect("the bridge can be signalled");
+                }
                 if std::env::var_os("TEST_LOG").is_some() {
                     eprintln!("bridge: {line}");
                 }
