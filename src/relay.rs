@@ -170,6 +170,15 @@ fn stop(outcome: Outcome, succeeded: &mut bool) -> Option<Stop> {
     }
 }
 
+/// `outcome`, or [`Outcome::Partly`] in its place if the round before it was not released whole
+/// (its entries are published again).
+fn worse(earlier_released: bool, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Whole if !earlier_released => Outcome::Partly,
+        outcome => outcome,
+    }
+}
+
 /// Shutdown's deadline, for a round waiting on Kafka.
 struct Cut {
     shutdown: Shutdown,
@@ -259,6 +268,62 @@ struct InFlight<'w> {
     first_accepted_at_ms: Option<u64>,
     /// Taken from a large backlog: the next round is published behind it.
     backlog: bool,
+    /// The release of the round before it, sent to the spool's writer: its commit runs while this
+    /// round is enqueued, and what it came to is learnt when this round is finished.
+    earlier: Option<Acknowledged>,
+}
+
+/// A round whose acknowledgements are all in, its release sent to the spool's writer.
+struct Acknowledged {
+    last: u64,
+    /// Every entry of the round is to be released.
+    whole: bool,
+    failed: bool,
+    fatal: bool,
+    cut: bool,
+    unreadable: bool,
+    /// The commit of its release, when there was anything to release.
+    release: Option<Commit>,
+}
+
+/// A release's commit, asked of the spool's writer.
+type Commit = Pin<Box<dyn Future<Output = Result<(), SpoolError>> + Send>>;
+
+impl Acknowledged {
+    /// Comes to [`Outcome::Whole`] unless the commit of its release fails.
+    fn whole_if_released(&self) -> bool {
+        self.whole && !(self.failed || self.cut || self.unreadable)
+    }
+
+    /// What the round came to, once its release is committed; `next` moves past it if it was
+    /// released whole.
+    async fn outcome(self, next: &mut Option<u64>) -> Outcome {
+        if self.unreadable {
+            *next = None;
+            return Outcome::Unreadable;
+        }
+        // Not released means published again later: a duplicate, never a loss.
+        let released = match self.release {
+            None => true,
+            Some(release) => release
+                .await
+                .inspect_err(|e| tracing::error!(error = %e, "cannot release published entries"))
+                .is_ok(),
+        };
+        *next = (self.whole && released).then_some(self.last + 1);
+        if self.cut {
+            tracing::warn!(
+                "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
+            );
+            Outcome::Cut
+        } else if self.failed {
+            Outcome::Failed { fatal: self.fatal }
+        } else if self.whole && released {
+            Outcome::Whole
+        } else {
+            Outcome::Partly
+        }
+    }
 }
 
 enum Progress<'w> {
@@ -468,63 +533,81 @@ impl<P: Producer> Worker<P> {
             last,
             first_accepted_at_ms,
             backlog,
+            earlier: None,
         }
     }
 
     /// Sees `round` through and releases what it published; `next` moves past it if it was
     /// released whole. If it was not, the round `behind` it is seen through too, and the next
-    /// round starts again from the oldest entry; otherwise `behind` is returned, still in flight.
+    /// round starts again from the oldest entry; otherwise `behind` is returned, still in flight,
+    /// and the commit of `round`'s release runs while the round after `behind` is enqueued.
     async fn complete<'w>(
         &'w self,
         round: InFlight<'w>,
         behind: Option<InFlight<'w>>,
         next: &mut Option<u64>,
     ) -> (Outcome, Option<InFlight<'w>>) {
-        let outcome = self.finish(round, next).await;
-        if matches!(outcome, Outcome::Whole) {
-            if let Some(behind) = &behind {
-                self.spool.observe_oldest(behind.first_accepted_at_ms);
-            }
-            return (outcome, behind);
+        let Some(mut behind) = behind else {
+            return (self.finish(round, next).await, None);
+        };
+        let (earlier_released, acknowledged) = self.acknowledge(round, next).await;
+        if earlier_released && acknowledged.whole_if_released() {
+            self.spool.observe_oldest(behind.first_accepted_at_ms);
+            behind.earlier = Some(acknowledged);
+            return (Outcome::Whole, Some(behind));
         }
-        if let Some(behind) = behind {
-            self.finish(behind, next).await;
-            *next = None;
-        }
+        let outcome = worse(earlier_released, acknowledged.outcome(next).await);
+        self.finish(behind, next).await;
+        *next = None;
         (outcome, None)
     }
 
     async fn finish(&self, round: InFlight<'_>, next: &mut Option<u64>) -> Outcome {
+        let (earlier_released, acknowledged) = self.acknowledge(round, next).await;
+        let outcome = worse(earlier_released, acknowledged.outcome(next).await);
+        if !earlier_released {
+            *next = None;
+        }
+        outcome
+    }
+
+    /// Awaits Kafka's outcomes for `round` and sends its release to the spool's writer, without
+    /// waiting for the commit. First learns whether the release of the round before it, if any,
+    /// was committed whole.
+    async fn acknowledge(
+        &self,
+        round: InFlight<'_>,
+        next: &mut Option<u64>,
+    ) -> (bool, Acknowledged) {
         let InFlight {
             progress,
             entries,
             last,
+            earlier,
             ..
         } = round;
+        let earlier_released = match earlier {
+            Some(earlier) => matches!(earlier.outcome(next).await, Outcome::Whole),
+            None => true,
+        };
         let round = match progress {
             Progress::Running(round) => round.await,
             Progress::Done(round) => round,
         };
-        if round.unreadable {
-            *next = None;
-            return Outcome::Unreadable;
-        }
-        let (failed, fatal, cut) = (round.retriable_failure, round.fatal, round.cut);
         let whole = round.released.len() == entries;
-        let released = self.release(round).await;
-        *next = (whole && released).then_some(last + 1);
-        if cut {
-            tracing::warn!(
-                "shutdown deadline reached while Kafka had not acknowledged everything; the rest stays in the spool"
-            );
-            Outcome::Cut
-        } else if failed {
-            Outcome::Failed { fatal }
-        } else if whole && released {
-            Outcome::Whole
-        } else {
-            Outcome::Partly
-        }
+        let nothing = round.released.is_empty() && round.dead.is_empty();
+        let release = (!(round.unreadable || nothing))
+            .then(|| Box::pin(self.spool.release(round.released, round.dead)) as Commit);
+        let acknowledged = Acknowledged {
+            last,
+            whole,
+            failed: round.retriable_failure,
+            fatal: round.fatal,
+            cut: round.cut,
+            unreadable: round.unreadable,
+            release,
+        };
+        (earlier_released, acknowledged)
     }
 
     /// Starts reading the oldest entries from sequence number `from` on (0: the oldest of all).
@@ -575,21 +658,6 @@ impl<P: Producer> Worker<P> {
                 self.publisher = Publisher::new(producer, self.metrics.clone());
             }
             Err(e) => tracing::error!(error = %e, "cannot build a new Kafka producer"),
-        }
-    }
-
-    /// Releases what the round published (or dead-lettered); whether that was committed. Not
-    /// released means published again later: a duplicate, never a loss.
-    async fn release(&self, round: Round) -> bool {
-        if round.released.is_empty() && round.dead.is_empty() {
-            return true;
-        }
-        match self.spool.release(round.released, round.dead).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot release published entries");
-                false
-            }
         }
     }
 
@@ -984,10 +1052,20 @@ mod tests {
         plans: Vec<RoutePlan>,
         script: impl Fn(&OutboundMessage, usize, usize) -> Answer + Send + Sync + 'static,
     ) -> Bench {
+        bench_with(plans, script, |_| {}).await
+    }
+
+    /// [`bench`], with `prepare` applied to the spool before the relay starts.
+    async fn bench_with(
+        plans: Vec<RoutePlan>,
+        script: impl Fn(&OutboundMessage, usize, usize) -> Answer + Send + Sync + 'static,
+        prepare: impl FnOnce(&Spool),
+    ) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
         let spool = open(dir.path(), &metrics);
         accept_in_order(&spool, plans).await;
+        prepare(&spool);
         let (log, builds, script): (Log, Arc<AtomicUsize>, Arc<Script>) =
             (Log::default(), Arc::default(), Arc::new(script));
         let source: ProducerSource<Double> = {
@@ -1142,6 +1220,25 @@ mod tests {
             acknowledged, others,
             "every other entry once, in acceptance order"
         );
+    }
+
+    #[tokio::test]
+    async fn a_release_failing_while_the_next_rounds_are_published_is_published_again() {
+        // A backlog of three full rounds: the first round's release is committed while the second
+        // is in flight and the third is enqueued, and that commit fails, as on a full disk. Its
+        // entries stay in the spool and are published again (duplicates, never a loss), and
+        // nothing is left behind.
+        let keys: Vec<String> = (0..3 * ROUND_ENTRIES).map(|n| format!("k{n:05}")).collect();
+        let plans = keys.iter().map(|key| plan(key, &["t1"])).collect();
+        let mut bench =
+            bench_with(plans, |_, _, _| Answer::Ack, |spool| spool.fail_releases(1)).await;
+        bench.drain().await;
+        let sent: Vec<String> = bench.log.sent().into_iter().map(|(_, m)| m.key).collect();
+        for (n, key) in keys.iter().enumerate() {
+            let times = sent.iter().filter(|k| *k == key).count();
+            let expected = if n < ROUND_ENTRIES { 2 } else { 1 };
+            assert_eq!(times, expected, "{key} sent {times} times");
+        }
     }
 
     #[tokio::test]

@@ -239,6 +239,9 @@ struct Shared {
     /// Committed entries on their way to the relay, and the sequence number of the next one.
     handoff: Mutex<handoff::HandOff>,
     metrics: Metrics,
+    /// Releases whose commit fails on purpose, for the relay's tests.
+    #[cfg(test)]
+    failing_releases: AtomicU64,
 }
 
 /// How a spool is sized, for `serve` and the `spool` commands alike.
@@ -354,6 +357,8 @@ impl Spool {
             appended: Notify::new(),
             handoff: Mutex::new(handoff::HandOff::new(end)),
             metrics,
+            #[cfg(test)]
+            failing_releases: AtomicU64::new(0),
         });
         shared.publish_gauges();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -430,9 +435,14 @@ impl Spool {
     }
 
     /// Removes entries whose messages Kafka acknowledged (or that were dead-lettered), and keeps
-    /// `dead` letters, in one durable commit.
-    pub async fn release(&self, seqs: Vec<u64>, dead: Vec<DeadLetter>) -> Result<(), SpoolError> {
-        self.commit_release(seqs, dead, Vec::new()).await
+    /// `dead` letters, in one durable commit. The writer has it from the call on: the returned
+    /// future only waits for the commit, so the caller may go on meanwhile.
+    pub fn release(
+        &self,
+        seqs: Vec<u64>,
+        dead: Vec<DeadLetter>,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send + use<> {
+        self.commit_release(seqs, dead, Vec::new())
     }
 
     /// Removes dead letters (by the ids of [`Spool::dead_letters_from`]) that reached Kafka after all.
@@ -440,23 +450,31 @@ impl Spool {
         self.commit_release(Vec::new(), Vec::new(), ids).await
     }
 
-    async fn commit_release(
+    fn commit_release(
         &self,
         seqs: Vec<u64>,
         dead: Vec<DeadLetter>,
         forget: Vec<u64>,
-    ) -> Result<(), SpoolError> {
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send + use<> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Release(Release {
+        let sent = self.send(Command::Release(Release {
             seqs,
             dead,
             forget,
             reply,
-        }))
-        .map_err(|_| SpoolError::Storage("spool is closed".into()))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(SpoolError::Storage("spool writer stopped".into())))
+        }));
+        async move {
+            sent.map_err(|_| SpoolError::Storage("spool is closed".into()))?;
+            answer
+                .await
+                .unwrap_or_else(|_| Err(SpoolError::Storage("spool writer stopped".into())))
+        }
+    }
+
+    /// The next `n` commits that release entries fail, as a full disk would make them.
+    #[cfg(test)]
+    pub(crate) fn fail_releases(&self, n: u64) {
+        self.shared.failing_releases.store(n, Ordering::SeqCst);
     }
 
     /// Completes when something was appended since the last call.

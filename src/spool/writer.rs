@@ -272,6 +272,15 @@ impl Shared {
                 over = over.saturating_sub(1);
             }
         }
+        #[cfg(test)]
+        if !releases.is_empty()
+            && self
+                .failing_releases
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(SpoolError::Storage("failed on purpose".into()));
+        }
         txn.commit().map_err(storage)?;
         Ok(delta)
     }
