@@ -3,13 +3,14 @@
 //!
 //! It works in rounds: take the oldest entries, enqueue all their messages (the idempotent producer
 //! keeps each partition in order), await every acknowledgement, release the entries that are done.
-//! A large backlog's rounds overlap by one: once such a round is enqueued, the next is enqueued
-//! behind it while Kafka answers the first, so the producer is not idle between rounds; the two
-//! count as one larger round for order and release. An entry with a retriable failure stays, and
-//! the rounds start again from the oldest entry, so order per extension holds and delivery is
-//! at-least-once. A message Kafka rejects for good goes to the dead-letter topic, or to the spool's
-//! dead-letter area if that fails too, so it never blocks the rest. A producer in a fatal state (for
-//! instance after the broker lost its producer ids) is replaced by a new one.
+//! When the relay is behind (a round is full), rounds overlap by one: once a full round is
+//! enqueued, the next is enqueued behind it while Kafka answers the first, so the producer is not
+//! idle between rounds; the two count as one larger round for order and release. An entry with a
+//! retriable failure stays, and the rounds start again from the oldest entry, so order per
+//! extension holds and delivery is at-least-once. A message Kafka rejects for good goes to the
+//! dead-letter topic, or to the spool's dead-letter area if that fails too, so it never blocks the
+//! rest. A producer in a fatal state (for instance after the broker lost its producer ids) is
+//! replaced by a new one.
 //!
 //! The entries it takes come from the spool writer's hand-off, in memory, once it has caught up; it
 //! reads the database at start-up, after a round that did not release everything it took, and when
@@ -17,10 +18,9 @@
 //! reads each in place (`spool::record`): a message's fields are borrowed from the record, so a
 //! backlog costs its stored size in memory, not a `String` per header.
 //!
-//! It shares the server's worker threads. A round it keeps up with yields between messages, so the
-//! webhook's answers do not wait for the whole round. A backlog's round runs through and holds the
-//! answers back until the relay has caught up: accepting faster than Kafka takes would only grow
-//! the backlog the hand-off and the rounds hold in memory.
+//! It shares the server's worker threads. A small round yields between messages, so the webhook's
+//! answers do not wait for the whole round. A large one runs through and holds the answers back
+//! until the relay has caught up: accepting faster than Kafka takes would only grow the backlog.
 //!
 //! On shutdown the relay publishes until the grace deadline; a round still waiting on Kafka then is
 //! cut: entries Kafka acknowledged whole are released, the rest stay in the spool for the next start.
@@ -43,19 +43,16 @@ use crate::spool::{DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, S
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
-/// And at most this many bytes of messages per round, so a backlog of large notifications does not
-/// hold hundreds of megabytes in memory at once.
-const ROUND_BYTES: usize = 2 << 20;
+/// And at most this many bytes of records per round. What the relay holds is up to two rounds in
+/// flight, each also copied into the producer until acknowledged, and the round read ahead: at
+/// max load, rounds of 2 MiB one at a time held a tenth more memory than rounds of 1 MiB two at a
+/// time, and published less (a round's latency is mostly Kafka's, whatever its size).
+const ROUND_BYTES: usize = 1 << 20;
 /// A round of at most this many messages yields to the rest of the server between messages: the
 /// relay is keeping up, and the webhook's answers need not wait for the whole round. A larger one
 /// means a backlog: it runs through, which holds the server back until the relay has caught up, so
 /// the backlog does not build up in memory.
 const YIELDING_ROUND_MESSAGES: usize = 512;
-/// A full round is taken from a backlog, and the next published behind it while Kafka answers,
-/// when the spool holds at least this many entries: what a long outage leaves, not the few seconds'
-/// worth a broker's hiccup does at max load (recovering from those with rounds in flight two at a
-/// time cost a fifth more CPU and tripled the p99 of the answers meanwhile).
-const BACKLOG_ENTRIES: u64 = 16 * ROUND_ENTRIES as u64;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Consecutive failed rounds after which the producer is replaced even without a fatal error:
@@ -88,16 +85,6 @@ impl Relay {
         dead_letter_topic: Topic,
         metrics: Metrics,
     ) -> Result<Relay, KafkaError> {
-        Relay::start_worker(spool, source, dead_letter_topic, metrics, BACKLOG_ENTRIES)
-    }
-
-    fn start_worker<P: Producer>(
-        spool: Arc<Spool>,
-        source: ProducerSource<P>,
-        dead_letter_topic: Topic,
-        metrics: Metrics,
-        backlog_entries: u64,
-    ) -> Result<Relay, KafkaError> {
         let publisher = Publisher::new(source()?, metrics.clone());
         let (stop, shutdown) = shutdown::channel();
         let worker = Worker {
@@ -107,7 +94,6 @@ impl Relay {
             dead_letter_topic,
             metrics,
             shutdown,
-            backlog_entries,
         };
         Ok(Relay {
             stop,
@@ -129,8 +115,6 @@ struct Worker<P: Producer> {
     dead_letter_topic: Topic,
     metrics: Metrics,
     shutdown: Shutdown,
-    /// [`BACKLOG_ENTRIES`], lower in tests.
-    backlog_entries: u64,
 }
 
 /// The outcome of one round.
@@ -257,8 +241,8 @@ enum Stop {
     Unreadable,
 }
 
-/// A round being published. Once a large backlog's round is enqueued, the next round is enqueued
-/// behind it while Kafka answers (pipelining), so that the producer's batches keep flowing.
+/// A round being published. Once a full round is enqueued, the next round is enqueued behind it
+/// while Kafka answers (pipelining), so that the producer's batches keep flowing.
 struct InFlight<'w> {
     progress: Progress<'w>,
     entries: usize,
@@ -266,8 +250,8 @@ struct InFlight<'w> {
     /// When its first entry was accepted: the oldest in the spool once the rounds before it are
     /// released.
     first_accepted_at_ms: Option<u64>,
-    /// Taken from a large backlog: the next round is published behind it.
-    backlog: bool,
+    /// It reached its cap: more entries wait, and the next round is published behind it.
+    full: bool,
     /// The release of the round before it, sent to the spool's writer: its commit runs while this
     /// round is enqueued, and what it came to is learnt when this round is finished.
     earlier: Option<Acknowledged>,
@@ -395,9 +379,9 @@ impl<P: Producer> Worker<P> {
         tracing::info!(left_in_spool = self.spool.entries(), "relay stopped");
     }
 
-    /// Publishes round after round until shutdown or a round that failed; a large backlog's each
-    /// enqueued while the one before it awaits Kafka. Two rounds in flight are one larger round as
-    /// far as order goes: the idempotent producer keeps each partition in order across both, and
+    /// Publishes round after round until shutdown or a round that failed; the round after a full
+    /// one is enqueued while the full one awaits Kafka. Two rounds in flight are one larger round
+    /// as far as order goes: the idempotent producer keeps each partition in order across both, and
     /// entries not released are published again from the oldest.
     async fn publish_rounds(&self, next: &mut Option<u64>, ahead: &mut Option<ReadAhead>) -> Stop {
         let mut in_flight: Option<InFlight<'_>> = None;
@@ -410,10 +394,10 @@ impl<P: Producer> Worker<P> {
                 }
                 return Stop::Shutdown;
             }
-            // Only a backlog is published behind a round in flight. Otherwise the relay keeps up,
-            // and awaiting the round first lets the next gather what arrives meanwhile (fewer,
-            // fuller rounds, fewer releases).
-            if let Some(round) = in_flight.take_if(|f| !f.backlog) {
+            // Only a full round has the next published behind it. Otherwise the relay keeps up, and
+            // awaiting the round first lets the next gather what arrives meanwhile (fewer, fuller
+            // rounds, fewer releases).
+            if let Some(round) = in_flight.take_if(|f| !f.full) {
                 let (outcome, _) = self.complete(round, None, next).await;
                 if let Some(stop) = stop(outcome, &mut succeeded) {
                     return stop;
@@ -494,13 +478,14 @@ impl<P: Producer> Worker<P> {
     /// over). `oldest`: the batch starts at the spool's oldest entry, for the age gauge.
     async fn start_round<'w>(&'w self, batch: Vec<StoredEntry>, oldest: bool) -> InFlight<'w> {
         let (entries, last) = (batch.len(), batch.last().map_or(0, |e| e.seq));
-        // A backlog: a full round (its cap on entries reached, or more than half its cap on
-        // bytes) of a large spool. At max load the relay keeps up with rounds of about the
-        // spool's backlog, often full ones with many hints per notification: publishing those
-        // behind one another cost up to a tenth more CPU.
-        let full = entries >= ROUND_ENTRIES
-            || batch.iter().map(StoredEntry::record_bytes).sum::<usize>() > ROUND_BYTES / 2;
-        let backlog = full && self.spool.entries() >= self.backlog_entries;
+        // Full: its cap on entries reached, or no room left for another entry as large as its
+        // largest (the taking stops before an entry that would pass the cap on bytes). A round
+        // short of its cap took all there was: the relay keeps up.
+        let (bytes, largest) = batch
+            .iter()
+            .map(StoredEntry::record_bytes)
+            .fold((0, 0), |(sum, max), b| (sum + b, max.max(b)));
+        let full = entries >= ROUND_ENTRIES || bytes + largest > ROUND_BYTES;
         let first_accepted_at_ms = batch
             .first()
             .and_then(|e| e.read().ok())
@@ -532,7 +517,7 @@ impl<P: Producer> Worker<P> {
             entries,
             last,
             first_accepted_at_ms,
-            backlog,
+            full,
             earlier: None,
         }
     }
@@ -1079,10 +1064,8 @@ mod tests {
             })
         };
         let dead_letters = Topic::parse("dlq").unwrap();
-        // A backlog from two entries on: the tests' backlogs of a few rounds are published two
-        // rounds at a time.
         let relay =
-            Relay::start_worker(spool.clone(), source, dead_letters, metrics.clone(), 2).unwrap();
+            Relay::start_with(spool.clone(), source, dead_letters, metrics.clone()).unwrap();
         Bench {
             spool,
             relay: Some(relay),
