@@ -48,6 +48,12 @@ const ROUND_ENTRIES: usize = 2048;
 /// two at a time kept up with the webhook, where rounds of 2 MiB one at a time fell behind until
 /// the spool held 32k entries, and peaked 5 to 10 MiB lower; rounds of 512 KiB fell behind.
 const ROUND_BYTES: usize = 1 << 20;
+/// A large backlog's rounds take twice as much: what two rounds in flight carry per round trip to
+/// Kafka, when Kafka is slow to answer. With 1 MiB rounds throughout, a broker whose answers slowed
+/// as it grew (Tansu holding 10 GB) fell ever further behind over a 10-minute soak at max load; a
+/// spool of this many entries is a backlog of seconds, which a broker's hiccup does not leave.
+const BACKLOG_ROUND_BYTES: usize = 2 * ROUND_BYTES;
+const BACKLOG_ENTRIES: u64 = 16 * ROUND_ENTRIES as u64;
 /// A round of at most this many messages yields to the rest of the server between messages: the
 /// relay is keeping up, and the webhook's answers need not wait for the whole round. A larger one
 /// means a backlog: it runs through, which holds the server back until the relay has caught up, so
@@ -406,7 +412,7 @@ impl<P: Producer> Worker<P> {
             }
             // Behind a round in flight: the entries after it, which it is expected to release.
             let from = in_flight.as_ref().map_or(*next, |f| Some(f.last + 1));
-            let handed = from.map(|n| self.spool.handed_off(n, ROUND_ENTRIES, ROUND_BYTES));
+            let handed = from.map(|n| self.spool.handed_off(n, ROUND_ENTRIES, self.round_bytes()));
             let from_database = !matches!(handed, Some(Handed::Entries(_)));
             let batch = match handed {
                 Some(Handed::Entries(batch)) => batch,
@@ -479,8 +485,9 @@ impl<P: Producer> Worker<P> {
     async fn start_round<'w>(&'w self, batch: Vec<StoredEntry>, oldest: bool) -> InFlight<'w> {
         let (entries, last) = (batch.len(), batch.last().map_or(0, |e| e.seq));
         // Full: its cap on entries reached, or no room left for another entry as large as its
-        // largest (the taking stops before an entry that would pass the cap on bytes). A round
-        // short of its cap took all there was: the relay keeps up.
+        // largest (the taking stops before an entry that would pass the cap on bytes; a backlog's
+        // larger rounds are full too). A round short of its cap took all there was: the relay
+        // keeps up.
         let (bytes, largest) = batch
             .iter()
             .map(StoredEntry::record_bytes)
@@ -595,10 +602,20 @@ impl<P: Producer> Worker<P> {
         (earlier_released, acknowledged)
     }
 
+    /// The cap on a round's bytes: [`BACKLOG_ROUND_BYTES`] while the spool holds a large backlog.
+    fn round_bytes(&self) -> usize {
+        if self.spool.entries() >= BACKLOG_ENTRIES {
+            BACKLOG_ROUND_BYTES
+        } else {
+            ROUND_BYTES
+        }
+    }
+
     /// Starts reading the oldest entries from sequence number `from` on (0: the oldest of all).
     fn start_read(&self, from: u64) -> Read {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.stored_from(from, ROUND_ENTRIES, ROUND_BYTES))
+        let max_bytes = self.round_bytes();
+        tokio::task::spawn_blocking(move || spool.stored_from(from, ROUND_ENTRIES, max_bytes))
     }
 
     /// Starts reading the entries from `from` on, while the round before them is published.
