@@ -45,8 +45,8 @@ use crate::spool::{DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, S
 const ROUND_ENTRIES: usize = 2048;
 /// And at most this many bytes of records per round. The relay holds up to two rounds in flight,
 /// librdkafka's copies of their messages and the round read ahead. At max load, rounds of 1 MiB
-/// two at a time kept up with the webhook, where rounds of 2 MiB one at a time fell behind until
-/// the spool held 32k entries, and peaked 5 to 10 MiB lower; rounds of 512 KiB fell behind.
+/// two at a time published more than rounds of 2 MiB one at a time and peaked 5 to 10 MiB lower;
+/// rounds of 512 KiB two at a time fell behind.
 const ROUND_BYTES: usize = 1 << 20;
 /// A large backlog's rounds take twice as much: what two rounds in flight carry per round trip to
 /// Kafka, when Kafka is slow to answer. With 1 MiB rounds throughout, a broker whose answers slowed
@@ -256,8 +256,9 @@ struct InFlight<'w> {
     /// When its first entry was accepted: the oldest in the spool once the rounds before it are
     /// released.
     first_accepted_at_ms: Option<u64>,
-    /// It reached its cap: more entries wait, and the next round is published behind it.
-    full: bool,
+    /// The relay is behind: the round reached its cap and as much again waits after it, so the
+    /// next round is published behind it.
+    behind: bool,
     /// The release of the round before it, sent to the spool's writer: its commit runs while this
     /// round is enqueued, and what it came to is learnt when this round is finished.
     earlier: Option<Acknowledged>,
@@ -400,10 +401,10 @@ impl<P: Producer> Worker<P> {
                 }
                 return Stop::Shutdown;
             }
-            // Only a full round has the next published behind it. Otherwise the relay keeps up, and
-            // awaiting the round first lets the next gather what arrives meanwhile (fewer, fuller
-            // rounds, fewer releases).
-            if let Some(round) = in_flight.take_if(|f| !f.full) {
+            // Only a round the relay is behind with has the next published behind it. Otherwise
+            // the relay keeps up, and awaiting the round first lets the next gather what arrives
+            // meanwhile (fewer, fuller rounds, fewer releases).
+            if let Some(round) = in_flight.take_if(|f| !f.behind) {
                 let (outcome, _) = self.complete(round, None, next).await;
                 if let Some(stop) = stop(outcome, &mut succeeded) {
                     return stop;
@@ -493,6 +494,10 @@ impl<P: Producer> Worker<P> {
             .map(StoredEntry::record_bytes)
             .fold((0, 0), |(sum, max), b| (sum + b, max.max(b)));
         let full = entries >= ROUND_ENTRIES || bytes + largest > ROUND_BYTES;
+        // Full, and at least as much again waits after it. Below max load a round often fills up
+        // with what arrived while the one before it awaited Kafka: publishing the next straight
+        // behind it, with little in it, raised the p99 of the answers at half load.
+        let behind = full && self.spool.entries() >= 2 * entries as u64;
         let first_accepted_at_ms = batch
             .first()
             .and_then(|e| e.read().ok())
@@ -524,7 +529,7 @@ impl<P: Producer> Worker<P> {
             entries,
             last,
             first_accepted_at_ms,
-            full,
+            behind,
             earlier: None,
         }
     }
