@@ -3,11 +3,11 @@
 //!
 //! It works in rounds: take the oldest entries, enqueue all their messages (the idempotent producer
 //! keeps each partition in order), await every acknowledgement, release the entries that are done.
-//! When the relay is behind (a round is full), rounds overlap by one: once a full round is
-//! enqueued, the next is enqueued behind it while Kafka answers the first, so the producer is not
-//! idle between rounds; the two count as one larger round for order and release. An entry with a
-//! retriable failure stays, and the rounds start again from the oldest entry, so order per
-//! extension holds and delivery is at-least-once. A message Kafka rejects for good goes to the
+//! When the relay is behind (a round is full and as much again waits), rounds overlap by one: once
+//! such a round is enqueued, the next is enqueued behind it while Kafka answers the first, so the
+//! producer is not idle between rounds; the two count as one larger round for order and release. An
+//! entry with a retriable failure stays, and the rounds start again from the oldest entry, so order
+//! per extension holds and delivery is at-least-once. A message Kafka rejects for good goes to the
 //! dead-letter topic, or to the spool's dead-letter area if that fails too, so it never blocks the
 //! rest. A producer in a fatal state (for instance after the broker lost its producer ids) is
 //! replaced by a new one.
@@ -53,6 +53,7 @@ const ROUND_BYTES: usize = 1 << 20;
 /// as it grew (Tansu holding 10 GB) fell ever further behind over a 10-minute soak at max load; a
 /// spool of this many entries is a backlog of seconds, which a broker's hiccup does not leave.
 const BACKLOG_ROUND_BYTES: usize = 2 * ROUND_BYTES;
+/// Entries in the spool from which its rounds take [`BACKLOG_ROUND_BYTES`].
 const BACKLOG_ENTRIES: u64 = 16 * ROUND_ENTRIES as u64;
 /// A round of at most this many messages yields to the rest of the server between messages: the
 /// relay is keeping up, and the webhook's answers need not wait for the whole round. A larger one
@@ -247,8 +248,8 @@ enum Stop {
     Unreadable,
 }
 
-/// A round being published. Once a full round is enqueued, the next round is enqueued behind it
-/// while Kafka answers (pipelining), so that the producer's batches keep flowing.
+/// A round being published. Once a round the relay is behind with is enqueued, the next round is
+/// enqueued behind it while Kafka answers (pipelining), so the producer's batches keep flowing.
 struct InFlight<'w> {
     progress: Progress<'w>,
     entries: usize,
