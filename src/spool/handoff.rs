@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use super::StoredEntry;
 
 /// The most bytes of records (uncompressed, as the relay reads them) the hand-off holds: two relay
-/// rounds' worth, many times what accumulates while a round awaits Kafka below max load. (At max
-/// load on two cores the relay stays further behind than that and reads its rounds from the
-/// database.)
+/// rounds' worth (one of a large backlog's), many times what accumulates while a round awaits Kafka
+/// below max load. (At max load on two cores the relay stays further behind than that and reads
+/// its rounds from the database.)
 #[cfg(not(test))]
 pub(super) const MAX_BYTES: usize = 2 << 20;
 /// Small in the unit tests, so that the relay's overflow path runs in them.
