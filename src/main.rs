@@ -12,7 +12,7 @@ use rc_kafka_bridge::cli::{self, Cli};
 // version 3 librdkafka's share of the heap put the peak at full load over 64 MiB. Built without
 // transparent huge pages (`no_thp`: the process opts out of them): with them, its arenas grew in
 // 2 MiB pages that stayed resident, 10 to 20 MiB more at peak and in steps over hours. They saved a
-// few percent of CPU at the larger loads; a memory limit is the harder bound (BENCHMARKS.md).
+// few percent of CPU at the larger loads; a memory limit is the harder bound (bench/HISTORY.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -553,7 +553,7 @@ impl Settings {
     /// The runtime's worker threads: as set, or one fewer than the CPUs available (at least one).
     /// On two cores, with several hints per notification, one worker instead of two cut the peak
     /// memory at max load by 20-40% and the CPU per notification by about a tenth, for up to 9%
-    /// fewer notifications/s at one hint each (BENCHMARKS.md): each worker is one more allocator
+    /// fewer notifications/s at one hint each (bench/HISTORY.md): each worker is one more allocator
     /// heap and more wake-ups across threads, and the spool's writer and librdkafka's threads need
     /// a CPU too.
     pub fn worker_threads(&self) -> usize {
