@@ -142,7 +142,7 @@ impl StoredEntry {
     /// encoded again as a binary one, so that every entry reads alike. Only the record's version is
     /// checked here: a record of another version is refused now rather than at every round, and a
     /// damaged one when it is read, which the relay does with every record it publishes (reading
-    /// each record twice was 2% of the CPU at max load, where the relay reads its rounds from the
+    /// each record twice was 3% of the CPU at max load, where the relay reads its rounds from the
     /// database).
     pub fn from_database(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
         let bytes = match bytes.first() {
