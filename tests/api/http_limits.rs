@@ -258,6 +258,37 @@ async fn a_keep_alive_connection_idles_for_the_idle_timeout_not_the_header_timeo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_after_an_idle_wait_has_the_header_timeout_not_what_is_left_of_the_idle_one() {
+    let kafka = MockKafka::start();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.header_timeout = Duration::from_millis(500);
+        a.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut stream = TcpStream::connect(host_port(&app.admin_address))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Idle now, with 30 s to go; the first bytes of a head bring the deadline to 0.5 s from them.
+    stream.write_all(b"GET /healthz HTT").await.unwrap();
+    let head_since = Instant::now();
+    let (extra, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let waited = head_since.elapsed();
+    assert!(closed && extra.is_empty(), "closed quietly");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "a half-sent head was closed after {waited:?}, the header timeout is 0.5 s"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_over_the_limit_gets_431() {
     let kafka = MockKafka::start();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
