@@ -25,7 +25,7 @@
 //! instead: a read on an idle socket starts a head, the service marks the request and the response.
 
 use std::convert::Infallible;
-use std::future::{Future, pending};
+use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,7 +43,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -246,38 +246,59 @@ async fn connection(
     if grace.is_some() {
         return;
     }
-    loop {
-        let now = Instant::now();
-        let deadline = activity.phase().deadline(&limits, grace, now);
-        if deadline.is_some_and(|d| d <= now) {
-            tracing::debug!(
-                phase = activity.phase().label(),
-                "closing a connection past its deadline"
-            );
-            return;
-        }
-        tokio::select! {
-            result = served.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
+    let mut begun = pin!(stopping.begun());
+    // One timer for the connection's life, moved to each phase's deadline. Every phase change
+    // happens while hyper's connection is polled, here in this task (the socket's reads, the
+    // service's call and future, the response body's drop), so reading the phase after each poll
+    // sees every change without being told of it: no wake-up of its own per request. A later
+    // deadline only moves the timer's mark; an earlier one (a head after an idle wait) re-registers it.
+    let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
+    let ended = poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = served.as_mut().poll(cx) {
+                return Poll::Ready(Ended::Served(result));
             }
-            _ = sleep_until(deadline) => {}
-            _ = activity.changed.notified() => {}
-            deadline = stopping.begun(), if grace.is_none() => {
+            if grace.is_none()
+                && let Poll::Ready(deadline) = begun.as_mut().poll(cx)
+            {
                 grace = Some(deadline);
                 served.as_mut().graceful_shutdown();
+                continue;
             }
+            let now = Instant::now();
+            let phase = activity.phase();
+            let Some(deadline) = phase.deadline(&limits, grace, now) else {
+                // Handling: the handler is ours and the body has its own deadline.
+                return Poll::Pending;
+            };
+            if deadline > now {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            return Poll::Ready(Ended::PastDeadline(phase));
         }
+    })
+    .await;
+    match ended {
+        Ended::Served(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ended::Served(Ok(())) => {}
+        Ended::PastDeadline(phase) => tracing::debug!(
+            phase = phase.label(),
+            "closing a connection past its deadline"
+        ),
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => pending().await,
-    }
+/// Why a connection's task ends.
+enum Ended {
+    /// hyper finished with it: the client closed it, or the response said so.
+    Served(hyper::Result<()>),
+    /// Its phase's deadline passed (or shutdown's grace did).
+    PastDeadline(Phase),
 }
 
 /// Where a connection is in its request cycle; each phase has its own deadline.
@@ -321,18 +342,15 @@ impl Phase {
     }
 }
 
-/// One connection's phase, shared by its socket, its service and its watchdog.
+/// One connection's phase, shared by its socket, its service and the connection's task.
 struct Activity {
     phase: Mutex<Phase>,
-    /// Wakes the watchdog when the phase changed (its deadline may be earlier now).
-    changed: Notify,
 }
 
 impl Activity {
     fn new(connected: Instant) -> Activity {
         Activity {
             phase: Mutex::new(Phase::Head { since: connected }),
-            changed: Notify::new(),
         }
     }
 
@@ -342,7 +360,6 @@ impl Activity {
 
     fn set(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: on an idle connection, they start the next request's head.
@@ -352,8 +369,6 @@ impl Activity {
             *phase = Phase::Head {
                 since: Instant::now(),
             };
-            drop(phase);
-            self.changed.notify_one();
         }
     }
 
