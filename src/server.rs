@@ -455,7 +455,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         let deadline = Instant::now() + self.body_timeout;
         let request = request.map(|body| BodyWithDeadline {
             body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            timer: None,
             expired: expired.clone(),
         });
         let router = self.router.clone();
@@ -496,7 +497,10 @@ fn body_timed_out() -> Response<Body> {
 /// The request body has until its deadline to arrive whole.
 struct BodyWithDeadline {
     body: Incoming,
-    deadline: Pin<Box<Sleep>>,
+    deadline: Instant,
+    /// Started only once the body keeps the handler waiting: a notification's body usually
+    /// arrives with its head, and a timer per request would be allocated and dropped unused.
+    timer: Option<Pin<Box<Sleep>>>,
     expired: Arc<AtomicBool>,
 }
 
@@ -515,7 +519,11 @@ impl http_body::Body for BodyWithDeadline {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        match self.deadline.as_mut().poll(cx) {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.expired.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(BodyTimedOut.into())))
