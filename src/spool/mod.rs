@@ -852,6 +852,64 @@ mod tests {
         assert_eq!(spool.accept(plan("a")).await.unwrap(), Acceptance::Accepted);
     }
 
+    #[tokio::test]
+    async fn dedup_record_over_its_capacity_is_trimmed_below_it_by_its_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = 128; // a slack of 2
+        let spool = Spool::open(
+            dir.path(),
+            SpoolOptions {
+                max_bytes: 1 << 20,
+                dedup_window: Duration::from_secs(3600),
+                dedup_capacity: capacity,
+                cache_bytes: 1 << 20,
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        for i in 0..capacity {
+            spool.accept(plan(&format!("u{i}"))).await.unwrap();
+        }
+        // At the capacity nothing is forgotten yet.
+        assert_eq!(
+            spool.accept(plan("u0")).await.unwrap(),
+            Acceptance::Duplicate
+        );
+        // One more: the oldest one over the capacity and the slack's two more are forgotten.
+        spool.accept(plan(&format!("u{capacity}"))).await.unwrap();
+        for i in 3..=capacity {
+            assert_eq!(
+                spool.accept(plan(&format!("u{i}"))).await.unwrap(),
+                Acceptance::Duplicate,
+                "u{i}"
+            );
+        }
+        assert_eq!(
+            spool.accept(plan("u2")).await.unwrap(),
+            Acceptance::Accepted
+        );
+        // That one went into the slack: the record is below its capacity still, forgetting nothing.
+        assert_eq!(
+            spool.accept(plan("u3")).await.unwrap(),
+            Acceptance::Duplicate
+        );
+        for i in 0..2 {
+            assert_eq!(
+                spool.accept(plan(&format!("u{i}"))).await.unwrap(),
+                Acceptance::Accepted,
+                "u{i}"
+            );
+        }
+        // The second filled it past the capacity: the three oldest went.
+        for i in 3..6 {
+            assert_eq!(
+                spool.accept(plan(&format!("u{i}"))).await.unwrap(),
+                Acceptance::Accepted,
+                "u{i}"
+            );
+        }
+    }
+
     #[test]
     fn a_panic_inside_the_storage_engine_becomes_a_message() {
         let caught = catch_storage_panic(|| -> u32 { panic!("page checksum mismatch") });

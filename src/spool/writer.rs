@@ -252,11 +252,29 @@ impl Shared {
                 outcomes.push(Ok(Acceptance::Accepted));
             }
 
-            // Forget uuids older than the window, or beyond the capacity, a bounded number at a time.
+            // Forget uuids beyond the capacity, then those older than the window, a bounded number
+            // at a time. Over the capacity the record is trimmed a little further
+            // ([`dedup_slack`]): the commits after that add to its newest page only, rather than
+            // every commit also rewriting its oldest.
+            let len = seen_order.len().map_err(storage)? as usize;
+            let over = match len.checked_sub(self.dedup_capacity) {
+                Some(over) if over > 0 => over + dedup_slack(self.dedup_capacity),
+                _ => 0,
+            };
+            let mut expired = 0;
+            while expired < over.min(MAX_EXPIRE_PER_COMMIT) {
+                let Some((key, hash)) = seen_order
+                    .pop_first()
+                    .map_err(storage)?
+                    .map(|(k, v)| (k.value(), index.hash(v.value())))
+                else {
+                    break;
+                };
+                delta.seen.forget(hash, key);
+                expired += 1;
+            }
             let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
-            let mut over =
-                (seen_order.len().map_err(storage)? as usize).saturating_sub(self.dedup_capacity);
-            for _ in 0..MAX_EXPIRE_PER_COMMIT {
+            while expired < MAX_EXPIRE_PER_COMMIT {
                 let Some((key, hash)) = seen_order
                     .first()
                     .map_err(storage)?
@@ -264,12 +282,12 @@ impl Shared {
                 else {
                     break;
                 };
-                if key.0 >= horizon && over == 0 {
+                if key.0 >= horizon {
                     break;
                 }
                 seen_order.remove(key).map_err(storage)?;
                 delta.seen.forget(hash, key);
-                over = over.saturating_sub(1);
+                expired += 1;
             }
         }
         #[cfg(test)]
@@ -299,6 +317,12 @@ impl Shared {
             .spool_dead_letter_bytes
             .set(self.dead_letter_bytes.load(Ordering::Relaxed) as i64);
     }
+}
+
+/// How far below its capacity the deduplication record is trimmed once over it: a 64th, at most
+/// 512 uuids (none for a capacity under 64, which is then exact).
+fn dedup_slack(capacity: usize) -> usize {
+    (capacity / 64).min(512)
 }
 
 /// The deduplication index of `db`'s record.
