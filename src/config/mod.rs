@@ -123,9 +123,9 @@ pub struct Settings {
     #[arg(long, env = "RCKB_SPOOL_MAX_BYTES", default_value = "1073741824")]
     pub spool_max_bytes: NonZeroU64,
     /// Memory for the spool database's page cache, in bytes. The relay reads each entry about once,
-    /// so a larger cache buys little: twice the default drains a backlog about 15% faster, for about
-    /// 16 MiB more at full load.
-    #[arg(long, env = "RCKB_SPOOL_CACHE_BYTES", default_value = "4194304")]
+    /// so a larger cache buys little: against 4 MiB, this default kept the peak at full load about
+    /// 4 MiB lower and drained a backlog as fast (bench/HISTORY.md).
+    #[arg(long, env = "RCKB_SPOOL_CACHE_BYTES", default_value = "2097152")]
     pub spool_cache_bytes: NonZeroUsize,
     /// Threads that serve HTTP and run the relay. Default: one fewer than the CPUs available, at
     /// least one, which leaves a CPU to the spool's writer and librdkafka's own threads.
