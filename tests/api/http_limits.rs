@@ -228,6 +228,19 @@ async fn a_trickling_request_body_is_cut_at_the_body_timeout() {
     app.shutdown().await;
 }
 
+/// A keep-alive connection to `address` that has had one request answered: idle from now on.
+async fn answered_keep_alive(address: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(host_port(address)).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_idles_for_the_idle_timeout_not_the_header_timeout() {
     let kafka = MockKafka::start();
@@ -236,16 +249,7 @@ async fn a_keep_alive_connection_idles_for_the_idle_timeout_not_the_header_timeo
         a.idle_timeout = Duration::from_secs(2);
     })
     .await;
-    let mut stream = TcpStream::connect(host_port(&app.admin_address))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut stream = answered_keep_alive(&app.admin_address).await;
     let idle_since = Instant::now();
     let (extra, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     let idled = idle_since.elapsed();
@@ -265,16 +269,7 @@ async fn a_head_begun_after_an_idle_wait_has_the_header_timeout_not_what_is_left
         a.idle_timeout = Duration::from_secs(30);
     })
     .await;
-    let mut stream = TcpStream::connect(host_port(&app.admin_address))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut stream = answered_keep_alive(&app.admin_address).await;
     // Idle now, with 30 s to go; the first bytes of a head bring the deadline to 0.5 s from them.
     stream.write_all(b"GET /healthz HTT").await.unwrap();
     let head_since = Instant::now();
