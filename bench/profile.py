@@ -6,7 +6,8 @@ Starts Tansu and the bridge like bench/bench.py, drives it with the same wrk loa
 `perf record -e cpu-clock` (a software clock: this VM exposes no hardware counters) with DWARF call
 graphs, and attributes every sample to one component of the bridge by the innermost frame of its stack
 that names one (see RULES). Prints the components, the threads, and the top self-time symbols, and writes
-bench/results/profile-MODE.txt. `drain` profiles the relay instead: Tansu is stopped while
+bench/results/profile-MODE.txt (profile-MODE-1hint.txt with HINTS=1-1, profile-MODE-hints-LO-HI.txt with
+another HINTS than 1-12). `drain` profiles the relay instead: Tansu is stopped while
 DRAIN_COUNT single-hint notifications are posted, then resumed, and the bridge is sampled while it drains.
 `half` profiles spool mode under the open-loop load of the half-load phase, RATE notifications/s (3000).
 """
@@ -170,7 +171,18 @@ def main():
         for proc in b.children:
             b.stop(proc)
     (b.BENCH / "results").mkdir(exist_ok=True)
-    print(summarize(data, b.BENCH / "results" / f"profile-{mode}.txt"))
+    print(summarize(data, b.BENCH / "results" / profile_name(mode)))
+
+
+def profile_name(mode):
+    """Where the summary of a max-load profile goes: named after the hints per notification, unless
+    they are the default."""
+    if b.HINTS == "1-12":
+        return f"profile-{mode}.txt"
+    lo, hi = b.HINTS.split("-")
+    if lo == hi:
+        return f"profile-{mode}-{lo}hint{'' if lo == '1' else 's'}.txt"
+    return f"profile-{mode}-hints-{lo}-{hi}.txt"
 
 
 if __name__ == "__main__":
