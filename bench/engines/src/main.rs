@@ -19,6 +19,8 @@
 //!   once released, so that `fdatasync` has no file size to commit.
 //! - `journal+redb`: `log-in-place` takes each commit's durability, and redb gets the same commit
 //!   without `fdatasync`, made durable every 64th commit: a journal in front of the database.
+//! - `journal+seen`: the same, but redb gets only the deduplication record: the entries are the
+//!   journal's alone.
 //! - `none`: nothing stored; what the harness itself costs per commit (the records' copies, the
 //!   uuids), which every other figure includes.
 //!
@@ -81,6 +83,9 @@ struct Redb {
     /// `fdatasync` and is made durable every `LAZY_EVERY` commits (the journal's files are then
     /// free to be written over).
     journal: Option<Log>,
+    /// Behind the journal, the database gets only the deduplication record: the entries are the
+    /// journal's alone.
+    only_seen: bool,
     commits: u64,
 }
 
@@ -91,7 +96,7 @@ const SEEN_ORDER: redb::TableDefinition<(u64, u64), &str> =
     redb::TableDefinition::new("seen_order");
 
 impl Redb {
-    fn open(dir: &Path, journal: bool) -> Redb {
+    fn open(dir: &Path, journal: bool, only_seen: bool) -> Redb {
         let db = redb::Builder::new()
             .set_cache_size(2 << 20)
             .create(dir.join("spool.redb"))
@@ -99,6 +104,7 @@ impl Redb {
         Redb {
             db,
             journal: journal.then(|| Log::open(dir, true)),
+            only_seen,
             commits: 0,
         }
     }
@@ -133,14 +139,18 @@ impl Engine for Redb {
         {
             let mut entries = txn.open_table(ENTRIES).expect("entries");
             let mut seen = txn.open_table(SEEN_ORDER).expect("seen_order");
-            for seq in released {
-                entries.remove(seq).expect("remove");
+            if !self.only_seen {
+                for seq in released {
+                    entries.remove(seq).expect("remove");
+                }
             }
             for key in expired {
                 seen.remove(*key).expect("expire");
             }
             for ((seq, record), uuid) in (first..).zip(records).zip(uuids) {
-                entries.insert(seq, record.as_slice()).expect("insert");
+                if !self.only_seen {
+                    entries.insert(seq, record.as_slice()).expect("insert");
+                }
                 seen.insert((accepted_at, seq), uuid.as_str())
                     .expect("insert uuid");
             }
@@ -440,6 +450,7 @@ fn main() {
             "log",
             "log-in-place",
             "journal+redb",
+            "journal+seen",
             "none",
         ];
         let engines = order.len();
@@ -448,8 +459,9 @@ fn main() {
             let dir = base.join(format!("{name}-{round}"));
             fs::create_dir_all(&dir).expect("bench dir");
             let mut engine: Box<dyn Engine> = match name {
-                "redb" => Box::new(Redb::open(&dir, false)),
-                "journal+redb" => Box::new(Redb::open(&dir, true)),
+                "redb" => Box::new(Redb::open(&dir, false, false)),
+                "journal+redb" => Box::new(Redb::open(&dir, true, false)),
+                "journal+seen" => Box::new(Redb::open(&dir, true, true)),
                 "fjall" => Box::new(Fjall::open(&dir)),
                 "log" => Box::new(Log::open(&dir, false)),
                 "log-in-place" => Box::new(Log::open(&dir, true)),
