@@ -312,22 +312,7 @@ pub(super) fn open_database(
                     None => None,
                 }
             };
-        let mut counts = Counts::default();
-        for (table, count, bytes) in [
-            (ENTRIES, &mut counts.entries, &mut counts.bytes),
-            (
-                DEAD,
-                &mut counts.dead_letters,
-                &mut counts.dead_letter_bytes,
-            ),
-        ] {
-            let table = read.open_table(table).map_err(|e| fail(e.into()))?;
-            for item in table.iter().map_err(|e| fail(e.into()))? {
-                let (_, value) = item.map_err(|e| fail(e.into()))?;
-                *bytes += value.value().len() as u64;
-                *count += 1;
-            }
-        }
+        let counts = count(&read).map_err(fail)?;
         drop(read);
         Ok(Opened {
             db,
@@ -342,6 +327,27 @@ pub(super) fn open_database(
             dir: dir.to_path_buf(),
         })
     })
+}
+
+/// What the database holds: its pending entries and dead letters, counted and measured.
+pub(super) fn count(read: &redb::ReadTransaction) -> Result<Counts, redb::Error> {
+    let mut counts = Counts::default();
+    for (table, count, bytes) in [
+        (ENTRIES, &mut counts.entries, &mut counts.bytes),
+        (
+            DEAD,
+            &mut counts.dead_letters,
+            &mut counts.dead_letter_bytes,
+        ),
+    ] {
+        let table = read.open_table(table)?;
+        for item in table.iter()? {
+            let (_, value) = item?;
+            *bytes += value.value().len() as u64;
+            *count += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// Opens the spool in `dir`, checking that the database is the one the identity file names.
