@@ -65,6 +65,14 @@ impl HandOff {
         self.entries.push_back(entry);
     }
 
+    /// After the database was reopened: the next entry gets `end` (what the database holds ends
+    /// there) unless the run already ends later, and the relay reads the database for what follows
+    /// what it was handed.
+    pub(super) fn resync(&mut self, end: u64) {
+        self.end = self.end.max(end);
+        self.gap = true;
+    }
+
     /// Takes the entries from `next` on: at most `limit`, and no more than `max_bytes` (but at least
     /// one). Entries before `next` were published already and are dropped.
     pub(super) fn take(&mut self, next: u64, limit: usize, max_bytes: usize) -> Handed {
@@ -161,5 +169,21 @@ mod tests {
         // The relay read 0 to 2 from the database; 3 came after the gap.
         assert_eq!(seqs(handoff.take(3, 10, 1 << 20)), Some(vec![3]));
         assert_eq!(handoff.end(), 4);
+    }
+
+    #[test]
+    fn after_a_reopen_the_run_ends_where_the_database_does_and_the_relay_reads_it() {
+        let mut handoff = HandOff::new(0);
+        handoff.push(entry(0, 100));
+        // A commit of 1 and 2 reported failed reached the disk.
+        handoff.resync(3);
+        assert_eq!(handoff.end(), 3);
+        assert_eq!(seqs(handoff.take(0, 10, 1 << 20)), None);
+        // Never backwards: a database that ends earlier leaves the run's end.
+        handoff.resync(1);
+        assert_eq!(handoff.end(), 3);
+        handoff.push(entry(3, 100));
+        assert_eq!(seqs(handoff.take(3, 10, 1 << 20)), None);
+        assert_eq!(seqs(handoff.take(4, 10, 1 << 20)), Some(vec![]));
     }
 }

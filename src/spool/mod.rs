@@ -242,6 +242,10 @@ struct Shared {
     /// Releases whose commit fails on purpose, for the relay's tests.
     #[cfg(test)]
     failing_releases: AtomicU64,
+    /// Commits reported failed once they are durable, as a failing `fdatasync` after redb wrote
+    /// its header can make them.
+    #[cfg(test)]
+    failing_after_commit: AtomicU64,
 }
 
 /// How a spool is sized, for `serve` and the `spool` commands alike.
@@ -359,6 +363,8 @@ impl Spool {
             metrics,
             #[cfg(test)]
             failing_releases: AtomicU64::new(0),
+            #[cfg(test)]
+            failing_after_commit: AtomicU64::new(0),
         });
         shared.publish_gauges();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -706,6 +712,37 @@ mod tests {
             Acceptance::Duplicate
         );
         assert_eq!(spool.entries(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_commit_reported_failed_after_reaching_the_disk_is_kept_and_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), 1 << 20);
+        spool.shared.failing_after_commit.store(1, Ordering::SeqCst);
+        assert!(matches!(
+            spool.accept(plan("a")).await,
+            Err(SinkError::SpoolUnwritable)
+        ));
+        // "a" is on disk all the same: the next notification comes after it...
+        assert_eq!(spool.accept(plan("b")).await.unwrap(), Acceptance::Accepted);
+        // ...and RingCentral's redelivery of "a" finds it kept.
+        assert_eq!(
+            spool.accept(plan("a")).await.unwrap(),
+            Acceptance::Duplicate
+        );
+        let uuids: Vec<String> = spool
+            .oldest(10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.plan.uuid)
+            .collect();
+        assert_eq!(uuids, ["a", "b"]);
+        let (entries, bytes) = (spool.entries(), spool.bytes());
+        assert_eq!(entries, 2);
+        drop(spool);
+        // The counters are what the database holds.
+        let reopened = open(dir.path(), 1 << 20);
+        assert_eq!((reopened.entries(), reopened.bytes()), (entries, bytes));
     }
 
     #[tokio::test]

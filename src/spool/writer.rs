@@ -58,12 +58,43 @@ impl Shared {
         }
     }
 
-    /// The deduplication index of the database as it is now, or `None` (logged) if it cannot be read.
-    fn load_seen(&self) -> Option<SeenIndex> {
-        let loaded = self.database().and_then(|db| read_seen(&db));
-        loaded
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the deduplication record"))
-            .ok()
+    /// Reopens the database after a failed commit and takes what it holds as the truth. A commit
+    /// can fail after it reached the disk (redb writes its new header before the `fdatasync` that
+    /// fails, and the kernel may still write it back): its entries are then in the database, its
+    /// uuids in the deduplication record, and the next entry must come after them, or it would
+    /// overwrite one answered 200 as a duplicate on redelivery.
+    fn recover(&self, seen: &mut SeenIndex) {
+        self.reopen();
+        let Ok(db) = self.database() else {
+            return;
+        };
+        if let Err(e) = self.resync(&db, seen) {
+            tracing::warn!(error = %e, "cannot read the spool after reopening it");
+        }
+    }
+
+    /// Sets the counters, the next sequence number and the deduplication index from `db`. The
+    /// relay goes back to the database for what follows the hand-off.
+    fn resync(&self, db: &Database, seen: &mut SeenIndex) -> Result<(), SpoolError> {
+        let read = db.begin_read().map_err(storage)?;
+        let counts = count(&read).map_err(storage)?;
+        let last = read
+            .open_table(ENTRIES)
+            .map_err(storage)?
+            .last()
+            .map_err(storage)?
+            .map(|(seq, _)| seq.value());
+        drop(read);
+        *seen = read_seen(db)?;
+        self.entries.store(counts.entries, Ordering::Relaxed);
+        self.bytes.store(counts.bytes, Ordering::Relaxed);
+        self.dead_letters
+            .store(counts.dead_letters, Ordering::Relaxed);
+        self.dead_letter_bytes
+            .store(counts.dead_letter_bytes, Ordering::Relaxed);
+        self.handoff().resync(last.map_or(0, |seq| seq + 1));
+        self.publish_gauges();
+        Ok(())
     }
 
     pub(super) fn run_writer(&self, mut rx: mpsc::UnboundedReceiver<Command>, mut seen: SeenIndex) {
@@ -150,15 +181,11 @@ impl Shared {
                 }
             }
             Err(e) => {
-                // Nothing of this group was kept: every request in it gets 503, and the next group
-                // tries again, so the spool recovers by itself when the disk does.
+                // Nothing of this group counts as kept: every request in it gets 503, and the next
+                // group tries again, so the spool recovers by itself when the disk does.
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
-                self.reopen();
-                // Should the failed commit have reached the disk after all, the index learns it.
-                if let Some(reloaded) = self.load_seen() {
-                    *seen = reloaded;
-                }
+                self.recover(seen);
                 for append in appends {
                     let _ = append.reply.send(Err(SinkError::SpoolUnwritable));
                 }
@@ -300,6 +327,16 @@ impl Shared {
             return Err(SpoolError::Storage("failed on purpose".into()));
         }
         txn.commit().map_err(storage)?;
+        #[cfg(test)]
+        if self
+            .failing_after_commit
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(SpoolError::Storage(
+                "failed on purpose, after the commit".into(),
+            ));
+        }
         Ok(delta)
     }
 
