@@ -42,7 +42,7 @@ use redb::{
     WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SpoolHealth};
@@ -87,6 +87,12 @@ pub const DEAD_LETTER_SHARE: u64 = 10;
 
 /// The most operations one commit takes: bounds the latency of the requests that wait on it.
 const MAX_GROUP: usize = 4096;
+/// How often an unwritable spool that nothing writes to tries again by itself: it answers 503 on
+/// `/readyz` meanwhile, so a load balancer may send it nothing that would.
+#[cfg(not(test))]
+const RETRY_UNWRITABLE: Duration = Duration::from_secs(1);
+#[cfg(test)]
+const RETRY_UNWRITABLE: Duration = Duration::from_millis(20);
 /// Expired deduplication records removed per commit, so expiry never stalls a commit.
 const MAX_EXPIRE_PER_COMMIT: usize = 1024;
 
@@ -264,7 +270,7 @@ pub struct SpoolOptions {
 
 pub struct Spool {
     shared: Arc<Shared>,
-    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    commands: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -367,7 +373,7 @@ impl Spool {
             failing_after_commit: AtomicU64::new(0),
         });
         shared.publish_gauges();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -743,6 +749,54 @@ mod tests {
         // The counters are what the database holds.
         let reopened = open(dir.path(), 1 << 20);
         assert_eq!((reopened.entries(), reopened.bytes()), (entries, bytes));
+    }
+
+    /// Waits until the spool reports `health`, for at most 5 s.
+    async fn until_health(spool: &Spool, health: SpoolHealth) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while spool.spool_health() != health {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_spool_that_nothing_writes_to_recovers_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), 1 << 20);
+        spool.accept(plan("a")).await.unwrap();
+        let seq = spool.oldest(1, usize::MAX).unwrap()[0].seq;
+        spool.fail_releases(1);
+        assert!(spool.release(vec![seq], vec![]).await.is_err());
+        assert_eq!(spool.spool_health(), SpoolHealth::Unwritable);
+        // Nothing more is asked of it (a load balancer sends an unready replica nothing).
+        assert!(until_health(&spool, SpoolHealth::Ok).await);
+        assert_eq!(spool.entries(), 1, "the release did not happen");
+    }
+
+    #[tokio::test]
+    async fn a_database_that_could_not_be_reopened_is_reopened_later_unasked() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), 1 << 20);
+        spool.accept(plan("a")).await.unwrap();
+        let seq = spool.oldest(1, usize::MAX).unwrap()[0].seq;
+        // A read in progress elsewhere (the relay's) keeps the database open: reopening it fails.
+        let reading = spool.shared.database().unwrap();
+        spool.fail_releases(1);
+        assert!(spool.release(vec![seq], vec![]).await.is_err());
+        assert!(spool.oldest(1, usize::MAX).is_err(), "not reopened yet");
+        drop(reading);
+        assert!(until_health(&spool, SpoolHealth::Ok).await);
+        let uuids: Vec<String> = spool
+            .oldest(10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.plan.uuid)
+            .collect();
+        assert_eq!(uuids, ["a"]);
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
 //! The writer thread: group commits of appends and releases, and the counters they move.
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+
 use super::*;
 
 /// What one group commit changed, applied to the counters only once it is durable.
@@ -58,6 +60,30 @@ impl Shared {
         }
     }
 
+    /// An unwritable spool, unasked: reopens the database if it is not open, and commits nothing
+    /// to learn whether the disk takes writes again. Without it, a spool left unwritable with
+    /// nothing to write (an empty spool, or a relay that cannot read a database not reopened)
+    /// would stay so, and unready, until someone restarted the bridge.
+    fn try_again(&self, seen: &mut SeenIndex) {
+        if self.database().is_err() {
+            self.recover(seen);
+        }
+        let probe = self.database().and_then(|db| {
+            let txn = db.begin_write().map_err(storage)?;
+            txn.commit().map_err(storage)
+        });
+        match probe {
+            Ok(()) => {
+                tracing::info!("spool writable again");
+                self.health.store(HEALTH_OK, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "spool still unwritable");
+                self.recover(seen);
+            }
+        }
+    }
+
     /// Reopens the database after a failed commit and takes what it holds as the truth. A commit
     /// can fail after it reached the disk (redb writes its new header before the `fdatasync` that
     /// fails, and the kernel may still write it back): its entries are then in the database, its
@@ -97,8 +123,23 @@ impl Shared {
         Ok(())
     }
 
-    pub(super) fn run_writer(&self, mut rx: mpsc::UnboundedReceiver<Command>, mut seen: SeenIndex) {
-        while let Some(first) = rx.blocking_recv() {
+    pub(super) fn run_writer(&self, rx: Receiver<Command>, mut seen: SeenIndex) {
+        loop {
+            let first = if self.health.load(Ordering::Relaxed) == HEALTH_UNWRITABLE {
+                match rx.recv_timeout(RETRY_UNWRITABLE) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.try_again(&mut seen);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                }
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
