@@ -151,7 +151,11 @@ fn stop(outcome: Outcome, succeeded: &mut bool) -> Option<Stop> {
             *succeeded = true;
             None
         }
-        Outcome::Partly => None,
+        // Its release failed (the spool cannot be written now): the next round publishes its
+        // entries again, after a pause, or a failing disk would have them published over and over.
+        Outcome::Partly => Some(Stop::ReleaseFailed {
+            after_success: *succeeded,
+        }),
         Outcome::Failed { fatal } => Some(Stop::Failed {
             fatal,
             after_success: *succeeded,
@@ -244,6 +248,8 @@ enum Stop {
     Shutdown,
     /// A round failed; `after_success` if a round before it in this run of rounds did not.
     Failed { fatal: bool, after_success: bool },
+    /// A round's release could not be committed; `after_success` as for [`Stop::Failed`].
+    ReleaseFailed { after_success: bool },
     /// The spool cannot be read now.
     Unreadable,
 }
@@ -351,6 +357,13 @@ impl<P: Producer> Worker<P> {
             match self.publish_rounds(&mut next, &mut ahead).await {
                 Stop::Shutdown => break,
                 Stop::Unreadable => self.pause(MAX_BACKOFF).await,
+                Stop::ReleaseFailed { after_success } => {
+                    if after_success {
+                        backoff = MIN_BACKOFF;
+                    }
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
                 Stop::Failed {
                     fatal,
                     after_success,
@@ -1245,6 +1258,31 @@ mod tests {
             let expected = if n < ROUND_ENTRIES { 2 } else { 1 };
             assert_eq!(times, expected, "{key} sent {times} times");
         }
+    }
+
+    #[tokio::test]
+    async fn releases_failing_again_and_again_are_retried_after_growing_pauses() {
+        // Three releases fail, as on a disk that keeps failing: each retry publishes the entry
+        // again, but only after a pause that doubles (100, 200, 400 ms), not over and over.
+        let started = Instant::now();
+        let mut bench = bench_with(
+            vec![plan("a", &["t1"])],
+            |_, _, _| Answer::Ack,
+            |spool| spool.fail_releases(3),
+        )
+        .await;
+        bench.drain().await;
+        let sent = bench.log.count("t1");
+        assert_eq!(
+            sent, 4,
+            "published once, then again after each failed release"
+        );
+        let paused = MIN_BACKOFF + 2 * MIN_BACKOFF + 4 * MIN_BACKOFF;
+        assert!(
+            started.elapsed() >= paused,
+            "{:?} < {paused:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
