@@ -791,28 +791,54 @@ impl<P: Producer> Worker<P> {
         rejected
     }
 
+    /// Dead-letters the refused messages of the entries being released. An entry whose message
+    /// the dead-letter topic refuses as unknown is not released after all: its entries wait in the
+    /// spool and are published again, as on any failure of Kafka's (see [`DeadLettered`]).
     async fn dead_letter_rejected(
         &self,
         rejected: Vec<Rejected<'_>>,
         round: &mut Round,
         cut: &mut Cut,
     ) {
+        // The refused messages come entry by entry.
+        let mut kept: Vec<DeadLetter> = Vec::new();
+        let mut current: Option<u64> = None;
+        let mut held = false;
         for (entry, message, kind) in rejected {
-            round
-                .dead
-                .extend(self.dead_letter(entry, message, kind, cut).await);
+            if current != Some(entry.seq) {
+                if !held {
+                    round.dead.append(&mut kept);
+                }
+                kept.clear();
+                current = Some(entry.seq);
+                held = false;
+            }
+            if held {
+                continue;
+            }
+            match self.dead_letter(entry, message, kind, cut).await {
+                DeadLettered::Published => {}
+                DeadLettered::Kept(letter) => kept.push(letter),
+                DeadLettered::NoTopic => {
+                    held = true;
+                    round.released.retain(|seq| *seq != entry.seq);
+                    round.failed(ErrorKind::Topic);
+                }
+            }
+        }
+        if !held {
+            round.dead.append(&mut kept);
         }
     }
 
-    /// Sends a rejected message to the dead-letter topic; returns it for the spool if that fails
-    /// too, or if shutdown's deadline passes first.
+    /// Sends a rejected message to the dead-letter topic.
     async fn dead_letter(
         &self,
         entry: &Entry<'_>,
         message: &StoredMessage<'_>,
         kind: ErrorKind,
         cut: &mut Cut,
-    ) -> Option<DeadLetter> {
+    ) -> DeadLettered {
         tracing::error!(uuid = %entry.record.uuid, topic = %message.topic(), reason = kind.label(),
             "Kafka rejected a message for good; dead-lettering it");
         let message = message.to_outbound();
@@ -832,7 +858,14 @@ impl<P: Producer> Worker<P> {
                     .dead_letters
                     .with_label_values(&["topic"])
                     .inc();
-                return None;
+                return DeadLettered::Published;
+            }
+            Some(Err(e)) if kind == ErrorKind::Topic && e.kind == ErrorKind::Topic => {
+                tracing::error!(uuid = %entry.record.uuid, topic = %kept.message.topic,
+                    dead_letter_topic = %self.dead_letter_topic, error = %e.error,
+                    "neither the topic nor the dead-letter topic exists (a cluster that lost its \
+                     topics?): the notification stays in the spool and is published again");
+                return DeadLettered::NoTopic;
             }
             None => tracing::warn!(uuid = %entry.record.uuid,
                 "shutting down before the dead-letter topic acknowledged; keeping the message in the spool"),
@@ -843,8 +876,23 @@ impl<P: Producer> Worker<P> {
             .dead_letters
             .with_label_values(&["spool"])
             .inc();
-        Some(kept)
+        DeadLettered::Kept(kept)
     }
+}
+
+/// What became of a message Kafka refused for good.
+enum DeadLettered {
+    /// The dead-letter topic has it.
+    Published,
+    /// For the spool's dead-letter area: the dead-letter topic refused it too, or shutdown's
+    /// deadline passed first.
+    Kept(DeadLetter),
+    /// Its topic and the dead-letter topic are both unknown to Kafka: a cluster that lost its
+    /// topics (restarted without its state), or one whose topics are not created yet. Kept in the
+    /// spool's dead-letter area, which holds a tenth of the spool and drops its oldest, a backlog
+    /// would be lost; its entry stays pending instead, and the spool holds it until the topics
+    /// exist, answering 503 once full.
+    NoTopic,
 }
 
 /// What [`replay_dead_letters`] did.
@@ -1330,6 +1378,27 @@ mod tests {
         );
         assert_eq!(bench.counted(&bench.metrics.dead_letters, &["topic"]), 1);
         assert!(bench.spool.dead_letters().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_without_the_topic_nor_the_dead_letter_topic_keeps_the_entry_until_they_exist()
+     {
+        // "gone" and the dead-letter topic are unknown twice, then created.
+        let mut bench = bench(vec![plan("a", &["gone", "t1"])], |m, attempt, _| {
+            match (m.topic.as_str(), attempt) {
+                ("gone" | "dlq", 0 | 1) => Answer::Fail(ErrorKind::Topic),
+                _ => Answer::Ack,
+            }
+        })
+        .await;
+        bench.drain().await;
+        assert_eq!(
+            bench.log.count("gone"),
+            3,
+            "published again until it exists"
+        );
+        assert!(bench.spool.dead_letters().unwrap().is_empty());
+        assert_eq!(bench.counted(&bench.metrics.dead_letters, &["spool"]), 0);
     }
 
     #[tokio::test]
