@@ -626,6 +626,11 @@ mod tests {
         }
     }
 
+    /// The uuids of `entries`, in order.
+    fn uuids(entries: Vec<SpooledEntry>) -> Vec<String> {
+        entries.into_iter().map(|e| e.plan.uuid).collect()
+    }
+
     fn open(dir: &Path, max_bytes: u64) -> Spool {
         Spool::open(
             dir,
@@ -649,7 +654,7 @@ mod tests {
             dedup_capacity: 10_000,
             cache_bytes: 4096,
         };
-        let uuids: Vec<String> = (0..200).map(|n| format!("u{n:04}")).collect();
+        let accepted: Vec<String> = (0..200).map(|n| format!("u{n:04}")).collect();
         {
             let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
             // Values LZ4 cannot shrink much, so that the stored records outgrow the cache.
@@ -660,7 +665,7 @@ mod tests {
                 state ^= state << 17;
                 char::from(b'a' + (state % 26) as u8)
             };
-            for uuid in &uuids {
+            for uuid in &accepted {
                 let mut plan = plan(uuid);
                 plan.messages[0].value =
                     format!("\"{}\"", (0..2000).map(|_| noise()).collect::<String>());
@@ -669,13 +674,8 @@ mod tests {
             assert!(spool.bytes() > 16 * 4096, "the backlog outgrows the cache");
         }
         let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
-        let read: Vec<String> = spool
-            .entries_from(0, usize::MAX, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.plan.uuid)
-            .collect();
-        assert_eq!(read, uuids);
+        let read = uuids(spool.entries_from(0, usize::MAX, usize::MAX).unwrap());
+        assert_eq!(read, accepted);
     }
 
     #[tokio::test]
@@ -693,25 +693,15 @@ mod tests {
         }
         let spool = open(dir.path(), 1 << 20);
         assert_eq!(spool.entries(), 3);
-        let uuids: Vec<String> = spool
-            .oldest(10, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.plan.uuid)
-            .collect();
-        assert_eq!(uuids, ["a", "b", "c"]);
+        let pending = uuids(spool.oldest(10, usize::MAX).unwrap());
+        assert_eq!(pending, ["a", "b", "c"]);
         // A byte budget smaller than one entry still yields that entry; two entries' worth, two.
         assert_eq!(spool.oldest(10, 1).unwrap().len(), 1);
         let oldest = &spool.oldest(1, usize::MAX).unwrap()[0];
         let one = record::encode(0, &oldest.plan).unwrap().len();
         assert_eq!(spool.oldest(10, 2 * one + 20).unwrap().len(), 2);
         // From a sequence number on: what follows a round not released yet.
-        let after: Vec<String> = spool
-            .entries_from(oldest.seq + 1, 10, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.plan.uuid)
-            .collect();
+        let after = uuids(spool.entries_from(oldest.seq + 1, 10, usize::MAX).unwrap());
         assert_eq!(after, ["b", "c"]);
         assert_eq!(
             spool.accept(plan("b")).await.unwrap(),
@@ -736,13 +726,8 @@ mod tests {
             spool.accept(plan("a")).await.unwrap(),
             Acceptance::Duplicate
         );
-        let uuids: Vec<String> = spool
-            .oldest(10, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.plan.uuid)
-            .collect();
-        assert_eq!(uuids, ["a", "b"]);
+        let pending = uuids(spool.oldest(10, usize::MAX).unwrap());
+        assert_eq!(pending, ["a", "b"]);
         let (entries, bytes) = (spool.entries(), spool.bytes());
         assert_eq!(entries, 2);
         drop(spool);
@@ -790,13 +775,8 @@ mod tests {
         assert!(spool.oldest(1, usize::MAX).is_err(), "not reopened yet");
         drop(reading);
         assert!(until_health(&spool, SpoolHealth::Ok).await);
-        let uuids: Vec<String> = spool
-            .oldest(10, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.plan.uuid)
-            .collect();
-        assert_eq!(uuids, ["a"]);
+        let pending = uuids(spool.oldest(10, usize::MAX).unwrap());
+        assert_eq!(pending, ["a"]);
     }
 
     #[tokio::test]
@@ -846,12 +826,7 @@ mod tests {
             .release(vec![seq(25), seq(39), seq(0)], Vec::new())
             .await
             .unwrap();
-        let left: Vec<String> = spool
-            .oldest(100, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.plan.uuid)
-            .collect();
+        let left = uuids(spool.oldest(100, usize::MAX).unwrap());
         let expected: Vec<String> = [3, 7]
             .into_iter()
             .chain((20..39).filter(|n| *n != 25))
