@@ -47,34 +47,27 @@ struct Load {
     commits: usize,
 }
 
+/// What one commit does: appends `records` from sequence number `first`, records their uuids
+/// under `accepted_at`, removes the entries `released` and the oldest deduplication entries
+/// `expired`, durably.
+struct Commit<'a> {
+    first: u64,
+    accepted_at: u64,
+    records: &'a [Vec<u8>],
+    uuids: &'a [String],
+    released: std::ops::Range<u64>,
+    expired: &'a [(u64, u64)],
+}
+
 /// One engine's way of doing a commit.
 trait Engine {
-    /// Appends `records` from sequence number `first`, records their uuids under `accepted_at`,
-    /// removes the entries `released` and the oldest deduplication entries `expired`, durably.
-    fn commit(
-        &mut self,
-        first: u64,
-        accepted_at: u64,
-        records: &[Vec<u8>],
-        uuids: &[String],
-        released: std::ops::Range<u64>,
-        expired: &[(u64, u64)],
-    );
+    fn commit(&mut self, commit: &Commit<'_>);
 }
 
 struct Nothing;
 
 impl Engine for Nothing {
-    fn commit(
-        &mut self,
-        _: u64,
-        _: u64,
-        _: &[Vec<u8>],
-        _: &[String],
-        _: std::ops::Range<u64>,
-        _: &[(u64, u64)],
-    ) {
-    }
+    fn commit(&mut self, _: &Commit<'_>) {}
 }
 
 struct Redb {
@@ -111,24 +104,9 @@ impl Redb {
 }
 
 impl Engine for Redb {
-    fn commit(
-        &mut self,
-        first: u64,
-        accepted_at: u64,
-        records: &[Vec<u8>],
-        uuids: &[String],
-        released: std::ops::Range<u64>,
-        expired: &[(u64, u64)],
-    ) {
+    fn commit(&mut self, commit: &Commit<'_>) {
         if let Some(journal) = &mut self.journal {
-            journal.commit(
-                first,
-                accepted_at,
-                records,
-                uuids,
-                released.clone(),
-                expired,
-            );
+            journal.commit(commit);
         }
         self.commits += 1;
         let mut txn = self.db.begin_write().expect("write transaction");
@@ -140,18 +118,18 @@ impl Engine for Redb {
             let mut entries = txn.open_table(ENTRIES).expect("entries");
             let mut seen = txn.open_table(SEEN_ORDER).expect("seen_order");
             if !self.only_seen {
-                for seq in released {
+                for seq in commit.released.clone() {
                     entries.remove(seq).expect("remove");
                 }
             }
-            for key in expired {
+            for key in commit.expired {
                 seen.remove(*key).expect("expire");
             }
-            for ((seq, record), uuid) in (first..).zip(records).zip(uuids) {
+            for ((seq, record), uuid) in (commit.first..).zip(commit.records).zip(commit.uuids) {
                 if !self.only_seen {
                     entries.insert(seq, record.as_slice()).expect("insert");
                 }
-                seen.insert((accepted_at, seq), uuid.as_str())
+                seen.insert((commit.accepted_at, seq), uuid.as_str())
                     .expect("insert uuid");
             }
         }
@@ -186,28 +164,24 @@ fn seen_key((at, seq): (u64, u64)) -> [u8; 16] {
 }
 
 impl Engine for Fjall {
-    fn commit(
-        &mut self,
-        first: u64,
-        accepted_at: u64,
-        records: &[Vec<u8>],
-        uuids: &[String],
-        released: std::ops::Range<u64>,
-        expired: &[(u64, u64)],
-    ) {
+    fn commit(&mut self, commit: &Commit<'_>) {
         let mut batch = self
             .db
             .batch()
             .durability(Some(fjall::PersistMode::SyncData));
-        for seq in released {
+        for seq in commit.released.clone() {
             batch.remove(&self.entries, seq.to_be_bytes());
         }
-        for key in expired {
+        for key in commit.expired {
             batch.remove(&self.seen, seen_key(*key));
         }
-        for ((seq, record), uuid) in (first..).zip(records).zip(uuids) {
+        for ((seq, record), uuid) in (commit.first..).zip(commit.records).zip(commit.uuids) {
             batch.insert(&self.entries, seq.to_be_bytes(), record.as_slice());
-            batch.insert(&self.seen, seen_key((accepted_at, seq)), uuid.as_str());
+            batch.insert(
+                &self.seen,
+                seen_key((commit.accepted_at, seq)),
+                uuid.as_str(),
+            );
         }
         batch.commit().expect("commit");
     }
@@ -272,23 +246,15 @@ impl Log {
 }
 
 impl Engine for Log {
-    fn commit(
-        &mut self,
-        first: u64,
-        accepted_at: u64,
-        records: &[Vec<u8>],
-        uuids: &[String],
-        released: std::ops::Range<u64>,
-        _expired: &[(u64, u64)],
-    ) {
+    fn commit(&mut self, commit: &Commit<'_>) {
         // One frame: length, checksum, then the release and each record with its uuid.
         let frame = &mut self.frame;
         frame.clear();
         frame.extend_from_slice(&[0; 8]);
-        frame.extend_from_slice(&released.start.to_le_bytes());
-        frame.extend_from_slice(&released.end.to_le_bytes());
-        frame.extend_from_slice(&accepted_at.to_le_bytes());
-        for ((seq, record), uuid) in (first..).zip(records).zip(uuids) {
+        frame.extend_from_slice(&commit.released.start.to_le_bytes());
+        frame.extend_from_slice(&commit.released.end.to_le_bytes());
+        frame.extend_from_slice(&commit.accepted_at.to_le_bytes());
+        for ((seq, record), uuid) in (commit.first..).zip(commit.records).zip(commit.uuids) {
             frame.extend_from_slice(&seq.to_le_bytes());
             frame.extend_from_slice(&(uuid.len() as u32).to_le_bytes());
             frame.extend_from_slice(uuid.as_bytes());
@@ -309,10 +275,10 @@ impl Engine for Log {
         }
         self.file.sync_data().expect("fdatasync");
         self.written += frame.len() as u64;
-        let last = first + records.len() as u64 - 1;
+        let last = commit.first + commit.records.len() as u64 - 1;
         self.segments.last_mut().expect("a segment").1 = last;
         // Files whose every entry is released go.
-        while self.segments.len() > 1 && self.segments[0].1 < released.end {
+        while self.segments.len() > 1 && self.segments[0].1 < commit.released.end {
             let (number, _) = self.segments.remove(0);
             let path = self.dir.join(format!("{number:08}.log"));
             if self.recycle {
@@ -396,14 +362,14 @@ fn run(engine: &mut dyn Engine, load: &Load, state: &mut u64) -> (f64, f64) {
         } else {
             Vec::new()
         };
-        engine.commit(
-            next,
+        engine.commit(&Commit {
+            first: next,
             accepted_at,
-            &group,
-            &uuids,
-            released.clone(),
-            &expired,
-        );
+            records: &group,
+            uuids: &uuids,
+            released: released.clone(),
+            expired: &expired,
+        });
         oldest = released.end;
         next += load.group as u64;
     }
