@@ -888,9 +888,9 @@ enum DeadLettered {
     /// deadline passed first.
     Kept(DeadLetter),
     /// Its topic and the dead-letter topic are both unknown to Kafka: a cluster that lost its
-    /// topics (restarted without its state), or one whose topics are not created yet. Kept in the
-    /// spool's dead-letter area, which holds a tenth of the spool and drops its oldest, a backlog
-    /// would be lost; its entry stays pending instead, and the spool holds it until the topics
+    /// topics (restarted without its state), or one whose topics are not created yet. The spool's
+    /// dead-letter area holds a tenth of the spool and drops its oldest: a backlog sent there
+    /// would be lost. So its entry stays pending instead, and the spool holds it until the topics
     /// exist, answering 503 once full.
     NoTopic,
 }

@@ -88,7 +88,7 @@ pub const DEAD_LETTER_SHARE: u64 = 10;
 /// The most operations one commit takes: bounds the latency of the requests that wait on it.
 const MAX_GROUP: usize = 4096;
 /// How often an unwritable spool that nothing writes to tries again by itself: it answers 503 on
-/// `/readyz` meanwhile, so a load balancer may send it nothing that would.
+/// `/readyz` meanwhile, so a load balancer may send it no request to try again with.
 #[cfg(not(test))]
 const RETRY_UNWRITABLE: Duration = Duration::from_secs(1);
 #[cfg(test)]
