@@ -6,8 +6,8 @@ Starts Tansu and the bridge like bench/bench.py, drives it with the same wrk loa
 `perf record -e cpu-clock` (a software clock: this VM exposes no hardware counters) with DWARF call
 graphs, and attributes every sample to one component of the bridge by the innermost frame of its stack
 that names one (see RULES). Prints the components, the threads, and the top self-time symbols, and writes
-bench/results/profile-MODE.txt (profile-MODE-1hint.txt with HINTS=1-1, profile-MODE-hints-LO-HI.txt with
-another HINTS than 1-12). `drain` profiles the relay instead: Tansu is stopped while
+bench/results/profile-MODE.txt (with HINTS=N-N, profile-MODE-Nhint.txt or -Nhints.txt; with another range
+than 1-12, profile-MODE-hints-LO-HI.txt). `drain` profiles the relay instead: Tansu is stopped while
 DRAIN_COUNT single-hint notifications are posted, then resumed, and the bridge is sampled while it drains.
 `half` profiles spool mode under the open-loop load of the half-load phase, RATE notifications/s (3000).
 """
