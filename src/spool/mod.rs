@@ -252,6 +252,9 @@ struct Shared {
     /// its header can make them.
     #[cfg(test)]
     failing_after_commit: AtomicU64,
+    /// Told each time an unwritable spool has tried again by itself.
+    #[cfg(test)]
+    tried_again: Notify,
 }
 
 /// How a spool is sized, for `serve` and the `spool` commands alike.
@@ -371,6 +374,8 @@ impl Spool {
             failing_releases: AtomicU64::new(0),
             #[cfg(test)]
             failing_after_commit: AtomicU64::new(0),
+            #[cfg(test)]
+            tried_again: Notify::new(),
         });
         shared.publish_gauges();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -736,14 +741,14 @@ mod tests {
         assert_eq!((reopened.entries(), reopened.bytes()), (entries, bytes));
     }
 
-    /// Waits until the spool reports `health`, for at most 5 s.
+    /// Waits, try after try of the writer's, until the spool reports `health`, for at most 5 s.
     async fn until_health(spool: &Spool, health: SpoolHealth) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while spool.spool_health() != health {
-            if tokio::time::Instant::now() >= deadline {
+            let tried = spool.shared.tried_again.notified();
+            if tokio::time::timeout_at(deadline, tried).await.is_err() {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         true
     }

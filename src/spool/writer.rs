@@ -82,6 +82,8 @@ impl Shared {
                 self.recover(seen);
             }
         }
+        #[cfg(test)]
+        self.tried_again.notify_one();
     }
 
     /// Reopens the database after a failed commit and takes what it holds as the truth. A commit
