@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, Settings};
+use crate::in_flight::PlansInFlight;
 use crate::ingress::{self, AllowedSubscriptions, IngressState};
 use crate::kafka::{self, EmbeddedBroker, Producer, ProducerFactory, Publisher};
 use crate::metrics::Metrics;
@@ -298,6 +299,10 @@ impl Application {
                 settings.allowed_subscription_ids.clone(),
                 keeper.as_ref().map(|(keeper, _)| keeper.subscription_id()),
             )),
+            plans_in_flight: PlansInFlight::new(
+                settings.max_plan_bytes_in_flight.get(),
+                metrics.plan_bytes_in_flight.clone(),
+            ),
         };
         let topic_check = settings.brokers.is_some().then(|| TopicCheck {
             factory: factory.clone(),

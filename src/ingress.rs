@@ -23,6 +23,7 @@ use time::format_description::well_known::Rfc3339;
 
 use tokio::sync::watch;
 
+use crate::in_flight::PlansInFlight;
 use crate::metrics::Metrics;
 use crate::notification::{EventKind, Notification, ParseError};
 use crate::readiness::{Readiness, SpoolHealth};
@@ -46,6 +47,8 @@ pub struct IngressState {
     pub reminders: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// The subscriptions notifications may come from; everything else gets 403.
     pub allowed: Arc<AllowedSubscriptions>,
+    /// What plans of requests in flight may hold together; beyond it, 503.
+    pub plans_in_flight: Arc<PlansInFlight>,
 }
 
 /// The subscriptions the webhook accepts notifications from: the configured ids, and the keeper's
@@ -338,7 +341,10 @@ async fn webhook(
         .count() as u64;
 
     let unrouted_reason = plan.unrouted_reason;
-    let accepted = state.sink.accept(plan).await;
+    let accepted = match state.plans_in_flight.reserve(plan.payload_bytes()) {
+        Some(held) => state.sink.accept(plan, held).await,
+        None => Err(SinkError::Busy),
+    };
     if let Some(spans) = crate::otlp::spans() {
         let status = if accepted.is_ok() { 200 } else { 503 };
         spans.request(&trace, started, status, &notification.uuid);

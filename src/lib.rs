@@ -31,6 +31,7 @@ pub mod app;
 pub mod asyncapi;
 pub mod cli;
 pub mod config;
+pub mod in_flight;
 pub mod ingress;
 pub mod kafka;
 pub mod metrics;

@@ -57,6 +57,8 @@ pub struct Collectors {
     pub spool_dead_letters: IntGauge,
     pub spool_dead_letter_bytes: IntGauge,
     pub dead_letters_dropped: IntCounter,
+    // Exposure: what requests in flight hold.
+    pub plan_bytes_in_flight: IntGauge,
     // State topics.
     pub state_fetches: IntCounterVec,
     pub state_rate_limit_pauses: IntCounterVec,
@@ -270,6 +272,11 @@ impl Metrics {
                 "Dead letters dropped from the spool's full dead-letter area, oldest first.",
             ))
             .unwrap(),
+            plan_bytes_in_flight: IntGauge::with_opts(opts(
+                "plan_bytes_in_flight",
+                "Bytes planned by webhook requests not yet kept; at most --max-plan-bytes-in-flight.",
+            ))
+            .unwrap(),
             registry,
             state_fetches: IntCounterVec::new(
                 opts("state_fetches_total", "State fetches from RingCentral, by rate-limit group and outcome."),
@@ -379,6 +386,7 @@ impl Metrics {
             Box::new(m.spool_dead_letters.clone()),
             Box::new(m.spool_dead_letter_bytes.clone()),
             Box::new(m.dead_letters_dropped.clone()),
+            Box::new(m.plan_bytes_in_flight.clone()),
             Box::new(m.state_fetches.clone()),
             Box::new(m.state_rate_limit_pauses.clone()),
             Box::new(m.state_lag.clone()),

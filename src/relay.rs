@@ -958,6 +958,7 @@ mod tests {
     use rdkafka::types::RDKafkaErrorCode;
 
     use super::*;
+    use crate::in_flight::Reservation;
     use crate::kafka::PublishError;
     use crate::routing::{OutboundMessage, RoutePlan};
     use crate::sink::Sink;
@@ -1100,7 +1101,10 @@ mod tests {
     /// Accepts `plans` in their order, all at once: each is handed to the spool's writer on its
     /// first poll, in turn, so the writer commits them in groups.
     async fn accept_in_order(spool: &Spool, plans: Vec<RoutePlan>) {
-        let mut accepts: Vec<_> = plans.into_iter().map(|plan| spool.accept(plan)).collect();
+        let mut accepts: Vec<_> = plans
+            .into_iter()
+            .map(|plan| spool.accept(plan, Reservation::unbudgeted()))
+            .collect();
         let mut early = Vec::with_capacity(accepts.len());
         std::future::poll_fn(|cx| {
             early.extend(accepts.iter_mut().map(|accept| accept.as_mut().poll(cx)));
@@ -1235,7 +1239,11 @@ mod tests {
         .await;
         let keys: Vec<String> = (0..200).map(|n| format!("e{n:03}")).collect();
         for key in &keys {
-            bench.spool.accept(plan(key, &["t1"])).await.unwrap();
+            bench
+                .spool
+                .accept(plan(key, &["t1"]), Reservation::unbudgeted())
+                .await
+                .unwrap();
         }
         bench.drain().await;
         let mut first_acks = Vec::new();

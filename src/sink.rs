@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::in_flight::Reservation;
 use crate::kafka::{ErrorKind, KafkaProducer, Publisher};
 use crate::metrics::Metrics;
 use crate::routing::RoutePlan;
@@ -33,6 +34,10 @@ pub enum SinkError {
     KafkaFailed,
     #[error("shutting down")]
     ShuttingDown,
+    /// The plan does not fit in what requests in flight may hold together
+    /// (`--max-plan-bytes-in-flight`): nothing was kept.
+    #[error("too many bytes planned by requests in flight")]
+    Busy,
 }
 
 impl SinkError {
@@ -44,6 +49,7 @@ impl SinkError {
             SinkError::KafkaTimeout => "kafka_timeout",
             SinkError::KafkaFailed => "kafka_failed",
             SinkError::ShuttingDown => "shutting_down",
+            SinkError::Busy => "plans_in_flight",
         }
     }
 }
@@ -51,8 +57,10 @@ impl SinkError {
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<Acceptance, SinkError>> + Send + 'a>>;
 
 pub trait Sink: Send + Sync + 'static {
-    /// Keeps the plan, or says why it cannot. Must deduplicate on `plan.uuid`.
-    fn accept(&self, plan: RoutePlan) -> SinkFuture<'_>;
+    /// Keeps the plan, or says why it cannot. Must deduplicate on `plan.uuid`. `held` counts the
+    /// plan's bytes against the budget of requests in flight: it is dropped once what holds the
+    /// plan (or its record) is done, even if the caller hung up before.
+    fn accept(&self, plan: RoutePlan, held: Reservation) -> SinkFuture<'_>;
 }
 
 /// Notification uuids accepted recently: bounded in count and in time.
@@ -188,7 +196,7 @@ impl Direct {
 }
 
 impl Sink for DirectSink {
-    fn accept(&self, plan: RoutePlan) -> SinkFuture<'_> {
+    fn accept(&self, plan: RoutePlan, held: Reservation) -> SinkFuture<'_> {
         Box::pin(async move {
             let now = Instant::now();
             if !self.inner.recent.lock().unwrap().claim(&plan.uuid, now) {
@@ -202,6 +210,7 @@ impl Sink for DirectSink {
                 if result.is_err() {
                     direct.recent.lock().unwrap().release(&plan.uuid);
                 }
+                drop((plan, held));
                 result
             });
             match publish.await {

@@ -207,6 +207,15 @@ pub struct Settings {
     /// Most bytes planned from one notification (topics, keys, headers, values).
     #[arg(long, env = "RCKB_MAX_PLAN_BYTES", default_value = "16777216")]
     pub max_plan_bytes: NonZeroUsize,
+    /// Most bytes planned by all webhook requests in flight together (held until the spool keeps
+    /// them, or Kafka acknowledged them in direct mode); a request beyond it gets 503. At least
+    /// --max-plan-bytes.
+    #[arg(
+        long,
+        env = "RCKB_MAX_PLAN_BYTES_IN_FLIGHT",
+        default_value = "67108864"
+    )]
+    pub max_plan_bytes_in_flight: NonZeroUsize,
     #[command(flatten)]
     pub ringcentral: RingCentralSettings,
     #[command(flatten)]
@@ -626,6 +635,20 @@ impl Settings {
                 });
             }
         }
+        // The largest plan one notification makes: up to its cap, or a notification over a cap
+        // carried raw (its body, and its headers; see the routing's property tests).
+        let largest_plan = self.max_plan_bytes.get().max(2 * self.max_body_bytes.get());
+        if self.max_plan_bytes_in_flight.get() < largest_plan {
+            return Err(ConfigError::Invalid {
+                key: "max_plan_bytes_in_flight",
+                message: format!(
+                    "{} is below the largest plan one notification makes ({largest_plan}: \
+                     max_plan_bytes, or twice max_body_bytes): such a notification could never be \
+                     accepted",
+                    self.max_plan_bytes_in_flight
+                ),
+            });
+        }
         let limits = FanoutLimits {
             max_hints_per_change: self.max_hints_per_change.get(),
             max_changes: self.max_changes_per_notification.get(),
@@ -757,6 +780,24 @@ mod tests {
     }
 
     #[test]
+    fn plans_in_flight_hold_at_least_the_largest_plan_of_one_notification() {
+        let at_cap = layered(&["--max-plan-bytes-in-flight", "16777216"], "").unwrap();
+        assert_eq!(at_cap.max_plan_bytes_in_flight.get(), 16 << 20);
+        let e = layered(&["--max-plan-bytes-in-flight", "16777215"], "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_plan_bytes_in_flight"), "{e}");
+        // A notification over a cap is carried raw: up to twice its body.
+        let e = layered(
+            &[],
+            "max_plan_bytes = 1048576\nmax_plan_bytes_in_flight = 1048576\nmax_body_bytes = 1048576\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice max_body_bytes"), "{e}");
+    }
+
+    #[test]
     fn worker_threads_is_a_positive_count_from_a_flag_or_the_file() {
         let three = layered(&["--worker-threads", "3"], "").unwrap();
         assert_eq!(three.worker_threads(), 3);
@@ -794,6 +835,7 @@ mod tests {
         assert!(!s.ensure_topics && !s.allow_unverified_webhooks);
         assert!(s.brokers.is_none() && s.verification_token.is_none());
         assert_eq!(s.routing.limits(), FanoutLimits::default());
+        assert_eq!(s.max_plan_bytes_in_flight.get(), 64 << 20);
         assert_eq!(
             s.routing.dead_letter_topic().as_str(),
             "ringcentral.dead-letter"

@@ -44,6 +44,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
+use crate::in_flight::Reservation;
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SpoolHealth};
 use crate::routing::{HeaderName, OutboundMessage, RoutePlan};
@@ -212,6 +213,9 @@ struct Append {
     uuid: String,
     record: Vec<u8>,
     reply: oneshot::Sender<Result<Acceptance, SinkError>>,
+    /// The plan's bytes in flight, released once the writer is done with the append (before it
+    /// answers).
+    held: Reservation,
 }
 
 struct Release {
@@ -578,7 +582,7 @@ impl Drop for Spool {
 }
 
 impl Sink for Spool {
-    fn accept(&self, plan: RoutePlan) -> SinkFuture<'_> {
+    fn accept(&self, plan: RoutePlan, held: Reservation) -> SinkFuture<'_> {
         Box::pin(async move {
             // Encoded here, on the thread that planned it, rather than on the writer's: the plan's
             // many small allocations are freed where they were made (cheaper for the allocator than
@@ -588,12 +592,15 @@ impl Sink for Spool {
                 tracing::error!(error = %e, uuid = %plan.uuid, "a plan could not be encoded for the spool");
                 SinkError::SpoolUnwritable
             })?;
+            // Only the record waits for the writer: the plan's messages go now.
             let uuid = plan.uuid;
+            drop(plan.messages);
             let (reply, answer) = oneshot::channel();
             self.send(Command::Append(Append {
                 uuid,
                 record,
                 reply,
+                held,
             }))
             .map_err(|_| SinkError::ShuttingDown)?;
             answer.await.unwrap_or(Err(SinkError::ShuttingDown))
@@ -674,7 +681,7 @@ mod tests {
                 let mut plan = plan(uuid);
                 plan.messages[0].value =
                     format!("\"{}\"", (0..2000).map(|_| noise()).collect::<String>());
-                spool.accept(plan).await.unwrap();
+                spool.accept(plan, Reservation::unbudgeted()).await.unwrap();
             }
             assert!(spool.bytes() > 16 * 4096, "the backlog outgrows the cache");
         }
@@ -690,7 +697,10 @@ mod tests {
             let spool = open(dir.path(), 1 << 20);
             for uuid in ["a", "b", "c"] {
                 assert_eq!(
-                    spool.accept(plan(uuid)).await.unwrap(),
+                    spool
+                        .accept(plan(uuid), Reservation::unbudgeted())
+                        .await
+                        .unwrap(),
                     Acceptance::Accepted
                 );
             }
@@ -709,7 +719,10 @@ mod tests {
         let after = uuids(spool.entries_from(oldest.seq + 1, 10, usize::MAX).unwrap());
         assert_eq!(after, ["b", "c"]);
         assert_eq!(
-            spool.accept(plan("b")).await.unwrap(),
+            spool
+                .accept(plan("b"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Duplicate
         );
         assert_eq!(spool.entries(), 3);
@@ -721,14 +734,23 @@ mod tests {
         let spool = open(dir.path(), 1 << 20);
         spool.shared.failing_after_commit.store(1, Ordering::SeqCst);
         assert!(matches!(
-            spool.accept(plan("a")).await,
+            spool.accept(plan("a"), Reservation::unbudgeted()).await,
             Err(SinkError::SpoolUnwritable)
         ));
         // "a" is on disk all the same: the next notification comes after it...
-        assert_eq!(spool.accept(plan("b")).await.unwrap(), Acceptance::Accepted);
+        assert_eq!(
+            spool
+                .accept(plan("b"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
+            Acceptance::Accepted
+        );
         // ...and RingCentral's redelivery of "a" finds it kept.
         assert_eq!(
-            spool.accept(plan("a")).await.unwrap(),
+            spool
+                .accept(plan("a"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Duplicate
         );
         let pending = uuids(spool.oldest(10, usize::MAX).unwrap());
@@ -757,7 +779,10 @@ mod tests {
     async fn an_unwritable_spool_that_nothing_writes_to_recovers_by_itself() {
         let dir = tempfile::tempdir().unwrap();
         let spool = open(dir.path(), 1 << 20);
-        spool.accept(plan("a")).await.unwrap();
+        spool
+            .accept(plan("a"), Reservation::unbudgeted())
+            .await
+            .unwrap();
         let seq = spool.oldest(1, usize::MAX).unwrap()[0].seq;
         spool.fail_releases(1);
         assert!(spool.release(vec![seq], vec![]).await.is_err());
@@ -771,7 +796,10 @@ mod tests {
     async fn a_database_that_could_not_be_reopened_is_reopened_later_unasked() {
         let dir = tempfile::tempdir().unwrap();
         let spool = open(dir.path(), 1 << 20);
-        spool.accept(plan("a")).await.unwrap();
+        spool
+            .accept(plan("a"), Reservation::unbudgeted())
+            .await
+            .unwrap();
         let seq = spool.oldest(1, usize::MAX).unwrap()[0].seq;
         // A read in progress elsewhere (the relay's) keeps the database open: reopening it fails.
         let reading = spool.shared.database().unwrap();
@@ -788,8 +816,14 @@ mod tests {
     async fn release_removes_and_keeps_dead_letters() {
         let dir = tempfile::tempdir().unwrap();
         let spool = open(dir.path(), 1 << 20);
-        spool.accept(plan("a")).await.unwrap();
-        spool.accept(plan("b")).await.unwrap();
+        spool
+            .accept(plan("a"), Reservation::unbudgeted())
+            .await
+            .unwrap();
+        spool
+            .accept(plan("b"), Reservation::unbudgeted())
+            .await
+            .unwrap();
         let first = spool.oldest(1, usize::MAX).unwrap().remove(0);
         let letter = DeadLetter {
             reason: "too_large".into(),
@@ -804,7 +838,10 @@ mod tests {
         assert_eq!(spool.dead_letters().unwrap(), vec![letter]);
         // Released notifications are still remembered as seen.
         assert_eq!(
-            spool.accept(plan("a")).await.unwrap(),
+            spool
+                .accept(plan("a"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Duplicate
         );
     }
@@ -814,7 +851,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = open(dir.path(), 1 << 20);
         for n in 0..40 {
-            spool.accept(plan(&format!("u{n:02}"))).await.unwrap();
+            spool
+                .accept(plan(&format!("u{n:02}")), Reservation::unbudgeted())
+                .await
+                .unwrap();
         }
         let all = spool.oldest(100, usize::MAX).unwrap();
         let seq = |n: usize| all[n].seq;
@@ -853,7 +893,10 @@ mod tests {
         let mut accepted = 0;
         let mut refused = None;
         for i in 0..20 {
-            match spool.accept(plan(&format!("n{i}"))).await {
+            match spool
+                .accept(plan(&format!("n{i}")), Reservation::unbudgeted())
+                .await
+            {
                 Ok(_) => accepted += 1,
                 Err(e) => {
                     refused = Some(e);
@@ -876,9 +919,37 @@ mod tests {
         assert_eq!(spool.spool_health(), SpoolHealth::Ok);
         assert_eq!(spool.bytes(), 0);
         assert_eq!(
-            spool.accept(plan("later")).await.unwrap(),
+            spool
+                .accept(plan("later"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Accepted
         );
+    }
+
+    #[tokio::test]
+    async fn a_plans_bytes_in_flight_are_released_before_the_writer_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), 1 << 20);
+        let budget = crate::in_flight::PlansInFlight::new(
+            1000,
+            prometheus::IntGauge::new("held", "held").unwrap(),
+        );
+        let answers = [
+            spool.accept(plan("a"), budget.reserve(600).unwrap()).await,
+            spool.accept(plan("a"), budget.reserve(600).unwrap()).await,
+        ];
+        assert_eq!(
+            answers.map(Result::unwrap),
+            [Acceptance::Accepted, Acceptance::Duplicate]
+        );
+        assert_eq!(budget.held(), 0);
+        // Refused for want of space: released all the same.
+        let small = tempfile::tempdir().unwrap();
+        let full = open(small.path(), 1);
+        let refused = full.accept(plan("b"), budget.reserve(600).unwrap()).await;
+        assert!(matches!(refused, Err(SinkError::SpoolFull)));
+        assert_eq!(budget.held(), 0);
     }
 
     #[tokio::test]
@@ -889,7 +960,9 @@ mod tests {
         for i in 0..200 {
             let spool = spool.clone();
             tasks.push(tokio::spawn(async move {
-                spool.accept(plan(&format!("c{i}"))).await
+                spool
+                    .accept(plan(&format!("c{i}")), Reservation::unbudgeted())
+                    .await
             }));
         }
         for t in tasks {
@@ -913,14 +986,26 @@ mod tests {
         )
         .unwrap();
         for uuid in ["a", "b", "c", "d"] {
-            spool.accept(plan(uuid)).await.unwrap();
+            spool
+                .accept(plan(uuid), Reservation::unbudgeted())
+                .await
+                .unwrap();
         }
         // Only the two most recent uuids are remembered.
         assert_eq!(
-            spool.accept(plan("d")).await.unwrap(),
+            spool
+                .accept(plan("d"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Duplicate
         );
-        assert_eq!(spool.accept(plan("a")).await.unwrap(), Acceptance::Accepted);
+        assert_eq!(
+            spool
+                .accept(plan("a"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
+            Acceptance::Accepted
+        );
     }
 
     #[tokio::test]
@@ -939,34 +1024,55 @@ mod tests {
         )
         .unwrap();
         for i in 0..capacity {
-            spool.accept(plan(&format!("u{i}"))).await.unwrap();
+            spool
+                .accept(plan(&format!("u{i}")), Reservation::unbudgeted())
+                .await
+                .unwrap();
         }
         // At the capacity nothing is forgotten yet.
         assert_eq!(
-            spool.accept(plan("u0")).await.unwrap(),
+            spool
+                .accept(plan("u0"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Duplicate
         );
         // One more: the oldest one over the capacity and the slack's two more are forgotten.
-        spool.accept(plan(&format!("u{capacity}"))).await.unwrap();
+        spool
+            .accept(plan(&format!("u{capacity}")), Reservation::unbudgeted())
+            .await
+            .unwrap();
         for i in 3..=capacity {
             assert_eq!(
-                spool.accept(plan(&format!("u{i}"))).await.unwrap(),
+                spool
+                    .accept(plan(&format!("u{i}")), Reservation::unbudgeted())
+                    .await
+                    .unwrap(),
                 Acceptance::Duplicate,
                 "u{i}"
             );
         }
         assert_eq!(
-            spool.accept(plan("u2")).await.unwrap(),
+            spool
+                .accept(plan("u2"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Accepted
         );
         // That one went into the slack: the record is below its capacity still, forgetting nothing.
         assert_eq!(
-            spool.accept(plan("u3")).await.unwrap(),
+            spool
+                .accept(plan("u3"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
             Acceptance::Duplicate
         );
         for i in 0..2 {
             assert_eq!(
-                spool.accept(plan(&format!("u{i}"))).await.unwrap(),
+                spool
+                    .accept(plan(&format!("u{i}")), Reservation::unbudgeted())
+                    .await
+                    .unwrap(),
                 Acceptance::Accepted,
                 "u{i}"
             );
@@ -974,7 +1080,10 @@ mod tests {
         // The second filled it past the capacity: the three oldest went.
         for i in 3..6 {
             assert_eq!(
-                spool.accept(plan(&format!("u{i}"))).await.unwrap(),
+                spool
+                    .accept(plan(&format!("u{i}")), Reservation::unbudgeted())
+                    .await
+                    .unwrap(),
                 Acceptance::Accepted,
                 "u{i}"
             );
@@ -1034,7 +1143,11 @@ mod tests {
 
         // Pending entries get what the dead letters leave.
         let mut n = 0;
-        while spool.accept(plan(&format!("p{n}"))).await.is_ok() {
+        while spool
+            .accept(plan(&format!("p{n}")), Reservation::unbudgeted())
+            .await
+            .is_ok()
+        {
             n += 1;
         }
         assert!(spool.bytes() + spool.dead_letter_bytes() <= 10_000);

@@ -205,11 +205,19 @@ impl Shared {
                 self.publish_gauges();
                 let mut records = Vec::with_capacity(delta.committed.len());
                 for (append, outcome) in appends.into_iter().zip(outcomes) {
+                    let Append {
+                        record,
+                        reply,
+                        held,
+                        ..
+                    } = append;
+                    // The hand-off bounds the records it keeps on its own.
+                    drop(held);
                     // Exactly the appends committed were accepted, in the same order.
                     if matches!(outcome, Ok(Acceptance::Accepted)) {
-                        records.push(append.record);
+                        records.push(record);
                     }
-                    let _ = append.reply.send(outcome);
+                    let _ = reply.send(outcome);
                 }
                 let mut handoff = self.handoff();
                 for (seq, record) in delta.committed.into_iter().zip(records) {
@@ -229,8 +237,9 @@ impl Shared {
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
                 self.recover(seen);
-                for append in appends {
-                    let _ = append.reply.send(Err(SinkError::SpoolUnwritable));
+                for Append { reply, held, .. } in appends {
+                    drop(held);
+                    let _ = reply.send(Err(SinkError::SpoolUnwritable));
                 }
                 for release in releases {
                     let _ = release.reply.send(Err(SpoolError::Storage(e.to_string())));

@@ -139,6 +139,87 @@ async fn hint_bombs_and_full_size_batches_cost_what_they_weigh() {
     }
 }
 
+/// What requests in flight hold together is bounded (`--max-plan-bytes-in-flight`): a plan beyond
+/// what is left is answered 503 at once, and the bytes of a plan come back once its work is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_in_flight_are_bounded_together_and_their_bytes_come_back() {
+    let run = unique();
+    let batches: Vec<String> = (0..5)
+        .map(|i| full_batch(&format!("held-{run}-{i}")).0)
+        .collect();
+    // The plan of one full batch, as the bridge makes it (less the trace headers it stamps).
+    let settings = rc_kafka_bridge::config::Settings::default()
+        .resolve()
+        .unwrap();
+    let notification =
+        rc_kafka_bridge::notification::Notification::parse(batches[0].as_bytes()).unwrap();
+    let planned = settings
+        .routing
+        .plan(&notification, batches[0].as_bytes(), "2026-01-01T00:00:00Z")
+        .payload_bytes();
+    // The smallest budget allowed, one notification's cap: room for four such plans, not five.
+    let budget = settings.max_plan_bytes.get();
+    assert!(
+        4 * planned < budget && 5 * planned > budget,
+        "{planned} bytes planned"
+    );
+    let kafka = MockKafka::start();
+    kafka.down();
+    let app = TestApp::spawn(&kafka.bootstrap, |a| {
+        a.delivery = rc_kafka_bridge::config::DeliveryMode::Direct;
+        // The requests wait for Kafka for as long as the test needs.
+        a.direct_timeout = Duration::from_secs(60);
+        a.max_plan_bytes_in_flight = std::num::NonZeroUsize::new(budget).unwrap();
+    })
+    .await;
+    let waiting: Vec<_> = batches[..4]
+        .iter()
+        .map(|body| {
+            let client = http();
+            let url = format!("{}/webhook", app.address);
+            let body = body.clone();
+            tokio::spawn(async move { client.post(url).body(body).send().await.unwrap() })
+        })
+        .collect();
+    let held = |m: &_| sample(m, "rckb_plan_bytes_in_flight", &[]);
+    app.metrics_until("four plans held while Kafka is down", |m| {
+        held(m) >= (4 * planned) as f64
+    })
+    .await;
+
+    let refused = app.post_webhook(batches[4].clone()).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "rckb_notifications_total",
+            &[("outcome", "unavailable")]
+        ),
+        1.0
+    );
+    assert!(
+        held(&metrics) <= budget as f64,
+        "{} bytes held",
+        held(&metrics)
+    );
+
+    kafka.up();
+    for answer in waiting {
+        assert_eq!(answer.await.unwrap().status(), 200);
+    }
+    assert_eq!(held(&app.metrics().await), 0.0, "released with their work");
+    // The refused notification was not recorded as seen: its redelivery is accepted now.
+    let again = app.post_webhook(batches[4].clone()).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["status"],
+        json!("accepted")
+    );
+    app.shutdown().await;
+}
+
 async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rc_kafka_bridge::in_flight::Reservation;
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::routing::{OutboundMessage, RoutePlan};
 use rc_kafka_bridge::sink::{Sink, SinkError};
@@ -666,7 +667,9 @@ async fn the_database_file_stays_within_its_sizing_factor_under_churn() {
                 };
                 let spool = spool.clone();
                 let plan = plan(format!("churn-{n}"), messages, bytes);
-                tasks.push(tokio::spawn(async move { spool.accept(plan).await }));
+                tasks.push(tokio::spawn(async move {
+                    spool.accept(plan, Reservation::unbudgeted()).await
+                }));
             }
             for task in tasks {
                 match task.await.unwrap() {

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use rc_kafka_bridge::config::Settings;
+use rc_kafka_bridge::in_flight::PlansInFlight;
 use rc_kafka_bridge::ingress::{self, AllowedSubscriptions, IngressState};
 use rc_kafka_bridge::metrics::Metrics;
 use rc_kafka_bridge::routing::RoutePlan;
@@ -64,6 +65,10 @@ impl Ingress {
                 settings.allowed_subscription_ids.clone(),
                 None,
             )),
+            plans_in_flight: PlansInFlight::new(
+                settings.max_plan_bytes_in_flight.get(),
+                metrics.plan_bytes_in_flight.clone(),
+            ),
         };
         Ingress {
             router: ingress::router(state, settings.max_body_bytes.get()),
