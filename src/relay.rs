@@ -780,9 +780,11 @@ impl<P: Producer> Worker<P> {
             }
             if complete {
                 round.released.push(entry.seq);
-                self.metrics
-                    .accept_to_ack
-                    .observe(entry.record.age().as_secs_f64());
+                // An entry with refused messages is released only once they are dead-lettered:
+                // counted then (see `dead_letter_rejected`), or a held entry would count twice.
+                if refused.is_empty() {
+                    self.observe_released(entry);
+                }
                 // Only entries being released dead-letter their refused messages; the others
                 // are published again whole.
                 rejected.extend(refused);
@@ -802,15 +804,16 @@ impl<P: Producer> Worker<P> {
     ) {
         // The refused messages come entry by entry.
         let mut kept: Vec<DeadLetter> = Vec::new();
-        let mut current: Option<u64> = None;
+        let mut current: Option<&Entry<'_>> = None;
         let mut held = false;
         for (entry, message, kind) in rejected {
-            if current != Some(entry.seq) {
-                if !held {
+            if current.is_none_or(|c| c.seq != entry.seq) {
+                if let Some(done) = current.filter(|_| !held) {
                     round.dead.append(&mut kept);
+                    self.observe_released(done);
                 }
                 kept.clear();
-                current = Some(entry.seq);
+                current = Some(entry);
                 held = false;
             }
             if held {
@@ -826,9 +829,17 @@ impl<P: Producer> Worker<P> {
                 }
             }
         }
-        if !held {
+        if let Some(done) = current.filter(|_| !held) {
             round.dead.append(&mut kept);
+            self.observe_released(done);
         }
+    }
+
+    /// Counts an entry in `rckb_accept_to_ack_seconds` once it is to be released.
+    fn observe_released(&self, entry: &Entry<'_>) {
+        self.metrics
+            .accept_to_ack
+            .observe(entry.record.age().as_secs_f64());
     }
 
     /// Sends a rejected message to the dead-letter topic.
@@ -1386,6 +1397,7 @@ mod tests {
         );
         assert_eq!(bench.counted(&bench.metrics.dead_letters, &["topic"]), 1);
         assert!(bench.spool.dead_letters().unwrap().is_empty());
+        assert_eq!(bench.metrics.accept_to_ack.get_sample_count(), 1);
     }
 
     #[tokio::test]
@@ -1407,6 +1419,11 @@ mod tests {
         );
         assert!(bench.spool.dead_letters().unwrap().is_empty());
         assert_eq!(bench.counted(&bench.metrics.dead_letters, &["spool"]), 0);
+        assert_eq!(
+            bench.metrics.accept_to_ack.get_sample_count(),
+            1,
+            "counted once, when released"
+        );
     }
 
     #[tokio::test]

@@ -79,6 +79,12 @@ struct Redb {
     /// Behind the journal, the database gets only the deduplication record: the entries are the
     /// journal's alone.
     only_seen: bool,
+    /// Each commit's records are one value (keyed by the first's sequence number), removed once
+    /// every record in it is released.
+    grouped: bool,
+    /// The groups stored, oldest first: (first sequence number, last).
+    groups: std::collections::VecDeque<(u64, u64)>,
+    value: Vec<u8>,
     commits: u64,
 }
 
@@ -89,7 +95,7 @@ const SEEN_ORDER: redb::TableDefinition<(u64, u64), &str> =
     redb::TableDefinition::new("seen_order");
 
 impl Redb {
-    fn open(dir: &Path, journal: bool, only_seen: bool) -> Redb {
+    fn open(dir: &Path, journal: bool, only_seen: bool, grouped: bool) -> Redb {
         let db = redb::Builder::new()
             .set_cache_size(2 << 20)
             .create(dir.join("spool.redb"))
@@ -98,6 +104,9 @@ impl Redb {
             db,
             journal: journal.then(|| Log::open(dir, true)),
             only_seen,
+            grouped,
+            groups: Default::default(),
+            value: Vec::new(),
             commits: 0,
         }
     }
@@ -117,7 +126,15 @@ impl Engine for Redb {
         {
             let mut entries = txn.open_table(ENTRIES).expect("entries");
             let mut seen = txn.open_table(SEEN_ORDER).expect("seen_order");
-            if !self.only_seen {
+            if self.grouped {
+                while let Some(&(first, last)) = self.groups.front() {
+                    if last >= commit.released.end {
+                        break;
+                    }
+                    entries.remove(first).expect("remove group");
+                    self.groups.pop_front();
+                }
+            } else if !self.only_seen {
                 for seq in commit.released.clone() {
                     entries.remove(seq).expect("remove");
                 }
@@ -125,8 +142,21 @@ impl Engine for Redb {
             for key in commit.expired {
                 seen.remove(*key).expect("expire");
             }
+            if self.grouped {
+                self.value.clear();
+                for record in commit.records {
+                    self.value
+                        .extend_from_slice(&(record.len() as u32).to_le_bytes());
+                    self.value.extend_from_slice(record);
+                }
+                entries
+                    .insert(commit.first, self.value.as_slice())
+                    .expect("insert group");
+                let last = commit.first + commit.records.len() as u64 - 1;
+                self.groups.push_back((commit.first, last));
+            }
             for ((seq, record), uuid) in (commit.first..).zip(commit.records).zip(commit.uuids) {
-                if !self.only_seen {
+                if !self.only_seen && !self.grouped {
                     entries.insert(seq, record.as_slice()).expect("insert");
                 }
                 seen.insert((commit.accepted_at, seq), uuid.as_str())
@@ -410,8 +440,9 @@ fn main() {
     println!("round engine        CPU ms/commit  commits/s");
     for round in 0..rounds {
         // Each round in another order, so that none always runs first or last.
-        let mut order = [
+        let all = [
             "redb",
+            "redb-grouped",
             "fjall",
             "log",
             "log-in-place",
@@ -419,15 +450,21 @@ fn main() {
             "journal+seen",
             "none",
         ];
+        let chosen = arg("--engines");
+        let mut order: Vec<&str> = all
+            .into_iter()
+            .filter(|e| chosen.as_ref().is_none_or(|c| c.split(',').any(|n| n == *e)))
+            .collect();
         let engines = order.len();
         order.rotate_left(round % engines);
         for name in order {
             let dir = base.join(format!("{name}-{round}"));
             fs::create_dir_all(&dir).expect("bench dir");
             let mut engine: Box<dyn Engine> = match name {
-                "redb" => Box::new(Redb::open(&dir, false, false)),
-                "journal+redb" => Box::new(Redb::open(&dir, true, false)),
-                "journal+seen" => Box::new(Redb::open(&dir, true, true)),
+                "redb" => Box::new(Redb::open(&dir, false, false, false)),
+                "redb-grouped" => Box::new(Redb::open(&dir, false, false, true)),
+                "journal+redb" => Box::new(Redb::open(&dir, true, false, false)),
+                "journal+seen" => Box::new(Redb::open(&dir, true, true, false)),
                 "fjall" => Box::new(Fjall::open(&dir)),
                 "log" => Box::new(Log::open(&dir, false)),
                 "log-in-place" => Box::new(Log::open(&dir, true)),
