@@ -1,7 +1,7 @@
 //! What the spool's writer pays per group commit for its storage, on redb and on the designs that
 //! could replace it: `cargo run --release -- --dir DIR [--rounds N] [--group N] [--record-bytes N]
-//! [--round N] [--backlog N] [--commits N]`. DIR must be on the disk the spool would use (a tmpfs
-//! makes `fdatasync` free).
+//! [--round N] [--backlog N] [--commits N] [--engines NAME,NAME]`. DIR must be on the disk the
+//! spool would use (a tmpfs makes `fdatasync` free).
 //!
 //! The same work on each: a commit of `--group` notifications, each a record of `--record-bytes`
 //! (stored bytes: the bridge's records are LZ4-compressed before they are stored, so they are
@@ -11,6 +11,8 @@
 //! uuids. Every commit is durable before the next starts (`fdatasync`).
 //!
 //! - `redb`: the spool as it is: its tables and settings (`entries`, `seen_order`; 2 MiB cache).
+//! - `redb-grouped`: the same, but each commit's records are one value (keyed by the first's
+//!   sequence number), removed once every record in it is released.
 //! - `fjall`: an LSM tree with a journal; one keyspace per table, a batch per commit persisted with
 //!   `SyncData`; memtables of 8 MiB (its default of 64 MiB would not fit the bridge's memory).
 //! - `log`: every commit one checksummed frame appended to a file and `fdatasync`; a new file every
@@ -453,7 +455,11 @@ fn main() {
         let chosen = arg("--engines");
         let mut order: Vec<&str> = all
             .into_iter()
-            .filter(|e| chosen.as_ref().is_none_or(|c| c.split(',').any(|n| n == *e)))
+            .filter(|e| {
+                chosen
+                    .as_ref()
+                    .is_none_or(|c| c.split(',').any(|n| n == *e))
+            })
             .collect();
         let engines = order.len();
         order.rotate_left(round % engines);
