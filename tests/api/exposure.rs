@@ -188,17 +188,7 @@ async fn plans_in_flight_are_bounded_together_and_their_bytes_come_back() {
     .await;
 
     let refused = app.post_webhook(batches[4].clone()).await;
-    assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "5");
-    let metrics = app.metrics().await;
-    assert_eq!(
-        sample(
-            &metrics,
-            "rckb_notifications_total",
-            &[("outcome", "unavailable")]
-        ),
-        1.0
-    );
+    let metrics = app.assert_unavailable(&refused, 1.0).await;
     assert!(
         held(&metrics) <= budget as f64,
         "{} bytes held",

@@ -232,17 +232,7 @@ async fn direct_mode_answers_503_when_kafka_does_not_acknowledge_in_time() {
     })
     .await;
     let response = app.post_webhook(DOCUMENTED_EXAMPLE).await;
-    assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "5");
-    let metrics = app.metrics().await;
-    assert_eq!(
-        sample(
-            &metrics,
-            "rckb_notifications_total",
-            &[("outcome", "unavailable")]
-        ),
-        1.0
-    );
+    app.assert_unavailable(&response, 1.0).await;
     kafka.up();
     app.shutdown().await;
 }

@@ -86,4 +86,19 @@ impl TestApp {
     pub async fn metrics_until(&self, what: &str, condition: impl Fn(&Scrape) -> bool) -> Scrape {
         scrape_until(&self.admin_address, what, condition).await
     }
+
+    /// Checks that `refused` is a 503 to try again later, and that it is the `count`th counted as
+    /// such; returns the scrape.
+    pub async fn assert_unavailable(&self, refused: &reqwest::Response, count: f64) -> Scrape {
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "5");
+        let metrics = self.metrics().await;
+        let counted = sample(
+            &metrics,
+            "rckb_notifications_total",
+            &[("outcome", "unavailable")],
+        );
+        assert_eq!(counted, count, "notifications counted unavailable");
+        metrics
+    }
 }
