@@ -4,9 +4,9 @@
 //! that did not release all it took, and whenever the hand-off cannot say what comes next.
 //!
 //! What it holds is always one contiguous run of sequence numbers ending at the last committed
-//! entry. When it is full (the relay is behind: Kafka is slow or down), the writer stops adding to
-//! it and marks the gap; the relay then empties it and reads the database until it has caught up
-//! with what is added afterwards.
+//! entry. When it is full (the relay is behind: Kafka is slow or down), the writer drops what it
+//! holds, which could no longer be handed over, stops adding to it and marks the gap; the relay then
+//! reads the database until it has caught up with what is added afterwards.
 
 use std::collections::VecDeque;
 
@@ -58,7 +58,7 @@ impl HandOff {
     pub(super) fn push(&mut self, entry: StoredEntry) {
         self.end = entry.seq + 1;
         if self.gap || self.bytes + entry.record_bytes() > MAX_BYTES {
-            self.gap = true;
+            self.mark_gap();
             return;
         }
         self.bytes += entry.record_bytes();
@@ -70,15 +70,22 @@ impl HandOff {
     /// what it was handed.
     pub(super) fn resync(&mut self, end: u64) {
         self.end = self.end.max(end);
+        self.mark_gap();
+    }
+
+    /// The run no longer reaches the last commit: what it holds can never be handed over (the
+    /// relay reads the database from wherever it is), so it goes at once rather than staying in
+    /// memory for as long as the relay is behind.
+    fn mark_gap(&mut self) {
         self.gap = true;
+        self.entries.clear();
+        self.bytes = 0;
     }
 
     /// Takes the entries from `next` on: at most `limit`, and no more than `max_bytes` (but at least
     /// one). Entries before `next` were published already and are dropped.
     pub(super) fn take(&mut self, next: u64, limit: usize, max_bytes: usize) -> Handed {
         if self.gap {
-            self.entries.clear();
-            self.bytes = 0;
             self.gap = false;
             return Handed::Unknown;
         }
@@ -162,8 +169,10 @@ mod tests {
         let mut handoff = HandOff::new(0);
         handoff.push(entry(0, MAX_BYTES - 10));
         handoff.push(entry(1, 100));
-        // Held 0 but not 1: nothing can be handed over, and it empties.
+        // Held 0 but not 1: nothing can be handed over, and it empties at once.
+        assert_eq!((handoff.entries.len(), handoff.bytes), (0, 0));
         handoff.push(entry(2, 1));
+        assert_eq!((handoff.entries.len(), handoff.bytes), (0, 0));
         assert_eq!(seqs(handoff.take(0, 10, usize::MAX)), None);
         handoff.push(entry(3, 100));
         // The relay read 0 to 2 from the database; 3 came after the gap.
@@ -178,6 +187,7 @@ mod tests {
         // A commit of 1 and 2 reported failed reached the disk.
         handoff.resync(3);
         assert_eq!(handoff.end(), 3);
+        assert!(handoff.entries.is_empty());
         assert_eq!(seqs(handoff.take(0, 10, 1 << 20)), None);
         // Never backwards: a database that ends earlier leaves the run's end.
         handoff.resync(1);
