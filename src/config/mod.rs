@@ -209,7 +209,7 @@ pub struct Settings {
     pub max_plan_bytes: NonZeroUsize,
     /// Most bytes planned by all webhook requests in flight together (held until the spool keeps
     /// them, or Kafka acknowledged them in direct mode); a request beyond it gets 503. At least
-    /// --max-plan-bytes.
+    /// --max-plan-bytes and twice --max-body-bytes.
     #[arg(
         long,
         env = "RCKB_MAX_PLAN_BYTES_IN_FLIGHT",
