@@ -167,8 +167,12 @@ async fn plans_in_flight_are_bounded_together_and_their_bytes_come_back() {
     kafka.down();
     let app = TestApp::spawn(&kafka.bootstrap, |a| {
         a.delivery = rc_kafka_bridge::config::DeliveryMode::Direct;
-        // The requests wait for Kafka for as long as the test needs.
+        // The requests wait for Kafka for as long as the test needs, and so do their messages.
         a.direct_timeout = Duration::from_secs(60);
+        a.kafka_property
+            .retain(|(key, _)| key != "message.timeout.ms");
+        a.kafka_property
+            .push(("message.timeout.ms".into(), "60000".into()));
         a.max_plan_bytes_in_flight = std::num::NonZeroUsize::new(budget).unwrap();
     })
     .await;
