@@ -66,6 +66,9 @@ impl std::fmt::Debug for Spans {
 }
 
 /// One span that ended.
+/// The span of a message being sent, ended by [`Spans::published`].
+pub struct Sending(Box<Ended>);
+
 struct Ended {
     trace_id: [u8; 16],
     span_id: [u8; 8],
@@ -121,12 +124,14 @@ impl Spans {
         });
     }
 
-    /// A producer span for `message`, published from `start` until now, as a child of the span its
-    /// `traceparent` names (none without one: the message was planned with no trace).
-    pub fn published(&self, message: &impl Outbound, start: SystemTime) {
-        let Some(parent) = message.header(TRACEPARENT).and_then(Traceparent::parse) else {
-            return;
-        };
+    /// The producer span of `message`, sent from `start` on, as a child of the span its
+    /// `traceparent` names (none without one: the message was planned with no trace). Taken when
+    /// the message is enqueued, so that what is sent need not be kept until Kafka answers.
+    pub fn sending(&self, message: &impl Outbound, start: SystemTime) -> Option<Sending> {
+        let parent = message.header(TRACEPARENT).and_then(Traceparent::parse)?;
+        if !parent.sampled {
+            return None;
+        }
         let mut attributes = vec![
             KeyValue::new("messaging.system", "kafka"),
             KeyValue::new("messaging.operation.name", "send"),
@@ -140,7 +145,7 @@ impl Spans {
         if message.tombstone() {
             attributes.push(KeyValue::new("messaging.kafka.message.tombstone", true));
         }
-        self.end(Ended {
+        Some(Sending(Box::new(Ended {
             trace_id: parent.trace_id,
             span_id: crate::trace_context::random_id(),
             parent: Some((parent.span_id, false)),
@@ -149,7 +154,12 @@ impl Spans {
             name: format!("send {}", message.topic()),
             start,
             attributes,
-        });
+        })))
+    }
+
+    /// Ends the span of a message Kafka acknowledged.
+    pub fn published(&self, sending: Sending) {
+        self.end(*sending.0);
     }
 
     fn end(&self, span: Ended) {

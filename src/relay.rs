@@ -16,7 +16,10 @@
 //! reads the database at start-up, after a round that did not release everything it took, and when
 //! the hand-off overflowed (see `spool::handoff`). Either way it holds them as stored records and
 //! reads each in place (`spool::record`): a message's fields are borrowed from the record, so a
-//! backlog costs its stored size in memory, not a `String` per header.
+//! backlog costs its stored size in memory, not a `String` per header. A round frees its records
+//! once their messages are enqueued, as librdkafka holds its own copy of each until Kafka
+//! answers; a message Kafka refuses for good is read back from the spool (its entry is not
+//! released yet) to be dead-lettered.
 //!
 //! It shares the server's worker threads. A small round yields between messages, so the webhook's
 //! answers do not wait for the whole round. A large one runs through and holds the answers back
@@ -39,12 +42,15 @@ use crate::kafka::{ErrorKind, Pending, Producer, ProducerFactory, Publisher, Rel
 use crate::metrics::Metrics;
 use crate::routing::{Outbound, Topic};
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::spool::{DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, StoredMessage};
+use crate::spool::{
+    DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, StoredMessage, age_since,
+};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
-/// And at most this many bytes of records per round. The relay holds up to two rounds in flight,
-/// librdkafka's copies of their messages and the round read ahead. At max load, rounds of 1 MiB
+/// And at most this many bytes of records per round. The relay holds the round being enqueued and
+/// the round read ahead; librdkafka holds its copies of the messages of up to two rounds in
+/// flight. At max load, rounds of 1 MiB
 /// two at a time published more than rounds of 2 MiB one at a time and peaked 5 to 10 MiB lower;
 /// rounds of 512 KiB two at a time fell behind.
 const ROUND_BYTES: usize = 1 << 20;
@@ -142,6 +148,12 @@ impl Round {
         self.retriable_failure = true;
         self.fatal |= kind == ErrorKind::Fatal;
     }
+
+    /// Keeps the entry `seq` in the spool after all, failed as `kind`.
+    fn hold(&mut self, seq: u64, kind: ErrorKind) {
+        self.released.retain(|released| *released != seq);
+        self.failed(kind);
+    }
 }
 
 /// Whether the rounds stop after a round that came to `outcome`.
@@ -236,11 +248,31 @@ impl Entry<'_> {
     }
 }
 
-/// Messages of one entry, enqueued.
-type Enqueued<'b, D> = (&'b Entry<'b>, Vec<Pending<'b, StoredMessage<'b>, D>>);
+/// An entry whose messages are enqueued: what its outcome needs once its record is freed.
+/// librdkafka holds a copy of every message until Kafka answers, so a round that kept its records
+/// too would hold them twice (up to two rounds in flight, of 2 MiB of records each in a backlog).
+struct Enqueued<D> {
+    seq: u64,
+    uuid: Box<str>,
+    accepted_at_ms: u64,
+    messages: Vec<Pending<Sent, D>>,
+}
 
-/// A message Kafka refused for good, and the entry it belongs to.
-type Rejected<'b> = (&'b Entry<'b>, &'b StoredMessage<'b>, ErrorKind);
+/// What the relay keeps of an enqueued message.
+struct Sent {
+    /// Its place among its entry's messages: a message Kafka refuses for good is read back from
+    /// the spool to be dead-lettered.
+    index: usize,
+    /// Its producer span, when traces are exported.
+    span: Option<crate::otlp::Sending>,
+}
+
+/// Messages Kafka refused for good, of one entry being released: their places in its record.
+struct Rejected {
+    seq: u64,
+    uuid: Box<str>,
+    refused: Vec<(usize, ErrorKind)>,
+}
 
 /// Why [`Worker::publish_rounds`] returned.
 enum Stop {
@@ -531,7 +563,7 @@ impl<P: Producer> Worker<P> {
                     };
                 }
             };
-            self.publish(&entries, enqueued).await
+            self.publish(entries, enqueued).await
         });
         let progress = tokio::select! {
             biased;
@@ -683,8 +715,8 @@ impl<P: Producer> Worker<P> {
     }
 
     /// Publishes every message of `batch` and reports what can be released; `enqueued` is told
-    /// once they are all enqueued.
-    async fn publish(&self, batch: &[Entry<'_>], enqueued: oneshot::Sender<()>) -> Round {
+    /// once they are all enqueued. The records are freed then: librdkafka has its own copies.
+    async fn publish(&self, batch: Vec<Entry<'_>>, enqueued: oneshot::Sender<()>) -> Round {
         let mut round = Round::default();
         let mut cut = Cut {
             shutdown: self.shutdown.clone(),
@@ -696,10 +728,13 @@ impl<P: Producer> Worker<P> {
             .map(|entry| entry.record.messages.len())
             .sum::<usize>()
             <= YIELDING_ROUND_MESSAGES;
-        let pending = self.enqueue(batch, yielding, &mut round, &mut cut).await;
+        let pending = self
+            .enqueue(&batch, yielding, started, &mut round, &mut cut)
+            .await;
+        drop(batch);
         let _ = enqueued.send(());
         let rejected = self
-            .await_acknowledgements(pending, yielding, started, &mut round, &mut cut)
+            .await_acknowledgements(pending, yielding, &mut round, &mut cut)
             .await;
         self.dead_letter_rejected(rejected, &mut round, &mut cut)
             .await;
@@ -709,21 +744,27 @@ impl<P: Producer> Worker<P> {
 
     /// Hands the batch's messages to the producer, entry by entry, until it refuses one for a
     /// retriable reason (queue full or worse): the entry it belongs to waits for a later round.
-    async fn enqueue<'b>(
+    async fn enqueue(
         &self,
-        batch: &'b [Entry<'b>],
+        batch: &[Entry<'_>],
         yielding: bool,
+        started: SystemTime,
         round: &mut Round,
         cut: &mut Cut,
-    ) -> Vec<Enqueued<'b, P::Delivery>> {
+    ) -> Vec<Enqueued<P::Delivery>> {
+        let spans = crate::otlp::spans();
         let mut enqueued = Vec::with_capacity(batch.len());
         for entry in batch {
             let mut messages = Vec::with_capacity(entry.record.messages.len());
-            for message in &entry.record.messages {
+            for (index, message) in entry.record.messages.iter().enumerate() {
                 if yielding {
                     tokio::task::consume_budget().await;
                 }
-                match self.publisher.enqueue(message) {
+                let sent = Sent {
+                    index,
+                    span: spans.and_then(|spans| spans.sending(message, started)),
+                };
+                match self.publisher.enqueue_keeping(message, sent) {
                     Ok(pending) => messages.push(pending),
                     Err(e) => {
                         round.failed(e.kind);
@@ -735,7 +776,12 @@ impl<P: Producer> Worker<P> {
                     }
                 }
             }
-            enqueued.push((entry, messages));
+            enqueued.push(Enqueued {
+                seq: entry.seq,
+                uuid: entry.record.uuid.into(),
+                accepted_at_ms: entry.record.accepted_at_ms,
+                messages,
+            });
         }
         enqueued
     }
@@ -743,38 +789,39 @@ impl<P: Producer> Worker<P> {
     /// Awaits Kafka's outcome for every enqueued message, in order. An entry whose messages were
     /// all acknowledged (or refused for good) is released; the refused messages of released
     /// entries are returned for the dead-letter topic.
-    async fn await_acknowledgements<'b>(
+    async fn await_acknowledgements(
         &self,
-        enqueued: Vec<Enqueued<'b, P::Delivery>>,
+        enqueued: Vec<Enqueued<P::Delivery>>,
         yielding: bool,
-        started: SystemTime,
         round: &mut Round,
         cut: &mut Cut,
-    ) -> Vec<Rejected<'b>> {
+    ) -> Vec<Rejected> {
         let mut rejected = Vec::new();
-        for (entry, messages) in enqueued {
+        for entry in enqueued {
             let mut complete = true;
             let mut refused = Vec::new();
-            for pending in messages {
+            for pending in entry.messages {
                 if yielding {
                     tokio::task::consume_budget().await;
                 }
-                let message = pending.message;
-                let Some(outcome) = cut.before(self.publisher.acknowledged(pending)).await else {
+                let Some((sent, outcome)) = cut.before(self.publisher.outcome(pending)).await
+                else {
                     return rejected;
                 };
                 match outcome {
                     Ok(()) => {
-                        if let Some(spans) = crate::otlp::spans() {
-                            spans.published(message, started);
+                        if let (Some(spans), Some(span)) = (crate::otlp::spans(), sent.span) {
+                            spans.published(span);
                         }
                     }
-                    Err(e) if e.kind.is_permanent() => refused.push((entry, message, e.kind)),
+                    Err(e) if e.kind.is_permanent() => refused.push((sent.index, e.kind)),
                     Err(e) => {
+                        if complete {
+                            tracing::warn!(uuid = %entry.uuid, error = %e.error,
+                                "publish failed; will retry");
+                        }
                         complete = false;
                         round.failed(e.kind);
-                        tracing::warn!(uuid = %entry.record.uuid, topic = %message.topic(),
-                            error = %e.error, "publish failed; will retry");
                     }
                 }
             }
@@ -782,75 +829,104 @@ impl<P: Producer> Worker<P> {
                 round.released.push(entry.seq);
                 // An entry with refused messages is released only once they are dead-lettered:
                 // counted then (see `dead_letter_rejected`), or a held entry would count twice.
-                if refused.is_empty() {
-                    self.observe_released(entry);
-                }
                 // Only entries being released dead-letter their refused messages; the others
                 // are published again whole.
-                rejected.extend(refused);
+                if refused.is_empty() {
+                    self.observe_released(age_since(entry.accepted_at_ms));
+                } else {
+                    rejected.push(Rejected {
+                        seq: entry.seq,
+                        uuid: entry.uuid,
+                        refused,
+                    });
+                }
             }
         }
         rejected
     }
 
-    /// Dead-letters the refused messages of the entries being released. An entry whose message
-    /// the dead-letter topic refuses as unknown is not released after all: its entries wait in the
-    /// spool and are published again, as on any failure of Kafka's (see [`DeadLettered`]).
+    /// Dead-letters the refused messages of the entries being released, read back from the
+    /// spool (they are not released yet). An entry whose message the dead-letter topic refuses as
+    /// unknown is not released after all: its entries wait in the spool and are published again,
+    /// as on any failure of Kafka's (see [`DeadLettered`]); so is an entry that cannot be read back.
     async fn dead_letter_rejected(
         &self,
-        rejected: Vec<Rejected<'_>>,
+        rejected: Vec<Rejected>,
         round: &mut Round,
         cut: &mut Cut,
     ) {
-        // The refused messages come entry by entry.
-        let mut kept: Vec<DeadLetter> = Vec::new();
-        let mut current: Option<&Entry<'_>> = None;
-        let mut held = false;
-        for (entry, message, kind) in rejected {
-            if current.is_none_or(|c| c.seq != entry.seq) {
-                if let Some(done) = current.filter(|_| !held) {
-                    round.dead.append(&mut kept);
-                    self.observe_released(done);
-                }
-                kept.clear();
-                current = Some(entry);
-                held = false;
-            }
-            if held {
+        for entry in rejected {
+            // Not read back: a failure like Kafka's, so the entry is published again later.
+            let Some(stored) = self.read_back(&entry).await else {
+                round.hold(entry.seq, ErrorKind::Other);
                 continue;
-            }
-            match self.dead_letter(entry, message, kind, cut).await {
-                DeadLettered::Published => {}
-                DeadLettered::Kept(letter) => kept.push(letter),
-                DeadLettered::NoTopic => {
-                    held = true;
-                    round.released.retain(|seq| *seq != entry.seq);
-                    round.failed(ErrorKind::Topic);
+            };
+            let record = match stored.read() {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::error!(uuid = %entry.uuid, error = %e, "cannot read a spooled entry again");
+                    round.hold(entry.seq, ErrorKind::Other);
+                    continue;
                 }
+            };
+            let mut kept: Vec<DeadLetter> = Vec::new();
+            let mut held = false;
+            for &(index, kind) in &entry.refused {
+                let Some(message) = record.messages.get(index) else {
+                    continue;
+                };
+                match self.dead_letter(&entry.uuid, message, kind, cut).await {
+                    DeadLettered::Published => {}
+                    DeadLettered::Kept(letter) => kept.push(letter),
+                    DeadLettered::NoTopic => {
+                        held = true;
+                        round.hold(entry.seq, ErrorKind::Topic);
+                        break;
+                    }
+                }
+            }
+            if !held {
+                round.dead.append(&mut kept);
+                self.observe_released(record.age());
             }
         }
-        if let Some(done) = current.filter(|_| !held) {
-            round.dead.append(&mut kept);
-            self.observe_released(done);
+    }
+
+    /// The entry `rejected` belongs to, read back from the spool; `None` (logged) if it cannot be.
+    async fn read_back(&self, rejected: &Rejected) -> Option<StoredEntry> {
+        let spool = self.spool.clone();
+        let seq = rejected.seq;
+        let read = tokio::task::spawn_blocking(move || spool.stored_from(seq, 1, usize::MAX)).await;
+        match read {
+            Ok(Ok(entries)) => {
+                let found = entries.into_iter().next().filter(|e| e.seq == seq);
+                if found.is_none() {
+                    tracing::error!(uuid = %rejected.uuid, seq, "a spooled entry being published is gone from the spool");
+                }
+                found
+            }
+            Ok(Err(e)) => {
+                tracing::error!(uuid = %rejected.uuid, error = %e, "cannot read a spooled entry again to dead-letter its refused messages");
+                None
+            }
+            Err(_) => None,
         }
     }
 
     /// Counts an entry in `rckb_accept_to_ack_seconds` once it is to be released.
-    fn observe_released(&self, entry: &Entry<'_>) {
-        self.metrics
-            .accept_to_ack
-            .observe(entry.record.age().as_secs_f64());
+    fn observe_released(&self, age: Duration) {
+        self.metrics.accept_to_ack.observe(age.as_secs_f64());
     }
 
     /// Sends a rejected message to the dead-letter topic.
     async fn dead_letter(
         &self,
-        entry: &Entry<'_>,
+        uuid: &str,
         message: &StoredMessage<'_>,
         kind: ErrorKind,
         cut: &mut Cut,
     ) -> DeadLettered {
-        tracing::error!(uuid = %entry.record.uuid, topic = %message.topic(), reason = kind.label(),
+        tracing::error!(uuid = %uuid, topic = %message.topic(), reason = kind.label(),
             "Kafka rejected a message for good; dead-lettering it");
         let message = message.to_outbound();
         let letter = message.dead_letter(&self.dead_letter_topic, kind.label());
@@ -872,15 +948,15 @@ impl<P: Producer> Worker<P> {
                 return DeadLettered::Published;
             }
             Some(Err(e)) if kind == ErrorKind::Topic && e.kind == ErrorKind::Topic => {
-                tracing::error!(uuid = %entry.record.uuid, topic = %kept.message.topic,
+                tracing::error!(uuid = %uuid, topic = %kept.message.topic,
                     dead_letter_topic = %self.dead_letter_topic, error = %e.error,
                     "neither the topic nor the dead-letter topic exists (a cluster that lost its \
                      topics?): the notification stays in the spool and is published again");
                 return DeadLettered::NoTopic;
             }
-            None => tracing::warn!(uuid = %entry.record.uuid,
+            None => tracing::warn!(uuid = %uuid,
                 "shutting down before the dead-letter topic acknowledged; keeping the message in the spool"),
-            Some(Err(e)) => tracing::error!(uuid = %entry.record.uuid, error = %e.error,
+            Some(Err(e)) => tracing::error!(uuid = %uuid, error = %e.error,
                 "dead-letter topic refused the message too; keeping it in the spool"),
         }
         self.metrics
@@ -1397,6 +1473,58 @@ mod tests {
         );
         assert_eq!(bench.counted(&bench.metrics.dead_letters, &["topic"]), 1);
         assert!(bench.spool.dead_letters().unwrap().is_empty());
+        assert_eq!(bench.metrics.accept_to_ack.get_sample_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn refused_messages_are_read_back_from_the_spool_and_dead_lettered_as_they_were_sent() {
+        // The round frees its records once enqueued: what is dead-lettered is read back.
+        let mut bench = bench(
+            vec![plan("a", &["t1", "big"]), plan("b", &["big", "t2", "big"])],
+            |m, _, _| match m.topic.as_str() {
+                "big" => Answer::Fail(ErrorKind::TooLarge),
+                _ => Answer::Ack,
+            },
+        )
+        .await;
+        bench.drain().await;
+        let sent: Vec<OutboundMessage> = bench.log.sent().into_iter().map(|(_, m)| m).collect();
+        let letters: Vec<&OutboundMessage> = sent.iter().filter(|m| m.topic == "dlq").collect();
+        let refused: Vec<&OutboundMessage> = sent.iter().filter(|m| m.topic == "big").collect();
+        assert_eq!(letters.len(), 3);
+        for (letter, original) in letters.iter().zip(&refused) {
+            assert_eq!(
+                **letter,
+                original.dead_letter(&Topic::parse("dlq").unwrap(), "too_large")
+            );
+        }
+        assert_eq!(
+            letters.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "b"]
+        );
+        assert_eq!(bench.metrics.accept_to_ack.get_sample_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_entry_whose_refused_message_cannot_be_read_back_is_published_again() {
+        // The round's read succeeds; reading the entry back for its dead letter fails once.
+        let mut bench = bench_with(
+            vec![plan("a", &["big", "t1"])],
+            |m, _, _| match m.topic.as_str() {
+                "big" => Answer::Fail(ErrorKind::TooLarge),
+                _ => Answer::Ack,
+            },
+            |spool| spool.fail_read_after(1),
+        )
+        .await;
+        bench.drain().await;
+        assert_eq!(bench.log.count("t1"), 2, "published again whole");
+        assert_eq!(
+            bench.log.count("dlq"),
+            1,
+            "dead-lettered once, when read back"
+        );
+        assert_eq!(bench.counted(&bench.metrics.dead_letters, &["topic"]), 1);
         assert_eq!(bench.metrics.accept_to_ack.get_sample_count(), 1);
     }
 

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
@@ -89,13 +90,17 @@ impl Future for Delivery {
 }
 
 /// A message handed to the producer, its outcome still to come; or one the producer refused for
-/// good at once, which has its outcome already.
-pub struct Pending<'m, M, D> {
-    pub message: &'m M,
-    delivery: Result<D, PublishError>,
+/// good at once, which has its outcome already. `message` is what the caller keeps for the
+/// outcome: the message itself, or less, so that what was sent can be freed once enqueued
+/// (librdkafka has its own copy).
+pub struct Pending<T, D> {
+    pub message: T,
+    /// The delivery, with `rckb_messages_published_total` for the message's topic and hint,
+    /// counted once Kafka acknowledges it.
+    delivery: Result<(D, IntCounter), PublishError>,
 }
 
-impl<M, D: Future<Output = Result<(), PublishError>>> Pending<'_, M, D> {
+impl<T, D: Future<Output = Result<(), PublishError>>> Pending<T, D> {
     /// Whether the producer refused the message for good when it was enqueued.
     pub fn refused(&self) -> bool {
         self.delivery.is_err()
@@ -103,7 +108,7 @@ impl<M, D: Future<Output = Result<(), PublishError>>> Pending<'_, M, D> {
 
     /// Waits for the outcome without counting it: for messages whose entry is published again.
     pub async fn settle(self) {
-        if let Ok(delivery) = self.delivery {
+        if let Ok((delivery, _)) = self.delivery {
             let _ = delivery.await;
         }
     }
@@ -129,41 +134,57 @@ impl<P: Producer> Publisher<P> {
     pub fn enqueue<'m, M: Outbound>(
         &self,
         message: &'m M,
-    ) -> Result<Pending<'m, M, P::Delivery>, PublishError> {
-        match self.producer.send(message) {
-            Ok(delivery) => Ok(Pending {
-                message,
-                delivery: Ok(delivery),
-            }),
-            Err(e) if e.kind.is_permanent() => Ok(Pending {
-                message,
-                delivery: Err(e),
-            }),
+    ) -> Result<Pending<&'m M, P::Delivery>, PublishError> {
+        self.enqueue_keeping(message, message)
+    }
+
+    /// [`Publisher::enqueue`], keeping `kept` of the message for its outcome instead of the message.
+    pub fn enqueue_keeping<M: Outbound, T>(
+        &self,
+        message: &M,
+        kept: T,
+    ) -> Result<Pending<T, P::Delivery>, PublishError> {
+        let delivery = match self.producer.send(message) {
+            Ok(delivery) => {
+                let published = self
+                    .metrics
+                    .messages_published
+                    .with_label_values(&[message.topic(), message.hint_label()]);
+                Ok((delivery, published))
+            }
+            Err(e) if e.kind.is_permanent() => Err(e),
             Err(e) => {
                 self.count_error(e.kind);
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        Ok(Pending {
+            message: kept,
+            delivery,
+        })
     }
 
     /// Kafka's outcome for a pending message, counted.
-    pub async fn acknowledged<M: Outbound>(
+    pub async fn acknowledged<T>(
         &self,
-        pending: Pending<'_, M, P::Delivery>,
+        pending: Pending<T, P::Delivery>,
     ) -> Result<(), PublishError> {
+        self.outcome(pending).await.1
+    }
+
+    /// [`Publisher::acknowledged`], and what was kept of the message.
+    pub async fn outcome<T>(
+        &self,
+        pending: Pending<T, P::Delivery>,
+    ) -> (T, Result<(), PublishError>) {
         let outcome = match pending.delivery {
-            Ok(delivery) => delivery.await,
+            Ok((delivery, published)) => delivery.await.inspect(|()| published.inc()),
             Err(e) => Err(e),
         };
-        match &outcome {
-            Ok(()) => self
-                .metrics
-                .messages_published
-                .with_label_values(&[pending.message.topic(), pending.message.hint_label()])
-                .inc(),
-            Err(e) => self.count_error(e.kind),
+        if let Err(e) = &outcome {
+            self.count_error(e.kind);
         }
-        outcome
+        (pending.message, outcome)
     }
 
     /// Counts a failure that happened around the producer (a timeout waiting for it).

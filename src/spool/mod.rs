@@ -192,7 +192,7 @@ impl SpooledEntry {
 }
 
 /// How long ago `accepted_at_ms` (milliseconds since the Unix epoch) was.
-fn age_since(accepted_at_ms: u64) -> Duration {
+pub fn age_since(accepted_at_ms: u64) -> Duration {
     Duration::from_millis(now_ms().saturating_sub(accepted_at_ms))
 }
 
@@ -256,6 +256,9 @@ struct Shared {
     /// its header can make them.
     #[cfg(test)]
     failing_after_commit: AtomicU64,
+    /// Counts down the reads of entries; the one that brings it to 0 fails.
+    #[cfg(test)]
+    reads_to_failure: AtomicU64,
     /// Told each time an unwritable spool has tried again by itself.
     #[cfg(test)]
     tried_again: Notify,
@@ -379,6 +382,8 @@ impl Spool {
             #[cfg(test)]
             failing_after_commit: AtomicU64::new(0),
             #[cfg(test)]
+            reads_to_failure: AtomicU64::new(0),
+            #[cfg(test)]
             tried_again: Notify::new(),
         });
         shared.publish_gauges();
@@ -411,6 +416,15 @@ impl Spool {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEntry>, SpoolError> {
+        #[cfg(test)]
+        if self
+            .shared
+            .reads_to_failure
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            == Ok(1)
+        {
+            return Err(SpoolError::Storage("failed on purpose".into()));
+        }
         let read = self.shared.database()?.begin_read().map_err(storage)?;
         let table = read.open_table(ENTRIES).map_err(storage)?;
         let mut out = Vec::new();
@@ -496,6 +510,12 @@ impl Spool {
     #[cfg(test)]
     pub(crate) fn fail_releases(&self, n: u64) {
         self.shared.failing_releases.store(n, Ordering::SeqCst);
+    }
+
+    /// The read of entries after the next `ok` fails, as a disk that cannot be read would make it.
+    #[cfg(test)]
+    pub(crate) fn fail_read_after(&self, ok: u64) {
+        self.shared.reads_to_failure.store(ok + 1, Ordering::SeqCst);
     }
 
     /// Completes when something was appended since the last call.
