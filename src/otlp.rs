@@ -65,10 +65,10 @@ impl std::fmt::Debug for Spans {
     }
 }
 
-/// One span that ended.
 /// The span of a message being sent, ended by [`Spans::published`].
 pub struct Sending(Box<Ended>);
 
+/// One span that ended.
 struct Ended {
     trace_id: [u8; 16],
     span_id: [u8; 8],
