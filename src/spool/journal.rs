@@ -36,8 +36,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// The header page of every file.
 pub(super) const HEADER_BYTES: u64 = 4096;
@@ -113,12 +115,97 @@ struct CommitState {
     touched: Vec<u32>,
 }
 
-struct Segment {
+/// A file as its readers see it.
+pub(super) struct SegmentFile {
     file: File,
+    /// Of the use the file is in: frames of another use never check out.
+    generation: AtomicU64,
+}
+
+/// The journal's files, shared with its readers (the relay, the `spool` commands): the writer adds
+/// files and starts them again, readers read the frames of pending entries.
+#[derive(Default)]
+pub(super) struct Files {
+    segments: RwLock<Vec<Arc<SegmentFile>>>,
+}
+
+/// Frames read together at most, when they follow one another in a file.
+const READ_SPAN: u64 = 256 << 10;
+
+impl Files {
+    fn segment(&self, number: u32) -> Option<Arc<SegmentFile>> {
+        self.segments
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(number as usize)
+            .cloned()
+    }
+
+    /// The entries at `wanted` (sequence number and location, in order) whose frames still check
+    /// out as those entries: once an entry is released, its file may be written over. Frames that
+    /// follow one another in a file are read together.
+    pub(super) fn read(&self, wanted: &[(u64, Location)]) -> io::Result<Vec<ReadEntry>> {
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut span = Vec::new();
+        let mut rest = wanted;
+        while let Some(&(_, first)) = rest.first() {
+            // The run of frames from `first` on that lie end to end in its file.
+            let mut end = first.offset + u64::from(first.len);
+            let mut run = 1;
+            while let Some(&(_, next)) = rest.get(run) {
+                if next.file != first.file
+                    || next.offset != end
+                    || end + u64::from(next.len) - first.offset > READ_SPAN
+                {
+                    break;
+                }
+                end += u64::from(next.len);
+                run += 1;
+            }
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            let Some(segment) = self.segment(first.file) else {
+                continue;
+            };
+            let generation = segment.generation.load(Ordering::Acquire);
+            span.resize((end - first.offset) as usize, 0);
+            match segment.file.read_exact_at(&mut span, first.offset) {
+                Ok(()) => {}
+                // A frame beyond the file's end was never written there.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
+                Err(e) => return Err(e),
+            }
+            for &(seq, at) in now {
+                let start = (at.offset - first.offset) as usize;
+                let frame = &span[start..start + at.len as usize];
+                if let Some(entry) = check(frame, generation)
+                    .and_then(parse_entry)
+                    .filter(|entry| entry.seq == seq)
+                {
+                    out.push(entry);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A file as the writer sees it.
+struct Segment {
+    shared: Arc<SegmentFile>,
     path: PathBuf,
-    generation: u64,
     /// Entries in it not released.
     pending: u64,
+}
+
+impl Segment {
+    fn file(&self) -> &File {
+        &self.shared.file
+    }
+
+    fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
 }
 
 /// The journal, owned by the spool's writer.
@@ -128,6 +215,7 @@ pub(super) struct Journal {
     segment_bytes: u64,
     /// By file number.
     segments: Vec<Segment>,
+    files: Arc<Files>,
     /// Files in use, oldest first; the last one is written to.
     active: VecDeque<u32>,
     /// Files free to be written over.
@@ -222,18 +310,14 @@ fn parse_entry(body: &[u8]) -> Option<ReadEntry> {
 }
 
 impl Journal {
-    /// The largest frame a file holds: an entry beyond it cannot be kept.
-    pub(super) fn max_frame_bytes(segment_bytes: u64) -> u64 {
-        segment_bytes - HEADER_BYTES
-    }
-
     /// The bytes of an entry's frame.
     pub(super) fn frame_bytes(entry: &NewEntry<'_>) -> u64 {
         (FRAME_HEAD + 1 + 8 + 8 + 2 + entry.uuid.len() + entry.record.len()) as u64
     }
 
-    /// Opens the journal of spool `id` in `dir`, reading back what its files hold; files are made as
-    /// they are needed, `segment_bytes` each.
+    /// Opens the journal of spool `id` in `dir`, reading back what its files hold. Files are made
+    /// as they are needed and grow to about `segment_bytes` (a larger entry has a file of its own);
+    /// once released they are written over in place.
     pub(super) fn open(
         dir: &Path,
         id: &str,
@@ -253,10 +337,9 @@ impl Journal {
             numbers.push(number);
         }
         numbers.sort_unstable();
+        // Each file with its length, and its header's (generation, next sequence number) unless it
+        // was made but never started.
         let mut segments = Vec::new();
-        let mut recovered = Recovered::default();
-        let mut released = Vec::new();
-        let mut unused = Vec::new();
         for (expected, &number) in numbers.iter().enumerate() {
             let path = dir.join(file_name(number));
             if number as usize != expected {
@@ -271,36 +354,50 @@ impl Journal {
                 .write(true)
                 .open(&path)
                 .map_err(io_at(&path))?;
-            let mut page = vec![0; HEADER_BYTES as usize];
-            file.read_exact_at(&mut page, 0).map_err(io_at(&path))?;
-            if page.iter().all(|&b| b == 0) {
-                // Made, but the crash came before its header: it never held a frame.
-                unused.push(number);
-                segments.push((
-                    Segment {
-                        file,
-                        path,
-                        generation: 0,
-                        pending: 0,
-                    },
-                    HEADER_BYTES,
-                ));
-                continue;
-            }
-            let (generation, base_seq) =
-                read_header(&page, id).map_err(|message| JournalError::Foreign {
-                    path: path.clone(),
-                    message,
-                })?;
-            recovered.end = recovered.end.max(base_seq);
             let len = file.metadata().map_err(io_at(&path))?.len();
-            let mut segment = Segment {
-                file,
-                path,
-                generation,
-                pending: 0,
+            let mut page = vec![0; HEADER_BYTES as usize];
+            if len >= HEADER_BYTES {
+                file.read_exact_at(&mut page, 0).map_err(io_at(&path))?;
+            }
+            // Made, but the crash came before its header was whole: it never held a frame.
+            let header = if page.iter().all(|&b| b == 0) {
+                None
+            } else {
+                Some(
+                    read_header(&page, id).map_err(|message| JournalError::Foreign {
+                        path: path.clone(),
+                        message,
+                    })?,
+                )
             };
-            let end = scan(&segment, len, number, |at, body| match body.first() {
+            let generation = header.map_or(0, |(generation, _)| generation);
+            segments.push((
+                Segment {
+                    shared: Arc::new(SegmentFile {
+                        file,
+                        generation: AtomicU64::new(generation),
+                    }),
+                    path,
+                    pending: 0,
+                },
+                len,
+                header,
+            ));
+        }
+        // Read in the order they were started: an entry written again later (moved out of an old
+        // file) is where its last frame is.
+        let mut order: Vec<u32> = (0..segments.len() as u32)
+            .filter(|&n| segments[n as usize].2.is_some())
+            .collect();
+        order.sort_by_key(|&n| segments[n as usize].0.generation());
+        let mut recovered = Recovered::default();
+        let mut released = Vec::new();
+        let mut ends = vec![HEADER_BYTES; segments.len()];
+        for &number in &order {
+            let (segment, len, header) = &segments[number as usize];
+            let base_seq = header.map_or(0, |(_, base_seq)| base_seq);
+            recovered.end = recovered.end.max(base_seq);
+            ends[number as usize] = scan(segment, *len, number, |at, body| match body.first() {
                 Some(&ENTRY) => {
                     if let Some(entry) = parse_entry(body) {
                         recovered.end = recovered.end.max(entry.seq + 1);
@@ -325,8 +422,6 @@ impl Journal {
                 _ => {}
             })
             .map_err(io_at(&segment.path))?;
-            segment.pending = 0;
-            segments.push((segment, end));
         }
         for seq in released {
             recovered.pending.remove(&seq);
@@ -334,39 +429,46 @@ impl Journal {
         for pending in recovered.pending.values() {
             segments[pending.at.file as usize].0.pending += 1;
         }
-        // In the order they were started; the newest is written to, after its last frame. Those
-        // before the oldest one still holding an entry are free.
-        let mut order: Vec<u32> = (0..segments.len() as u32)
-            .filter(|n| !unused.contains(n))
-            .collect();
-        order.sort_by_key(|&n| segments[n as usize].0.generation);
+        // The newest is written to, after its last frame. Those before the oldest one still holding
+        // an entry are free, and so are those never started.
         let oldest_needed = order
             .iter()
             .position(|&n| segments[n as usize].0.pending > 0)
             .unwrap_or(order.len().saturating_sub(1));
-        let offset = order
-            .last()
-            .map_or(HEADER_BYTES, |&n| segments[n as usize].1);
+        let offset = order.last().map_or(HEADER_BYTES, |&n| ends[n as usize]);
         let next_generation = order
             .last()
-            .map_or(0, |&n| segments[n as usize].0.generation + 1);
+            .map_or(0, |&n| segments[n as usize].0.generation() + 1);
         recovered.seen.sort_unstable();
+        recovered.seen.dedup_by_key(|(_, seq, _)| *seq);
+        let unused = (0..segments.len() as u32).filter(|&n| segments[n as usize].2.is_none());
+        let free = order[..oldest_needed]
+            .iter()
+            .copied()
+            .chain(unused)
+            .collect();
+        let segments: Vec<Segment> = segments.into_iter().map(|(s, _, _)| s).collect();
+        let files = Arc::new(Files {
+            segments: RwLock::new(segments.iter().map(|s| s.shared.clone()).collect()),
+        });
         let journal = Journal {
             dir: dir.to_path_buf(),
             id: id.to_string(),
             segment_bytes,
-            free: order[..oldest_needed]
-                .iter()
-                .chain(&unused)
-                .copied()
-                .collect(),
+            free,
             active: order[oldest_needed..].iter().copied().collect(),
-            segments: segments.into_iter().map(|(s, _)| s).collect(),
+            segments,
+            files,
             offset,
             next_generation,
             buffer: Vec::new(),
         };
         Ok((journal, recovered))
+    }
+
+    /// The files, for readers.
+    pub(super) fn shared_files(&self) -> Arc<Files> {
+        self.files.clone()
     }
 
     /// Files made so far.
@@ -386,28 +488,27 @@ impl Journal {
         (self.active.len() > 1 && self.segments[oldest as usize].pending > 0).then_some(oldest)
     }
 
+    /// Whether a commit of up to `bytes` of frames may start a file already used once: before
+    /// such a commit, the caller makes durable what it derived from the entries in the files.
+    pub(super) fn may_reuse(&self, bytes: u64) -> bool {
+        !self.free.is_empty() && self.offset + bytes > self.segment_bytes
+    }
+
     /// Writes `entries` (in order) and a release of `released` (the entries' locations, as
-    /// written), durably, before returning where each entry went. `next_seq` is the sequence number
-    /// the next entry would get, for a file's header; `before_reuse` runs before a file is written
-    /// over. On an error nothing of the commit counts, and the next commit writes from where this
-    /// one started in the file written to.
+    /// written), durably, before returning where each entry went. `moved` are the earlier
+    /// locations of entries written again here (moved out of an old file): no longer theirs, but
+    /// not released. `next_seq` is the sequence number the next entry would get, for a file's
+    /// header; `before_reuse` runs before a file is written over. On an error nothing of the
+    /// commit counts, and the next commit writes from where this one started in the file written
+    /// to.
     pub(super) fn commit(
         &mut self,
         entries: &[NewEntry<'_>],
         released: &[(u64, Location)],
+        moved: &[Location],
         next_seq: u64,
         mut before_reuse: impl FnMut() -> io::Result<()>,
     ) -> io::Result<Vec<Location>> {
-        let max = Self::max_frame_bytes(self.segment_bytes);
-        if let Some(entry) = entries.iter().find(|e| Self::frame_bytes(e) > max) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "an entry of {} bytes is larger than a journal file",
-                    entry.record.len()
-                ),
-            ));
-        }
         let mut commit = CommitState {
             started_at: self.offset,
             touched: Vec::new(),
@@ -429,7 +530,7 @@ impl Journal {
         for at in &locations {
             self.segments[at.file as usize].pending += 1;
         }
-        for (_, at) in released {
+        for at in released.iter().map(|(_, at)| at).chain(moved) {
             let segment = &mut self.segments[at.file as usize];
             segment.pending = segment.pending.saturating_sub(1);
         }
@@ -462,8 +563,7 @@ impl Journal {
             locations.push(at);
         }
         // A release of many thousands of entries is split to fit a file.
-        let per_frame =
-            ((Self::max_frame_bytes(self.segment_bytes) as usize - FRAME_HEAD - 1) / 8).max(1);
+        let per_frame = ((self.segment_bytes - HEADER_BYTES) as usize - FRAME_HEAD - 1) / 8;
         for chunk in released.chunks(per_frame) {
             let len = 1 + 8 * chunk.len() as u64;
             self.frame(len, next_seq, before_reuse, commit, |out| {
@@ -475,7 +575,7 @@ impl Journal {
         }
         self.flush_buffer(commit)?;
         for &n in &commit.touched {
-            self.segments[n as usize].file.sync_data()?;
+            self.segments[n as usize].file().sync_data()?;
         }
         Ok(())
     }
@@ -491,7 +591,9 @@ impl Journal {
         body: impl FnOnce(&mut Vec<u8>),
     ) -> io::Result<Location> {
         let frame_len = FRAME_HEAD as u64 + body_len;
-        let fits = self.offset + self.buffer.len() as u64 + frame_len <= self.segment_bytes;
+        let used = self.offset + self.buffer.len() as u64;
+        // A frame larger than a file goes alone into one.
+        let fits = used + frame_len <= self.segment_bytes || used == HEADER_BYTES;
         let file = match self.active.back() {
             Some(&n) if fits => n,
             _ => {
@@ -507,7 +609,7 @@ impl Journal {
         body(&mut self.buffer);
         debug_assert_eq!((self.buffer.len() - start) as u64, frame_len);
         let crc = checksum(
-            self.segments[file as usize].generation,
+            self.segments[file as usize].generation(),
             &self.buffer[start + FRAME_HEAD..],
         );
         self.buffer[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
@@ -528,7 +630,7 @@ impl Journal {
             return Ok(());
         }
         self.segments[current as usize]
-            .file
+            .file()
             .write_all_at(&self.buffer, self.offset)?;
         self.offset += self.buffer.len() as u64;
         self.buffer.clear();
@@ -555,11 +657,16 @@ impl Journal {
             None => self.make_file()?,
         };
         let segment = &mut self.segments[number as usize];
+        // Readers holding a location in it from its last use find their frames no longer check
+        // out from here on.
         segment
-            .file
+            .shared
+            .generation
+            .store(generation, Ordering::Release);
+        segment
+            .file()
             .write_all_at(&header(&self.id, generation, next_seq), 0)?;
-        segment.file.sync_data()?;
-        segment.generation = generation;
+        segment.file().sync_data()?;
         segment.pending = 0;
         self.next_generation += 1;
         self.active.push_back(number);
@@ -567,8 +674,8 @@ impl Journal {
         Ok(number)
     }
 
-    /// Makes file number `files()` at its full size, filled with zeros, durably (its directory
-    /// entry too).
+    /// Makes file number `files()`, empty, durably (its directory entry too). It grows as it is
+    /// written the first time, and is written over in place from then on.
     fn make_file(&mut self) -> io::Result<u32> {
         let number = self.segments.len() as u32;
         let path = self.dir.join(file_name(number));
@@ -576,38 +683,30 @@ impl Journal {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
-        // Written, not only allocated: a write into allocated but unwritten blocks would have
-        // `fdatasync` commit the extent's change each time.
-        let zeros = vec![0; 1 << 20];
-        let mut at = 0;
-        while at < self.segment_bytes {
-            let n = (self.segment_bytes - at).min(zeros.len() as u64) as usize;
-            file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
-        self.segments.push(Segment {
+        let shared = Arc::new(SegmentFile {
             file,
+            generation: AtomicU64::new(0),
+        });
+        self.files
+            .segments
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(shared.clone());
+        self.segments.push(Segment {
+            shared,
             path,
-            generation: 0,
             pending: 0,
         });
         Ok(number)
     }
 
-    /// Entry `seq` at `at`, if the frame there still checks out as that entry: once it is
-    /// released, its file may have been written over.
-    pub(super) fn read(&self, seq: u64, at: Location) -> io::Result<Option<ReadEntry>> {
-        let Some(segment) = self.segments.get(at.file as usize) else {
-            return Ok(None);
-        };
-        let mut frame = vec![0; at.len as usize];
-        segment.file.read_exact_at(&mut frame, at.offset)?;
-        Ok(check(&frame, segment.generation)
-            .and_then(parse_entry)
-            .filter(|entry| entry.seq == seq))
+    /// Entry `seq` at `at`, if the frame there still checks out as that entry.
+    #[cfg(test)]
+    fn read(&self, seq: u64, at: Location) -> io::Result<Option<ReadEntry>> {
+        Ok(self.files.read(&[(seq, at)])?.pop())
     }
 
     #[cfg(test)]
@@ -636,7 +735,7 @@ fn scan(
     let mut head = [0u8; FRAME_HEAD];
     let mut body = Vec::new();
     while offset + FRAME_HEAD as u64 <= len {
-        segment.file.read_exact_at(&mut head, offset)?;
+        segment.file().read_exact_at(&mut head, offset)?;
         let body_len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as u64;
         let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
         let frame_len = FRAME_HEAD as u64 + body_len;
@@ -645,9 +744,9 @@ fn scan(
         }
         body.resize(body_len as usize, 0);
         segment
-            .file
+            .file()
             .read_exact_at(&mut body, offset + FRAME_HEAD as u64)?;
-        if checksum(segment.generation, &body) != crc {
+        if checksum(segment.generation(), &body) != crc {
             break;
         }
         visit(
@@ -708,7 +807,7 @@ mod tests {
     ) -> Vec<Location> {
         let owned: Vec<Owned> = seqs.clone().map(entry).collect();
         journal
-            .commit(&new(&owned), released, seqs.end, || Ok(()))
+            .commit(&new(&owned), released, &[], seqs.end, || Ok(()))
             .unwrap()
     }
 
@@ -801,7 +900,7 @@ mod tests {
             let owned = [entry(seq)];
             let released: Vec<_> = last.into_iter().collect();
             let at = journal
-                .commit(&new(&owned), &released, seq + 1, || {
+                .commit(&new(&owned), &released, &[], seq + 1, || {
                     reused += 1;
                     Ok(())
                 })
@@ -887,7 +986,7 @@ mod tests {
         loop {
             let owned = [entry(seq)];
             let released: Vec<_> = last.into_iter().collect();
-            let result = journal.commit(&new(&owned), &released, seq + 1, || {
+            let result = journal.commit(&new(&owned), &released, &[], seq + 1, || {
                 Err(io::Error::other(
                     "the deduplication record cannot be written",
                 ))
@@ -907,7 +1006,7 @@ mod tests {
         let owned = [entry(next)];
         let released: Vec<_> = last.into_iter().collect();
         journal
-            .commit(&new(&owned), &released, next + 1, || Ok(()))
+            .commit(&new(&owned), &released, &[], next + 1, || Ok(()))
             .unwrap();
         drop(journal);
         let (_, recovered) = open(dir.path());
@@ -939,36 +1038,65 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_larger_than_a_file_is_refused_before_anything_is_written() {
+    fn an_entry_larger_than_a_file_has_a_file_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let (mut journal, _) = open(dir.path());
         commit(&mut journal, 0..1, &[]);
         let huge = Owned {
             seq: 1,
             uuid: "u".into(),
-            record: vec![0; SEGMENT as usize],
+            record: vec![7; 2 * SEGMENT as usize],
         };
-        let e = journal
-            .commit(&new(&[huge]), &[], 2, || Ok(()))
-            .unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        let at = commit(&mut journal, 2..3, &[]);
+        let at = journal
+            .commit(&new(&[huge]), &[], &[], 2, || Ok(()))
+            .unwrap()[0];
+        assert_eq!((at.file, at.offset), (1, HEADER_BYTES));
+        let after = commit(&mut journal, 2..3, &[])[0];
+        assert_eq!((after.file, after.offset), (2, HEADER_BYTES));
+        drop(journal);
+        let (journal, recovered) = open(dir.path());
+        assert_eq!(pending(&recovered), [0, 1, 2]);
+        let read = journal.read(1, recovered.pending[&1].at).unwrap().unwrap();
+        assert_eq!(read.record, vec![7; 2 * SEGMENT as usize]);
+    }
+
+    #[test]
+    fn an_entry_written_again_in_a_later_file_reads_back_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = open(dir.path());
+        let old = commit(&mut journal, 0..12, &[]);
+        assert_eq!(old[11].file, 1);
+        let owned = [entry(3)];
+        let moved = journal
+            .commit(&new(&owned), &[], &[old[3]], 12, || Ok(()))
+            .unwrap()[0];
+        assert_eq!(moved.file, 1);
+        // The other entries of file 0 are released: it is free, though 3 was never released.
+        let released: Vec<_> = (0..11)
+            .filter(|&seq| seq != 3)
+            .map(|seq| (seq, old[seq as usize]))
+            .collect();
+        commit(&mut journal, 12..13, &released);
+        assert_eq!(journal.oldest_pinned(), None);
         drop(journal);
         let (_, recovered) = open(dir.path());
-        assert_eq!(pending(&recovered), [0, 2]);
-        assert_eq!(recovered.pending[&2].at, at[0]);
+        assert_eq!(pending(&recovered), [3, 11, 12]);
+        assert_eq!(recovered.pending[&3].at, moved);
+        assert_eq!(recovered.seen.len(), 13, "each entry seen once");
     }
 
     #[test]
     fn a_file_made_before_a_crash_but_never_started_is_free() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("journal-0000"), vec![0; SEGMENT as usize]).unwrap();
-        let (mut journal, recovered) = open(dir.path());
-        assert!(recovered.pending.is_empty());
-        commit(&mut journal, 0..2, &[]);
-        assert_eq!(journal.files(), 1, "taken up, not made again");
-        drop(journal);
-        assert_eq!(pending(&open(dir.path()).1), [0, 1]);
+        for made in [Vec::new(), vec![0; 100], vec![0; SEGMENT as usize]] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("journal-0000"), made).unwrap();
+            let (mut journal, recovered) = open(dir.path());
+            assert!(recovered.pending.is_empty());
+            commit(&mut journal, 0..2, &[]);
+            assert_eq!(journal.files(), 1, "taken up, not made again");
+            drop(journal);
+            assert_eq!(pending(&open(dir.path()).1), [0, 1]);
+        }
     }
 
     #[test]
