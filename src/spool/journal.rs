@@ -190,6 +190,100 @@ impl Files {
     }
 }
 
+/// Where each pending entry's frame is, by sequence number. Entries come in sequence order and
+/// mostly go oldest first, so this is a run from the oldest pending one, with a hole wherever one
+/// went out of order: 24 bytes an entry, where a tree would take twice that.
+#[derive(Debug, Default)]
+pub(super) struct Index {
+    /// The sequence number of `slots[0]`.
+    first: u64,
+    slots: VecDeque<Option<Location>>,
+    entries: u64,
+    /// Of their frames.
+    bytes: u64,
+}
+
+impl Index {
+    pub(super) fn recovered(pending: &BTreeMap<u64, Pending>) -> Index {
+        let mut index = Index::default();
+        for (&seq, entry) in pending {
+            index.push(seq, entry.at);
+        }
+        index
+    }
+
+    pub(super) fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Adds entry `seq`, later than any so far.
+    pub(super) fn push(&mut self, seq: u64, at: Location) {
+        if self.slots.is_empty() {
+            self.first = seq;
+        }
+        let slot = (seq - self.first) as usize;
+        debug_assert!(slot >= self.slots.len(), "entries come in sequence order");
+        self.slots.resize(slot, None);
+        self.slots.push_back(Some(at));
+        self.entries += 1;
+        self.bytes += u64::from(at.len);
+    }
+
+    fn slot(&self, seq: u64) -> Option<usize> {
+        let slot = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        (slot < self.slots.len()).then_some(slot)
+    }
+
+    pub(super) fn get(&self, seq: u64) -> Option<Location> {
+        self.slot(seq).and_then(|slot| self.slots[slot])
+    }
+
+    /// Entry `seq` is now at `at` (moved to a later file).
+    pub(super) fn moved(&mut self, seq: u64, at: Location) {
+        if let Some(slot) = self.slot(seq)
+            && let Some(old) = self.slots[slot].replace(at)
+        {
+            self.bytes = self.bytes - u64::from(old.len) + u64::from(at.len);
+        }
+    }
+
+    pub(super) fn remove(&mut self, seq: u64) -> Option<Location> {
+        let at = self.slot(seq).and_then(|slot| self.slots[slot].take())?;
+        self.entries -= 1;
+        self.bytes -= u64::from(at.len);
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        while let Some(None) = self.slots.back() {
+            self.slots.pop_back();
+        }
+        Some(at)
+    }
+
+    /// At most `limit` entries from sequence number `from` on, in order.
+    pub(super) fn from(&self, from: u64, limit: usize) -> Vec<(u64, Location)> {
+        let start = from.saturating_sub(self.first).min(self.slots.len() as u64) as usize;
+        (self.first + start as u64..)
+            .zip(self.slots.range(start..))
+            .filter_map(|(seq, at)| at.map(|at| (seq, at)))
+            .take(limit)
+            .collect()
+    }
+
+    /// The entries in file `file`, in order.
+    pub(super) fn in_file(&self, file: u32) -> Vec<(u64, Location)> {
+        (self.first..)
+            .zip(&self.slots)
+            .filter_map(|(seq, at)| at.filter(|at| at.file == file).map(|at| (seq, at)))
+            .collect()
+    }
+}
+
 /// A file as the writer sees it.
 struct Segment {
     shared: Arc<SegmentFile>,
@@ -312,7 +406,18 @@ fn parse_entry(body: &[u8]) -> Option<ReadEntry> {
 impl Journal {
     /// The bytes of an entry's frame.
     pub(super) fn frame_bytes(entry: &NewEntry<'_>) -> u64 {
-        (FRAME_HEAD + 1 + 8 + 8 + 2 + entry.uuid.len() + entry.record.len()) as u64
+        Self::entry_frame_bytes(entry.uuid.len(), entry.record.len())
+    }
+
+    /// The bytes of the frame of an entry of a `uuid_len`-byte uuid and a `record_len`-byte record.
+    pub(super) fn entry_frame_bytes(uuid_len: usize, record_len: usize) -> u64 {
+        (FRAME_HEAD + 1 + 8 + 8 + 2 + uuid_len + record_len) as u64
+    }
+
+    /// The bytes of the frames releasing `entries` entries, at most.
+    pub(super) fn release_frame_bytes(&self, entries: usize) -> u64 {
+        let per_frame = ((self.segment_bytes - HEADER_BYTES) as usize - FRAME_HEAD - 1) / 8;
+        (entries.div_ceil(per_frame) * (FRAME_HEAD + 1) + 8 * entries) as u64
     }
 
     /// Opens the journal of spool `id` in `dir`, reading back what its files hold. Files are made

@@ -53,7 +53,6 @@ use crate::sink::{Acceptance, Sink, SinkError, SinkFuture};
 mod files;
 mod handoff;
 mod inspect;
-// The journal of pending entries, not yet used by the writer: see the module's text.
 #[allow(dead_code)]
 mod journal;
 mod record;
@@ -63,6 +62,7 @@ use files::*;
 pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
+use journal::{Journal, NewEntry};
 pub use record::{Record, StoredEntry, StoredMessage};
 use seen::{SeenChanges, SeenIndex};
 
@@ -237,6 +237,16 @@ struct Shared {
     /// `None` while the database is being reopened after an I/O error.
     db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    dir: PathBuf,
+    /// How large the journal's files grow before the next one is started.
+    segment_bytes: u64,
+    /// Where the journal's pending entries are.
+    pending: Mutex<journal::Index>,
+    /// The journal's files, for reading; replaced when the journal is read again after an I/O
+    /// error.
+    files: std::sync::RwLock<Arc<journal::Files>>,
+    /// Pending entries in the database: those a spool of an earlier release held.
+    legacy_entries: AtomicU64,
     identity: Option<SpoolIdentity>,
     max_bytes: u64,
     /// For reopening the database.
@@ -296,6 +306,122 @@ fn builder(cache_bytes: usize) -> redb::Builder {
     builder
 }
 
+/// How large the journal's files grow: a thirty-second of the spool, within 1 to 32 MiB. Files are
+/// taken up again once every entry in them is released, so smaller files are reused sooner, and
+/// larger ones are started less often.
+fn journal_segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 32).clamp(1 << 20, 32 << 20)
+}
+
+/// Reads the journal's pending entries in order, a batch of frames at a time.
+struct JournalReader<'a> {
+    shared: &'a Shared,
+    files: Arc<journal::Files>,
+    /// The sequence number the next batch starts from.
+    next: u64,
+    batch: std::collections::VecDeque<journal::ReadEntry>,
+    done: bool,
+}
+
+impl<'a> JournalReader<'a> {
+    /// Frames read at once: a round reads no more than it takes, give or take a batch.
+    const BATCH: usize = 64;
+
+    fn new(shared: &'a Shared, from: u64) -> JournalReader<'a> {
+        JournalReader {
+            shared,
+            files: shared.files.read().unwrap().clone(),
+            next: from,
+            batch: Default::default(),
+            done: false,
+        }
+    }
+
+    fn peek(&mut self) -> Result<Option<&journal::ReadEntry>, SpoolError> {
+        while self.batch.is_empty() && !self.done {
+            let wanted = self.shared.pending().from(self.next, Self::BATCH);
+            let Some(&(last, _)) = wanted.last() else {
+                self.done = true;
+                break;
+            };
+            self.next = last + 1;
+            // An entry released meanwhile is not read back: its frame no longer checks out.
+            self.batch
+                .extend(self.files.read(&wanted).map_err(storage)?);
+        }
+        Ok(self.batch.front())
+    }
+
+    /// The entry [`JournalReader::peek`] returned, as (sequence number, stored record).
+    fn next(&mut self) -> Option<(u64, Vec<u8>)> {
+        self.batch
+            .pop_front()
+            .map(|entry| (entry.seq, entry.record))
+    }
+}
+
+/// What the spool's files hold, read back as the writer and the readers keep it.
+struct Resumed {
+    journal: Journal,
+    index: journal::Index,
+    seen: SeenIndex,
+    counts: Counts,
+    legacy_entries: u64,
+    /// The sequence number of the next entry.
+    end: u64,
+}
+
+/// Reads the journal of spool `id` back and brings the database's deduplication record up to it:
+/// the record is made durable only now and then (and always before a journal file is written
+/// over), so after a crash the journal holds uuids the record lost.
+fn resume(db: &Database, dir: &Path, id: &str, segment_bytes: u64) -> Result<Resumed, SpoolError> {
+    let (journal, recovered) = Journal::open(dir, id, segment_bytes).map_err(|e| match e {
+        journal::JournalError::Io { path, source } => SpoolError::Open {
+            path,
+            message: source.to_string(),
+        },
+        journal::JournalError::Foreign { path, message } => SpoolError::Damaged {
+            path,
+            message,
+            dir: dir.to_path_buf(),
+        },
+    })?;
+    if !recovered.seen.is_empty() {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
+            for (accepted_at_ms, seq, uuid) in &recovered.seen {
+                let key = (*accepted_at_ms, *seq);
+                if seen_order.get(key).map_err(storage)?.is_none() {
+                    seen_order.insert(key, uuid.as_str()).map_err(storage)?;
+                }
+            }
+        }
+        txn.commit().map_err(storage)?;
+    }
+    let read = db.begin_read().map_err(storage)?;
+    let mut counts = count(&read).map_err(storage)?;
+    let legacy_end = read
+        .open_table(ENTRIES)
+        .map_err(storage)?
+        .last()
+        .map_err(storage)?
+        .map_or(0, |(seq, _)| seq.value() + 1);
+    drop(read);
+    let index = journal::Index::recovered(&recovered.pending);
+    let legacy_entries = counts.entries;
+    counts.entries += index.entries();
+    counts.bytes += index.bytes();
+    Ok(Resumed {
+        seen: writer::read_seen(db)?,
+        index,
+        journal,
+        counts,
+        legacy_entries,
+        end: recovered.end.max(legacy_end),
+    })
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -348,37 +474,34 @@ impl Spool {
         options: SpoolOptions,
         metrics: Metrics,
     ) -> Result<Spool, SpoolError> {
-        let Opened {
-            db,
-            identity,
-            counts,
-        } = opened;
-        // Sequence numbers only grow while the process runs (the hand-off relies on it), also
-        // across moments when every entry has been released.
-        let end = {
-            let read = db.begin_read().map_err(storage)?;
-            let table = read.open_table(ENTRIES).map_err(storage)?;
-            table
-                .last()
-                .map_err(storage)?
-                .map_or(0, |(seq, _)| seq.value() + 1)
-        };
-        let seen = writer::read_seen(&db)?;
+        let Opened { db, identity, .. } = opened;
+        let segment_bytes = journal_segment_bytes(options.max_bytes);
+        let id = identity
+            .as_ref()
+            .map_or("", |identity| identity.id.as_str());
+        let resumed = resume(&db, dir, id, segment_bytes)?;
         let shared = Arc::new(Shared {
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             path: dir.join(DATABASE_FILE),
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            pending: Mutex::new(resumed.index),
+            files: std::sync::RwLock::new(resumed.journal.shared_files()),
+            legacy_entries: AtomicU64::new(resumed.legacy_entries),
             identity,
             max_bytes: options.max_bytes,
             cache_bytes: options.cache_bytes,
             dedup_window: options.dedup_window,
             dedup_capacity: options.dedup_capacity,
-            entries: AtomicU64::new(counts.entries),
-            bytes: AtomicU64::new(counts.bytes),
-            dead_letters: AtomicU64::new(counts.dead_letters),
-            dead_letter_bytes: AtomicU64::new(counts.dead_letter_bytes),
+            entries: AtomicU64::new(resumed.counts.entries),
+            bytes: AtomicU64::new(resumed.counts.bytes),
+            dead_letters: AtomicU64::new(resumed.counts.dead_letters),
+            dead_letter_bytes: AtomicU64::new(resumed.counts.dead_letter_bytes),
             health: AtomicU8::new(HEALTH_OK),
             appended: Notify::new(),
-            handoff: Mutex::new(handoff::HandOff::new(end)),
+            // Sequence numbers only grow while the process runs (the hand-off relies on it), also
+            // across moments when every entry has been released.
+            handoff: Mutex::new(handoff::HandOff::new(resumed.end)),
             metrics,
             #[cfg(test)]
             failing_releases: AtomicU64::new(0),
@@ -389,12 +512,14 @@ impl Spool {
             #[cfg(test)]
             tried_again: Notify::new(),
         });
+        let seen = resumed.seen;
+        let journal = resumed.journal;
         shared.publish_gauges();
         let (tx, rx) = std::sync::mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_shared.run_writer(rx, seen))
+            .spawn(move || writer_shared.run_writer(rx, writer::Writer::new(seen, journal)))
             .map_err(|e| SpoolError::Storage(e.to_string()))?;
         Ok(Spool {
             shared,
@@ -428,19 +553,43 @@ impl Spool {
         {
             return Err(SpoolError::Storage("failed on purpose".into()));
         }
-        let read = self.shared.database()?.begin_read().map_err(storage)?;
-        let table = read.open_table(ENTRIES).map_err(storage)?;
+        let mut legacy = if self.shared.legacy_entries.load(Ordering::Relaxed) > 0 {
+            self.legacy_from(from, limit)?
+        } else {
+            Vec::new()
+        }
+        .into_iter()
+        .peekable();
+        let mut journal = JournalReader::new(&self.shared, from);
         let mut out = Vec::new();
         let mut bytes = 0;
-        for item in table.range(from..).map_err(storage)?.take(limit) {
-            let (seq, value) = item.map_err(storage)?;
-            let entry = StoredEntry::from_database(seq.value(), value.value()).map_err(storage)?;
+        while out.len() < limit {
+            // The earlier of the two: the database's entries came before the journal's.
+            let (seq, record) = match (legacy.peek(), journal.peek()?) {
+                (Some((seq, _)), Some(entry)) if entry.seq > *seq => legacy.next().expect("peeked"),
+                (_, Some(_)) => journal.next().expect("peeked"),
+                (Some(_), None) => legacy.next().expect("peeked"),
+                (None, None) => break,
+            };
+            let entry = StoredEntry::from_database(seq, &record).map_err(storage)?;
             // Counted as read, uncompressed: what the round holds in memory.
             bytes += entry.record_bytes();
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
             out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries the database holds from sequence number `from` on, as stored.
+    fn legacy_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let read = self.shared.database()?.begin_read().map_err(storage)?;
+        let table = read.open_table(ENTRIES).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(storage)?.take(limit) {
+            let (seq, value) = item.map_err(storage)?;
+            out.push((seq.value(), value.value().to_vec()));
         }
         Ok(out)
     }
@@ -828,7 +977,7 @@ mod tests {
         let reading = spool.shared.database().unwrap();
         spool.fail_releases(1);
         assert!(spool.release(vec![seq], vec![]).await.is_err());
-        assert!(spool.oldest(1, usize::MAX).is_err(), "not reopened yet");
+        assert!(spool.shared.database().is_err(), "not reopened yet");
         drop(reading);
         assert!(until_health(&spool, SpoolHealth::Ok).await);
         let pending = uuids(spool.oldest(10, usize::MAX).unwrap());
@@ -1174,10 +1323,11 @@ mod tests {
             n += 1;
         }
         assert!(spool.bytes() + spool.dead_letter_bytes() <= 10_000);
-        let oldest = &spool.oldest(1, usize::MAX).unwrap()[0];
-        let entry = record::compress(&record::encode(0, &oldest.plan).unwrap()).len() as u64;
-        // Refused only once the next entry (a uuid at most two characters longer) no longer fitted.
-        assert!(spool.bytes() + spool.dead_letter_bytes() + entry + 2 > 10_000);
+        // Refused only once the next entry, as its journal frame, no longer fitted.
+        let refused = plan(&format!("p{n}"));
+        let stored = record::compress(&record::encode(now_ms(), &refused).unwrap()).len();
+        let entry = Journal::entry_frame_bytes(refused.uuid.len(), stored);
+        assert!(spool.bytes() + spool.dead_letter_bytes() + entry > 10_000);
 
         // A dead letter published after all leaves the spool.
         let (id, _) = spool.dead_letters_from(0, 10).unwrap().remove(0);

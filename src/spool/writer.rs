@@ -1,8 +1,41 @@
 //! The writer thread: group commits of appends and releases, and the counters they move.
+//!
+//! A commit's entries and releases are frames of the journal, written and `fdatasync`ed once. The
+//! database gets the rest in a transaction of its own: the deduplication record, committed without
+//! `fdatasync` and made durable every [`LAZY_COMMITS`] commits and before a journal file is written
+//! over (after a crash it is brought up to the journal again: `resume`); dead letters, and releases
+//! of entries a spool of an earlier release holds in the database, durably before the journal's
+//! frames that release their entries.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
+use redb::Durability;
+
 use super::*;
+
+/// Commits of the deduplication record without `fdatasync` between two durable ones. A crash loses
+/// nothing by them (the journal holds every uuid since), but the database keeps what they wrote in
+/// memory until then.
+const LAZY_COMMITS: u32 = 64;
+
+/// What the writer thread owns.
+pub(super) struct Writer {
+    pub(super) seen: SeenIndex,
+    /// `None` while it cannot be read back after an I/O error.
+    pub(super) journal: Option<Journal>,
+    /// Commits of the database since its last durable one.
+    lazy_commits: u32,
+}
+
+impl Writer {
+    pub(super) fn new(seen: SeenIndex, journal: Journal) -> Writer {
+        Writer {
+            seen,
+            journal: Some(journal),
+            lazy_commits: 0,
+        }
+    }
+}
 
 /// What one group commit changed, applied to the counters only once it is durable.
 #[derive(Default)]
@@ -20,6 +53,9 @@ pub(super) struct Delta {
     /// The sequence numbers of the appends committed, in order, for the hand-off.
     committed: Vec<u64>,
     seen: SeenChanges,
+    /// The journal's commit is durable but the database's failed: what the commit kept stands,
+    /// and the database is read again (its deduplication record brought up to the journal).
+    database_failed: Option<SpoolError>,
 }
 
 impl Shared {
@@ -31,6 +67,14 @@ impl Shared {
     /// whole (a run of entries and its end), and the relay falls back to the database anyway.
     pub(super) fn handoff(&self) -> std::sync::MutexGuard<'_, handoff::HandOff> {
         self.handoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the journal's pending entries are, even after a panic elsewhere while it was held:
+    /// every change to it leaves it whole.
+    pub(super) fn pending(&self) -> std::sync::MutexGuard<'_, journal::Index> {
+        self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -60,78 +104,77 @@ impl Shared {
         }
     }
 
-    /// An unwritable spool, unasked: reopens the database if it is not open, and commits nothing
+    /// An unwritable spool, unasked: reads the spool back if it could not be, and commits nothing
     /// to learn whether the disk takes writes again. Without it, a spool left unwritable with
     /// nothing to write (an empty spool, or a relay that cannot read a database not reopened)
     /// would stay so, and unready, until someone restarted the bridge.
-    fn try_again(&self, seen: &mut SeenIndex) {
-        if self.database().is_err() {
-            self.recover(seen);
+    fn try_again(&self, writer: &mut Writer) {
+        if self.database().is_err() || writer.journal.is_none() {
+            self.recover(writer);
         }
         let probe = self.database().and_then(|db| {
             let txn = db.begin_write().map_err(storage)?;
             txn.commit().map_err(storage)
         });
         match probe {
-            Ok(()) => {
+            Ok(()) if writer.journal.is_some() => {
                 tracing::info!("spool writable again");
                 self.health.store(HEALTH_OK, Ordering::Relaxed);
             }
+            Ok(()) => tracing::debug!("spool journal still unreadable"),
             Err(e) => {
                 tracing::debug!(error = %e, "spool still unwritable");
-                self.recover(seen);
+                self.recover(writer);
             }
         }
         #[cfg(test)]
         self.tried_again.notify_one();
     }
 
-    /// Reopens the database after a failed commit and takes what it holds as the truth. A commit
-    /// can fail after it reached the disk (redb writes its new header before the `fdatasync` that
-    /// fails, and the kernel may still write it back): its entries are then in the database, its
-    /// uuids in the deduplication record, and the next entry must come after them, or it would
-    /// overwrite one answered 200 as a duplicate on redelivery.
-    fn recover(&self, seen: &mut SeenIndex) {
+    /// Reopens the database and reads the journal back after a failed commit, and takes what they
+    /// hold as the truth. A commit can fail after it reached the disk (a write may land though its
+    /// `fdatasync` failed): its entries are then in the journal, and the next entry must come after
+    /// them, or it would overwrite one answered 200 as a duplicate on redelivery.
+    pub(super) fn recover(&self, writer: &mut Writer) {
         self.reopen();
+        writer.journal = None;
+        writer.lazy_commits = 0;
         let Ok(db) = self.database() else {
             return;
         };
-        if let Err(e) = self.resync(&db, seen) {
-            tracing::warn!(error = %e, "cannot read the spool after reopening it");
+        let id = self.identity.as_ref().map_or("", |i| i.id.as_str());
+        match resume(&db, &self.dir, id, self.segment_bytes) {
+            Ok(resumed) => {
+                self.entries
+                    .store(resumed.counts.entries, Ordering::Relaxed);
+                self.bytes.store(resumed.counts.bytes, Ordering::Relaxed);
+                self.dead_letters
+                    .store(resumed.counts.dead_letters, Ordering::Relaxed);
+                self.dead_letter_bytes
+                    .store(resumed.counts.dead_letter_bytes, Ordering::Relaxed);
+                self.legacy_entries
+                    .store(resumed.legacy_entries, Ordering::Relaxed);
+                *self.files.write().unwrap() = resumed.journal.shared_files();
+                *self.pending() = resumed.index;
+                // The relay goes back to the spool for what follows the hand-off.
+                self.handoff().resync(resumed.end);
+                self.publish_gauges();
+                writer.seen = resumed.seen;
+                writer.journal = Some(resumed.journal);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the spool back after a failed commit")
+            }
         }
     }
 
-    /// Sets the counters, the next sequence number and the deduplication index from `db`. The
-    /// relay goes back to the database for what follows the hand-off.
-    fn resync(&self, db: &Database, seen: &mut SeenIndex) -> Result<(), SpoolError> {
-        let read = db.begin_read().map_err(storage)?;
-        let counts = count(&read).map_err(storage)?;
-        let last = read
-            .open_table(ENTRIES)
-            .map_err(storage)?
-            .last()
-            .map_err(storage)?
-            .map(|(seq, _)| seq.value());
-        drop(read);
-        *seen = read_seen(db)?;
-        self.entries.store(counts.entries, Ordering::Relaxed);
-        self.bytes.store(counts.bytes, Ordering::Relaxed);
-        self.dead_letters
-            .store(counts.dead_letters, Ordering::Relaxed);
-        self.dead_letter_bytes
-            .store(counts.dead_letter_bytes, Ordering::Relaxed);
-        self.handoff().resync(last.map_or(0, |seq| seq + 1));
-        self.publish_gauges();
-        Ok(())
-    }
-
-    pub(super) fn run_writer(&self, rx: Receiver<Command>, mut seen: SeenIndex) {
+    pub(super) fn run_writer(&self, rx: Receiver<Command>, mut writer: Writer) {
         loop {
             let first = if self.health.load(Ordering::Relaxed) == HEALTH_UNWRITABLE {
                 match rx.recv_timeout(RETRY_UNWRITABLE) {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.try_again(&mut seen);
+                        self.try_again(&mut writer);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -149,11 +192,19 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            self.commit_group(group, &mut seen);
+            self.commit_group(group, &mut writer);
+        }
+        // What the lazy commits wrote is in the journal anyway; a durable commit now spares the
+        // next start bringing the record up to it.
+        if writer.lazy_commits > 0
+            && let Ok(db) = self.database()
+            && let Ok(txn) = db.begin_write()
+        {
+            let _ = txn.commit();
         }
     }
 
-    pub(super) fn commit_group(&self, group: Vec<Command>, seen: &mut SeenIndex) {
+    pub(super) fn commit_group(&self, group: Vec<Command>, writer: &mut Writer) {
         let mut appends = Vec::new();
         let mut releases = Vec::new();
         for command in group {
@@ -163,10 +214,11 @@ impl Shared {
             }
         }
         let mut outcomes: Vec<Result<Acceptance, SinkError>> = Vec::with_capacity(appends.len());
-        let result = self.write(&appends, &releases, seen, &mut outcomes);
+        let result = self.write(writer, &appends, &releases, &mut outcomes);
         match result {
             Ok(mut delta) => {
-                seen.apply(std::mem::take(&mut delta.seen));
+                let database_failed = delta.database_failed.take();
+                writer.seen.apply(std::mem::take(&mut delta.seen));
                 let full_before = self.health.load(Ordering::Relaxed) == HEALTH_FULL;
                 self.entries
                     .fetch_add(delta.added_entries, Ordering::Relaxed);
@@ -230,13 +282,17 @@ impl Shared {
                 for release in releases {
                     let _ = release.reply.send(Ok(()));
                 }
+                if let Some(e) = database_failed {
+                    tracing::error!(error = %e, "spool database commit failed after the journal's; reading the spool back");
+                    self.recover(writer);
+                }
             }
             Err(e) => {
                 // Nothing of this group counts as kept: every request in it gets 503, and the next
                 // group tries again, so the spool recovers by itself when the disk does.
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
-                self.recover(seen);
+                self.recover(writer);
                 for Append { reply, held, .. } in appends {
                     drop(held);
                     let _ = reply.send(Err(SinkError::SpoolUnwritable));
@@ -250,61 +306,89 @@ impl Shared {
 
     pub(super) fn write(
         &self,
+        writer: &mut Writer,
         appends: &[Append],
         releases: &[Release],
-        index: &SeenIndex,
         outcomes: &mut Vec<Result<Acceptance, SinkError>>,
     ) -> Result<Delta, SpoolError> {
+        let Writer {
+            seen: index,
+            journal,
+            lazy_commits,
+        } = writer;
+        let journal = journal.as_mut().ok_or_else(|| {
+            SpoolError::Storage("the spool's journal could not be read back".into())
+        })?;
         let mut delta = Delta::default();
         let now = now_ms();
-        let txn = self.database()?.begin_write().map_err(storage)?;
+        let db = self.database()?;
+
+        // What the releases name: entries in the journal, or in the database (a spool of an
+        // earlier release); those in neither were released before.
+        let mut released = Vec::new();
+        let mut legacy = Vec::new();
         {
-            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let pending = self.pending();
+            for seq in releases.iter().flat_map(|r| &r.seqs) {
+                match pending.get(*seq) {
+                    Some(at) => released.push((*seq, at)),
+                    None => legacy.push(*seq),
+                }
+            }
+        }
+        if self.legacy_entries.load(Ordering::Relaxed) == 0 {
+            legacy.clear();
+        }
+        // An upper bound of the journal's frames, to tell whether this commit may write over a
+        // file whose uuids the deduplication record must have kept durably first.
+        let frames: u64 = appends
+            .iter()
+            // Stored records are never longer than the records.
+            .map(|a| Journal::entry_frame_bytes(a.uuid.len(), a.record.len()))
+            .sum::<u64>()
+            + journal.release_frame_bytes(released.len());
+        let dead_letters = releases
+            .iter()
+            .any(|r| !r.dead.is_empty() || !r.forget.is_empty());
+        let durable_first = dead_letters
+            || !legacy.is_empty()
+            || *lazy_commits >= LAZY_COMMITS
+            || journal.may_reuse(frames);
+
+        // Dead letters and the database's releases are durable before the journal's frames that
+        // release their entries; this commit also makes every lazy one before it durable.
+        let mut dead_bytes = self.dead_letter_bytes.load(Ordering::Relaxed);
+        if durable_first {
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+                remove_entries(&mut entries, &legacy, &mut delta)?;
+                let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
+                dead_bytes = self.keep_dead_letters(&mut dead_table, releases, &mut delta)?;
+            }
+            #[cfg(test)]
+            self.fail_on_purpose(releases)?;
+            txn.commit().map_err(storage)?;
+            *lazy_commits = 0;
+        } else {
+            #[cfg(test)]
+            self.fail_on_purpose(releases)?;
+        }
+
+        // The deduplication record, without `fdatasync`: committed after the journal, and not at
+        // all if the journal's commit fails, so that a refused notification is not a duplicate
+        // when it comes again.
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::None).map_err(storage)?;
+        let mut kept = Vec::new();
+        let next_seq = {
             let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
-            let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
-
-            for release in releases {
-                remove_entries(&mut entries, &release.seqs, &mut delta)?;
-                for id in &release.forget {
-                    if let Some(old) = dead_table.remove(id).map_err(storage)? {
-                        delta.removed_dead_letters += 1;
-                        delta.removed_dead_letter_bytes += old.value().len() as u64;
-                    }
-                }
-                let next_dead = dead_table
-                    .last()
-                    .map_err(storage)?
-                    .map(|(k, _)| k.value() + 1)
-                    .unwrap_or(0);
-                for (key, letter) in (next_dead..).zip(&release.dead) {
-                    let bytes = serde_json::to_vec(letter).map_err(storage)?;
-                    dead_table.insert(key, bytes.as_slice()).map_err(storage)?;
-                    delta.added_dead_letters += 1;
-                    delta.added_dead_letter_bytes += bytes.len() as u64;
-                }
-            }
-            // The dead-letter area keeps its share of the spool: the oldest letters make room.
-            let mut dead_bytes = self.dead_letter_bytes.load(Ordering::Relaxed)
-                + delta.added_dead_letter_bytes
-                - delta.removed_dead_letter_bytes;
-            while dead_bytes > self.dead_letter_max_bytes() {
-                let Some(len) = dead_table.pop_first().map_err(storage)?.map(|(_, value)| {
-                    if let Ok(letter) = serde_json::from_slice(value.value()) {
-                        delta.dropped.push(letter);
-                    }
-                    value.value().len() as u64
-                }) else {
-                    break;
-                };
-                dead_bytes -= len;
-                delta.removed_dead_letters += 1;
-                delta.removed_dead_letter_bytes += len;
-            }
-
             let mut next_seq = self.handoff().end();
             // Pending entries and dead letters share --spool-max-bytes.
-            let mut bytes = self.bytes.load(Ordering::Relaxed) - delta.removed_bytes + dead_bytes;
-            for Append { uuid, record, .. } in appends {
+            let mut bytes = (self.bytes.load(Ordering::Relaxed) + dead_bytes)
+                .saturating_sub(delta.removed_bytes)
+                .saturating_sub(released.iter().map(|(_, at)| u64::from(at.len)).sum());
+            for (n, Append { uuid, record, .. }) in appends.iter().enumerate() {
                 let hash = index.hash(uuid);
                 if index
                     .contains(uuid, hash, &delta.seen, &seen_order)
@@ -314,71 +398,59 @@ impl Shared {
                     continue;
                 }
                 let stored = record::compress(record);
-                if bytes + stored.len() as u64 > self.max_bytes {
+                let frame = Journal::entry_frame_bytes(uuid.len(), stored.len());
+                if bytes + frame > self.max_bytes {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;
                 }
-                entries.insert(next_seq, &*stored).map_err(storage)?;
                 seen_order
                     .insert((now, next_seq), uuid.as_str())
                     .map_err(storage)?;
                 delta.seen.record(hash, (now, next_seq));
-                bytes += stored.len() as u64;
+                bytes += frame;
                 delta.added_entries += 1;
-                delta.added_bytes += stored.len() as u64;
+                delta.added_bytes += frame;
                 delta.committed.push(next_seq);
+                kept.push((next_seq, n, stored));
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
             }
+            self.expire_seen(&mut seen_order, index, now, &mut delta)?;
+            next_seq
+        };
 
-            // Forget uuids beyond the capacity, then those older than the window, a bounded number
-            // at a time. Over the capacity the record is trimmed a little further
-            // ([`dedup_slack`]): the commits after that add to its newest page only, rather than
-            // every commit also rewriting its oldest.
-            let len = seen_order.len().map_err(storage)? as usize;
-            let over = match len.checked_sub(self.dedup_capacity) {
-                Some(over) if over > 0 => over + dedup_slack(self.dedup_capacity),
-                _ => 0,
-            };
-            let mut expired = 0;
-            while expired < over.min(MAX_EXPIRE_PER_COMMIT) {
-                let Some((key, hash)) = seen_order
-                    .pop_first()
-                    .map_err(storage)?
-                    .map(|(k, v)| (k.value(), index.hash(v.value())))
-                else {
-                    break;
-                };
-                delta.seen.forget(hash, key);
-                expired += 1;
+        let entries: Vec<NewEntry<'_>> = kept
+            .iter()
+            .map(|(seq, n, stored)| NewEntry {
+                seq: *seq,
+                accepted_at_ms: now,
+                uuid: &appends[*n].uuid,
+                record: stored,
+            })
+            .collect();
+        if !entries.is_empty() || !released.is_empty() {
+            let locations = journal
+                .commit(&entries, &released, &[], next_seq, || {
+                    if durable_first {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other(
+                            "a journal file would be written over before the deduplication \
+                             record was made durable",
+                        ))
+                    }
+                })
+                .map_err(storage)?;
+            let mut pending = self.pending();
+            for (entry, at) in entries.iter().zip(locations) {
+                pending.push(entry.seq, at);
             }
-            let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
-            while expired < MAX_EXPIRE_PER_COMMIT {
-                let Some((key, hash)) = seen_order
-                    .first()
-                    .map_err(storage)?
-                    .map(|(k, v)| (k.value(), index.hash(v.value())))
-                else {
-                    break;
-                };
-                if key.0 >= horizon {
-                    break;
-                }
-                seen_order.remove(key).map_err(storage)?;
-                delta.seen.forget(hash, key);
-                expired += 1;
+            for (seq, at) in &released {
+                pending.remove(*seq);
+                delta.removed_entries += 1;
+                delta.removed_bytes += u64::from(at.len);
             }
         }
-        #[cfg(test)]
-        if !releases.is_empty()
-            && self
-                .failing_releases
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            return Err(SpoolError::Storage("failed on purpose".into()));
-        }
-        txn.commit().map_err(storage)?;
         #[cfg(test)]
         if self
             .failing_after_commit
@@ -389,7 +461,119 @@ impl Shared {
                 "failed on purpose, after the commit".into(),
             ));
         }
+        match txn.commit() {
+            Ok(()) => *lazy_commits += 1,
+            Err(e) => delta.database_failed = Some(storage(e)),
+        }
         Ok(delta)
+    }
+
+    /// The next commits that release entries fail, for the relay's tests.
+    #[cfg(test)]
+    fn fail_on_purpose(&self, releases: &[Release]) -> Result<(), SpoolError> {
+        if !releases.is_empty()
+            && self
+                .failing_releases
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(SpoolError::Storage("failed on purpose".into()));
+        }
+        Ok(())
+    }
+
+    /// Keeps the releases' dead letters and forgets those published after all; the oldest make
+    /// room beyond the area's share. Returns the area's bytes.
+    fn keep_dead_letters(
+        &self,
+        dead_table: &mut redb::Table<u64, &[u8]>,
+        releases: &[Release],
+        delta: &mut Delta,
+    ) -> Result<u64, SpoolError> {
+        for release in releases {
+            for id in &release.forget {
+                if let Some(old) = dead_table.remove(id).map_err(storage)? {
+                    delta.removed_dead_letters += 1;
+                    delta.removed_dead_letter_bytes += old.value().len() as u64;
+                }
+            }
+            let next_dead = dead_table
+                .last()
+                .map_err(storage)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(0);
+            for (key, letter) in (next_dead..).zip(&release.dead) {
+                let bytes = serde_json::to_vec(letter).map_err(storage)?;
+                dead_table.insert(key, bytes.as_slice()).map_err(storage)?;
+                delta.added_dead_letters += 1;
+                delta.added_dead_letter_bytes += bytes.len() as u64;
+            }
+        }
+        // The dead-letter area keeps its share of the spool: the oldest letters make room.
+        let mut dead_bytes = self.dead_letter_bytes.load(Ordering::Relaxed)
+            + delta.added_dead_letter_bytes
+            - delta.removed_dead_letter_bytes;
+        while dead_bytes > self.dead_letter_max_bytes() {
+            let Some(len) = dead_table.pop_first().map_err(storage)?.map(|(_, value)| {
+                if let Ok(letter) = serde_json::from_slice(value.value()) {
+                    delta.dropped.push(letter);
+                }
+                value.value().len() as u64
+            }) else {
+                break;
+            };
+            dead_bytes -= len;
+            delta.removed_dead_letters += 1;
+            delta.removed_dead_letter_bytes += len;
+        }
+        Ok(dead_bytes)
+    }
+
+    /// Forgets uuids beyond the capacity, then those older than the window, a bounded number at a
+    /// time. Over the capacity the record is trimmed a little further ([`dedup_slack`]): the
+    /// commits after that add to its newest page only, rather than every commit also rewriting its
+    /// oldest.
+    fn expire_seen(
+        &self,
+        seen_order: &mut redb::Table<(u64, u64), &str>,
+        index: &SeenIndex,
+        now: u64,
+        delta: &mut Delta,
+    ) -> Result<(), SpoolError> {
+        let len = seen_order.len().map_err(storage)? as usize;
+        let over = match len.checked_sub(self.dedup_capacity) {
+            Some(over) if over > 0 => over + dedup_slack(self.dedup_capacity),
+            _ => 0,
+        };
+        let mut expired = 0;
+        while expired < over.min(MAX_EXPIRE_PER_COMMIT) {
+            let Some((key, hash)) = seen_order
+                .pop_first()
+                .map_err(storage)?
+                .map(|(k, v)| (k.value(), index.hash(v.value())))
+            else {
+                break;
+            };
+            delta.seen.forget(hash, key);
+            expired += 1;
+        }
+        let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
+        while expired < MAX_EXPIRE_PER_COMMIT {
+            let Some((key, hash)) = seen_order
+                .first()
+                .map_err(storage)?
+                .map(|(k, v)| (k.value(), index.hash(v.value())))
+            else {
+                break;
+            };
+            if key.0 >= horizon {
+                break;
+            }
+            seen_order.remove(key).map_err(storage)?;
+            delta.seen.forget(hash, key);
+            expired += 1;
+        }
+        Ok(())
     }
 
     pub(super) fn publish_gauges(&self) {
