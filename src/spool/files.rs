@@ -440,7 +440,8 @@ pub(super) fn open_files(
         (None, None) => None,
     };
     // A spool of an earlier format is read as it is, but what this release writes (binary entries
-    // since format 2, compressed since 3, no uuid table since 4) an earlier release cannot read: the
+    // since format 2, compressed since 3, no uuid table since 4, the journal since 5) an earlier
+    // release cannot read: the
     // identity says so, so that such a release refuses the spool with a clear message instead of
     // failing on its entries or missing its duplicates.
     if access == Access::Serve

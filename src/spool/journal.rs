@@ -327,7 +327,7 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> JournalError + '_ {
     }
 }
 
-fn file_name(number: u32) -> String {
+pub(super) fn file_name(number: u32) -> String {
     format!("journal-{number:04}")
 }
 

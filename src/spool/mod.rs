@@ -1,20 +1,25 @@
 //! The durable spool: every accepted notification's route plan is on disk and fsynced before the
 //! webhook is answered, and stays there until Kafka acknowledged every message planned from it.
 //!
-//! Storage is [`redb`], an embedded ACID store whose commits are crash safe (copy-on-write B-trees
-//! with a checksummed commit slot, fsynced with `Durability::Immediate`). One writer thread owns every
-//! write: it takes whatever appends and releases are waiting and commits them in one transaction, so
-//! concurrent requests share one fsync (group commit).
+//! One writer thread owns every write: it takes whatever appends and releases are waiting and
+//! commits them together, so concurrent requests share one `fdatasync` (group commit).
 //!
-//! Tables:
-//! - `entries`: sequence number -> spooled plan (a binary record, compressed, `record`), in
-//!   acceptance order (the relay publishes in this order).
+//! Pending entries are in the journal (`journal`): files written in place, one write and one
+//! `fdatasync` a commit, entries and releases as checksummed frames (a quarter of what a
+//! copy-on-write tree costs a commit: BENCHMARKS.md, "The spool's storage per commit"). The rest
+//! is in [`redb`], an embedded ACID store whose commits are crash safe (copy-on-write B-trees with
+//! a checksummed commit slot):
 //! - `seen_order`: (acceptance time, sequence) -> notification uuid: the deduplication record,
-//!   expired by age and by count, and indexed by uuid in memory (`seen`).
+//!   expired by age and by count, and indexed by uuid in memory (`seen`). Committed without
+//!   `fdatasync`, and made durable now and then and before a journal file is written over: after a
+//!   crash it is brought up to the journal again.
 //! - `dead`: messages Kafka rejected for good and the dead-letter topic refused too. They count towards
 //!   `--spool-max-bytes` and may fill at most a tenth of it: beyond, the oldest is dropped (logged and
 //!   counted), because refusing new notifications instead would lose fresh events and, with repeated
 //!   503 answers, the subscription itself.
+//! - `entries`: sequence number -> spooled plan (a binary record, compressed, `record`): the pending
+//!   entries of a spool written by an earlier release, read before the journal's and removed as
+//!   they are released.
 //! - `meta`: the spool's identity, the same as in the `spool.id` file beside the database.
 //!
 //! # Failing loudly
@@ -62,7 +67,7 @@ use files::*;
 pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
-use journal::{Journal, NewEntry};
+use journal::{Journal, Location, NewEntry};
 pub use record::{Record, StoredEntry, StoredMessage};
 use seen::{SeenChanges, SeenIndex};
 
@@ -74,6 +79,9 @@ const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// The key of the identity in `meta`.
 const IDENTITY_KEY: &str = "identity";
+/// The key of the number of journal files made, in `meta`: files are never removed, so fewer is a
+/// loss.
+const JOURNAL_FILES_KEY: &str = "journal_files";
 
 /// The database, inside the spool directory.
 pub const DATABASE_FILE: &str = "spool.redb";
@@ -83,8 +91,10 @@ pub const IDENTITY_FILE: &str = "spool.id";
 const NEW_DATABASE_FILE: &str = "spool.redb.new";
 /// The spool's layout; a spool of a later format is refused rather than misread. 2: entries are
 /// binary records (`record`); 3: binary records compressed; 4: no `seen` table, whose index an
-/// earlier release would miss. Spools of formats 1 (JSON entries) to 3 are still read.
-const FORMAT: u32 = 4;
+/// earlier release would miss; 5: pending entries in the journal, which an earlier release would
+/// not read. Spools of formats 1 (JSON entries) to 4 are still read: their entries stay in the
+/// database until released.
+const FORMAT: u32 = 5;
 
 /// The dead-letter area may hold at most `--spool-max-bytes` divided by this.
 pub const DEAD_LETTER_SHARE: u64 = 10;
@@ -102,7 +112,8 @@ const MAX_EXPIRE_PER_COMMIT: usize = 1024;
 
 /// What to do about the spool, ending every message about a spool that cannot be opened as it is.
 // Files, not the directory: on Kubernetes the directory is a volume's mount point.
-const START_EMPTY: &str = "to start an empty spool knowingly, move spool.redb and spool.id out of";
+const START_EMPTY: &str =
+    "to start an empty spool knowingly, move spool.redb, spool.id and the journal-* files out of";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -124,6 +135,16 @@ pub enum SpoolError {
         dir: PathBuf,
         id: String,
         created_at: String,
+    },
+    #[error(
+        "{path} is missing, but the spool's database records {recorded} journal files: the \
+         notifications they held are not there. Restore the files from a backup, or, {START_EMPTY} \
+         {dir}"
+    )]
+    JournalMissing {
+        path: PathBuf,
+        recorded: u32,
+        dir: PathBuf,
     },
     #[error(
         "{path} is empty (0 bytes), but a spool database never is: the notifications it held are gone. \
@@ -371,6 +392,16 @@ struct Resumed {
     end: u64,
 }
 
+/// How many journal files the database records were made.
+fn journal_files(db: &Database) -> Result<u32, SpoolError> {
+    let read = db.begin_read().map_err(storage)?;
+    let meta = read.open_table(META).map_err(storage)?;
+    let recorded = meta.get(JOURNAL_FILES_KEY).map_err(storage)?;
+    Ok(recorded
+        .and_then(|value| value.value().parse().ok())
+        .unwrap_or(0))
+}
+
 /// Reads the journal of spool `id` back and brings the database's deduplication record up to it:
 /// the record is made durable only now and then (and always before a journal file is written
 /// over), so after a crash the journal holds uuids the record lost.
@@ -386,6 +417,14 @@ fn resume(db: &Database, dir: &Path, id: &str, segment_bytes: u64) -> Result<Res
             dir: dir.to_path_buf(),
         },
     })?;
+    let recorded = journal_files(db)?;
+    if (journal.files() as u32) < recorded {
+        return Err(SpoolError::JournalMissing {
+            path: dir.join(journal::file_name(journal.files() as u32)),
+            recorded,
+            dir: dir.to_path_buf(),
+        });
+    }
     if !recovered.seen.is_empty() {
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -827,6 +866,84 @@ mod tests {
             Metrics::new(),
         )
         .unwrap()
+    }
+
+    /// A plan whose value LZ4 cannot shrink much: `bytes` of it.
+    fn noisy_plan(uuid: &str, bytes: usize) -> RoutePlan {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ bytes as u64 ^ uuid.len() as u64;
+        let mut plan = plan(uuid);
+        plan.messages[0].value = format!(
+            "\"{}\"",
+            (0..bytes)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(b'a' + (state % 26) as u8)
+                })
+                .collect::<String>()
+        );
+        plan
+    }
+
+    fn journal_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("journal-")
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn an_entry_left_pending_is_moved_on_rather_than_keeping_the_journal_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Files of 1 MiB; a full spool needs 4 of them.
+        let spool = open(dir.path(), 4 << 20);
+        spool
+            .accept(noisy_plan("pinned", 2000), Reservation::unbudgeted())
+            .await
+            .unwrap();
+        // 24 MiB go through while the first entry stays (the relay keeps trying to publish it).
+        for round in 0..60 {
+            for n in 0..40 {
+                let uuid = format!("r{round}-{n}");
+                spool
+                    .accept(noisy_plan(&uuid, 10_000), Reservation::unbudgeted())
+                    .await
+                    .unwrap();
+            }
+            let seqs: Vec<u64> = spool
+                .stored_from(1, usize::MAX, usize::MAX)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            spool.release(seqs, vec![]).await.unwrap();
+        }
+        assert!(
+            journal_files(dir.path()) <= 8,
+            "{} files",
+            journal_files(dir.path())
+        );
+        assert_eq!(uuids(spool.oldest(10, usize::MAX).unwrap()), ["pinned"]);
+        spool.close();
+        drop(spool);
+        let spool = open(dir.path(), 4 << 20);
+        assert_eq!(spool.entries(), 1);
+        assert_eq!(uuids(spool.oldest(10, usize::MAX).unwrap()), ["pinned"]);
+        assert_eq!(
+            spool
+                .accept(noisy_plan("r59-39", 10_000), Reservation::unbudgeted())
+                .await
+                .unwrap(),
+            Acceptance::Duplicate,
+            "the deduplication record holds the latest that went through"
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@ use super::*;
 /// memory until then.
 const LAZY_COMMITS: u32 = 64;
 
+/// Bytes of frames moved out of an old journal file at most a commit.
+const MOVE_PER_COMMIT: u64 = 1 << 20;
+
 /// What the writer thread owns.
 pub(super) struct Writer {
     pub(super) seen: SeenIndex,
@@ -339,6 +342,7 @@ impl Shared {
         if self.legacy_entries.load(Ordering::Relaxed) == 0 {
             legacy.clear();
         }
+        let moving = self.pinned(journal)?;
         // An upper bound of the journal's frames, to tell whether this commit may write over a
         // file whose uuids the deduplication record must have kept durably first.
         let frames: u64 = appends
@@ -346,7 +350,11 @@ impl Shared {
             // Stored records are never longer than the records.
             .map(|a| Journal::entry_frame_bytes(a.uuid.len(), a.record.len()))
             .sum::<u64>()
-            + journal.release_frame_bytes(released.len());
+            + journal.release_frame_bytes(released.len())
+            + moving
+                .iter()
+                .map(|(m, _)| Journal::entry_frame_bytes(m.uuid.len(), m.record.len()))
+                .sum::<u64>();
         let dead_letters = releases
             .iter()
             .any(|r| !r.dead.is_empty() || !r.forget.is_empty());
@@ -419,7 +427,7 @@ impl Shared {
             next_seq
         };
 
-        let entries: Vec<NewEntry<'_>> = kept
+        let mut entries: Vec<NewEntry<'_>> = kept
             .iter()
             .map(|(seq, n, stored)| NewEntry {
                 seq: *seq,
@@ -428,9 +436,17 @@ impl Shared {
                 record: stored,
             })
             .collect();
+        let moved: Vec<Location> = moving.iter().map(|(_, from)| *from).collect();
+        entries.extend(moving.iter().map(|(entry, _)| NewEntry {
+            seq: entry.seq,
+            accepted_at_ms: entry.accepted_at_ms,
+            uuid: &entry.uuid,
+            record: &entry.record,
+        }));
         if !entries.is_empty() || !released.is_empty() {
+            let journal_files_before = journal.files();
             let locations = journal
-                .commit(&entries, &released, &[], next_seq, || {
+                .commit(&entries, &released, &moved, next_seq, || {
                     if durable_first {
                         Ok(())
                     } else {
@@ -441,9 +457,20 @@ impl Shared {
                     }
                 })
                 .map_err(storage)?;
+            // Files are never removed: the database records how many were made, so that one gone
+            // missing stops start-up rather than losing what it held without a word.
+            if journal.files() > journal_files_before {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert(JOURNAL_FILES_KEY, journal.files().to_string().as_str())
+                    .map_err(storage)?;
+            }
             let mut pending = self.pending();
-            for (entry, at) in entries.iter().zip(locations) {
-                pending.push(entry.seq, at);
+            for (n, (entry, at)) in entries.iter().zip(locations).enumerate() {
+                if n < kept.len() {
+                    pending.push(entry.seq, at);
+                } else {
+                    pending.moved(entry.seq, at);
+                }
             }
             for (seq, at) in &released {
                 pending.remove(*seq);
@@ -466,6 +493,40 @@ impl Shared {
             Err(e) => delta.database_failed = Some(storage(e)),
         }
         Ok(delta)
+    }
+
+    /// Entries to move out of the oldest journal file, with where they are: an entry left pending
+    /// there (one the relay keeps trying to publish) keeps every file after it from being written
+    /// over, and the journal grows meanwhile. Once it holds more files than a full spool needs,
+    /// such entries are written again into the file written to, up to [`MOVE_PER_COMMIT`] a commit.
+    fn pinned(&self, journal: &Journal) -> Result<Vec<(journal::ReadEntry, Location)>, SpoolError> {
+        let needed = self.max_bytes.div_ceil(self.segment_bytes) + 2;
+        let Some(file) = journal
+            .oldest_pinned()
+            .filter(|_| journal.files() as u64 > needed)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut bytes = 0;
+        let wanted: Vec<(u64, Location)> = self
+            .pending()
+            .in_file(file)
+            .into_iter()
+            .take_while(|(_, at)| {
+                let first = bytes == 0;
+                bytes += u64::from(at.len);
+                first || bytes <= MOVE_PER_COMMIT
+            })
+            .collect();
+        let files = self.files.read().unwrap().clone();
+        let read = files.read(&wanted).map_err(storage)?;
+        Ok(read
+            .into_iter()
+            .filter_map(|entry| {
+                let at = wanted.iter().find(|(seq, _)| *seq == entry.seq)?.1;
+                Some((entry, at))
+            })
+            .collect())
     }
 
     /// The next commits that release entries fail, for the relay's tests.

@@ -149,7 +149,10 @@ async fn an_emptied_database_stops_start_up_naming_the_file() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("to start an empty spool knowingly, move spool.redb and spool.id out of"),
+        stderr.contains(
+            "to start an empty spool knowingly, move spool.redb, spool.id and the journal-* files \
+             out of"
+        ),
         "{stderr}"
     );
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "left as it was");
