@@ -48,6 +48,9 @@ const MAGIC: &[u8; 8] = b"RCKBJNL1";
 const FRAME_HEAD: usize = 8;
 const ENTRY: u8 = 1;
 const RELEASE: u8 = 2;
+/// The last frame of every file but the one written to: a file that lacks it was damaged.
+const CLOSE: u8 = 3;
+const CLOSE_FRAME: u64 = FRAME_HEAD as u64 + 1;
 /// The longest spool id a header holds.
 const MAX_ID_BYTES: usize = 64;
 
@@ -498,11 +501,11 @@ impl Journal {
         let mut recovered = Recovered::default();
         let mut released = Vec::new();
         let mut ends = vec![HEADER_BYTES; segments.len()];
-        for &number in &order {
+        for (nth, &number) in order.iter().enumerate() {
             let (segment, len, header) = &segments[number as usize];
             let base_seq = header.map_or(0, |(_, base_seq)| base_seq);
             recovered.end = recovered.end.max(base_seq);
-            ends[number as usize] = scan(segment, *len, number, |at, body| match body.first() {
+            let (end, closed) = scan(segment, *len, number, |at, body| match body.first() {
                 Some(&ENTRY) => {
                     if let Some(entry) = parse_entry(body) {
                         recovered.end = recovered.end.max(entry.seq + 1);
@@ -527,6 +530,17 @@ impl Journal {
                 _ => {}
             })
             .map_err(io_at(&segment.path))?;
+            // Only the newest file may end in a torn commit: the others were closed, durably,
+            // before the next one was started.
+            if !closed && nth + 1 < order.len() {
+                return Err(JournalError::Foreign {
+                    path: segment.path.clone(),
+                    message: format!(
+                        "it is damaged: its frames stop at byte {end}, before the frame that closed it"
+                    ),
+                });
+            }
+            ends[number as usize] = end;
         }
         for seq in released {
             recovered.pending.remove(&seq);
@@ -698,16 +712,34 @@ impl Journal {
         let frame_len = FRAME_HEAD as u64 + body_len;
         let used = self.offset + self.buffer.len() as u64;
         // A frame larger than a file goes alone into one.
-        let fits = used + frame_len <= self.segment_bytes || used == HEADER_BYTES;
+        let fits = used + frame_len + CLOSE_FRAME <= self.segment_bytes || used == HEADER_BYTES;
         let file = match self.active.back() {
             Some(&n) if fits => n,
-            _ => {
-                self.flush_buffer(commit)?;
+            current => {
+                if let Some(&current) = current {
+                    // Closed, and durably so before the next file's header is: every file but the
+                    // newest then ends with its close frame, unless it was damaged.
+                    self.push_frame(current, 1, |out| out.push(CLOSE));
+                    self.flush_buffer(commit)?;
+                    self.segments[current as usize].file().sync_data()?;
+                    commit.touched.retain(|&n| n != current);
+                }
                 let n = self.roll(next_seq, before_reuse)?;
                 commit.started_at = HEADER_BYTES;
                 n
             }
         };
+        Ok(self.push_frame(file, body_len, body))
+    }
+
+    /// Adds a frame to the buffer of `file`, the file written to.
+    fn push_frame(
+        &mut self,
+        file: u32,
+        body_len: u64,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) -> Location {
+        let frame_len = FRAME_HEAD as u64 + body_len;
         let at = self.offset + self.buffer.len() as u64;
         let start = self.buffer.len();
         self.buffer.extend_from_slice(&[0; FRAME_HEAD]);
@@ -719,11 +751,11 @@ impl Journal {
         );
         self.buffer[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
         self.buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        Ok(Location {
+        Location {
             file,
             offset: at,
             len: frame_len as u32,
-        })
+        }
     }
 
     /// Writes the frames gathered for the file written to, and marks it for `fdatasync`.
@@ -829,13 +861,15 @@ fn check(frame: &[u8], generation: u64) -> Option<&[u8]> {
 }
 
 /// Reads `segment`'s frames in order, handing each body to `visit` with its location, until the
-/// first that does not check out; returns where that one starts.
+/// first that does not check out; returns where that one starts, and whether the last that did
+/// closed the file.
 fn scan(
     segment: &Segment,
     len: u64,
     number: u32,
     mut visit: impl FnMut(Location, &[u8]),
-) -> io::Result<u64> {
+) -> io::Result<(u64, bool)> {
+    let mut closed = false;
     let mut offset = HEADER_BYTES;
     let mut head = [0u8; FRAME_HEAD];
     let mut body = Vec::new();
@@ -854,6 +888,7 @@ fn scan(
         if checksum(segment.generation(), &body) != crc {
             break;
         }
+        closed = body == [CLOSE];
         visit(
             Location {
                 file: number,
@@ -864,7 +899,7 @@ fn scan(
         );
         offset += frame_len;
     }
-    Ok(offset)
+    Ok((offset, closed))
 }
 
 #[cfg(test)]
@@ -1030,7 +1065,13 @@ mod tests {
         assert_eq!((at[10].file, at[11].file), (0, 1));
         let released: Vec<_> = (0..11).map(|seq| (seq, at[seq as usize])).collect();
         commit(&mut journal, 12..13, &released);
-        // The crash comes right after file 0's header for its next use is durable.
+        // The crash comes right after file 1 was closed and file 0's header for its next use is
+        // durable.
+        let current = &journal.segments[1];
+        let mut close = 1u32.to_le_bytes().to_vec();
+        close.extend_from_slice(&checksum(current.generation(), &[CLOSE]).to_le_bytes());
+        close.push(CLOSE);
+        current.file().write_all_at(&close, journal.offset).unwrap();
         let file = OpenOptions::new()
             .write(true)
             .open(journal.path(0))
@@ -1117,6 +1158,25 @@ mod tests {
         let (_, recovered) = open(dir.path());
         assert!(recovered.pending.contains_key(&next));
         assert!(!recovered.pending.contains_key(&(seq - 1)), "released");
+    }
+
+    #[test]
+    fn a_damaged_frame_in_a_closed_file_stops_the_journal_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = open(dir.path());
+        let at = commit(&mut journal, 0..14, &[]);
+        assert_eq!((at[5].file, at[13].file), (0, 1));
+        drop(journal);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("journal-0000"))
+            .unwrap();
+        file.write_all_at(b"rot", at[5].offset + 40).unwrap();
+        let e = Journal::open(dir.path(), ID, SEGMENT)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("journal-0000") && e.contains("damaged"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,24 @@ const LAZY_COMMITS: u32 = 64;
 /// Bytes of frames moved out of an old journal file at most a commit.
 const MOVE_PER_COMMIT: u64 = 1 << 20;
 
+/// A commit that failed.
+pub(super) struct Failure {
+    error: SpoolError,
+    /// Whether the database is reopened and the spool read back before the next commit: not after
+    /// the journal's commit failed, whose state is as before it (the next commit writes over
+    /// what this one wrote) and the database's transaction dropped.
+    read_back: bool,
+}
+
+impl From<SpoolError> for Failure {
+    fn from(error: SpoolError) -> Failure {
+        Failure {
+            error,
+            read_back: true,
+        }
+    }
+}
+
 /// What the writer thread owns.
 pub(super) struct Writer {
     pub(super) seen: SeenIndex,
@@ -290,12 +308,17 @@ impl Shared {
                     self.recover(writer);
                 }
             }
-            Err(e) => {
+            Err(Failure {
+                error: e,
+                read_back,
+            }) => {
                 // Nothing of this group counts as kept: every request in it gets 503, and the next
                 // group tries again, so the spool recovers by itself when the disk does.
                 tracing::error!(error = %e, "spool commit failed; answering 503 until it succeeds");
                 self.health.store(HEALTH_UNWRITABLE, Ordering::Relaxed);
-                self.recover(writer);
+                if read_back {
+                    self.recover(writer);
+                }
                 for Append { reply, held, .. } in appends {
                     drop(held);
                     let _ = reply.send(Err(SinkError::SpoolUnwritable));
@@ -313,7 +336,7 @@ impl Shared {
         appends: &[Append],
         releases: &[Release],
         outcomes: &mut Vec<Result<Acceptance, SinkError>>,
-    ) -> Result<Delta, SpoolError> {
+    ) -> Result<Delta, Failure> {
         let Writer {
             seen: index,
             journal,
@@ -456,7 +479,16 @@ impl Shared {
                         ))
                     }
                 })
-                .map_err(storage)?;
+                .map_err(|e| {
+                    // The commit's entries may have reached the disk in part: their sequence
+                    // numbers are not given out again, so no frame of theirs is ever mistaken
+                    // for a later entry's.
+                    self.handoff().resync(next_seq);
+                    Failure {
+                        error: storage(e),
+                        read_back: false,
+                    }
+                })?;
             // Files are never removed: the database records how many were made, so that one gone
             // missing stops start-up rather than losing what it held without a word.
             if journal.files() > journal_files_before {
@@ -484,9 +516,7 @@ impl Shared {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(SpoolError::Storage(
-                "failed on purpose, after the commit".into(),
-            ));
+            return Err(SpoolError::Storage("failed on purpose, after the commit".into()).into());
         }
         match txn.commit() {
             Ok(()) => *lazy_commits += 1,

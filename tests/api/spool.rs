@@ -49,6 +49,14 @@ fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
     )
 }
 
+/// Copies the spool in `from` (its database, identity and journal) into `to`.
+fn copy_spool(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 /// A spool left by a bridge that answered `count` notifications while Kafka was unreachable.
 async fn spool_holding(count: usize) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
@@ -192,6 +200,30 @@ async fn another_spools_database_stops_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_journal_file_stops_start_up_naming_it() {
+    let (dir, _) = spool_holding(3).await;
+    let journal = dir.path().join("journal-0000");
+    std::fs::remove_file(&journal).unwrap();
+
+    let stderr = serve_refuses(dir.path()).await;
+    assert!(
+        stderr.contains(&format!("{} is missing", journal.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("journal-* files"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_files_are_readable_by_their_owner_only() {
+    let (dir, _) = spool_holding(1).await;
+    let mode = std::fs::metadata(dir.path().join("journal-0000"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scribbled_pages_stop_start_up_with_a_clear_error_never_a_panic() {
     let (dir, _) = spool_holding(40).await;
     let file = database(dir.path());
@@ -213,9 +245,7 @@ async fn no_scribbled_page_panics_or_silently_loses_a_notification() {
     let mut refused = 0;
     for page in 0..pages {
         let copy = tempfile::tempdir().unwrap();
-        for name in [spool::DATABASE_FILE, spool::IDENTITY_FILE] {
-            std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
-        }
+        copy_spool(dir.path(), copy.path());
         scribble(&database(copy.path()), page * 4096..(page + 1) * 4096);
         match open(copy.path(), 1 << 30) {
             // An unused page: everything is still there.
@@ -246,9 +276,16 @@ async fn no_scribbled_page_panics_or_silently_loses_a_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_of_an_earlier_release_is_adopted_and_delivered() {
-    let (dir, uuids) = spool_holding(3).await;
-    // What an earlier release left: no identity file, no identity inside the database.
-    std::fs::remove_file(dir.path().join(spool::IDENTITY_FILE)).unwrap();
+    // What an earlier release left: no identity file, no identity inside the database (the
+    // format-3 fixture's, with both taken out).
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-format-3");
+    std::fs::copy(
+        fixture.join(spool::DATABASE_FILE),
+        dir.path().join(spool::DATABASE_FILE),
+    )
+    .unwrap();
+    let uuids: Vec<String> = (1..=3).map(|n| format!("fixture-{n}")).collect();
     {
         let db = redb::Database::open(database(dir.path())).unwrap();
         let txn = db.begin_write().unwrap();
@@ -308,6 +345,13 @@ async fn a_spool_written_by_the_uuid_table_release_is_delivered_and_its_format_u
     an_earlier_release_s_spool_is_delivered_and_its_format_upgraded("spool-format-3", 3).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_written_by_the_release_before_the_journal_is_delivered_and_its_format_upgraded() {
+    // `tests/fixtures/spool-format-4`: the same three notifications answered by the release that
+    // kept pending entries in the database, while Kafka was unreachable.
+    an_earlier_release_s_spool_is_delivered_and_its_format_upgraded("spool-format-4", 4).await;
+}
+
 async fn an_earlier_release_s_spool_is_delivered_and_its_format_upgraded(
     fixture: &str,
     format: i64,
@@ -348,7 +392,7 @@ async fn an_earlier_release_s_spool_is_delivered_and_its_format_upgraded(
     drop(bridge);
     // The same spool, now saying that earlier releases cannot read it, without the uuid table.
     assert_eq!(spool_id(dir.path()), id);
-    assert_eq!(spool_format(dir.path()), 4);
+    assert_eq!(spool_format(dir.path()), 5);
     use redb::{ReadableDatabase, TableHandle};
     let db = redb::Database::open(database(dir.path())).unwrap();
     let tables: Vec<String> = db
