@@ -100,6 +100,10 @@ fn print_summary(s: &SpoolSummary) {
     println!("spool         {} ({identity})", s.path.display());
     println!("file          {} bytes", s.file_bytes);
     println!(
+        "journal       {} files, {} bytes",
+        s.journal_files, s.journal_bytes
+    );
+    println!(
         "pending       {} notifications, {} bytes{oldest}",
         s.pending_entries, s.pending_bytes
     );

@@ -492,6 +492,21 @@ pub fn worst_case_file_bytes(max_bytes: u64) -> u64 {
     (max_bytes as f64 * FILE_SIZE_FACTOR) as u64
 }
 
+/// The bytes the database at `path` and the journal's files in `dir` take.
+pub(super) fn spool_files_bytes(dir: &Path, path: &Path) -> u64 {
+    let journal: u64 = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0) + journal
+}
+
 /// Warns when the spool's filesystem could not hold a full spool.
 pub(super) fn warn_if_disk_is_small(dir: &Path, path: &Path, max_bytes: u64) {
     let stats = match rustix::fs::statvfs(dir) {
@@ -502,8 +517,8 @@ pub(super) fn warn_if_disk_is_small(dir: &Path, path: &Path, max_bytes: u64) {
         }
     };
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);
-    // The file's own pages are reused as it fills, so they count as room too.
-    let file = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    // The files' own pages are reused as the spool fills, so they count as room too.
+    let file = spool_files_bytes(dir, path);
     let needed = worst_case_file_bytes(max_bytes);
     if free.saturating_add(file) < needed {
         tracing::warn!(

@@ -12,6 +12,9 @@ pub struct SpoolSummary {
     pub created_at: Option<String>,
     /// The size of the database file, free pages included.
     pub file_bytes: u64,
+    /// The journal's files (pending entries), and their size.
+    pub journal_files: u64,
+    pub journal_bytes: u64,
     pub max_bytes: u64,
     pub pending_entries: u64,
     pub pending_bytes: u64,
@@ -62,6 +65,9 @@ impl Spool {
             id: shared.identity.as_ref().map(|i| i.id.clone()),
             created_at: shared.identity.as_ref().map(|i| i.created_at.clone()),
             file_bytes: fs::metadata(&shared.path).map(|m| m.len()).unwrap_or(0),
+            journal_files: shared.files.read().unwrap().count() as u64,
+            journal_bytes: spool_files_bytes(&shared.dir, &shared.path)
+                .saturating_sub(fs::metadata(&shared.path).map(|m| m.len()).unwrap_or(0)),
             max_bytes: shared.max_bytes,
             pending_entries: self.entries(),
             pending_bytes: self.bytes(),

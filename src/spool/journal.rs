@@ -136,6 +136,14 @@ pub(super) struct Files {
 const READ_SPAN: u64 = 256 << 10;
 
 impl Files {
+    /// Files made so far.
+    pub(super) fn count(&self) -> usize {
+        self.segments
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     fn segment(&self, number: u32) -> Option<Arc<SegmentFile>> {
         self.segments
             .read()
@@ -610,7 +618,7 @@ impl Journal {
     /// Whether a commit of up to `bytes` of frames may start a file already used once: before
     /// such a commit, the caller makes durable what it derived from the entries in the files.
     pub(super) fn may_reuse(&self, bytes: u64) -> bool {
-        !self.free.is_empty() && self.offset + bytes > self.segment_bytes
+        !self.free.is_empty() && self.offset + bytes + CLOSE_FRAME > self.segment_bytes
     }
 
     /// Writes `entries` (in order) and a release of `released` (the entries' locations, as

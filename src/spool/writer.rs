@@ -389,6 +389,7 @@ impl Shared {
         // Dead letters and the database's releases are durable before the journal's frames that
         // release their entries; this commit also makes every lazy one before it durable.
         let mut dead_bytes = self.dead_letter_bytes.load(Ordering::Relaxed);
+        let changed_first = dead_letters || !legacy.is_empty();
         if durable_first {
             let txn = db.begin_write().map_err(storage)?;
             {
@@ -486,7 +487,9 @@ impl Shared {
                     self.handoff().resync(next_seq);
                     Failure {
                         error: storage(e),
-                        read_back: false,
+                        // The database's durable commit before it changed what the counters
+                        // count.
+                        read_back: changed_first,
                     }
                 })?;
             // Files are never removed: the database records how many were made, so that one gone

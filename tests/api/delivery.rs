@@ -13,7 +13,7 @@ use crate::common::metrics::sample;
 use crate::common::mock_kafka::MockKafka;
 use crate::common::payloads::{extension_update, unique};
 use crate::common::polling::eventually;
-use crate::common::process::Serve;
+use crate::common::process::{BridgeProcess, Serve};
 use crate::common::scenarios::{
     an_outage_costs_no_notification_and_no_slow_answer, kill_repeatedly_under_load,
 };
@@ -285,6 +285,36 @@ async fn nothing_answered_200_is_lost_when_the_bridge_is_killed_repeatedly() {
         accepted.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+/// The deduplication record is made durable only now and then (the journal holds every answered
+/// notification meanwhile): after a SIGKILL, what was answered before it is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_answered_before_a_sigkill_is_a_duplicate_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = async |bridge: &BridgeProcess, uuid: &str| -> Value {
+        let answer = crate::common::app::http()
+            .post(format!("{}/webhook", bridge.address()))
+            .header("content-type", "application/json")
+            .body(extension_update(uuid, "7", &["Limits"]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.json::<Value>().await.unwrap()["status"].clone()
+    };
+    let uuids: Vec<String> = (0..5).map(|n| format!("killed-{}-{n}", unique())).collect();
+    let bridge = BridgeProcess::start("127.0.0.1:1", dir.path(), &[]).await;
+    for uuid in &uuids {
+        assert_eq!(status(&bridge, uuid).await, "accepted");
+    }
+    bridge.kill_hard();
+
+    let bridge = BridgeProcess::start("127.0.0.1:1", dir.path(), &[]).await;
+    for uuid in &uuids {
+        assert_eq!(status(&bridge, uuid).await, "duplicate", "{uuid}");
+    }
+    drop(bridge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
