@@ -132,6 +132,9 @@ pub(super) struct Files {
     segments: RwLock<Vec<Arc<SegmentFile>>>,
 }
 
+/// Bytes of frames gathered before they are written, at most (and one frame more).
+const MAX_BUFFER: usize = 256 << 10;
+
 /// Frames read together at most, when they follow one another in a file.
 const READ_SPAN: u64 = 256 << 10;
 
@@ -649,6 +652,10 @@ impl Journal {
             &mut commit,
             &mut locations,
         );
+        // An entry larger than the buffer's bound does not keep its room.
+        if self.buffer.capacity() > 2 * MAX_BUFFER {
+            self.buffer = Vec::new();
+        }
         if let Err(e) = written {
             self.buffer.clear();
             self.offset = commit.started_at;
@@ -737,7 +744,12 @@ impl Journal {
                 n
             }
         };
-        Ok(self.push_frame(file, body_len, body))
+        let at = self.push_frame(file, body_len, body);
+        // A large commit is written in parts, so that the buffer stays small.
+        if self.buffer.len() > MAX_BUFFER {
+            self.flush_buffer(commit)?;
+        }
+        Ok(at)
     }
 
     /// Adds a frame to the buffer of `file`, the file written to.
