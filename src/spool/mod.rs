@@ -980,6 +980,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entries_an_earlier_release_left_in_the_database_come_first_and_go_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1 << 20));
+        // What a spool of format 4 holds: an entry in the database, its uuid in the record.
+        {
+            let db = Database::open(dir.path().join(DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let record = record::encode(now_ms(), &plan("old")).unwrap();
+                let mut entries = txn.open_table(ENTRIES).unwrap();
+                entries.insert(0, &*record::compress(&record)).unwrap();
+                let mut seen_order = txn.open_table(SEEN_ORDER).unwrap();
+                seen_order.insert((now_ms(), 0), "old").unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let spool = open(dir.path(), 1 << 20);
+        assert_eq!(spool.shared.legacy_entries.load(Ordering::SeqCst), 1);
+        spool
+            .accept(plan("new"), Reservation::unbudgeted())
+            .await
+            .unwrap();
+        let pending = spool.stored_from(0, 10, usize::MAX).unwrap();
+        let seqs: Vec<u64> = pending.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 1], "the database's entry, then the journal's");
+        assert_eq!(uuids(spool.oldest(10, usize::MAX).unwrap()), ["old", "new"]);
+        assert_eq!(
+            spool
+                .accept(plan("old"), Reservation::unbudgeted())
+                .await
+                .unwrap(),
+            Acceptance::Duplicate
+        );
+        spool.release(vec![0], vec![]).await.unwrap();
+        assert_eq!(spool.shared.legacy_entries.load(Ordering::SeqCst), 0);
+        assert_eq!(spool.entries(), 1);
+        assert_eq!(uuids(spool.oldest(10, usize::MAX).unwrap()), ["new"]);
+    }
+
+    #[tokio::test]
     async fn entries_survive_reopening_in_order_and_dedup_too() {
         let dir = tempfile::tempdir().unwrap();
         {

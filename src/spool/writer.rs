@@ -75,6 +75,8 @@ pub(super) struct Delta {
     /// The sequence numbers of the appends committed, in order, for the hand-off.
     committed: Vec<u64>,
     seen: SeenChanges,
+    /// Entries of a spool of an earlier release removed from the database.
+    removed_legacy: u64,
     /// The journal's commit is durable but the database's failed: what the commit kept stands,
     /// and the database is read again (its deduplication record brought up to the journal).
     database_failed: Option<SpoolError>,
@@ -246,6 +248,8 @@ impl Shared {
                     .fetch_add(delta.added_entries, Ordering::Relaxed);
                 self.entries
                     .fetch_sub(delta.removed_entries, Ordering::Relaxed);
+                self.legacy_entries
+                    .fetch_sub(delta.removed_legacy, Ordering::Relaxed);
                 self.bytes.fetch_add(delta.added_bytes, Ordering::Relaxed);
                 self.bytes.fetch_sub(delta.removed_bytes, Ordering::Relaxed);
                 self.dead_letters
@@ -396,6 +400,8 @@ impl Shared {
             {
                 let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
                 remove_entries(&mut entries, &legacy, &mut delta)?;
+                // Only the database's entries are counted as removed so far.
+                delta.removed_legacy = delta.removed_entries;
                 let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
                 dead_bytes = self.keep_dead_letters(&mut dead_table, releases, &mut delta)?;
             }
