@@ -606,11 +606,6 @@ impl Journal {
         self.segments.len()
     }
 
-    /// Bytes the journal's files take on disk.
-    pub(super) fn disk_bytes(&self) -> u64 {
-        self.segments.len() as u64 * self.segment_bytes
-    }
-
     /// The oldest file in use, if it holds pending entries and files after it are in use: what
     /// keeps the journal from reusing its files.
     pub(super) fn oldest_pinned(&self) -> Option<u32> {

@@ -58,7 +58,6 @@ use crate::sink::{Acceptance, Sink, SinkError, SinkFuture};
 mod files;
 mod handoff;
 mod inspect;
-#[allow(dead_code)]
 mod journal;
 mod record;
 mod seen;
