@@ -122,9 +122,10 @@ pub struct Settings {
     /// a notification of 7 hints), before answering 503.
     #[arg(long, env = "RCKB_SPOOL_MAX_BYTES", default_value = "1073741824")]
     pub spool_max_bytes: NonZeroU64,
-    /// Memory for the spool database's page cache, in bytes. The relay reads each entry about once,
-    /// so a larger cache buys little: against 4 MiB, this default kept the peak at full load about
-    /// 4 MiB lower and drained a backlog as fast (bench/HISTORY.md).
+    /// Memory for the spool database's page cache, in bytes: the deduplication record's and the
+    /// dead letters' pages (pending notifications are in the journal, read through the kernel's
+    /// page cache). Against 4 MiB, this default kept the peak at full load about 4 MiB lower
+    /// (bench/HISTORY.md).
     #[arg(long, env = "RCKB_SPOOL_CACHE_BYTES", default_value = "2097152")]
     pub spool_cache_bytes: NonZeroUsize,
     /// Threads that serve HTTP and run the relay. Default: one fewer than the CPUs available, at
