@@ -68,7 +68,7 @@ pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
 use journal::{Journal, Location, NewEntry};
 pub use record::{Record, StoredEntry, StoredMessage};
-use seen::{SeenChanges, SeenIndex};
+use seen::{SeenChanges, SeenIndex, SeenKey};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 /// The uuid index of formats up to 3, deleted on upgrade: the index is now in memory (`seen`).
@@ -1333,6 +1333,101 @@ mod tests {
                 .await
                 .unwrap(),
             Acceptance::Accepted
+        );
+    }
+
+    /// The uuids the record's table holds.
+    fn recorded(spool: &Spool) -> Vec<String> {
+        let db = spool.shared.database().unwrap();
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(SEEN_ORDER).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().1.value().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn accepted_uuids_reach_the_record_in_batches_and_are_duplicates_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), 1 << 20);
+        for uuid in ["a", "b", "c"] {
+            let accepted = spool.accept(plan(uuid), Reservation::unbudgeted());
+            assert_eq!(accepted.await.unwrap(), Acceptance::Accepted);
+        }
+        assert!(
+            recorded(&spool).is_empty(),
+            "one commit each, none recorded yet"
+        );
+        for uuid in ["a", "b", "c"] {
+            let again = spool.accept(plan(uuid), Reservation::unbudgeted());
+            assert_eq!(again.await.unwrap(), Acceptance::Duplicate, "{uuid}");
+        }
+        // A dead letter makes the database's commit durable, and the record takes them with it.
+        let entries = spool.oldest(1, usize::MAX).unwrap();
+        let letter = DeadLetter {
+            reason: "too large".into(),
+            message: entries[0].plan.messages[0].clone(),
+        };
+        spool
+            .release(vec![entries[0].seq], vec![letter])
+            .await
+            .unwrap();
+        assert_eq!(recorded(&spool), ["a", "b", "c"]);
+        spool.close();
+
+        // What the last commits accepted is recorded on the way out, and a duplicate after.
+        let spool = open(dir.path(), 1 << 20);
+        spool
+            .accept(plan("d"), Reservation::unbudgeted())
+            .await
+            .unwrap();
+        spool.close();
+        {
+            let db = Database::open(dir.path().join(DATABASE_FILE)).unwrap();
+            let read = db.begin_read().unwrap();
+            let table = read.open_table(SEEN_ORDER).unwrap();
+            assert_eq!(table.len().unwrap(), 4, "before the journal is read again");
+        }
+        let spool = open(dir.path(), 1 << 20);
+        let again = spool.accept(plan("d"), Reservation::unbudgeted());
+        assert_eq!(again.await.unwrap(), Acceptance::Duplicate);
+    }
+
+    #[tokio::test]
+    async fn dedup_record_expires_by_age_unrecorded_uuids_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_millis(20);
+        let spool = Spool::open(
+            dir.path(),
+            SpoolOptions {
+                max_bytes: 1 << 20,
+                dedup_window: window,
+                dedup_capacity: 1000,
+                cache_bytes: 1 << 20,
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        let accepted_at = now_ms();
+        spool
+            .accept(plan("a"), Reservation::unbudgeted())
+            .await
+            .unwrap();
+        assert!(recorded(&spool).is_empty());
+        // Past the window by the clock the record's keys are taken from.
+        while now_ms() <= accepted_at + window.as_millis() as u64 + 1 {
+            std::thread::yield_now();
+        }
+        let again = spool.accept(plan("a"), Reservation::unbudgeted());
+        assert_eq!(again.await.unwrap(), Acceptance::Accepted);
+        let again = spool.accept(plan("a"), Reservation::unbudgeted());
+        assert_eq!(again.await.unwrap(), Acceptance::Duplicate);
+        assert!(
+            recorded(&spool).is_empty(),
+            "recorded, then expired: {:?}",
+            recorded(&spool)
         );
     }
 

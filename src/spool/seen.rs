@@ -12,6 +12,10 @@
 //! with the same hash never make a new notification a duplicate; the later one takes the slot, and
 //! the earlier one is then only at risk of being delivered twice, never of being lost. The hash is
 //! keyed at random per process (`RandomState`), so no client can aim for collisions.
+//!
+//! The uuids a commit accepts reach `seen_order` later, in batches (the journal holds them
+//! meanwhile, and brings the table up to it after a crash): until then the index keeps them itself,
+//! as "unrecorded", and answers for them from memory.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -24,6 +28,14 @@ pub(super) type SeenKey = (u64, u64);
 pub(super) struct SeenIndex<S = RandomState> {
     hasher: S,
     latest: HashMap<u64, SeenKey>,
+    /// Uuids accepted (their frames are in the journal) and not yet in `seen_order`, by key.
+    unrecorded: HashMap<SeenKey, String>,
+    /// The oldest key among them.
+    oldest_unrecorded: Option<SeenKey>,
+    /// How many uuids `seen_order` holds, and its oldest key: whether expiry is due is known
+    /// without reading it.
+    recorded: usize,
+    oldest_recorded: Option<SeenKey>,
 }
 
 /// What a commit changes in the index, applied only once the commit is durable: a failed commit
@@ -32,6 +44,8 @@ pub(super) struct SeenIndex<S = RandomState> {
 pub(super) struct SeenChanges {
     /// Uuids accepted, by hash, with their key.
     recorded: HashMap<u64, SeenKey>,
+    /// The same uuids by key: unrecorded once the commit is applied.
+    uuids: HashMap<SeenKey, String>,
     /// Records expired: the hash of their uuid, and their key.
     forgotten: Vec<(u64, SeenKey)>,
 }
@@ -56,6 +70,10 @@ impl<S: BuildHasher> SeenIndex<S> {
         SeenIndex {
             hasher,
             latest: HashMap::new(),
+            unrecorded: HashMap::new(),
+            oldest_unrecorded: None,
+            recorded: 0,
+            oldest_recorded: None,
         }
     }
 
@@ -65,6 +83,8 @@ impl<S: BuildHasher> SeenIndex<S> {
             let (key, uuid) = item?;
             let hash = self.hash(uuid.value());
             self.latest.insert(hash, key.value());
+            self.oldest_recorded.get_or_insert(key.value());
+            self.recorded += 1;
         }
         Ok(self)
     }
@@ -74,14 +94,15 @@ impl<S: BuildHasher> SeenIndex<S> {
     }
 
     /// Whether `uuid` (of hash `hash`) is in the record, counting what the commit making `changes`
-    /// has recorded so far: its `seen_order` table (`seen_order`) has the last word.
-    pub(super) fn contains(
+    /// has accepted so far and what is unrecorded: `in_table` answers whether `seen_order` holds
+    /// `uuid` under a key, asked only for a hit neither of those holds.
+    pub(super) fn contains<E>(
         &self,
         uuid: &str,
         hash: u64,
         changes: &SeenChanges,
-        seen_order: &impl SeenOrder,
-    ) -> Result<bool, StorageError> {
+        in_table: impl FnOnce(SeenKey) -> Result<bool, E>,
+    ) -> Result<bool, E> {
         let key = changes
             .recorded
             .get(&hash)
@@ -89,7 +110,44 @@ impl<S: BuildHasher> SeenIndex<S> {
         let Some(&key) = key else {
             return Ok(false);
         };
-        Ok(seen_order.get(key)?.is_some_and(|v| v.value() == uuid))
+        match changes
+            .uuids
+            .get(&key)
+            .or_else(|| self.unrecorded.get(&key))
+        {
+            Some(held) => Ok(held == uuid),
+            None => in_table(key),
+        }
+    }
+
+    /// The uuids accepted and not yet in `seen_order`, with their keys.
+    pub(super) fn unrecorded(&self) -> impl Iterator<Item = (SeenKey, &str)> {
+        self.unrecorded
+            .iter()
+            .map(|(key, uuid)| (*key, uuid.as_str()))
+    }
+
+    pub(super) fn unrecorded_len(&self) -> usize {
+        self.unrecorded.len()
+    }
+
+    /// Whether expiry is due: the record holds more than `capacity` uuids, or one accepted before
+    /// `horizon` (ms).
+    pub(super) fn expiry_due(&self, capacity: usize, horizon: u64) -> bool {
+        let oldest = match (self.oldest_recorded, self.oldest_unrecorded) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.recorded + self.unrecorded.len() > capacity
+            || oldest.is_some_and(|(at, _)| at < horizon)
+    }
+
+    /// `seen_order` took every unrecorded uuid, and now holds `recorded` uuids from key `oldest` on.
+    pub(super) fn all_recorded(&mut self, recorded: usize, oldest: Option<SeenKey>) {
+        self.unrecorded.clear();
+        self.oldest_unrecorded = None;
+        self.recorded = recorded;
+        self.oldest_recorded = oldest;
     }
 
     /// Applies a durable commit's changes.
@@ -101,12 +159,17 @@ impl<S: BuildHasher> SeenIndex<S> {
             }
         }
         self.latest.extend(changes.recorded);
+        for (key, uuid) in changes.uuids {
+            self.oldest_unrecorded = Some(self.oldest_unrecorded.map_or(key, |o| o.min(key)));
+            self.unrecorded.insert(key, uuid);
+        }
     }
 }
 
 impl SeenChanges {
-    pub(super) fn record(&mut self, hash: u64, key: SeenKey) {
+    pub(super) fn record(&mut self, hash: u64, key: SeenKey, uuid: &str) {
         self.recorded.insert(hash, key);
+        self.uuids.insert(key, uuid.to_string());
     }
 
     pub(super) fn forget(&mut self, hash: u64, key: SeenKey) {
@@ -123,7 +186,7 @@ impl SeenChanges {
 mod tests {
     use std::hash::{BuildHasherDefault, Hasher};
 
-    use redb::{Database, ReadableDatabase, TableDefinition};
+    use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
     use super::*;
 
@@ -140,6 +203,11 @@ mod tests {
     }
     type CollidingIndex = SeenIndex<BuildHasherDefault<Colliding>>;
 
+    /// Whether `table` holds `uuid` under `key`.
+    fn in_table(table: &impl SeenOrder, key: SeenKey, uuid: &str) -> Result<bool, StorageError> {
+        Ok(table.get(key)?.is_some_and(|v| v.value() == uuid))
+    }
+
     fn database() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("seen.redb")).unwrap();
@@ -154,13 +222,21 @@ mod tests {
             let mut table = txn.open_table(SEEN_ORDER).unwrap();
             for (seq, uuid) in (0..).zip(uuids) {
                 let hash = index.hash(uuid);
-                assert!(!index.contains(uuid, hash, &changes, &table).unwrap());
+                assert!(
+                    !index
+                        .contains(uuid, hash, &changes, |key| in_table(&table, key, uuid))
+                        .unwrap()
+                );
                 table.insert((at, seq), *uuid).unwrap();
-                changes.record(hash, (at, seq));
+                changes.record(hash, (at, seq), uuid);
             }
         }
         txn.commit().unwrap();
         index.apply(changes);
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(SEEN_ORDER).unwrap();
+        let oldest = table.first().unwrap().map(|(k, _)| k.value());
+        index.all_recorded(table.len().unwrap() as usize, oldest);
     }
 
     fn contains(db: &Database, index: &CollidingIndex, uuid: &str) -> bool {
@@ -168,7 +244,9 @@ mod tests {
         let table = read.open_table(SEEN_ORDER).unwrap();
         let hash = index.hash(uuid);
         index
-            .contains(uuid, hash, &SeenChanges::default(), &table)
+            .contains(uuid, hash, &SeenChanges::default(), |key| {
+                in_table(&table, key, uuid)
+            })
             .unwrap()
     }
 
@@ -195,9 +273,17 @@ mod tests {
         let mut changes = SeenChanges::default();
         let hash = index.hash("a");
         table.insert((1, 0), "a").unwrap();
-        changes.record(hash, (1, 0));
-        assert!(index.contains("a", hash, &changes, &table).unwrap());
-        assert!(!index.contains("b", hash, &changes, &table).unwrap());
+        changes.record(hash, (1, 0), "a");
+        assert!(
+            index
+                .contains("a", hash, &changes, |key| in_table(&table, key, "a"))
+                .unwrap()
+        );
+        assert!(
+            !index
+                .contains("b", hash, &changes, |key| in_table(&table, key, "b"))
+                .unwrap()
+        );
     }
 
     #[test]
@@ -208,7 +294,7 @@ mod tests {
         // Accepted again after its record expired from the index, then the old record goes.
         let hash = index.hash("a");
         let mut changes = SeenChanges::default();
-        changes.record(hash, (5, 0));
+        changes.record(hash, (5, 0), "a");
         changes.forget(hash, (1, 0));
         index.apply(changes);
         assert_eq!(index.latest.get(&hash), Some(&(5, 0)));
@@ -237,7 +323,9 @@ mod tests {
             let hash = loaded.hash(uuid);
             assert!(
                 loaded
-                    .contains(uuid, hash, &SeenChanges::default(), &table)
+                    .contains(uuid, hash, &SeenChanges::default(), |key| in_table(
+                        &table, key, uuid
+                    ))
                     .unwrap()
             );
         }
@@ -246,8 +334,56 @@ mod tests {
         let hash = loaded.hash("c");
         assert!(
             !loaded
-                .contains("c", hash, &SeenChanges::default(), &table)
+                .contains("c", hash, &SeenChanges::default(), |key| in_table(
+                    &table, key, "c"
+                ))
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn unrecorded_uuids_are_answered_from_memory_until_recorded() {
+        let (_dir, db) = database();
+        let mut index = CollidingIndex::with_hasher(Default::default());
+        let mut changes = SeenChanges::default();
+        let hash = index.hash("a");
+        changes.record(hash, (10, 0), "a");
+        index.apply(changes);
+        let unasked = |_| -> Result<bool, StorageError> { panic!("the table was asked") };
+        assert!(
+            index
+                .contains("a", hash, &SeenChanges::default(), unasked)
+                .unwrap()
+        );
+        assert!(
+            !index
+                .contains("b", hash, &SeenChanges::default(), unasked)
+                .unwrap()
+        );
+        assert_eq!(index.unrecorded().collect::<Vec<_>>(), [((10, 0), "a")]);
+
+        // Due by count (capacity 0) and by age (a horizon past its acceptance), not otherwise.
+        assert!(index.expiry_due(0, 0));
+        assert!(index.expiry_due(1, 11));
+        assert!(!index.expiry_due(1, 10));
+
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(SEEN_ORDER).unwrap();
+            for (key, uuid) in index
+                .unrecorded()
+                .map(|(k, u)| (k, u.to_string()))
+                .collect::<Vec<_>>()
+            {
+                table.insert(key, uuid.as_str()).unwrap();
+            }
+            let oldest = table.first().unwrap().map(|(k, _)| k.value());
+            index.all_recorded(table.len().unwrap() as usize, oldest);
+        }
+        txn.commit().unwrap();
+        assert_eq!(index.unrecorded_len(), 0);
+        assert!(index.expiry_due(1, 11), "the table's oldest counts as well");
+        assert!(!index.expiry_due(1, 10));
+        assert!(contains(&db, &index, "a"));
     }
 }

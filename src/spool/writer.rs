@@ -1,11 +1,13 @@
 //! The writer thread: group commits of appends and releases, and the counters they move.
 //!
 //! A commit's entries and releases are frames of the journal, written and `fdatasync`ed once. The
-//! database gets the rest in a transaction of its own: the deduplication record, committed without
-//! `fdatasync` and made durable every [`LAZY_COMMITS`] commits and before a journal file is written
-//! over (after a crash it is brought up to the journal again: `resume`); dead letters, and releases
-//! of entries a spool of an earlier release holds in the database, durably before the journal's
-//! frames that release their entries.
+//! database gets the rest, in a transaction before the journal's frames and only when there is
+//! something to keep: dead letters, and releases of entries a spool of an earlier release holds in
+//! the database, durably before the frames that release their entries; and the deduplication
+//! record. The uuids a commit accepts are in its frames, so the record takes them in batches
+//! (the index answers for them meanwhile): durably every [`LAZY_COMMITS`] commits or
+//! [`MAX_UNRECORDED`] uuids and before a journal file is written over, and without `fdatasync`
+//! whenever expiry is due. After a crash the record is brought up to the journal (`resume`).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
@@ -13,11 +15,13 @@ use redb::Durability;
 
 use super::*;
 
-/// Commits of the deduplication record without `fdatasync` between two durable ones. A crash loses
-/// nothing by them (the journal holds every uuid since), but the database keeps what they wrote in
-/// memory until then: about 4 MiB over 64 commits at max load, where a durable commit every 16th
-/// costs little (most of redb's cost per commit is its tree, not the `fdatasync`).
-const LAZY_COMMITS: u32 = 16;
+/// Commits between two durable ones of the database. A crash loses nothing by them (the journal holds
+/// every uuid since); what bounds them is the work of bringing the record up to the journal at the
+/// next start.
+const LAZY_COMMITS: u32 = 64;
+
+/// Uuids accepted and not yet in the deduplication record, at most: they are held in memory.
+const MAX_UNRECORDED: usize = 1024;
 
 /// Bytes of frames moved out of an old journal file at most a commit.
 const MOVE_PER_COMMIT: u64 = 1 << 20;
@@ -45,7 +49,7 @@ pub(super) struct Writer {
     pub(super) seen: SeenIndex,
     /// `None` while it cannot be read back after an I/O error.
     pub(super) journal: Option<Journal>,
-    /// Commits of the database since its last durable one.
+    /// Commits since the database's last durable one.
     lazy_commits: u32,
 }
 
@@ -218,14 +222,25 @@ impl Shared {
             }
             self.commit_group(group, &mut writer);
         }
-        // What the lazy commits wrote is in the journal anyway; a durable commit now spares the
-        // next start bringing the record up to it.
+        // The unrecorded uuids are in the journal anyway; recording them now spares the next
+        // start bringing the record up to it.
         if writer.lazy_commits > 0
             && let Ok(db) = self.database()
-            && let Ok(txn) = db.begin_write()
         {
-            let _ = txn.commit();
+            let _ = Self::record_unrecorded(&db, &writer.seen);
         }
+    }
+
+    /// Commits the unrecorded uuids to the record, durably.
+    fn record_unrecorded(db: &Database, index: &SeenIndex) -> Result<(), SpoolError> {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
+            for (key, uuid) in index.unrecorded() {
+                seen_order.insert(key, uuid).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
     }
 
     pub(super) fn commit_group(&self, group: Vec<Command>, writer: &mut Writer) {
@@ -386,42 +401,76 @@ impl Shared {
         let dead_letters = releases
             .iter()
             .any(|r| !r.dead.is_empty() || !r.forget.is_empty());
-        let durable_first = dead_letters
-            || !legacy.is_empty()
+        let changed_first = dead_letters || !legacy.is_empty();
+        let durable_first = changed_first
             || *lazy_commits >= LAZY_COMMITS
+            || index.unrecorded_len() >= MAX_UNRECORDED
             || journal.may_reuse(frames);
+        let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
+        let expiry_due = index.expiry_due(self.dedup_capacity, horizon);
 
         // Dead letters and the database's releases are durable before the journal's frames that
-        // release their entries; this commit also makes every lazy one before it durable.
+        // release their entries. The record takes the uuids of the commits before this one (never
+        // this one's, which are not kept unless the journal's commit succeeds: a refused
+        // notification is not a duplicate when it comes again), and forgets what expired before
+        // this commit's appends are checked against it.
         let mut dead_bytes = self.dead_letter_bytes.load(Ordering::Relaxed);
-        let changed_first = dead_letters || !legacy.is_empty();
-        if durable_first {
-            let txn = db.begin_write().map_err(storage)?;
+        if durable_first || expiry_due {
+            let mut txn = db.begin_write().map_err(storage)?;
+            if !durable_first {
+                txn.set_durability(Durability::None).map_err(storage)?;
+            }
+            let mut expired = SeenChanges::default();
+            let recorded;
             {
-                let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
-                remove_entries(&mut entries, &legacy, &mut delta)?;
-                // Only the database's entries are counted as removed so far.
-                delta.removed_legacy = delta.removed_entries;
-                let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
-                dead_bytes = self.keep_dead_letters(&mut dead_table, releases, &mut delta)?;
+                if changed_first {
+                    let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+                    remove_entries(&mut entries, &legacy, &mut delta)?;
+                    // Only the database's entries are counted as removed so far.
+                    delta.removed_legacy = delta.removed_entries;
+                    let mut dead_table = txn.open_table(DEAD).map_err(storage)?;
+                    dead_bytes = self.keep_dead_letters(&mut dead_table, releases, &mut delta)?;
+                }
+                let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
+                for (key, uuid) in index.unrecorded() {
+                    seen_order.insert(key, uuid).map_err(storage)?;
+                }
+                self.expire_seen(&mut seen_order, index, now, &mut expired)?;
+                recorded = (
+                    seen_order.len().map_err(storage)? as usize,
+                    seen_order.first().map_err(storage)?.map(|(k, _)| k.value()),
+                );
             }
             #[cfg(test)]
             self.fail_on_purpose(releases)?;
             txn.commit().map_err(storage)?;
-            *lazy_commits = 0;
+            // Committed: the index follows the table at once, whatever becomes of the journal's
+            // commit.
+            index.apply(expired);
+            index.all_recorded(recorded.0, recorded.1);
+            if durable_first {
+                *lazy_commits = 0;
+            }
         } else {
             #[cfg(test)]
             self.fail_on_purpose(releases)?;
         }
 
-        // The deduplication record, without `fdatasync`: committed after the journal, and not at
-        // all if the journal's commit fails, so that a refused notification is not a duplicate
-        // when it comes again.
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::None).map_err(storage)?;
+        // The record's table is read only to confirm a hash that hits a recorded uuid.
+        let mut recorded: Option<redb::ReadOnlyTable<SeenKey, &str>> = None;
+        let mut in_table = |key: SeenKey, uuid: &str| -> Result<bool, SpoolError> {
+            if recorded.is_none() {
+                let read = db.begin_read().map_err(storage)?;
+                recorded = Some(read.open_table(SEEN_ORDER).map_err(storage)?);
+            }
+            let table = recorded.as_ref().expect("opened above");
+            Ok(table
+                .get(key)
+                .map_err(storage)?
+                .is_some_and(|v| v.value() == uuid))
+        };
         let mut kept = Vec::new();
         let next_seq = {
-            let mut seen_order = txn.open_table(SEEN_ORDER).map_err(storage)?;
             let mut next_seq = self.handoff().end();
             // Pending entries and dead letters share --spool-max-bytes.
             let mut bytes = (self.bytes.load(Ordering::Relaxed) + dead_bytes)
@@ -429,10 +478,7 @@ impl Shared {
                 .saturating_sub(released.iter().map(|(_, at)| u64::from(at.len)).sum());
             for (n, Append { uuid, record, .. }) in appends.iter().enumerate() {
                 let hash = index.hash(uuid);
-                if index
-                    .contains(uuid, hash, &delta.seen, &seen_order)
-                    .map_err(storage)?
-                {
+                if index.contains(uuid, hash, &delta.seen, |key| in_table(key, uuid))? {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
@@ -442,10 +488,7 @@ impl Shared {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;
                 }
-                seen_order
-                    .insert((now, next_seq), uuid.as_str())
-                    .map_err(storage)?;
-                delta.seen.record(hash, (now, next_seq));
+                delta.seen.record(hash, (now, next_seq), uuid);
                 bytes += frame;
                 delta.added_entries += 1;
                 delta.added_bytes += frame;
@@ -454,7 +497,6 @@ impl Shared {
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
             }
-            self.expire_seen(&mut seen_order, index, now, &mut delta)?;
             next_seq
         };
 
@@ -501,10 +543,10 @@ impl Shared {
                 })?;
             // Files are never removed: the database records how many were made, so that one gone
             // missing stops start-up rather than losing what it held without a word.
-            if journal.files() > journal_files_before {
-                let mut meta = txn.open_table(META).map_err(storage)?;
-                meta.insert(JOURNAL_FILES_KEY, journal.files().to_string().as_str())
-                    .map_err(storage)?;
+            if journal.files() > journal_files_before
+                && let Err(e) = record_journal_files(&db, journal.files())
+            {
+                delta.database_failed = Some(e);
             }
             let mut pending = self.pending();
             for (n, (entry, at)) in entries.iter().zip(locations).enumerate() {
@@ -528,10 +570,7 @@ impl Shared {
         {
             return Err(SpoolError::Storage("failed on purpose, after the commit".into()).into());
         }
-        match txn.commit() {
-            Ok(()) => *lazy_commits += 1,
-            Err(e) => delta.database_failed = Some(storage(e)),
-        }
+        *lazy_commits += 1;
         Ok(delta)
     }
 
@@ -639,7 +678,7 @@ impl Shared {
         seen_order: &mut redb::Table<(u64, u64), &str>,
         index: &SeenIndex,
         now: u64,
-        delta: &mut Delta,
+        changes: &mut SeenChanges,
     ) -> Result<(), SpoolError> {
         let len = seen_order.len().map_err(storage)? as usize;
         let over = match len.checked_sub(self.dedup_capacity) {
@@ -655,7 +694,7 @@ impl Shared {
             else {
                 break;
             };
-            delta.seen.forget(hash, key);
+            changes.forget(hash, key);
             expired += 1;
         }
         let horizon = now.saturating_sub(self.dedup_window.as_millis() as u64);
@@ -671,7 +710,7 @@ impl Shared {
                 break;
             }
             seen_order.remove(key).map_err(storage)?;
-            delta.seen.forget(hash, key);
+            changes.forget(hash, key);
             expired += 1;
         }
         Ok(())
@@ -691,6 +730,19 @@ impl Shared {
             .spool_dead_letter_bytes
             .set(self.dead_letter_bytes.load(Ordering::Relaxed) as i64);
     }
+}
+
+/// Records how many journal files were made, without `fdatasync`: the next durable commit makes
+/// it durable, and a crash before then leaves the count a file short at worst.
+fn record_journal_files(db: &Database, files: usize) -> Result<(), SpoolError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::None).map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.insert(JOURNAL_FILES_KEY, files.to_string().as_str())
+            .map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
 }
 
 /// How far below its capacity the deduplication record is trimmed once over it: a 64th, at most
