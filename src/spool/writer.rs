@@ -459,11 +459,13 @@ impl Shared {
         // The record's table is read only to confirm a hash that hits a recorded uuid.
         let mut recorded: Option<redb::ReadOnlyTable<SeenKey, &str>> = None;
         let mut in_table = |key: SeenKey, uuid: &str| -> Result<bool, SpoolError> {
-            if recorded.is_none() {
-                let read = db.begin_read().map_err(storage)?;
-                recorded = Some(read.open_table(SEEN_ORDER).map_err(storage)?);
-            }
-            let table = recorded.as_ref().expect("opened above");
+            let table = match &mut recorded {
+                Some(table) => table,
+                None => {
+                    let read = db.begin_read().map_err(storage)?;
+                    recorded.insert(read.open_table(SEEN_ORDER).map_err(storage)?)
+                }
+            };
             Ok(table
                 .get(key)
                 .map_err(storage)?
