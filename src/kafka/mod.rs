@@ -150,6 +150,13 @@ pub struct ProducerFactory {
 impl ProducerFactory {
     /// The producer configuration: idempotent, `acks=all`, compressed, every send bounded in time;
     /// `properties` (librdkafka's own names) are applied last.
+    ///
+    /// `linger.ms` is 2, not librdkafka's 5: the relay batches for itself, enqueueing a round of up
+    /// to 2,048 entries at once and awaiting its acknowledgements, so lingering only holds back the
+    /// round's last batch of each partition and with it the next round. Against 5 ms (bench/HISTORY.md)
+    /// at max load: 0.81 times the CPU per notification at seven hints, 0.91 at one to twelve, a
+    /// drain 1.22 times as fast at 0.83 times the CPU, and peaks a few MiB lower; direct mode, whose
+    /// every answer waits for its message's acknowledgement, waits less.
     pub fn new(
         brokers: &str,
         properties: &BTreeMap<String, String>,
@@ -161,7 +168,7 @@ impl ProducerFactory {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", "2")
             .set("message.timeout.ms", "30000")
             .set("statistics.interval.ms", "5000");
         for (key, value) in properties {
@@ -510,6 +517,24 @@ mod tests {
         ]);
         let factory = ProducerFactory::new("127.0.0.1:1", &properties, Metrics::new());
         assert!(factory.build().is_ok());
+    }
+
+    #[test]
+    fn the_defaults_apply_and_a_property_overrides_them() {
+        let defaults = ProducerFactory::new("127.0.0.1:1", &BTreeMap::new(), Metrics::new());
+        for (key, value) in [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", "30000"),
+        ] {
+            assert_eq!(defaults.config.get(key), Some(value), "{key}");
+        }
+        let properties = BTreeMap::from([("linger.ms".to_string(), "5".to_string())]);
+        let own = ProducerFactory::new("127.0.0.1:1", &properties, Metrics::new());
+        assert_eq!(own.config.get("linger.ms"), Some("5"));
+        assert!(own.build().is_ok());
     }
 
     #[test]

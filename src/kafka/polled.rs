@@ -25,7 +25,7 @@ use super::{PublishError, StatsContext};
 use crate::routing::Outbound;
 
 /// How long an awaited delivery waits before it serves the producer's reports again, once there
-/// was nothing to serve. `linger.ms` (5) and the broker's round trip come first anyway.
+/// was nothing to serve. `linger.ms` (2) and the broker's round trip come first anyway.
 const REPORT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A producer whose events (delivery reports, statistics, errors) are served by whoever awaits its
