@@ -416,3 +416,18 @@ fn routes_prints_every_hint_with_its_topics() {
         2
     );
 }
+
+/// Huge pages would keep the heap resident 2 MiB at a time: the process opts out before any thread
+/// starts, which the kernel reports for the whole process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_opts_out_of_transparent_huge_pages() {
+    let kafka = MockKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeProcess::start(&kafka.bootstrap, dir.path(), &[]).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", bridge.child.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in {status}"));
+    assert_eq!(thp.trim(), "0", "{status}");
+}
