@@ -153,10 +153,10 @@ impl ProducerFactory {
     ///
     /// `linger.ms` is 2, not librdkafka's 5: the relay batches for itself, enqueueing a round of up
     /// to 2,048 entries at once and awaiting its acknowledgements, so lingering only holds back the
-    /// round's last batch of each partition and with it the next round. Against 5 ms (bench/HISTORY.md)
-    /// at max load: 0.81 times the CPU per notification at seven hints, 0.91 at one to twelve, a
-    /// drain 1.22 times as fast at 0.83 times the CPU, and peaks a few MiB lower; direct mode, whose
-    /// every answer waits for its message's acknowledgement, waits less.
+    /// round's last batch of each partition and with it the next round. Against 5 ms at max load
+    /// (bench/HISTORY.md): 0.81 times the CPU per notification at seven hints, 0.91 at one to
+    /// twelve, up to 1.06 at one; a drain 1.22 times as fast at 0.83 times the CPU; peaks a few MiB
+    /// lower. Direct mode, whose every answer waits for its message's acknowledgement, waits less.
     pub fn new(
         brokers: &str,
         properties: &BTreeMap<String, String>,
