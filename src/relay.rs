@@ -42,9 +42,7 @@ use crate::kafka::{ErrorKind, Pending, Producer, ProducerFactory, Publisher, Rel
 use crate::metrics::Metrics;
 use crate::routing::{Outbound, Topic};
 use crate::shutdown::{self, Shutdown, Trigger};
-use crate::spool::{
-    DeadLetter, Handed, Record, Spool, SpoolError, StoredEntry, StoredMessage, age_since,
-};
+use crate::spool::{DeadLetter, Handed, Spool, SpoolError, StoredEntry, StoredMessage, age_since};
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
@@ -139,7 +137,7 @@ struct Round {
     fatal: bool,
     /// Shutdown's deadline passed while the round waited on Kafka.
     cut: bool,
-    /// An entry of the round could not be read: nothing of it was published.
+    /// An entry of the round could not be read: neither it nor those after it were published.
     unreadable: bool,
 }
 
@@ -233,21 +231,6 @@ async fn read_batch(read: Read) -> Option<Result<Vec<StoredEntry>, ()>> {
     }
 }
 
-/// An entry of a round, its record read in place from the stored bytes.
-struct Entry<'b> {
-    seq: u64,
-    record: Record<'b>,
-}
-
-impl Entry<'_> {
-    fn read(stored: &StoredEntry) -> Result<Entry<'_>, String> {
-        Ok(Entry {
-            seq: stored.seq,
-            record: stored.read()?,
-        })
-    }
-}
-
 /// An entry whose messages are enqueued: what its outcome needs once its record is freed.
 /// librdkafka holds a copy of every message until Kafka answers, so a round that kept its records
 /// too would hold them twice (up to two rounds in flight, of 2 MiB of records each in a backlog).
@@ -328,10 +311,6 @@ impl Acknowledged {
     /// What the round came to, once its release is committed; `next` moves past it if it was
     /// released whole.
     async fn outcome(self, next: &mut Option<u64>) -> Outcome {
-        if self.unreadable {
-            *next = None;
-            return Outcome::Unreadable;
-        }
         // Not released means published again later: a duplicate, never a loss.
         let released = match self.release {
             None => true,
@@ -340,6 +319,10 @@ impl Acknowledged {
                 .inspect_err(|e| tracing::error!(error = %e, "cannot release published entries"))
                 .is_ok(),
         };
+        if self.unreadable {
+            *next = None;
+            return Outcome::Unreadable;
+        }
         *next = (self.whole && released).then_some(self.last + 1);
         if self.cut {
             tracing::warn!(
@@ -544,27 +527,13 @@ impl<P: Producer> Worker<P> {
         // with what arrived while the one before it awaited Kafka: publishing the next straight
         // behind it, with little in it, raised the p99 of the answers at half load.
         let behind = full && self.spool.entries() >= 2 * entries as u64;
-        let first_accepted_at_ms = batch
-            .first()
-            .and_then(|e| e.read().ok())
-            .map(|r| r.accepted_at_ms);
+        let first_accepted_at_ms = batch.first().map(StoredEntry::accepted_at_ms);
         if oldest {
             self.spool.observe_oldest(first_accepted_at_ms);
         }
         let (enqueued, all_enqueued) = oneshot::channel();
-        let mut round: Pin<Box<dyn Future<Output = Round> + Send + 'w>> = Box::pin(async move {
-            let entries: Vec<Entry<'_>> = match batch.iter().map(Entry::read).collect() {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a spooled entry");
-                    return Round {
-                        unreadable: true,
-                        ..Round::default()
-                    };
-                }
-            };
-            self.publish(entries, enqueued).await
-        });
+        let mut round: Pin<Box<dyn Future<Output = Round> + Send + 'w>> =
+            Box::pin(self.publish(batch, enqueued));
         let progress = tokio::select! {
             biased;
             round = &mut round => Progress::Done(round),
@@ -639,8 +608,8 @@ impl<P: Producer> Worker<P> {
         };
         let whole = round.released.len() == entries;
         let nothing = round.released.is_empty() && round.dead.is_empty();
-        let release = (!(round.unreadable || nothing))
-            .then(|| Box::pin(self.spool.release(round.released, round.dead)) as Commit);
+        let release =
+            (!nothing).then(|| Box::pin(self.spool.release(round.released, round.dead)) as Commit);
         let acknowledged = Acknowledged {
             last,
             whole,
@@ -716,18 +685,15 @@ impl<P: Producer> Worker<P> {
 
     /// Publishes every message of `batch` and reports what can be released; `enqueued` is told
     /// once they are all enqueued. The records are freed then: librdkafka has its own copies.
-    async fn publish(&self, batch: Vec<Entry<'_>>, enqueued: oneshot::Sender<()>) -> Round {
+    async fn publish(&self, batch: Vec<StoredEntry>, enqueued: oneshot::Sender<()>) -> Round {
         let mut round = Round::default();
         let mut cut = Cut {
             shutdown: self.shutdown.clone(),
             passed: false,
         };
         let started = SystemTime::now();
-        let yielding = batch
-            .iter()
-            .map(|entry| entry.record.messages.len())
-            .sum::<usize>()
-            <= YIELDING_ROUND_MESSAGES;
+        let yielding =
+            batch.iter().map(StoredEntry::messages).sum::<usize>() <= YIELDING_ROUND_MESSAGES;
         let pending = self
             .enqueue(&batch, yielding, started, &mut round, &mut cut)
             .await;
@@ -743,10 +709,12 @@ impl<P: Producer> Worker<P> {
     }
 
     /// Hands the batch's messages to the producer, entry by entry, until it refuses one for a
-    /// retriable reason (queue full or worse): the entry it belongs to waits for a later round.
+    /// retriable reason (queue full or worse): the entry it belongs to waits for a later round. An
+    /// entry is read (decompressed) only as its turn comes, so that a round holds one record read
+    /// at a time beside the stored ones; an entry that cannot be read ends the round there.
     async fn enqueue(
         &self,
-        batch: &[Entry<'_>],
+        batch: &[StoredEntry],
         yielding: bool,
         started: SystemTime,
         round: &mut Round,
@@ -754,9 +722,18 @@ impl<P: Producer> Worker<P> {
     ) -> Vec<Enqueued<P::Delivery>> {
         let spans = crate::otlp::spans();
         let mut enqueued = Vec::with_capacity(batch.len());
-        for entry in batch {
-            let mut messages = Vec::with_capacity(entry.record.messages.len());
-            for (index, message) in entry.record.messages.iter().enumerate() {
+        let mut scratch = Vec::new();
+        for stored in batch {
+            let record = match stored.read(&mut scratch) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::error!(error = %e, seq = stored.seq, "cannot read a spooled entry");
+                    round.unreadable = true;
+                    return enqueued;
+                }
+            };
+            let mut messages = Vec::with_capacity(record.messages.len());
+            for (index, message) in record.messages.iter().enumerate() {
                 if yielding {
                     tokio::task::consume_budget().await;
                 }
@@ -777,9 +754,9 @@ impl<P: Producer> Worker<P> {
                 }
             }
             enqueued.push(Enqueued {
-                seq: entry.seq,
-                uuid: entry.record.uuid.into(),
-                accepted_at_ms: entry.record.accepted_at_ms,
+                seq: stored.seq,
+                uuid: record.uuid.into(),
+                accepted_at_ms: record.accepted_at_ms,
                 messages,
             });
         }
@@ -861,7 +838,8 @@ impl<P: Producer> Worker<P> {
                 round.hold(entry.seq, ErrorKind::Other);
                 continue;
             };
-            let record = match stored.read() {
+            let mut scratch = Vec::new();
+            let record = match stored.read(&mut scratch) {
                 Ok(record) => record,
                 Err(e) => {
                     tracing::error!(uuid = %entry.uuid, error = %e, "cannot read a spooled entry again");

@@ -125,7 +125,7 @@ mod tests {
 
     /// An entry of `bytes` stored bytes (the hand-off reads only their number).
     fn entry(seq: u64, bytes: usize) -> StoredEntry {
-        StoredEntry::encoded(seq, vec![0; bytes])
+        StoredEntry::new(seq, super::super::StoredRecord::weighing(bytes))
     }
 
     fn seqs(handed: Handed) -> Option<Vec<u64>> {

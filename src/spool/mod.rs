@@ -67,7 +67,7 @@ pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
 use journal::{Journal, Location, NewEntry};
-pub use record::{Record, StoredEntry, StoredMessage};
+pub use record::{Record, StoredEntry, StoredMessage, StoredRecord};
 use seen::{SeenChanges, SeenIndex, SeenKey};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -234,7 +234,7 @@ enum Command {
 /// A plan to keep, already encoded as its stored record.
 struct Append {
     uuid: String,
-    record: Vec<u8>,
+    record: StoredRecord,
     reply: oneshot::Sender<Result<Acceptance, SinkError>>,
     /// The plan's bytes in flight, released once the writer is done with the append (before it
     /// answers).
@@ -609,8 +609,8 @@ impl Spool {
                 (Some(_), None) => legacy.next().expect("peeked"),
                 (None, None) => break,
             };
-            let entry = StoredEntry::from_database(seq, &record).map_err(storage)?;
-            // Counted as read, uncompressed: what the round holds in memory.
+            let entry = StoredEntry::from_database(seq, record).map_err(storage)?;
+            // Counted uncompressed: what publishing the round holds (librdkafka's copies).
             bytes += entry.record_bytes();
             if bytes > max_bytes && !out.is_empty() {
                 break;
@@ -794,11 +794,12 @@ impl Drop for Spool {
 impl Sink for Spool {
     fn accept(&self, plan: RoutePlan, held: Reservation) -> SinkFuture<'_> {
         Box::pin(async move {
-            // Encoded here, on the thread that planned it, rather than on the writer's: the plan's
-            // many small allocations are freed where they were made (cheaper for the allocator than
-            // a free from another thread), and the writer, which every request waits for, only
-            // writes. The record is what the writer commits and hands to the relay.
-            let record = record::encode(now_ms(), &plan).map_err(|e| {
+            // Encoded and compressed here, on the thread that planned it, rather than on the
+            // writer's: the plan's many small allocations and the uncompressed record are freed
+            // where they were made (cheaper for the allocator than a free from another thread),
+            // and the writer, which every request waits for, only writes. The record is what the
+            // writer commits and hands to the relay.
+            let record = record::store(now_ms(), &plan).map_err(|e| {
                 tracing::error!(error = %e, uuid = %plan.uuid, "a plan could not be encoded for the spool");
                 SinkError::SpoolUnwritable
             })?;

@@ -120,64 +120,164 @@ impl Record<'_> {
     }
 }
 
+/// A record as the spool keeps it, in memory as on disk: compressed when that makes it smaller
+/// (see [`LZ4_V1`]), with what the relay needs to know of it before reading it. Kept compressed
+/// until the relay publishes it: what the hand-off and a backlog's rounds read ahead hold is a
+/// sixth of the records they stand for.
+#[derive(Debug)]
+pub struct StoredRecord {
+    /// A compressed record or a binary one.
+    bytes: Box<[u8]>,
+    /// The binary record's length: what it takes in memory once read, and in librdkafka's copy.
+    record_len: usize,
+    /// How many messages it holds.
+    messages: usize,
+    accepted_at_ms: u64,
+}
+
+/// The stored form of `plan`, accepted at `accepted_at_ms`.
+pub fn store(accepted_at_ms: u64, plan: &RoutePlan) -> Result<StoredRecord, String> {
+    let record = encode(accepted_at_ms, plan)?;
+    let record_len = record.len();
+    let bytes = match compress(&record) {
+        // Shrunk to its length: the buffer was sized for the worst case.
+        Cow::Owned(compressed) => compressed.into_boxed_slice(),
+        Cow::Borrowed(_) => record.into_boxed_slice(),
+    };
+    Ok(StoredRecord {
+        bytes,
+        record_len,
+        messages: plan.messages.len(),
+        accepted_at_ms,
+    })
+}
+
+impl StoredRecord {
+    /// A record as the database holds it. A JSON record of an earlier release is stored again as
+    /// a binary one, so that every entry reads alike. A compressed record is decompressed once
+    /// here, off the relay's thread, to check that it holds a record of this release's version
+    /// (one of another version is refused now rather than at every round) and to learn its
+    /// messages; it stays compressed. Damage past the record's first fields is found when it is
+    /// read, which the relay does with every record it publishes (reading each record twice was
+    /// 3% of the CPU at max load, where the relay reads its rounds from the database).
+    pub fn from_database(bytes: Vec<u8>) -> Result<StoredRecord, String> {
+        let (record_len, head) = match bytes.first() {
+            Some(&LZ4_V1) => {
+                let record = decompress(&bytes)?;
+                (record.len(), RecordHead::of(&record)?)
+            }
+            Some(b'{') => {
+                let entry = decode(&bytes)?;
+                return store(entry.accepted_at_ms, &entry.plan);
+            }
+            _ => (bytes.len(), RecordHead::of(&bytes)?),
+        };
+        Ok(StoredRecord {
+            bytes: bytes.into_boxed_slice(),
+            record_len,
+            messages: head.messages,
+            accepted_at_ms: head.accepted_at_ms,
+        })
+    }
+
+    /// As stored: what the journal writes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// A record that reads as `record_len` bytes, for tests that only weigh records.
+    #[cfg(test)]
+    pub(super) fn weighing(record_len: usize) -> StoredRecord {
+        StoredRecord {
+            bytes: Box::new([]),
+            record_len,
+            messages: 1,
+            accepted_at_ms: 0,
+        }
+    }
+}
+
+/// The fields a binary record starts with, up to how many messages it holds.
+struct RecordHead {
+    accepted_at_ms: u64,
+    messages: usize,
+}
+
+impl RecordHead {
+    fn of(record: &[u8]) -> Result<RecordHead, String> {
+        if record.first() != Some(&BINARY_V1) {
+            read_binary(record)?;
+        }
+        // The layout of [`Record`], up to its messages' count (a sequence's length is a varint,
+        // as a `u64` is).
+        let ((_version, accepted_at_ms, _uuid, _kind, messages), _) =
+            postcard::take_from_bytes::<(u8, u64, &str, &str, u64)>(record)
+                .map_err(|e| format!("a record without its first fields: {e}"))?;
+        Ok(RecordHead {
+            accepted_at_ms,
+            messages: usize::try_from(messages).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 /// A committed entry as stored: what the hand-off holds and the relay publishes from, read in
 /// place ([`StoredEntry::read`]) rather than decoded into a plan of owned strings.
 #[derive(Debug)]
 pub struct StoredEntry {
     pub seq: u64,
-    /// A binary record.
-    bytes: Box<[u8]>,
+    record: StoredRecord,
 }
 
 impl StoredEntry {
-    /// An entry just encoded by [`encode`].
-    pub fn encoded(seq: u64, bytes: Vec<u8>) -> StoredEntry {
-        StoredEntry {
-            seq,
-            bytes: bytes.into_boxed_slice(),
-        }
+    pub fn new(seq: u64, record: StoredRecord) -> StoredEntry {
+        StoredEntry { seq, record }
     }
 
-    /// An entry as the database holds it, decompressed; a JSON record of an earlier release is
-    /// encoded again as a binary one, so that every entry reads alike. Only the record's version is
-    /// checked here: a record of another version is refused now rather than at every round, and a
-    /// damaged one when it is read, which the relay does with every record it publishes (reading
-    /// each record twice was 3% of the CPU at max load, where the relay reads its rounds from the
-    /// database).
-    pub fn from_database(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
-        let bytes = match bytes.first() {
-            Some(&LZ4_V1) => decompress(bytes)?,
-            Some(b'{') => {
-                let entry = decode(bytes)?;
-                encode(entry.accepted_at_ms, &entry.plan)?
-            }
-            _ => bytes.to_vec(),
-        };
-        if bytes.first() != Some(&BINARY_V1) {
-            read_binary(&bytes)?;
-        }
-        Ok(StoredEntry::encoded(seq, bytes))
+    /// An entry as the database holds it: see [`StoredRecord::from_database`].
+    pub fn from_database(seq: u64, bytes: Vec<u8>) -> Result<StoredEntry, String> {
+        StoredRecord::from_database(bytes).map(|record| StoredEntry::new(seq, record))
     }
 
     /// Its size in bytes as the relay reads it (the binary record, uncompressed).
     pub fn record_bytes(&self) -> usize {
-        self.bytes.len()
+        self.record.record_len
     }
 
-    /// The record, its strings borrowed from the entry.
-    pub fn read(&self) -> Result<Record<'_>, String> {
-        read_binary(&self.bytes)
+    /// How many messages it holds.
+    pub fn messages(&self) -> usize {
+        self.record.messages
+    }
+
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub fn accepted_at_ms(&self) -> u64 {
+        self.record.accepted_at_ms
+    }
+
+    /// The record, its strings borrowed from the entry, or from `scratch` where the entry is
+    /// decompressed (a buffer the caller keeps for record after record).
+    pub fn read<'a>(&'a self, scratch: &'a mut Vec<u8>) -> Result<Record<'a>, String> {
+        read_binary(self.unpack(scratch)?)
+    }
+
+    /// The binary record: the entry's bytes, or decompressed into `scratch`.
+    fn unpack<'a>(&'a self, scratch: &'a mut Vec<u8>) -> Result<&'a [u8], String> {
+        let bytes = &self.record.bytes;
+        if bytes.first() != Some(&LZ4_V1) {
+            return Ok(bytes);
+        }
+        decompress_into(bytes, scratch)?;
+        Ok(scratch)
     }
 
     /// The entry with owned strings, as `spool export` writes it.
     pub fn decode(&self) -> Result<SpooledEntry, String> {
-        let mut entry = decode(&self.bytes)?;
+        let mut entry = decode(self.unpack(&mut Vec::new())?)?;
         entry.seq = self.seq;
         Ok(entry)
     }
 }
 
-/// The stored form of `plan`, accepted at `accepted_at_ms`.
+/// The stored form of `plan` as a binary record, uncompressed.
 pub fn encode(accepted_at_ms: u64, plan: &RoutePlan) -> Result<Vec<u8>, String> {
     let record = PlanRecord {
         accepted_at_ms,
@@ -211,6 +311,14 @@ pub fn compress(record: &[u8]) -> Cow<'_, [u8]> {
 
 /// The binary record a compressed one holds.
 fn decompress(stored: &[u8]) -> Result<Vec<u8>, String> {
+    let mut record = Vec::new();
+    decompress_into(stored, &mut record)?;
+    Ok(record)
+}
+
+/// Decompresses a compressed record into `record`, in place of what it held. The length the
+/// record claims is checked before any memory is set aside for it.
+fn decompress_into(stored: &[u8], record: &mut Vec<u8>) -> Result<(), String> {
     let ((_, len), block) = postcard::take_from_bytes::<(u8, u32)>(stored)
         .map_err(|e| format!("a compressed record without its length: {e}"))?;
     let len = len as usize;
@@ -220,14 +328,15 @@ fn decompress(stored: &[u8]) -> Result<Vec<u8>, String> {
             block.len()
         ));
     }
-    let record = lz4_flex::block::decompress(block, len).map_err(|e| e.to_string())?;
-    if record.len() != len {
+    // Only what the buffer lacks is zeroed: the block writes every byte of the record.
+    record.resize(len, 0);
+    let written = lz4_flex::block::decompress_into(block, record).map_err(|e| e.to_string())?;
+    if written != len {
         return Err(format!(
-            "a compressed record claiming {len} bytes uncompressed, holding {} bytes",
-            record.len()
+            "a compressed record claiming {len} bytes uncompressed, holding {written} bytes"
         ));
     }
-    Ok(record)
+    Ok(())
 }
 
 /// A plan laid out as a [`Record`] of version 1, field for field, written straight from the plan
@@ -347,6 +456,16 @@ fn decode(bytes: &[u8]) -> Result<SpooledEntry, String> {
 mod tests {
     use super::*;
 
+    /// An entry of `bytes` as the database holds them.
+    fn from_database(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
+        StoredEntry::from_database(seq, bytes.to_vec())
+    }
+
+    /// The binary record `entry` reads as.
+    fn unpacked(entry: &StoredEntry) -> Vec<u8> {
+        entry.unpack(&mut Vec::new()).unwrap().to_vec()
+    }
+
     fn plan() -> RoutePlan {
         let message = |topic: &str, value: &str, tombstone| OutboundMessage {
             topic: topic.into(),
@@ -394,8 +513,12 @@ mod tests {
     #[test]
     fn a_stored_entry_reads_in_place_as_the_plan_it_was_encoded_from() {
         let plan = plan();
-        let entry = StoredEntry::encoded(7, encode(9, &plan).unwrap());
-        let record = entry.read().unwrap();
+        let entry = StoredEntry::new(7, store(9, &plan).unwrap());
+        assert_eq!((entry.accepted_at_ms(), entry.messages()), (9, 2));
+        assert_eq!(entry.record_bytes(), encode(9, &plan).unwrap().len());
+        let mut scratch = Vec::new();
+        let unpacked = entry.unpack(&mut scratch).unwrap();
+        let record = read_binary(unpacked).unwrap();
         assert_eq!(
             (record.accepted_at_ms, record.uuid, record.kind),
             (9, "u-1", "ExtensionInfo")
@@ -408,8 +531,8 @@ mod tests {
             record.messages[0].header("tracestate"),
             Some("vendor=é\"\\")
         );
-        // Borrowed from the entry's bytes, not copied out of them.
-        let stored = entry.bytes.as_ptr_range();
+        // Borrowed from the record as read, not copied out of it.
+        let stored = unpacked.as_ptr_range();
         assert!(stored.contains(&record.messages[0].value().as_ptr()));
         assert!(stored.contains(&record.messages[0].headers[0].1.0.as_ptr()));
     }
@@ -420,7 +543,7 @@ mod tests {
 
     #[test]
     fn version_1_is_read_and_written_byte_for_byte_as_released() {
-        let entry = StoredEntry::from_database(1, RECORD_V1).unwrap();
+        let entry = StoredEntry::from_database(1, RECORD_V1.to_vec()).unwrap();
         let decoded = entry.decode().unwrap();
         assert_eq!(decoded.plan, plan());
         assert_eq!(decoded.accepted_at_ms, 1_700_000_000_000);
@@ -433,7 +556,7 @@ mod tests {
     #[test]
     fn a_compressed_record_as_released_is_read() {
         assert_eq!(RECORD_V1_LZ4[0], LZ4_V1);
-        let decoded = StoredEntry::from_database(1, RECORD_V1_LZ4)
+        let decoded = StoredEntry::from_database(1, RECORD_V1_LZ4.to_vec())
             .unwrap()
             .decode()
             .unwrap();
@@ -470,8 +593,12 @@ mod tests {
             let bytes = encode(at, &plan).unwrap();
             proptest::prop_assert_eq!(bytes.len(), record.encoded_len());
             // As the database keeps it, compressed or not, it reads back as the same record.
-            let stored = StoredEntry::from_database(0, &compress(&bytes)).unwrap();
-            proptest::prop_assert_eq!(&stored.bytes[..], &bytes[..]);
+            let stored = from_database(0, &compress(&bytes)).unwrap();
+            proptest::prop_assert_eq!(unpacked(&stored), bytes.clone());
+            proptest::prop_assert_eq!(
+                (stored.record_bytes(), stored.messages(), stored.accepted_at_ms()),
+                (bytes.len(), plan.messages.len(), at)
+            );
             let entry = decode(&bytes).unwrap();
             proptest::prop_assert_eq!((entry.accepted_at_ms, entry.plan), (at, plan));
         }
@@ -505,8 +632,10 @@ mod tests {
             stored.len(),
             record.len()
         );
-        let entry = StoredEntry::from_database(9, &stored).unwrap();
-        assert_eq!((entry.seq, &entry.bytes[..]), (9, &record[..]));
+        let entry = StoredEntry::from_database(9, stored.to_vec()).unwrap();
+        // Kept compressed, and read as the record.
+        assert_eq!((entry.seq, entry.record.bytes()), (9, &stored[..]));
+        assert_eq!(unpacked(&entry), record);
         assert_eq!(entry.decode().unwrap().plan, plan_of(7));
     }
 
@@ -518,8 +647,8 @@ mod tests {
         let record = encode(5, &plan).unwrap();
         let stored = compress(&record);
         assert!(stored.len() * 200 < record.len(), "{}", stored.len());
-        let entry = StoredEntry::from_database(1, &stored).unwrap();
-        assert_eq!(&entry.bytes[..], &record[..]);
+        let entry = StoredEntry::from_database(1, stored.to_vec()).unwrap();
+        assert_eq!(unpacked(&entry), record);
     }
 
     #[test]
@@ -533,8 +662,9 @@ mod tests {
         };
         let record = encode(5, &empty).unwrap();
         assert!(matches!(compress(&record), Cow::Borrowed(kept) if kept == &record[..]));
-        let entry = StoredEntry::from_database(1, &compress(&record)).unwrap();
-        assert_eq!(&entry.bytes[..], &record[..]);
+        let entry = from_database(1, &compress(&record)).unwrap();
+        assert_eq!(entry.record.bytes(), &record[..]);
+        assert_eq!(unpacked(&entry), record);
     }
 
     #[test]
@@ -548,22 +678,22 @@ mod tests {
         let claiming = |len: u32| {
             let mut damaged = postcard::to_stdvec(&(LZ4_V1, len)).unwrap();
             damaged.extend_from_slice(block);
-            StoredEntry::from_database(1, &damaged).unwrap_err()
+            from_database(1, &damaged).unwrap_err()
         };
         let huge = claiming(u32::MAX);
         assert!(huge.contains("claiming 4294967295 bytes"), "{huge}");
         let longer = claiming(record.len() as u32 + 1);
         assert!(longer.contains("holding"), "{longer}");
-        assert!(StoredEntry::from_database(1, &stored[..stored.len() - 5]).is_err());
-        assert!(StoredEntry::from_database(1, &stored[..header - 1]).is_err());
+        assert!(from_database(1, &stored[..stored.len() - 5]).is_err());
+        assert!(from_database(1, &stored[..header - 1]).is_err());
         // A block that decompresses, but not into a record.
         let not_a_record = compress(&[b'x'; 400]).into_owned();
-        assert!(StoredEntry::from_database(1, &not_a_record).is_err());
+        assert!(from_database(1, &not_a_record).is_err());
         // One that decompresses into a damaged record: refused when the relay reads it.
         let mut damaged = record.clone();
         damaged.truncate(record.len() - 3);
-        let entry = StoredEntry::from_database(1, &compress(&damaged)).unwrap();
-        assert!(entry.read().is_err());
+        let entry = from_database(1, &compress(&damaged)).unwrap();
+        assert!(entry.read(&mut Vec::new()).is_err());
     }
 
     #[test]
@@ -574,23 +704,24 @@ mod tests {
             plan: plan(),
         })
         .unwrap();
-        let entry = StoredEntry::from_database(3, &json).unwrap();
-        assert_eq!((entry.seq, entry.bytes[0]), (3, BINARY_V1));
-        let record = entry.read().unwrap();
-        assert_eq!(record.accepted_at_ms, 5);
-        assert_eq!(decode(&entry.bytes).unwrap().plan, plan());
+        let entry = from_database(3, &json).unwrap();
+        assert_eq!(entry.seq, 3);
+        assert_eq!(entry.record.bytes(), store(5, &plan()).unwrap().bytes());
+        let record = entry.read(&mut Vec::new()).unwrap().accepted_at_ms;
+        assert_eq!(record, 5);
+        assert_eq!(entry.decode().unwrap().plan, plan());
         let binary = encode(5, &plan()).unwrap();
         assert_eq!(
-            StoredEntry::from_database(4, &binary).unwrap().bytes[..],
-            binary[..]
+            from_database(4, &binary).unwrap().record.bytes(),
+            &binary[..]
         );
         let mut later = binary.clone();
         later[0] = 3;
-        let refused = StoredEntry::from_database(5, &later).unwrap_err();
+        let refused = from_database(5, &later).unwrap_err();
         assert!(refused.contains("later release"), "{refused}");
-        let truncated = StoredEntry::from_database(6, &binary[..binary.len() - 3]).unwrap();
-        assert!(truncated.read().is_err());
-        assert!(StoredEntry::from_database(7, &[]).is_err());
+        let truncated = from_database(6, &binary[..binary.len() - 3]).unwrap();
+        assert!(truncated.read(&mut Vec::new()).is_err());
+        assert!(from_database(7, &[]).is_err());
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl Shared {
                 }
                 let mut handoff = self.handoff();
                 for (seq, record) in delta.committed.into_iter().zip(records) {
-                    handoff.push(StoredEntry::encoded(seq, record));
+                    handoff.push(StoredEntry::new(seq, record));
                 }
                 drop(handoff);
                 if delta.added_entries > 0 {
@@ -390,8 +390,7 @@ impl Shared {
         // file whose uuids the deduplication record must have kept durably first.
         let frames: u64 = appends
             .iter()
-            // Stored records are never longer than the records.
-            .map(|a| Journal::entry_frame_bytes(a.uuid.len(), a.record.len()))
+            .map(|a| Journal::entry_frame_bytes(a.uuid.len(), a.record.bytes().len()))
             .sum::<u64>()
             + journal.release_frame_bytes(released.len())
             + moving
@@ -484,8 +483,7 @@ impl Shared {
                     outcomes.push(Ok(Acceptance::Duplicate));
                     continue;
                 }
-                let stored = record::compress(record);
-                let frame = Journal::entry_frame_bytes(uuid.len(), stored.len());
+                let frame = Journal::entry_frame_bytes(uuid.len(), record.bytes().len());
                 if bytes + frame > self.max_bytes {
                     outcomes.push(Err(SinkError::SpoolFull));
                     continue;
@@ -495,7 +493,7 @@ impl Shared {
                 delta.added_entries += 1;
                 delta.added_bytes += frame;
                 delta.committed.push(next_seq);
-                kept.push((next_seq, n, stored));
+                kept.push((next_seq, n));
                 next_seq += 1;
                 outcomes.push(Ok(Acceptance::Accepted));
             }
@@ -504,11 +502,11 @@ impl Shared {
 
         let mut entries: Vec<NewEntry<'_>> = kept
             .iter()
-            .map(|(seq, n, stored)| NewEntry {
-                seq: *seq,
+            .map(|&(seq, n)| NewEntry {
+                seq,
                 accepted_at_ms: now,
-                uuid: &appends[*n].uuid,
-                record: stored,
+                uuid: &appends[n].uuid,
+                record: appends[n].record.bytes(),
             })
             .collect();
         let moved: Vec<Location> = moving.iter().map(|(_, from)| *from).collect();
