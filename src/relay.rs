@@ -1575,6 +1575,60 @@ mod tests {
         assert_eq!(bench.counted(&bench.metrics.publish_errors, &["fatal"]), 1);
     }
 
+    #[tokio::test]
+    async fn an_entry_that_cannot_be_read_holds_back_itself_and_what_follows_it_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        drop(open(dir.path(), &metrics));
+        // Entries an earlier release left in the database: one whole, then one cut short past its
+        // first fields (it is taken into a round, but cannot be read there).
+        let whole = crate::spool::encode(1, &plan("whole", &["t1"])).unwrap();
+        let cut_short = crate::spool::encode(1, &plan("cut", &["t1"])).unwrap();
+        let cut_short = &cut_short[..cut_short.len() - 3];
+        Spool::leave_legacy_entries(dir.path(), &[(0, "whole", &whole), (1, "cut", cut_short)]);
+        let spool = open(dir.path(), &metrics);
+        accept_in_order(&spool, vec![plan("after", &["t1"])]).await;
+        let log = Log::default();
+        let source: ProducerSource<Double> = {
+            let log = log.clone();
+            Box::new(move || {
+                Ok(Double {
+                    number: 1,
+                    script: Arc::new(|_: &OutboundMessage, _, _| Answer::Ack),
+                    log: log.clone(),
+                })
+            })
+        };
+        let relay = Relay::start_with(
+            spool.clone(),
+            source,
+            Topic::parse("dlq").unwrap(),
+            metrics.clone(),
+        )
+        .unwrap();
+        log.clone().sent_key("whole").await;
+        relay
+            .stop(Instant::now() + Duration::from_millis(200))
+            .await;
+        let keys: Vec<String> = log.sent().into_iter().map(|(_, m)| m.key).collect();
+        assert_eq!(
+            keys,
+            ["whole"],
+            "nothing after the entry that cannot be read"
+        );
+        let left: Vec<u64> = spool
+            .stored_from(0, 10, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(
+            left,
+            [1, 2],
+            "the entry before it released, it and the one after it kept"
+        );
+    }
+
     /// How far a task that only counts and yields got at each message the relay sent, for a round
     /// of one entry of `messages` messages: the relay yielded mid-round where the count moved.
     async fn ticks_seen_by_each_send(messages: usize) -> Vec<usize> {

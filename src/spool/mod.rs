@@ -67,6 +67,8 @@ pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
 use journal::{Journal, Location, NewEntry};
+#[cfg(test)]
+pub(crate) use record::encode;
 pub use record::{Record, StoredEntry, StoredMessage, StoredRecord};
 use seen::{SeenChanges, SeenIndex, SeenKey};
 
@@ -706,6 +708,23 @@ impl Spool {
     #[cfg(test)]
     pub(crate) fn fail_read_after(&self, ok: u64) {
         self.shared.reads_to_failure.store(ok + 1, Ordering::SeqCst);
+    }
+
+    /// Writes entries into the database of the spool in `dir` (closed) as an earlier release left
+    /// them: `(seq, uuid, record as stored)`.
+    #[cfg(test)]
+    pub(crate) fn leave_legacy_entries(dir: &Path, entries: &[(u64, &str, &[u8])]) {
+        let db = Database::open(dir.join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(ENTRIES).unwrap();
+            let mut seen_order = txn.open_table(SEEN_ORDER).unwrap();
+            for &(seq, uuid, stored) in entries {
+                table.insert(seq, stored).unwrap();
+                seen_order.insert((now_ms(), seq), uuid).unwrap();
+            }
+        }
+        txn.commit().unwrap();
     }
 
     /// Completes when something was appended since the last call.
