@@ -46,11 +46,11 @@ use crate::spool::{DeadLetter, Handed, Spool, SpoolError, StoredEntry, StoredMes
 
 /// Entries taken per round: large enough to keep the producer's batches full.
 const ROUND_ENTRIES: usize = 2048;
-/// And at most this many bytes of records per round. The relay holds the round being enqueued and
-/// the round read ahead; librdkafka holds its copies of the messages of up to two rounds in
-/// flight. At max load, rounds of 1 MiB
-/// two at a time published more than rounds of 2 MiB one at a time and peaked 5 to 10 MiB lower;
-/// rounds of 512 KiB two at a time fell behind.
+/// And at most this many bytes of records per round, counted uncompressed. The relay holds the
+/// round being enqueued and the round read ahead, compressed, and one record read at a time;
+/// librdkafka holds its copies of the messages of up to two rounds in flight. At max load, rounds
+/// of 1 MiB two at a time published more than rounds of 2 MiB one at a time and peaked 5 to 10 MiB
+/// lower; rounds of 512 KiB two at a time fell behind.
 const ROUND_BYTES: usize = 1 << 20;
 /// A large backlog's rounds take twice as much: what two rounds in flight carry per round trip to
 /// Kafka, when Kafka is slow to answer. With 1 MiB rounds throughout, a broker whose answers slowed

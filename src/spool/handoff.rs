@@ -12,9 +12,9 @@ use std::collections::VecDeque;
 
 use super::StoredEntry;
 
-/// The most bytes of records (uncompressed, as the relay reads them) the hand-off holds: two relay
-/// rounds' worth (one of a large backlog's), many times what accumulates while a round awaits Kafka
-/// below max load. (At max load on two cores the relay stays further behind than that and reads
+/// The most bytes of records the hand-off holds, counted uncompressed as the relay's rounds count
+/// them (it holds them compressed, as stored: about a sixth of that): two relay rounds' worth (one
+/// of a large backlog's), many times what accumulates while a round awaits Kafka below max load. (At max load on two cores the relay stays further behind than that and reads
 /// its rounds from the database.)
 #[cfg(not(test))]
 pub(super) const MAX_BYTES: usize = 2 << 20;
