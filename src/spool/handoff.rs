@@ -14,8 +14,9 @@ use super::StoredEntry;
 
 /// The most bytes of records the hand-off holds, counted uncompressed as the relay's rounds count
 /// them (it holds them compressed, as stored: about a sixth of that): two relay rounds' worth (one
-/// of a large backlog's), many times what accumulates while a round awaits Kafka below max load. (At max load on two cores the relay stays further behind than that and reads
-/// its rounds from the database.)
+/// of a large backlog's), many times what accumulates while a round awaits Kafka below max load.
+/// (At max load on two cores the relay stays further behind than that and reads its rounds from
+/// the database.)
 #[cfg(not(test))]
 pub(super) const MAX_BYTES: usize = 2 << 20;
 /// Small in the unit tests, so that the relay's overflow path runs in them.

@@ -1,8 +1,9 @@
 //! How a spooled entry is stored: a compact binary record, a version byte then the entry in
-//! [`postcard`] (lengths as varints, strings as they are), which the database keeps compressed
-//! ([`compress`]). Entries written by earlier releases are uncompressed records, or JSON documents,
-//! each message's value a JSON string inside them (escaped a second time); they are still read, told
-//! apart by their first byte (`{`). The relay reads a binary record in place ([`StoredEntry`]): its
+//! [`postcard`] (lengths as varints, strings as they are), which the spool keeps compressed
+//! ([`compress`]), on disk and in memory alike ([`StoredRecord`]). Entries written by earlier
+//! releases are uncompressed records, or JSON documents, each message's value a JSON string inside
+//! them (escaped a second time); they are still read, told apart by their first byte (`{`). The
+//! relay decompresses one record at a time and reads it in place ([`StoredEntry::read`]): its
 //! strings are borrowed from the record's bytes, not copied into a plan.
 
 use std::borrow::Cow;
@@ -154,7 +155,7 @@ pub fn store(accepted_at_ms: u64, plan: &RoutePlan) -> Result<StoredRecord, Stri
 
 impl StoredRecord {
     /// A record as the database holds it. A JSON record of an earlier release is stored again as
-    /// a binary one, so that every entry reads alike. A compressed record is decompressed once
+    /// this release stores a plan, so that every entry reads alike. A compressed record is decompressed once
     /// here, off the relay's thread, to check that it holds a record of this release's version
     /// (one of another version is refused now rather than at every round) and to learn its
     /// messages; it stays compressed. Damage past the record's first fields is found when it is
@@ -229,6 +230,7 @@ pub struct StoredEntry {
 }
 
 impl StoredEntry {
+    /// The entry committed as sequence number `seq`.
     pub fn new(seq: u64, record: StoredRecord) -> StoredEntry {
         StoredEntry { seq, record }
     }
