@@ -603,6 +603,14 @@ def main():
             P["soak"] = phase_soak(spool)
         P["spool"]["peak_rss_mib_process"] = mib(mem_kib(spool.pid)["VmHWM"])
         stop(spool.proc)
+        if "soak" in P:
+            # Tansu keeps every message in memory: after the soak it holds gigabytes and answers
+            # more slowly. The phases after it (direct mode, whose answers each wait for Kafka, the
+            # naive bridge, the drain) get a fresh broker, as the spool's max-load phase had.
+            stop(tansu)
+            tansu, brokers = start_tansu()
+            TANSU_PID[0] = tansu.pid
+            log("tansu restarted after the soak, on", brokers)
 
         # --- direct mode
         direct = start_bridge(brokers, "direct", f"b{NONCE}-direct.")
