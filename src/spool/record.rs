@@ -160,12 +160,13 @@ impl StoredRecord {
     /// (one of another version is refused now rather than at every round) and to learn its
     /// messages; it stays compressed. Damage past the record's first fields is found when it is
     /// read, which the relay does with every record it publishes (reading each record twice was
-    /// 3% of the CPU at max load, where the relay reads its rounds from the database).
-    pub fn from_database(bytes: Vec<u8>) -> Result<StoredRecord, String> {
+    /// 3% of the CPU at max load, where the relay reads its rounds from the database). `scratch`
+    /// is where it is decompressed: a buffer the caller keeps for record after record.
+    pub fn from_database(bytes: Vec<u8>, scratch: &mut Vec<u8>) -> Result<StoredRecord, String> {
         let (record_len, head) = match bytes.first() {
             Some(&LZ4_V1) => {
-                let record = decompress(&bytes)?;
-                (record.len(), RecordHead::of(&record)?)
+                decompress_into(&bytes, scratch)?;
+                (scratch.len(), RecordHead::of(scratch)?)
             }
             Some(b'{') => {
                 let entry = decode(&bytes)?;
@@ -236,8 +237,12 @@ impl StoredEntry {
     }
 
     /// An entry as the database holds it: see [`StoredRecord::from_database`].
-    pub fn from_database(seq: u64, bytes: Vec<u8>) -> Result<StoredEntry, String> {
-        StoredRecord::from_database(bytes).map(|record| StoredEntry::new(seq, record))
+    pub fn from_database(
+        seq: u64,
+        bytes: Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<StoredEntry, String> {
+        StoredRecord::from_database(bytes, scratch).map(|record| StoredEntry::new(seq, record))
     }
 
     /// Its size in bytes as the relay reads it (the binary record, uncompressed).
@@ -309,13 +314,6 @@ pub fn compress(record: &[u8]) -> Cow<'_, [u8]> {
         }
         _ => Cow::Borrowed(record),
     }
-}
-
-/// The binary record a compressed one holds.
-fn decompress(stored: &[u8]) -> Result<Vec<u8>, String> {
-    let mut record = Vec::new();
-    decompress_into(stored, &mut record)?;
-    Ok(record)
 }
 
 /// Decompresses a compressed record into `record`, in place of what it held. The length the
@@ -460,7 +458,7 @@ mod tests {
 
     /// An entry of `bytes` as the database holds them.
     fn from_database(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
-        StoredEntry::from_database(seq, bytes.to_vec())
+        StoredEntry::from_database(seq, bytes.to_vec(), &mut Vec::new())
     }
 
     /// The binary record `entry` reads as.
@@ -545,7 +543,7 @@ mod tests {
 
     #[test]
     fn version_1_is_read_and_written_byte_for_byte_as_released() {
-        let entry = StoredEntry::from_database(1, RECORD_V1.to_vec()).unwrap();
+        let entry = from_database(1, RECORD_V1).unwrap();
         let decoded = entry.decode().unwrap();
         assert_eq!(decoded.plan, plan());
         assert_eq!(decoded.accepted_at_ms, 1_700_000_000_000);
@@ -558,10 +556,7 @@ mod tests {
     #[test]
     fn a_compressed_record_as_released_is_read() {
         assert_eq!(RECORD_V1_LZ4[0], LZ4_V1);
-        let decoded = StoredEntry::from_database(1, RECORD_V1_LZ4.to_vec())
-            .unwrap()
-            .decode()
-            .unwrap();
+        let decoded = from_database(1, RECORD_V1_LZ4).unwrap().decode().unwrap();
         assert_eq!(decoded.plan, plan_of(7));
         assert_eq!(decoded.accepted_at_ms, 1_700_000_000_000);
     }
@@ -634,7 +629,7 @@ mod tests {
             stored.len(),
             record.len()
         );
-        let entry = StoredEntry::from_database(9, stored.to_vec()).unwrap();
+        let entry = from_database(9, &stored).unwrap();
         // Kept compressed, and read as the record.
         assert_eq!((entry.seq, entry.record.bytes()), (9, &stored[..]));
         assert_eq!(unpacked(&entry), record);
@@ -649,7 +644,7 @@ mod tests {
         let record = encode(5, &plan).unwrap();
         let stored = compress(&record);
         assert!(stored.len() * 200 < record.len(), "{}", stored.len());
-        let entry = StoredEntry::from_database(1, stored.to_vec()).unwrap();
+        let entry = from_database(1, &stored).unwrap();
         assert_eq!(unpacked(&entry), record);
     }
 
