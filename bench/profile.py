@@ -34,7 +34,8 @@ RULES = [
                                                  "drop_in_place<rc_kafka_bridge::routing::plan::RoutePlan>",
                                                  "drop_in_place<rc_kafka_bridge::routing::plan::OutboundMessage>"]),
     ("ingress: encoding the stored record", ["rc_kafka_bridge::spool::record::encode",
-                                             "rc_kafka_bridge::spool::record::store"]),
+                                             "rc_kafka_bridge::spool::record::store",
+                                             "rc_kafka_bridge::spool::record::StoredRecord::new"]),
     # The journal's commit is inlined into the writer's `write` (so are its dedup checks, a sliver).
     ("spool writer: journal (frames, pwrite, fdatasync)", ["rc_kafka_bridge::spool::journal::Journal",
                                                            "rc_kafka_bridge::spool::Shared>::write"]),

@@ -819,7 +819,7 @@ impl Sink for Spool {
             // where they were made (cheaper for the allocator than a free from another thread),
             // and the writer, which every request waits for, only writes. The record is what the
             // writer commits and hands to the relay.
-            let record = record::store(now_ms(), &plan).map_err(|e| {
+            let record = StoredRecord::new(now_ms(), &plan).map_err(|e| {
                 tracing::error!(error = %e, uuid = %plan.uuid, "a plan could not be encoded for the spool");
                 SinkError::SpoolUnwritable
             })?;

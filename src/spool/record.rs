@@ -136,24 +136,24 @@ pub struct StoredRecord {
     accepted_at_ms: u64,
 }
 
-/// The stored form of `plan`, accepted at `accepted_at_ms`.
-pub fn store(accepted_at_ms: u64, plan: &RoutePlan) -> Result<StoredRecord, String> {
-    let record = encode(accepted_at_ms, plan)?;
-    let record_len = record.len();
-    let bytes = match compress(&record) {
-        // Shrunk to its length: the buffer was sized for the worst case.
-        Cow::Owned(compressed) => compressed.into_boxed_slice(),
-        Cow::Borrowed(_) => record.into_boxed_slice(),
-    };
-    Ok(StoredRecord {
-        bytes,
-        record_len,
-        messages: plan.messages.len(),
-        accepted_at_ms,
-    })
-}
-
 impl StoredRecord {
+    /// The stored form of `plan`, accepted at `accepted_at_ms`.
+    pub fn new(accepted_at_ms: u64, plan: &RoutePlan) -> Result<StoredRecord, String> {
+        let record = encode(accepted_at_ms, plan)?;
+        let record_len = record.len();
+        let bytes = match compress(&record) {
+            // Shrunk to its length: the buffer was sized for the worst case.
+            Cow::Owned(compressed) => compressed.into_boxed_slice(),
+            Cow::Borrowed(_) => record.into_boxed_slice(),
+        };
+        Ok(StoredRecord {
+            bytes,
+            record_len,
+            messages: plan.messages.len(),
+            accepted_at_ms,
+        })
+    }
+
     /// A record as the database holds it. A JSON record of an earlier release is stored again as
     /// this release stores a plan, so that every entry reads alike. A compressed record is decompressed once
     /// here, off the relay's thread, to check that it holds a record of this release's version
@@ -170,7 +170,7 @@ impl StoredRecord {
             }
             Some(b'{') => {
                 let entry = decode(&bytes)?;
-                return store(entry.accepted_at_ms, &entry.plan);
+                return StoredRecord::new(entry.accepted_at_ms, &entry.plan);
             }
             _ => (bytes.len(), RecordHead::of(&bytes)?),
         };
@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn a_stored_entry_reads_in_place_as_the_plan_it_was_encoded_from() {
         let plan = plan();
-        let entry = StoredEntry::new(7, store(9, &plan).unwrap());
+        let entry = StoredEntry::new(7, StoredRecord::new(9, &plan).unwrap());
         assert_eq!((entry.accepted_at_ms(), entry.messages()), (9, 2));
         assert_eq!(entry.record_bytes(), encode(9, &plan).unwrap().len());
         let mut scratch = Vec::new();
@@ -703,7 +703,10 @@ mod tests {
         .unwrap();
         let entry = from_database(3, &json).unwrap();
         assert_eq!(entry.seq, 3);
-        assert_eq!(entry.record.bytes(), store(5, &plan()).unwrap().bytes());
+        assert_eq!(
+            entry.record.bytes(),
+            StoredRecord::new(5, &plan()).unwrap().bytes()
+        );
         let record = entry.read(&mut Vec::new()).unwrap().accepted_at_ms;
         assert_eq!(record, 5);
         assert_eq!(entry.decode().unwrap().plan, plan());
