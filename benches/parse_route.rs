@@ -1,4 +1,6 @@
-//! Micro-benchmarks of the per-request pure work: parsing one notification and planning its messages.
+//! Micro-benchmarks of the per-request pure work: parsing one notification and planning its messages,
+//! then storing the plan as the spool does (encoding and compressing the record) and reading it back
+//! as the relay does (decompressing it and reading it in place).
 //!
 //! `cargo bench --bench parse_route`; see BENCHMARKS.md.
 
@@ -7,7 +9,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rc_kafka_bridge::config::Settings;
 use rc_kafka_bridge::notification::Notification;
-use rc_kafka_bridge::routing::BUILT_IN_HINTS;
+use rc_kafka_bridge::routing::{BUILT_IN_HINTS, Outbound};
+use rc_kafka_bridge::spool::{StoredEntry, StoredRecord};
 
 fn body(hints: usize) -> Vec<u8> {
     let hints: Vec<String> = BUILT_IN_HINTS[..hints]
@@ -49,6 +52,26 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let n = Notification::parse(black_box(raw)).expect("parses");
                 table.plan(&n, raw, received_at)
+            })
+        });
+        group.finish();
+
+        let plan = table.plan(&notification, &raw, received_at);
+        let mut group = c.benchmark_group("record");
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("store", hints), &plan, |b, plan| {
+            b.iter(|| StoredRecord::new(0, black_box(plan)).expect("stores"))
+        });
+        let entry = StoredEntry::new(0, StoredRecord::new(0, &plan).expect("stores"));
+        let mut scratch = Vec::new();
+        group.bench_with_input(BenchmarkId::new("read", hints), &entry, |b, entry| {
+            b.iter(|| {
+                let record = entry.read(&mut scratch).expect("reads");
+                record
+                    .messages
+                    .iter()
+                    .map(|m| m.value().len())
+                    .sum::<usize>()
             })
         });
         group.finish();
