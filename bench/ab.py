@@ -4,9 +4,11 @@
 `half`, the open-loop latency at a fixed rate instead (HALF_RATE notifications/s, default 2000, about
 half of max load at 1 to 12 hints; HALF_SECONDS long); with MODE `stall`, max load while the broker
 hangs for 1 s every 8 s (SIGSTOP, SIGCONT), which builds and clears a backlog: what bounds the peak
-RSS over a long run.
+RSS over a long run; with MODE `delivery`, A in spool mode and B in direct mode (give the same binary
+twice): the price of durability, measured in alternating rounds rather than the one of each that
+`bench/run.sh` takes.
 
-    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall]   (LOAD_SECONDS=10 here)
+    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall|delivery]   (LOAD_SECONDS=10 here)
 """
 
 import os
@@ -33,7 +35,8 @@ def main():
         return half(bins, rounds, brokers)
 
     def measure(name, i):
-        server = b.start_bridge(brokers, "spool" if mode == "stall" else mode, f"ab{b.NONCE}-{name}{i}.")
+        delivery = {"stall": "spool", "delivery": "spool" if name == "A" else "direct"}.get(mode, mode)
+        server = b.start_bridge(brokers, delivery, f"ab{b.NONCE}-{name}{i}.")
         done = threading.Event()
 
         def hang_the_broker():
