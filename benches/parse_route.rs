@@ -12,6 +12,10 @@ use rc_kafka_bridge::notification::Notification;
 use rc_kafka_bridge::routing::{BUILT_IN_HINTS, Outbound};
 use rc_kafka_bridge::spool::{StoredEntry, StoredRecord};
 
+// The bridge's allocator (see `src/main.rs`): what planning and storing cost is mostly allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn body(hints: usize) -> Vec<u8> {
     let hints: Vec<String> = BUILT_IN_HINTS[..hints]
         .iter()
