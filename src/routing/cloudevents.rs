@@ -10,6 +10,8 @@ use crate::routing::HeaderName;
 
 /// The CloudEvents version of every event.
 pub const SPEC_VERSION: &str = "1.0";
+/// The most `ce_` headers one event has.
+pub const HEADERS: usize = 6;
 /// Every event type starts with this (reverse DNS of the events' producer, RingCentral).
 const TYPE_PREFIX: &str = "com.ringcentral";
 
@@ -97,7 +99,7 @@ impl CloudEvents {
     pub fn fixed_bytes(&self) -> usize {
         // Six names of at most 14 bytes, the version, and the longest type: the prefix, a kind and
         // a hint or resource name (counted by the caller as the event's hint).
-        6 * 14
+        HEADERS * 14
             + SPEC_VERSION.len()
             + TYPE_PREFIX.len()
             + 32
@@ -107,22 +109,29 @@ impl CloudEvents {
 
     /// The `ce_` headers of one event, in the binding's names.
     pub fn headers(&self, event: &Event<'_>) -> Vec<(HeaderName, String)> {
+        let mut headers = Vec::with_capacity(HEADERS);
+        self.push_headers(&mut headers, event);
+        headers
+    }
+
+    /// Appends the `ce_` headers of one event to a message's `headers` (sized by the caller for
+    /// all of them, [`HEADERS`] at most).
+    pub fn push_headers(&self, headers: &mut Vec<(HeaderName, String)>, event: &Event<'_>) {
         let source = match event.source {
             Source::Account(id) => format!("{}/account/{id}", self.api),
             Source::Subscription(id) => format!("{}/subscription/{id}", self.api),
             Source::Api => self.api.clone(),
         };
-        let mut headers = vec![
+        headers.extend([
             ("ce_specversion".into(), SPEC_VERSION.to_string()),
             ("ce_id".into(), event.id.to_string()),
             ("ce_source".into(), source),
             ("ce_type".into(), event.kind.event_type()),
             ("ce_time".into(), event.time.to_string()),
-        ];
+        ]);
         if let Some(subject) = event.subject {
             headers.push(("ce_subject".into(), subject.to_string()));
         }
-        headers
     }
 }
 

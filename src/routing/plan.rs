@@ -35,6 +35,11 @@ impl RoutePlan {
     }
 }
 
+/// The most headers a planned message carries: the contract's (`rc-message-id` to `content-type`,
+/// `rc-unrouted-reason`), the CloudEvents attributes and the trace context, stamped after planning.
+/// Each message's list is allocated once, at this size.
+const MAX_HEADERS: usize = 7 + cloudevents::HEADERS + crate::trace_context::MAX_HEADERS;
+
 /// A header's name: one of the contract's fixed names, borrowed rather than allocated per message
 /// (a message carries up to a dozen headers); owned when read back from a stored record.
 pub type HeaderName = std::borrow::Cow<'static, str>;
@@ -418,18 +423,21 @@ impl Planner<'_> {
         let n = self.notification;
         let topic = self.table.unrouted_topic.as_str();
         let message_id = format!("{}::Unrouted:{topic}", n.uuid);
-        let mut headers = self.headers(&message_id, None, None);
+        let mut headers = self.headers(message_id.clone(), None, None);
         if let Some(reason) = reason {
             headers.push((UNROUTED_REASON_HEADER.into(), reason.into()));
         }
         if let Some(ce) = &self.table.cloudevents {
-            headers.extend(ce.headers(&Event {
-                id: &message_id,
-                kind: Kind::Unrouted,
-                source: Source::Api,
-                time: self.time(),
-                subject: None,
-            }));
+            ce.push_headers(
+                &mut headers,
+                &Event {
+                    id: &message_id,
+                    kind: Kind::Unrouted,
+                    source: Source::Api,
+                    time: self.time(),
+                    subject: None,
+                },
+            );
         }
         self.messages.push(OutboundMessage {
             topic: topic.to_string(),
@@ -479,7 +487,7 @@ impl Planner<'_> {
             extension_id.unwrap_or_default(),
             hint.or(event_type).unwrap_or(part.kind_label),
         );
-        let mut headers = self.headers(&message_id, event_type, hint);
+        let mut headers = self.headers(message_id.clone(), event_type, hint);
         if let Some(ce) = &self.table.cloudevents {
             let (kind, source) = match (hint, event_type, part.account_id) {
                 (Some(hint), _, Some(account)) => (Kind::Hint(hint), Source::Account(account)),
@@ -493,13 +501,16 @@ impl Planner<'_> {
                         .map_or(Source::Api, Source::Subscription),
                 ),
             };
-            headers.extend(ce.headers(&Event {
-                id: &message_id,
-                kind,
-                source,
-                time: self.time(),
-                subject: extension_id,
-            }));
+            ce.push_headers(
+                &mut headers,
+                &Event {
+                    id: &message_id,
+                    kind,
+                    source,
+                    time: self.time(),
+                    subject: extension_id,
+                },
+            );
         }
         self.messages.push(OutboundMessage {
             topic: topic.to_string(),
@@ -524,17 +535,17 @@ impl Planner<'_> {
         })
     }
 
+    /// The contract's headers of a message, in a list with room for all it will carry.
     fn headers(
         &self,
-        message_id: &str,
+        message_id: String,
         event_type: Option<&str>,
         hint: Option<&str>,
     ) -> Vec<(HeaderName, String)> {
         let n = self.notification;
-        let mut headers = vec![
-            ("rc-message-id".into(), message_id.to_string()),
-            ("rc-notification-uuid".into(), n.uuid.clone()),
-        ];
+        let mut headers = Vec::with_capacity(MAX_HEADERS);
+        headers.push(("rc-message-id".into(), message_id));
+        headers.push(("rc-notification-uuid".into(), n.uuid.clone()));
         if let Some(event_type) = event_type {
             headers.push(("rc-event-type".into(), event_type.into()));
         }
