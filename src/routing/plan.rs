@@ -35,10 +35,11 @@ impl RoutePlan {
     }
 }
 
-/// The most headers a planned message carries: the contract's (`rc-message-id` to `content-type`,
-/// `rc-unrouted-reason`), the CloudEvents attributes and the trace context, stamped after planning.
-/// Each message's list is allocated once, at this size.
-const MAX_HEADERS: usize = 7 + cloudevents::HEADERS + crate::trace_context::MAX_HEADERS;
+/// The most headers a planned message carries: six of the contract's (`rc-message-id` to
+/// `content-type`; an unrouted message has its `rc-unrouted-reason` but no event type or hint), the
+/// CloudEvents attributes and the trace context, stamped after planning. Each message's list is
+/// allocated once, at this size.
+pub(super) const MAX_HEADERS: usize = 6 + cloudevents::HEADERS + crate::trace_context::MAX_HEADERS;
 
 /// A header's name: one of the contract's fixed names, borrowed rather than allocated per message
 /// (a message carries up to a dozen headers); owned when read back from a stored record.
