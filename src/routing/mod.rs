@@ -440,10 +440,10 @@ mod tests {
     }
 
     /// A planned message's headers stay in the one list they were planned in: the contract's, the
-    /// CloudEvents attributes and the longest trace context, stamped after planning, all fit.
+    /// CloudEvents attributes when they are on and the longest trace context, stamped after
+    /// planning, all fit.
     #[test]
     fn a_message_keeps_the_header_list_it_was_planned_in() {
-        let table = table().with_cloudevents(CloudEvents::new("https://platform.ringcentral.com"));
         let over_the_cap: Vec<String> = (0..1920).map(|i| format!("Hint{i}")).collect();
         let over_the_cap: Vec<&str> = over_the_cap.iter().map(String::as_str).collect();
         let tracestate = format!("v={}", "x".repeat(510));
@@ -451,17 +451,22 @@ mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             Some(&tracestate),
         );
-        for body in [
-            update(&["ExtensionInfo", "NoSuchHint"]),
-            update(&over_the_cap),
-        ] {
-            let raw = body.to_string();
-            let n = Notification::parse(raw.as_bytes()).unwrap();
-            let mut p = table.plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
-            trace.stamp(&mut p);
-            for m in &p.messages {
-                assert!(m.header("ce_tracestate").is_some(), "every header stamped");
-                assert_eq!(m.headers.capacity(), plan::MAX_HEADERS, "{:?}", m.headers);
+        let with_attributes =
+            table().with_cloudevents(CloudEvents::new("https://platform.ringcentral.com"));
+        for (table, cloudevents) in [(with_attributes, true), (table(), false)] {
+            for body in [
+                update(&["ExtensionInfo", "NoSuchHint"]),
+                update(&over_the_cap),
+            ] {
+                let raw = body.to_string();
+                let n = Notification::parse(raw.as_bytes()).unwrap();
+                let mut p = table.plan(&n, raw.as_bytes(), "2026-01-01T00:00:00Z");
+                trace.stamp(&mut p);
+                for m in &p.messages {
+                    assert!(m.header("tracestate").is_some(), "every header stamped");
+                    let capacity = plan::max_headers(cloudevents);
+                    assert_eq!(m.headers.capacity(), capacity, "{:?}", m.headers);
+                }
             }
         }
     }

@@ -37,9 +37,12 @@ impl RoutePlan {
 
 /// The most headers a planned message carries: six of the contract's (`rc-message-id` to
 /// `content-type`; an unrouted message has its `rc-unrouted-reason` but no event type or hint), the
-/// CloudEvents attributes and the trace context, stamped after planning. Each message's list is
-/// allocated once, at this size.
-pub(super) const MAX_HEADERS: usize = 6 + cloudevents::HEADERS + crate::trace_context::MAX_HEADERS;
+/// CloudEvents attributes when they are on, and the trace context, stamped after planning. Each
+/// message's list is allocated once, at this size.
+pub(super) fn max_headers(cloudevents: bool) -> usize {
+    let attributes = if cloudevents { cloudevents::HEADERS } else { 0 };
+    6 + attributes + crate::trace_context::MAX_HEADERS
+}
 
 /// A header's name: one of the contract's fixed names, borrowed rather than allocated per message
 /// (a message carries up to a dozen headers); owned when read back from a stored record.
@@ -544,7 +547,7 @@ impl Planner<'_> {
         hint: Option<&str>,
     ) -> Vec<(HeaderName, String)> {
         let n = self.notification;
-        let mut headers = Vec::with_capacity(MAX_HEADERS);
+        let mut headers = Vec::with_capacity(max_headers(self.table.cloudevents.is_some()));
         headers.push(("rc-message-id".into(), message_id));
         headers.push(("rc-notification-uuid".into(), n.uuid.clone()));
         if let Some(event_type) = event_type {
