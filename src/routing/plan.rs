@@ -214,13 +214,16 @@ impl RoutingTable {
                 Reconciled::Changed => Kind::Reconciled,
                 Reconciled::Gone => Kind::Extension("Delete"),
             };
-            headers.extend(ce.headers(&Event {
-                id: &message_id,
-                kind,
-                source: Source::Account(account_id),
-                time: at,
-                subject: Some(extension_id),
-            }));
+            ce.push_headers(
+                &mut headers,
+                &Event {
+                    id: &message_id,
+                    kind,
+                    source: Source::Account(account_id),
+                    time: at,
+                    subject: Some(extension_id),
+                },
+            );
         }
         OutboundMessage {
             topic: topic.to_string(),
@@ -427,7 +430,7 @@ impl Planner<'_> {
         let n = self.notification;
         let topic = self.table.unrouted_topic.as_str();
         let message_id = format!("{}::Unrouted:{topic}", n.uuid);
-        let mut headers = self.headers(message_id.clone(), None, None);
+        let mut headers = self.headers(&message_id, None, None);
         if let Some(reason) = reason {
             headers.push((UNROUTED_REASON_HEADER.into(), reason.into()));
         }
@@ -491,7 +494,7 @@ impl Planner<'_> {
             extension_id.unwrap_or_default(),
             hint.or(event_type).unwrap_or(part.kind_label),
         );
-        let mut headers = self.headers(message_id.clone(), event_type, hint);
+        let mut headers = self.headers(&message_id, event_type, hint);
         if let Some(ce) = &self.table.cloudevents {
             let (kind, source) = match (hint, event_type, part.account_id) {
                 (Some(hint), _, Some(account)) => (Kind::Hint(hint), Source::Account(account)),
@@ -542,13 +545,13 @@ impl Planner<'_> {
     /// The contract's headers of a message, in a list with room for all it will carry.
     fn headers(
         &self,
-        message_id: String,
+        message_id: &str,
         event_type: Option<&str>,
         hint: Option<&str>,
     ) -> Vec<(HeaderName, String)> {
         let n = self.notification;
         let mut headers = Vec::with_capacity(max_headers(self.table.cloudevents.is_some()));
-        headers.push(("rc-message-id".into(), message_id));
+        headers.push(("rc-message-id".into(), message_id.to_string()));
         headers.push(("rc-notification-uuid".into(), n.uuid.clone()));
         if let Some(event_type) = event_type {
             headers.push(("rc-event-type".into(), event_type.into()));
