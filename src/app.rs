@@ -70,8 +70,19 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("spool: {0}")]
     Spool(Box<crate::spool::SpoolError>),
+    #[error("cannot start the relay's thread: {0}")]
+    RelayThread(std::io::Error),
     #[error("{0}")]
     RingCentral(#[from] crate::ringcentral::ApiError),
+}
+
+impl From<crate::relay::RelayStartError> for StartError {
+    fn from(e: crate::relay::RelayStartError) -> Self {
+        match e {
+            crate::relay::RelayStartError::Kafka(e) => StartError::Kafka(e),
+            crate::relay::RelayStartError::Thread(e) => StartError::RelayThread(e),
+        }
+    }
 }
 
 impl From<crate::spool::SpoolError> for StartError {

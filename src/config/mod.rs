@@ -128,8 +128,8 @@ pub struct Settings {
     /// (bench/HISTORY.md).
     #[arg(long, env = "RCKB_SPOOL_CACHE_BYTES", default_value = "2097152")]
     pub spool_cache_bytes: NonZeroUsize,
-    /// Threads that serve HTTP and run the relay. Default: one fewer than the CPUs available, at
-    /// least one, which leaves a CPU to the spool's writer and librdkafka's own threads.
+    /// Threads that serve HTTP. Default: one fewer than the CPUs available, at least one, which
+    /// leaves a CPU to the threads of the relay, the spool's writer and librdkafka.
     #[arg(long, env = "RCKB_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
     /// Largest accepted webhook body, in bytes.
