@@ -1650,7 +1650,10 @@ mod tests {
             move |_, _, _| {
                 if let Some(entered) = entered.lock().unwrap().take() {
                     let _ = entered.send(());
-                    let waited = go_here.lock().unwrap().recv_timeout(Duration::from_secs(2));
+                    let waited = go_here
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(10));
                     let_go.store(waited.is_ok(), Ordering::SeqCst);
                 }
                 Answer::Ack
