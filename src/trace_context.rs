@@ -28,8 +28,9 @@ pub const MAX_HEADER_BYTES: usize = CE_TRACEPARENT.len()
     + TRACEPARENT.len()
     + TRACESTATE.len();
 
-/// The most trace headers one message gets: both, twice when it is a CloudEvent.
-pub const MAX_HEADERS: usize = 4;
+/// The trace headers one message gets (`traceparent`, `tracestate`); a CloudEvent gets them again
+/// in the tracing extension's names.
+pub const HEADERS: usize = 2;
 
 /// One notification's place in a trace: the trace and the bridge's span in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

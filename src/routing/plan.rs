@@ -37,11 +37,17 @@ impl RoutePlan {
 
 /// The most headers a planned message carries: six of the contract's (`rc-message-id` to
 /// `content-type`; an unrouted message has its `rc-unrouted-reason` but no event type or hint), the
-/// CloudEvents attributes when they are on, and the trace context, stamped after planning. Each
-/// message's list is allocated once, at this size.
+/// trace context, stamped after planning, and when they are on the CloudEvents attributes with
+/// the trace context again in the tracing extension's names. Each message's list is allocated
+/// once, at this size.
 pub(super) fn max_headers(cloudevents: bool) -> usize {
-    let attributes = if cloudevents { cloudevents::HEADERS } else { 0 };
-    6 + attributes + crate::trace_context::MAX_HEADERS
+    let trace = crate::trace_context::HEADERS;
+    let attributes = if cloudevents {
+        cloudevents::HEADERS + trace
+    } else {
+        0
+    };
+    6 + trace + attributes
 }
 
 /// A header's name: one of the contract's fixed names, borrowed rather than allocated per message
