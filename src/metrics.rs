@@ -38,6 +38,7 @@ pub struct Collectors {
     pub spool_entries: IntGauge,
     pub spool_bytes: IntGauge,
     pub spool_oldest_entry_age: prometheus::Gauge,
+    pub spool_commits: IntCounter,
     pub accept_to_ack: Histogram,
     pub kafka_brokers_up: IntGauge,
     pub kafka_producer_queue_messages: IntGauge,
@@ -157,6 +158,12 @@ impl Metrics {
             spool_oldest_entry_age: prometheus::Gauge::with_opts(opts(
                 "spool_oldest_entry_age_seconds",
                 "Age of the oldest notification waiting in the spool (0 when empty).",
+            ))
+            .unwrap(),
+            spool_commits: IntCounter::with_opts(opts(
+                "spool_commits_total",
+                "Commits of the spool's writer, each one fdatasync of the notifications and \
+                 releases grouped in it (--spool-linger).",
             ))
             .unwrap(),
             accept_to_ack: Histogram::with_opts(
@@ -369,6 +376,7 @@ impl Metrics {
             Box::new(m.spool_entries.clone()),
             Box::new(m.spool_bytes.clone()),
             Box::new(m.spool_oldest_entry_age.clone()),
+            Box::new(m.spool_commits.clone()),
             Box::new(m.accept_to_ack.clone()),
             Box::new(m.kafka_brokers_up.clone()),
             Box::new(m.kafka_producer_queue_messages.clone()),

@@ -1163,6 +1163,7 @@ mod tests {
                     dedup_window: Duration::from_secs(60),
                     dedup_capacity: 100,
                     cache_bytes: 1 << 20,
+                    linger: std::time::Duration::ZERO,
                 },
                 metrics.clone(),
             )

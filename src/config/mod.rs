@@ -74,6 +74,16 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Longest `--spool-linger`: every answer waits for it, and RingCentral wants answers at once.
+const MAX_LINGER: Duration = Duration::from_millis(100);
+
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d > MAX_LINGER => Err("must be at most 100ms".into()),
+        d => Ok(d),
+    }
+}
+
 /// The largest request head: below 1 KiB ordinary requests (RingCentral's among them) would get 431.
 fn parse_head_bytes(s: &str) -> Result<usize, String> {
     match s.parse::<usize>().map_err(|e| e.to_string())? {
@@ -128,6 +138,13 @@ pub struct Settings {
     /// (bench/HISTORY.md).
     #[arg(long, env = "RCKB_SPOOL_CACHE_BYTES", default_value = "2097152")]
     pub spool_cache_bytes: NonZeroUsize,
+    /// How long the spool's writer waits, once a notification is waiting to be committed, for
+    /// others to commit with it: one `fdatasync` then covers them all. 0 commits at once, at the
+    /// cost of a commit for every few notifications under load (bench/HISTORY.md, "The spool's
+    /// writer lingering"). At most 100ms.
+    #[arg(long, env = "RCKB_SPOOL_LINGER", default_value = "200us", value_parser = parse_linger)]
+    #[serde(deserialize_with = "linger")]
+    pub spool_linger: Duration,
     /// Threads that serve HTTP. Default: one fewer than the CPUs available, at least one, which
     /// leaves a CPU to the threads of the relay, the spool's writer and librdkafka.
     #[arg(long, env = "RCKB_WORKER_THREADS")]
@@ -447,6 +464,10 @@ fn grace<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     from_text(d, parse_grace)
 }
 
+fn linger<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    from_text(d, parse_linger)
+}
+
 fn head_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let bytes = usize::deserialize(d)?;
     parse_head_bytes(&bytes.to_string()).map_err(serde::de::Error::custom)
@@ -581,6 +602,7 @@ impl Settings {
         SpoolOptions {
             max_bytes: self.spool_max_bytes.get(),
             cache_bytes: self.spool_cache_bytes.get(),
+            linger: self.spool_linger,
             dedup_window: self.dedup_window,
             dedup_capacity: self.dedup_capacity.get(),
         }
@@ -819,6 +841,19 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_s_linger_is_a_duration_up_to_100ms_and_0_turns_it_off() {
+        let linger =
+            |text: &str| from_toml(&format!("spool_linger = \"{text}\"")).map(|s| s.spool_linger);
+        assert_eq!(linger("0").unwrap(), Duration::ZERO);
+        assert_eq!(linger("1ms").unwrap(), Duration::from_millis(1));
+        assert_eq!(linger("100ms").unwrap(), Duration::from_millis(100));
+        assert!(linger("1s").is_err());
+        let flag = layered(&["--spool-linger", "50us"], "").unwrap();
+        assert_eq!(flag.spool_linger, Duration::from_micros(50));
+        assert!(layered(&["--spool-linger", "soon"], "").is_err());
+    }
+
+    #[test]
     fn the_declared_defaults_are_the_documented_ones() {
         let s = Settings::default().resolve().unwrap();
         assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
@@ -827,6 +862,7 @@ mod tests {
         assert_eq!(s.delivery, DeliveryMode::Spool);
         assert_eq!(s.spool_dir, PathBuf::from("data"));
         assert_eq!(s.spool_max_bytes.get(), 1 << 30);
+        assert_eq!(s.spool_linger, Duration::from_micros(200));
         assert_eq!(s.max_body_bytes.get(), 64 * 1024);
         assert_eq!(s.direct_timeout, Duration::from_secs(2));
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
@@ -888,6 +924,13 @@ mod tests {
         assert!(err.contains("acks"), "{err}");
         let err = from_toml("spool_max_bytes = 0").unwrap_err().to_string();
         assert!(err.contains("spool_max_bytes"), "{err}");
+        let err = from_toml("spool_linger = \"101ms\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spool_linger") && err.contains("100ms"),
+            "{err}"
+        );
         let err = from_toml("[hints]\nBad = [\"a b\"]")
             .unwrap_err()
             .to_string();

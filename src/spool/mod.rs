@@ -273,6 +273,7 @@ struct Shared {
     max_bytes: u64,
     /// For reopening the database.
     cache_bytes: usize,
+    linger: Duration,
     dedup_window: Duration,
     dedup_capacity: usize,
     entries: AtomicU64,
@@ -307,6 +308,8 @@ pub struct SpoolOptions {
     pub max_bytes: u64,
     /// Bytes of the database's page cache.
     pub cache_bytes: usize,
+    /// How long the writer waits for more commands before a commit (`--spool-linger`).
+    pub linger: Duration,
     /// How long a notification uuid is remembered to drop redeliveries.
     pub dedup_window: Duration,
     /// How many notification uuids are remembered at most.
@@ -531,6 +534,7 @@ impl Spool {
             identity,
             max_bytes: options.max_bytes,
             cache_bytes: options.cache_bytes,
+            linger: options.linger,
             dedup_window: options.dedup_window,
             dedup_capacity: options.dedup_capacity,
             entries: AtomicU64::new(resumed.counts.entries),
@@ -882,6 +886,7 @@ mod tests {
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 1000,
                 cache_bytes: 1 << 20,
+                linger: std::time::Duration::ZERO,
             },
             Metrics::new(),
         )
@@ -974,6 +979,7 @@ mod tests {
             dedup_window: Duration::from_secs(3600),
             dedup_capacity: 10_000,
             cache_bytes: 4096,
+            linger: std::time::Duration::ZERO,
         };
         let accepted: Vec<String> = (0..200).map(|n| format!("u{n:04}")).collect();
         {
@@ -1301,6 +1307,45 @@ mod tests {
         assert_eq!(budget.held(), 0);
     }
 
+    /// Commits made for `a`, accepted alone, and `b`, accepted 100 ms after `a` reached the
+    /// writer, by a writer lingering for `linger`.
+    async fn commits_for_two_notifications_apart(linger: Duration) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let options = SpoolOptions {
+            max_bytes: 1 << 30,
+            dedup_window: Duration::from_secs(3600),
+            dedup_capacity: 1000,
+            cache_bytes: 1 << 20,
+            linger,
+        };
+        let spool = Arc::new(Spool::open(dir.path(), options, metrics.clone()).unwrap());
+        let first = tokio::spawn({
+            let spool = spool.clone();
+            async move { spool.accept(plan("a"), Reservation::unbudgeted()).await }
+        });
+        // The spawned task hands `a` to the writer meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = spool.accept(plan("b"), Reservation::unbudgeted()).await;
+        assert_eq!(second.unwrap(), Acceptance::Accepted);
+        assert_eq!(first.await.unwrap().unwrap(), Acceptance::Accepted);
+        assert_eq!(spool.entries(), 2);
+        metrics.spool_commits.get()
+    }
+
+    #[tokio::test]
+    async fn a_notification_arriving_while_the_writer_lingers_shares_the_commit() {
+        assert_eq!(
+            commits_for_two_notifications_apart(Duration::from_secs(2)).await,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_does_not_linger_commits_each_at_once() {
+        assert_eq!(commits_for_two_notifications_apart(Duration::ZERO).await, 2);
+    }
+
     #[tokio::test]
     async fn concurrent_appends_are_all_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -1330,6 +1375,7 @@ mod tests {
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 2,
                 cache_bytes: 1 << 20,
+                linger: std::time::Duration::ZERO,
             },
             Metrics::new(),
         )
@@ -1427,6 +1473,7 @@ mod tests {
                 dedup_window: window,
                 dedup_capacity: 1000,
                 cache_bytes: 1 << 20,
+                linger: std::time::Duration::ZERO,
             },
             Metrics::new(),
         )
@@ -1463,6 +1510,7 @@ mod tests {
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: capacity,
                 cache_bytes: 1 << 20,
+                linger: std::time::Duration::ZERO,
             },
             Metrics::new(),
         )
@@ -1564,6 +1612,7 @@ mod tests {
                 dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 1000,
                 cache_bytes: 1 << 20,
+                linger: std::time::Duration::ZERO,
             },
             metrics.clone(),
         )

@@ -214,11 +214,12 @@ impl Shared {
                 }
             };
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(command) => group.push(command),
-                    Err(_) => break,
-                }
+            take_waiting(&rx, &mut group);
+            // More are on their way under load: one `fdatasync` then covers them too, instead of
+            // a commit for every few (bench/HISTORY.md, "The spool's writer lingering").
+            if !self.linger.is_zero() && group.len() < MAX_GROUP {
+                std::thread::sleep(self.linger);
+                take_waiting(&rx, &mut group);
             }
             self.commit_group(group, &mut writer);
         }
@@ -256,6 +257,7 @@ impl Shared {
         let result = self.write(writer, &appends, &releases, &mut outcomes);
         match result {
             Ok(mut delta) => {
+                self.metrics.spool_commits.inc();
                 let database_failed = delta.database_failed.take();
                 writer.seen.apply(std::mem::take(&mut delta.seen));
                 let full_before = self.health.load(Ordering::Relaxed) == HEALTH_FULL;
@@ -794,4 +796,14 @@ fn remove_entries(
             !released
         })
         .map_err(storage)
+}
+
+/// Adds the commands already waiting to `group`, up to [`MAX_GROUP`].
+fn take_waiting(rx: &Receiver<Command>, group: &mut Vec<Command>) {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(command) => group.push(command),
+            Err(_) => break,
+        }
+    }
 }

@@ -179,6 +179,7 @@ async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_are
             dedup_window: Duration::from_secs(60),
             dedup_capacity: 10,
             cache_bytes: 1 << 20,
+            linger: std::time::Duration::ZERO,
         },
         Metrics::new(),
     )

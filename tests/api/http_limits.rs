@@ -423,6 +423,7 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
             dedup_window: Duration::from_secs(60),
             dedup_capacity: 10,
             cache_bytes: 1 << 20,
+            linger: std::time::Duration::ZERO,
         },
         Metrics::new(),
     )

@@ -44,6 +44,7 @@ fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
             dedup_window: Duration::from_secs(3600),
             dedup_capacity: 100_000,
             cache_bytes: 1 << 20,
+            linger: std::time::Duration::ZERO,
         },
         Metrics::new(),
     )
