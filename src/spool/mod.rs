@@ -1307,9 +1307,8 @@ mod tests {
         assert_eq!(budget.held(), 0);
     }
 
-    /// Commits made for `a`, accepted alone, and `b`, accepted 100 ms after `a` reached the
-    /// writer, by a writer lingering for `linger`.
-    async fn commits_for_two_notifications_apart(linger: Duration) -> u64 {
+    /// A spool whose writer lingers for `linger`, with its metrics (the directory goes with it).
+    fn lingering(linger: Duration) -> (Spool, Metrics, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
         let options = SpoolOptions {
@@ -1319,31 +1318,46 @@ mod tests {
             cache_bytes: 1 << 20,
             linger,
         };
-        let spool = Arc::new(Spool::open(dir.path(), options, metrics.clone()).unwrap());
-        let first = tokio::spawn({
-            let spool = spool.clone();
-            async move { spool.accept(plan("a"), Reservation::unbudgeted()).await }
-        });
-        // The spawned task hands `a` to the writer meanwhile.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let second = spool.accept(plan("b"), Reservation::unbudgeted()).await;
-        assert_eq!(second.unwrap(), Acceptance::Accepted);
-        assert_eq!(first.await.unwrap().unwrap(), Acceptance::Accepted);
-        assert_eq!(spool.entries(), 2);
-        metrics.spool_commits.get()
+        let spool = Spool::open(dir.path(), options, metrics.clone()).unwrap();
+        (spool, metrics, dir)
+    }
+
+    /// Polls `accept` once: its command is then with the writer, its answer still to come.
+    async fn hand_over(accept: &mut SinkFuture<'_>) {
+        std::future::poll_fn(|cx| {
+            assert!(accept.as_mut().poll(cx).is_pending(), "answered at once");
+            std::task::Poll::Ready(())
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_notification_arriving_while_the_writer_lingers_shares_the_commit() {
-        assert_eq!(
-            commits_for_two_notifications_apart(Duration::from_secs(2)).await,
-            1
-        );
+        let (spool, metrics, _dir) = lingering(Duration::from_secs(2));
+        let mut first = spool.accept(plan("a"), Reservation::unbudgeted());
+        hand_over(&mut first).await;
+        // The second arrives 100 ms after the first, well within the linger: what is tested is
+        // that a gap of that length still shares the commit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = spool.accept(plan("b"), Reservation::unbudgeted());
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!(first.unwrap(), Acceptance::Accepted);
+        assert_eq!(second.unwrap(), Acceptance::Accepted);
+        assert_eq!(spool.entries(), 2);
+        assert_eq!(metrics.spool_commits.get(), 1);
     }
 
     #[tokio::test]
     async fn a_writer_that_does_not_linger_commits_each_at_once() {
-        assert_eq!(commits_for_two_notifications_apart(Duration::ZERO).await, 2);
+        let (spool, metrics, _dir) = lingering(Duration::ZERO);
+        // Answered alone: nothing else ever arrives to share its commit.
+        let first = spool.accept(plan("a"), Reservation::unbudgeted()).await;
+        assert_eq!(first.unwrap(), Acceptance::Accepted);
+        assert_eq!(metrics.spool_commits.get(), 1);
+        let second = spool.accept(plan("b"), Reservation::unbudgeted()).await;
+        assert_eq!(second.unwrap(), Acceptance::Accepted);
+        assert_eq!(spool.entries(), 2);
+        assert_eq!(metrics.spool_commits.get(), 2);
     }
 
     #[tokio::test]
