@@ -53,11 +53,13 @@ const ROUND_ENTRIES: usize = 2048;
 /// of 1 MiB two at a time published more than rounds of 2 MiB one at a time and peaked 5 to 10 MiB
 /// lower; rounds of 512 KiB two at a time fell behind.
 const ROUND_BYTES: usize = 1 << 20;
-/// A large backlog's rounds take twice as much: what two rounds in flight carry per round trip to
-/// Kafka, when Kafka is slow to answer. With 1 MiB rounds throughout, a broker whose answers slowed
-/// as it grew (Tansu holding 10 GB) fell ever further behind over a 10-minute soak at max load; a
-/// spool of this many entries is a backlog of seconds, which a broker's hiccup does not leave.
-const BACKLOG_ROUND_BYTES: usize = 2 * ROUND_BYTES;
+/// A large backlog's rounds take half as much again: what two rounds in flight carry per round
+/// trip to Kafka, when Kafka is slow to answer. With 1 MiB rounds throughout, a broker whose answers
+/// slowed as it grew (Tansu holding 10 GB) fell ever further behind over a 10-minute soak at max
+/// load; with 2 MiB rounds the relay kept up, but librdkafka's copies of two of them put the peak
+/// over 64 MiB once the webhook accepted more than such a broker took. A spool of this many entries
+/// is a backlog of seconds, which a broker's hiccup does not leave.
+const BACKLOG_ROUND_BYTES: usize = 3 * ROUND_BYTES / 2;
 /// Entries in the spool from which its rounds take [`BACKLOG_ROUND_BYTES`].
 const BACKLOG_ENTRIES: u64 = 16 * ROUND_ENTRIES as u64;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -252,7 +254,7 @@ async fn read_batch(read: Read) -> Option<Result<Vec<StoredEntry>, ()>> {
 
 /// An entry whose messages are enqueued: what its outcome needs once its record is freed.
 /// librdkafka holds a copy of every message until Kafka answers, so a round that kept its records
-/// too would hold them twice (up to two rounds in flight, of 2 MiB of records each in a backlog).
+/// too would hold them twice (up to two rounds in flight, of 1.5 MiB of records each in a backlog).
 struct Enqueued<D> {
     seq: u64,
     uuid: Box<str>,
