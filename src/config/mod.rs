@@ -67,21 +67,23 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_grace(s: &str) -> Result<Duration, String> {
+/// A duration of at most `max`, which the error names as `limit`.
+fn parse_duration_at_most(s: &str, max: Duration, limit: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
-        d if d > MAX_TIMEOUT => Err("must be at most 1 day".into()),
+        d if d > max => Err(format!("must be at most {limit}")),
         d => Ok(d),
     }
+}
+
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    parse_duration_at_most(s, MAX_TIMEOUT, "1 day")
 }
 
 /// Longest `--spool-linger`: every answer waits for it, and RingCentral wants answers at once.
 const MAX_LINGER: Duration = Duration::from_millis(100);
 
 fn parse_linger(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d > MAX_LINGER => Err("must be at most 100ms".into()),
-        d => Ok(d),
-    }
+    parse_duration_at_most(s, MAX_LINGER, "100ms")
 }
 
 /// The largest request head: below 1 KiB ordinary requests (RingCentral's among them) would get 431.
