@@ -878,15 +878,24 @@ mod tests {
         entries.into_iter().map(|e| e.plan.uuid).collect()
     }
 
+    /// The tests' spool: 1 MiB, an hour's and a thousand uuids' deduplication, a writer that
+    /// commits at once. Each test changes what it is about.
+    fn options() -> SpoolOptions {
+        SpoolOptions {
+            max_bytes: 1 << 20,
+            dedup_window: Duration::from_secs(3600),
+            dedup_capacity: 1000,
+            cache_bytes: 1 << 20,
+            linger: Duration::ZERO,
+        }
+    }
+
     fn open(dir: &Path, max_bytes: u64) -> Spool {
         Spool::open(
             dir,
             SpoolOptions {
                 max_bytes,
-                dedup_window: Duration::from_secs(3600),
-                dedup_capacity: 1000,
-                cache_bytes: 1 << 20,
-                linger: std::time::Duration::ZERO,
+                ..options()
             },
             Metrics::new(),
         )
@@ -974,16 +983,15 @@ mod tests {
     #[tokio::test]
     async fn a_page_cache_far_smaller_than_the_backlog_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let options = SpoolOptions {
+        let small_cache = SpoolOptions {
             max_bytes: 1 << 30,
-            dedup_window: Duration::from_secs(3600),
             dedup_capacity: 10_000,
             cache_bytes: 4096,
-            linger: std::time::Duration::ZERO,
+            ..options()
         };
         let accepted: Vec<String> = (0..200).map(|n| format!("u{n:04}")).collect();
         {
-            let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
+            let spool = Spool::open(dir.path(), small_cache, Metrics::new()).unwrap();
             // Values LZ4 cannot shrink much, so that the stored records outgrow the cache.
             let mut state = 0x9e37_79b9_7f4a_7c15_u64;
             let mut noise = || {
@@ -1000,7 +1008,7 @@ mod tests {
             }
             assert!(spool.bytes() > 16 * 4096, "the backlog outgrows the cache");
         }
-        let spool = Spool::open(dir.path(), options, Metrics::new()).unwrap();
+        let spool = Spool::open(dir.path(), small_cache, Metrics::new()).unwrap();
         let read = uuids(spool.entries_from(0, usize::MAX, usize::MAX).unwrap());
         assert_eq!(read, accepted);
     }
@@ -1311,14 +1319,16 @@ mod tests {
     fn lingering(linger: Duration) -> (Spool, Metrics, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
-        let options = SpoolOptions {
-            max_bytes: 1 << 30,
-            dedup_window: Duration::from_secs(3600),
-            dedup_capacity: 1000,
-            cache_bytes: 1 << 20,
-            linger,
-        };
-        let spool = Spool::open(dir.path(), options, metrics.clone()).unwrap();
+        let spool = Spool::open(
+            dir.path(),
+            SpoolOptions {
+                max_bytes: 1 << 30,
+                linger,
+                ..options()
+            },
+            metrics.clone(),
+        )
+        .unwrap();
         (spool, metrics, dir)
     }
 
@@ -1385,11 +1395,8 @@ mod tests {
         let spool = Spool::open(
             dir.path(),
             SpoolOptions {
-                max_bytes: 1 << 20,
-                dedup_window: Duration::from_secs(3600),
                 dedup_capacity: 2,
-                cache_bytes: 1 << 20,
-                linger: std::time::Duration::ZERO,
+                ..options()
             },
             Metrics::new(),
         )
@@ -1483,11 +1490,8 @@ mod tests {
         let spool = Spool::open(
             dir.path(),
             SpoolOptions {
-                max_bytes: 1 << 20,
                 dedup_window: window,
-                dedup_capacity: 1000,
-                cache_bytes: 1 << 20,
-                linger: std::time::Duration::ZERO,
+                ..options()
             },
             Metrics::new(),
         )
@@ -1520,11 +1524,8 @@ mod tests {
         let spool = Spool::open(
             dir.path(),
             SpoolOptions {
-                max_bytes: 1 << 20,
-                dedup_window: Duration::from_secs(3600),
                 dedup_capacity: capacity,
-                cache_bytes: 1 << 20,
-                linger: std::time::Duration::ZERO,
+                ..options()
             },
             Metrics::new(),
         )
@@ -1623,10 +1624,7 @@ mod tests {
             dir.path(),
             SpoolOptions {
                 max_bytes: 10_000,
-                dedup_window: Duration::from_secs(3600),
-                dedup_capacity: 1000,
-                cache_bytes: 1 << 20,
-                linger: std::time::Duration::ZERO,
+                ..options()
             },
             metrics.clone(),
         )
