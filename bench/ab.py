@@ -6,9 +6,11 @@ half of max load at 1 to 12 hints; HALF_SECONDS long); with MODE `stall`, max lo
 hangs for 1 s every 8 s (SIGSTOP, SIGCONT), which builds and clears a backlog: what bounds the peak
 RSS over a long run; with MODE `delivery`, A in spool mode and B in direct mode (give the same binary
 twice): the price of durability, measured in alternating rounds rather than the one of each that
-`bench/run.sh` takes.
+`bench/run.sh` takes; with MODE `naive`, A in spool mode and B the naive bridge (give the same binary
+twice: B's only creates the naive bridge's topics): the spool against the naive bridge, in
+alternating rounds too.
 
-    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall|delivery]   (LOAD_SECONDS=10 here)
+    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall|delivery|naive]   (LOAD_SECONDS=10 here)
 """
 
 import os
@@ -35,8 +37,12 @@ def main():
         return half(bins, rounds, brokers)
 
     def measure(name, i):
-        delivery = {"stall": "spool", "delivery": "spool" if name == "A" else "direct"}.get(mode, mode)
-        server = b.start_bridge(brokers, delivery, f"ab{b.NONCE}-{name}{i}.")
+        delivery = {"stall": "spool", "delivery": "spool" if name == "A" else "direct",
+                    "naive": "spool"}.get(mode, mode)
+        if mode == "naive" and name == "B":
+            server = b.start_naive(brokers, f"ab{b.NONCE}-{name}{i}.")
+        else:
+            server = b.start_bridge(brokers, delivery, f"ab{b.NONCE}-{name}{i}.")
         done = threading.Event()
 
         def hang_the_broker():
