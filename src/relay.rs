@@ -548,7 +548,7 @@ impl<P: Producer> Worker<P> {
         // with what arrived while the one before it awaited Kafka: publishing the next straight
         // behind it, with little in it, raised the p99 of the answers at half load.
         let behind = full && self.spool.entries() >= 2 * entries as u64;
-        let first_accepted_at_ms = batch.first().map(StoredEntry::accepted_at_ms);
+        let first_accepted_at_ms = batch.first().and_then(StoredEntry::accepted_at_ms);
         if oldest {
             self.spool.observe_oldest(first_accepted_at_ms);
         }

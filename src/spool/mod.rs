@@ -607,7 +607,6 @@ impl Spool {
         let mut journal = JournalReader::new(&self.shared, from);
         let mut out = Vec::new();
         let mut bytes = 0;
-        let mut scratch = Vec::new();
         while out.len() < limit {
             // The earlier of the two: the database's entries came before the journal's.
             let (seq, record) = match (legacy.peek(), journal.peek()?) {
@@ -616,7 +615,7 @@ impl Spool {
                 (Some(_), None) => legacy.next().expect("peeked"),
                 (None, None) => break,
             };
-            let entry = StoredEntry::from_database(seq, record, &mut scratch).map_err(storage)?;
+            let entry = StoredEntry::from_database(seq, record).map_err(storage)?;
             // Counted uncompressed: what publishing the round holds (librdkafka's copies).
             bytes += entry.record_bytes();
             if bytes > max_bytes && !out.is_empty() {

@@ -122,18 +122,15 @@ impl Record<'_> {
 }
 
 /// A record as the spool keeps it, in memory as on disk: compressed when that makes it smaller
-/// (see [`LZ4_V1`]), with what the relay needs to know of it before reading it. Kept compressed
-/// until the relay publishes it: what the hand-off and a backlog's rounds read ahead hold is a
-/// sixth of the records they stand for.
+/// (see [`LZ4_V1`]), with its length once read, which the relay weighs it by before reading it.
+/// Kept compressed until the relay publishes it: what the hand-off and a backlog's rounds read
+/// ahead hold is a sixth of the records they stand for.
 #[derive(Debug)]
 pub struct StoredRecord {
     /// A compressed record or a binary one.
     bytes: Box<[u8]>,
     /// The binary record's length: what it takes in memory once read, and in librdkafka's copy.
     record_len: usize,
-    /// How many messages it holds.
-    messages: usize,
-    accepted_at_ms: u64,
 }
 
 impl StoredRecord {
@@ -146,39 +143,32 @@ impl StoredRecord {
             Cow::Owned(compressed) => compressed.into_boxed_slice(),
             Cow::Borrowed(_) => record.into_boxed_slice(),
         };
-        Ok(StoredRecord {
-            bytes,
-            record_len,
-            messages: plan.messages.len(),
-            accepted_at_ms,
-        })
+        Ok(StoredRecord { bytes, record_len })
     }
 
     /// A record as the database holds it. A JSON record of an earlier release is stored again as
-    /// this release stores a plan, so that every entry reads alike. A compressed record is decompressed once
-    /// here, off the relay's thread, to check that it holds a record of this release's version
-    /// (one of another version is refused now rather than at every round) and to learn its
-    /// messages; it stays compressed. Damage past the record's first fields is found when it is
-    /// read, which the relay does with every record it publishes (reading each record twice was
-    /// 3% of the CPU at max load, where the relay reads its rounds from the database). `scratch`
-    /// is where it is decompressed: a buffer the caller keeps for record after record.
-    pub fn from_database(bytes: Vec<u8>, scratch: &mut Vec<u8>) -> Result<StoredRecord, String> {
-        let (record_len, head) = match bytes.first() {
-            Some(&LZ4_V1) => {
-                decompress_into(&bytes, scratch)?;
-                (scratch.len(), RecordHead::of(scratch)?)
-            }
+    /// this release stores a plan, so that every entry reads alike. A compressed record is not
+    /// decompressed here: its length once read is in its header (a claim past LZ4's ratio is
+    /// refused), and the relay reads it anyway as it publishes it, where a record of a later
+    /// version or damaged inside is found and ends the round, as here it would have ended the
+    /// read (decompressing every record read back twice was 1.1% of the CPU at max load, where the
+    /// relay reads its rounds back).
+    pub fn from_database(bytes: Vec<u8>) -> Result<StoredRecord, String> {
+        let record_len = match bytes.first() {
+            Some(&LZ4_V1) => compressed_header(&bytes)?.0,
             Some(b'{') => {
                 let entry = decode(&bytes)?;
                 return StoredRecord::new(entry.accepted_at_ms, &entry.plan);
             }
-            _ => (bytes.len(), RecordHead::of(&bytes)?),
+            _ => {
+                // An uncompressed record: its version checked now, the rest as it is read.
+                read_version(&bytes)?;
+                bytes.len()
+            }
         };
         Ok(StoredRecord {
             bytes: bytes.into_boxed_slice(),
             record_len,
-            messages: head.messages,
-            accepted_at_ms: head.accepted_at_ms,
         })
     }
 
@@ -193,32 +183,7 @@ impl StoredRecord {
         StoredRecord {
             bytes: Box::new([]),
             record_len,
-            messages: 1,
-            accepted_at_ms: 0,
         }
-    }
-}
-
-/// The fields a binary record starts with, up to how many messages it holds.
-struct RecordHead {
-    accepted_at_ms: u64,
-    messages: usize,
-}
-
-impl RecordHead {
-    fn of(record: &[u8]) -> Result<RecordHead, String> {
-        if record.first() != Some(&BINARY_V1) {
-            read_binary(record)?;
-        }
-        // The layout of [`Record`], up to its messages' count (a sequence's length is a varint,
-        // as a `u64` is).
-        let ((_version, accepted_at_ms, _uuid, _kind, messages), _) =
-            postcard::take_from_bytes::<(u8, u64, &str, &str, u64)>(record)
-                .map_err(|e| format!("a record without its first fields: {e}"))?;
-        Ok(RecordHead {
-            accepted_at_ms,
-            messages: usize::try_from(messages).map_err(|e| e.to_string())?,
-        })
     }
 }
 
@@ -237,12 +202,8 @@ impl StoredEntry {
     }
 
     /// An entry as the database holds it: see [`StoredRecord::from_database`].
-    pub fn from_database(
-        seq: u64,
-        bytes: Vec<u8>,
-        scratch: &mut Vec<u8>,
-    ) -> Result<StoredEntry, String> {
-        StoredRecord::from_database(bytes, scratch).map(|record| StoredEntry::new(seq, record))
+    pub fn from_database(seq: u64, bytes: Vec<u8>) -> Result<StoredEntry, String> {
+        StoredRecord::from_database(bytes).map(|record| StoredEntry::new(seq, record))
     }
 
     /// Its size in bytes as the relay reads it (the binary record, uncompressed).
@@ -250,14 +211,13 @@ impl StoredEntry {
         self.record.record_len
     }
 
-    /// How many messages it holds.
-    pub fn messages(&self) -> usize {
-        self.record.messages
-    }
-
-    /// When it was accepted, in milliseconds since the Unix epoch.
-    pub fn accepted_at_ms(&self) -> u64 {
-        self.record.accepted_at_ms
+    /// When it was accepted, in milliseconds since the Unix epoch, read from the record (for the
+    /// first entry of a round only: the age of the oldest); `None` if the record cannot be read.
+    pub fn accepted_at_ms(&self) -> Option<u64> {
+        let mut scratch = Vec::new();
+        self.read(&mut scratch)
+            .ok()
+            .map(|record| record.accepted_at_ms)
     }
 
     /// The record, its strings borrowed from the entry, or from `scratch` where the entry is
@@ -316,9 +276,9 @@ pub fn compress(record: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Decompresses a compressed record into `record`, in place of what it held. The length the
-/// record claims is checked before any memory is set aside for it.
-fn decompress_into(stored: &[u8], record: &mut Vec<u8>) -> Result<(), String> {
+/// A compressed record's header: the length it claims uncompressed, checked against what its
+/// block could hold (before any memory is set aside for it), and the block.
+fn compressed_header(stored: &[u8]) -> Result<(usize, &[u8]), String> {
     let ((_, len), block) = postcard::take_from_bytes::<(u8, u32)>(stored)
         .map_err(|e| format!("a compressed record without its length: {e}"))?;
     let len = len as usize;
@@ -328,6 +288,12 @@ fn decompress_into(stored: &[u8], record: &mut Vec<u8>) -> Result<(), String> {
             block.len()
         ));
     }
+    Ok((len, block))
+}
+
+/// Decompresses a compressed record into `record`, in place of what it held.
+fn decompress_into(stored: &[u8], record: &mut Vec<u8>) -> Result<(), String> {
+    let (len, block) = compressed_header(stored)?;
     // Only what the buffer lacks is zeroed: the block writes every byte of the record.
     record.resize(len, 0);
     let written = lz4_flex::block::decompress_into(block, record).map_err(|e| e.to_string())?;
@@ -423,8 +389,14 @@ impl Serialize for Headers<'_> {
 }
 
 fn read_binary(bytes: &[u8]) -> Result<Record<'_>, String> {
+    read_version(bytes)?;
+    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+/// Checks that `bytes` are a binary record of this release's version.
+fn read_version(bytes: &[u8]) -> Result<(), String> {
     match bytes.first() {
-        Some(&BINARY_V1) => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+        Some(&BINARY_V1) => Ok(()),
         Some(b'{') => Err("a JSON entry where a binary record was expected".into()),
         Some(&LZ4_V1) => Err("a compressed record where its binary record was expected".into()),
         Some(version) => Err(format!(
@@ -458,7 +430,7 @@ mod tests {
 
     /// An entry of `bytes` as the database holds them.
     fn from_database(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
-        StoredEntry::from_database(seq, bytes.to_vec(), &mut Vec::new())
+        StoredEntry::from_database(seq, bytes.to_vec())
     }
 
     /// The binary record `entry` reads as.
@@ -514,7 +486,7 @@ mod tests {
     fn a_stored_entry_reads_in_place_as_the_plan_it_was_encoded_from() {
         let plan = plan();
         let entry = StoredEntry::new(7, StoredRecord::new(9, &plan).unwrap());
-        assert_eq!((entry.accepted_at_ms(), entry.messages()), (9, 2));
+        assert_eq!(entry.accepted_at_ms(), Some(9));
         assert_eq!(entry.record_bytes(), encode(9, &plan).unwrap().len());
         let mut scratch = Vec::new();
         let unpacked = entry.unpack(&mut scratch).unwrap();
@@ -593,8 +565,8 @@ mod tests {
             let stored = from_database(0, &compress(&bytes)).unwrap();
             proptest::prop_assert_eq!(unpacked(&stored), bytes.clone());
             proptest::prop_assert_eq!(
-                (stored.record_bytes(), stored.messages(), stored.accepted_at_ms()),
-                (bytes.len(), plan.messages.len(), at)
+                (stored.record_bytes(), stored.accepted_at_ms()),
+                (bytes.len(), Some(at))
             );
             let entry = decode(&bytes).unwrap();
             proptest::prop_assert_eq!((entry.accepted_at_ms, entry.plan), (at, plan));
@@ -675,22 +647,34 @@ mod tests {
         let claiming = |len: u32| {
             let mut damaged = postcard::to_stdvec(&(LZ4_V1, len)).unwrap();
             damaged.extend_from_slice(block);
-            from_database(1, &damaged).unwrap_err()
+            damaged
         };
-        let huge = claiming(u32::MAX);
+        // A header that cannot be right: refused as the record is read from the database.
+        let huge = from_database(1, &claiming(u32::MAX)).unwrap_err();
         assert!(huge.contains("claiming 4294967295 bytes"), "{huge}");
-        let longer = claiming(record.len() as u32 + 1);
-        assert!(longer.contains("holding"), "{longer}");
-        assert!(from_database(1, &stored[..stored.len() - 5]).is_err());
         assert!(from_database(1, &stored[..header - 1]).is_err());
+        // Damage inside the block: weighed by its header, refused when the relay reads it.
+        let unreadable = |bytes: &[u8]| {
+            let entry = from_database(1, bytes).unwrap();
+            match entry.read(&mut Vec::new()) {
+                Ok(_) => panic!("a damaged record was read"),
+                Err(e) => e,
+            }
+        };
+        let longer = unreadable(&claiming(record.len() as u32 + 1));
+        assert!(longer.contains("holding"), "{longer}");
+        unreadable(&stored[..stored.len() - 5]);
         // A block that decompresses, but not into a record.
-        let not_a_record = compress(&[b'x'; 400]).into_owned();
-        assert!(from_database(1, &not_a_record).is_err());
-        // One that decompresses into a damaged record: refused when the relay reads it.
+        unreadable(&compress(&[b'x'; 400]));
+        // One that decompresses into a damaged record.
         let mut damaged = record.clone();
         damaged.truncate(record.len() - 3);
-        let entry = from_database(1, &compress(&damaged)).unwrap();
-        assert!(entry.read(&mut Vec::new()).is_err());
+        unreadable(&compress(&damaged));
+        // Or into a record of a later version.
+        let mut later = record.clone();
+        later[0] = 3;
+        let refused = unreadable(&compress(&later));
+        assert!(refused.contains("later release"), "{refused}");
     }
 
     #[test]
