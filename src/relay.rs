@@ -1587,15 +1587,31 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_that_cannot_be_read_holds_back_itself_and_what_follows_it_only() {
+        // Cut short past its first fields: it is taken into a round, but cannot be read there.
+        let cut_short = crate::spool::encode(1, &plan("cut", &["t1"])).unwrap();
+        unreadable_entry_holds_back_itself_and_what_follows(&cut_short[..cut_short.len() - 3])
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_compressed_entry_of_a_later_version_holds_back_itself_and_what_follows_it_only() {
+        // Its header is sound, so it is weighed and taken into a round; what it holds is read
+        // only there.
+        let mut later = crate::spool::encode(1, &plan("later", &["t1"])).unwrap();
+        later[0] = 3;
+        let stored = crate::spool::compress(&later);
+        assert_ne!(&stored[..], &later[..], "stored compressed");
+        unreadable_entry_holds_back_itself_and_what_follows(&stored).await;
+    }
+
+    /// Entries an earlier release left in the database, one whole and then `unreadable`, and one
+    /// accepted after them: the whole one is published and released, the other two are kept.
+    async fn unreadable_entry_holds_back_itself_and_what_follows(unreadable: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
         drop(open(dir.path(), &metrics));
-        // Entries an earlier release left in the database: one whole, then one cut short past its
-        // first fields (it is taken into a round, but cannot be read there).
         let whole = crate::spool::encode(1, &plan("whole", &["t1"])).unwrap();
-        let cut_short = crate::spool::encode(1, &plan("cut", &["t1"])).unwrap();
-        let cut_short = &cut_short[..cut_short.len() - 3];
-        Spool::leave_legacy_entries(dir.path(), &[(0, "whole", &whole), (1, "cut", cut_short)]);
+        Spool::leave_legacy_entries(dir.path(), &[(0, "whole", &whole), (1, "bad", unreadable)]);
         let spool = open(dir.path(), &metrics);
         accept_in_order(&spool, vec![plan("after", &["t1"])]).await;
         let log = Log::default();

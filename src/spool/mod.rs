@@ -67,9 +67,9 @@ pub use files::{FILE_SIZE_FACTOR, SpoolIdentity, worst_case_file_bytes};
 pub use handoff::Handed;
 pub use inspect::{ExportCounts, SpoolSummary};
 use journal::{Journal, Location, NewEntry};
-#[cfg(test)]
-pub(crate) use record::encode;
 pub use record::{Record, StoredEntry, StoredMessage, StoredRecord};
+#[cfg(test)]
+pub(crate) use record::{compress, encode};
 use seen::{SeenChanges, SeenIndex, SeenKey};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
