@@ -1604,8 +1604,8 @@ mod tests {
         unreadable_entry_holds_back_itself_and_what_follows(&stored).await;
     }
 
-    /// Entries an earlier release left in the database, one whole and then `unreadable`, and one
-    /// accepted after them: the whole one is published and released, the other two are kept.
+    /// Entries in the database as an earlier release kept them, one whole and then `unreadable`,
+    /// and one accepted after them: the whole one is published and released, the other two kept.
     async fn unreadable_entry_holds_back_itself_and_what_follows(unreadable: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
