@@ -10,6 +10,12 @@ twice): the price of durability, measured in alternating rounds rather than the 
 twice: B's only creates the naive bridge's topics): the spool against the naive bridge, in
 alternating rounds too.
 
+Every round starts on a fresh broker, as a full run's phases do. Tansu keeps every message in memory
+and takes more CPU as it grows (0.2 to 0.6 cores over six rounds of max load on one broker), and the
+two sides of a comparison do not feel that alike: the spool's rounds share the machine's two cores
+with it, the naive bridge is bound by its one Python thread, direct mode's answers wait for Kafka's.
+FRESH_BROKER=0 keeps one broker for the whole run, as before.
+
     bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall|delivery|naive]   (LOAD_SECONDS=10 here)
 """
 
@@ -29,14 +35,14 @@ def main():
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     mode = sys.argv[4] if len(sys.argv) > 4 else "spool"
     b.WORK.mkdir(parents=True, exist_ok=True)
-    tansu, brokers = b.start_tansu()
-    b.TANSU_PID[0] = tansu.pid
+    broker = Broker()
     if mode == "drain":
-        return drain(bins, rounds, tansu, brokers)
+        return drain(bins, rounds, broker)
     if mode == "half":
-        return half(bins, rounds, brokers)
+        return half(bins, rounds, broker)
 
     def measure(name, i):
+        tansu, brokers = broker.for_round()
         delivery = {"stall": "spool", "delivery": "spool" if name == "A" else "direct",
                     "naive": "spool"}.get(mode, mode)
         if mode == "naive" and name == "B":
@@ -76,6 +82,22 @@ def main():
     print(f"B/A: throughput x{ra:.3f}, CPU per notification x{ca:.3f}")
 
 
+class Broker:
+    """The Tansu broker the rounds run against: a fresh one for every round unless FRESH_BROKER=0."""
+
+    def __init__(self):
+        self.fresh = os.environ.get("FRESH_BROKER", "1") != "0"
+        self.proc, self.brokers = None, None
+
+    def for_round(self):
+        """The broker for the next round, started now if the rounds are on fresh ones."""
+        if self.proc is None or self.fresh:
+            b.stop(self.proc)
+            self.proc, self.brokers = b.start_tansu()
+            b.TANSU_PID[0] = self.proc.pid
+        return self.proc, self.brokers
+
+
 def alternate(bins, rounds, measure):
     """`measure(name, round)` for A and B in turn, the order swapped every round; the results per build."""
     out = {"A": [], "B": []}
@@ -96,9 +118,9 @@ def print_ratios(out, names):
         print(f"B/A: {what} x{ratio:.3f}")
 
 
-def drain(bins, rounds, tansu, brokers):
+def drain(bins, rounds, broker):
     def measure(name, i):
-        r = b.phase_drain(tansu, brokers)
+        r = b.phase_drain(*broker.for_round())
         return r["msgs_per_s_from_resume"], r["bridge_cpu_s"], r["peak_rss_mib"]
 
     out = alternate(bins, rounds, measure)
@@ -107,10 +129,11 @@ def drain(bins, rounds, tansu, brokers):
     print_ratios(out, ("drain rate", "CPU", "peak RSS"))
 
 
-def half(bins, rounds, brokers):
+def half(bins, rounds, broker):
     rate = int(os.environ.get("HALF_RATE", "2000"))
 
     def measure(name, i):
+        _, brokers = broker.for_round()
         server = b.start_bridge(brokers, "spool", f"ab{b.NONCE}-{name}{i}.")
         r = b.phase_half(server, f"{name} round {i} half", 2 * rate)
         b.stop(server.proc)
