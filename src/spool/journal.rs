@@ -1,7 +1,7 @@
 //! The journal: the spool's pending entries in files made once at their full size and written in
 //! place. A commit is one write and one `fdatasync`, which then writes the commit's pages and
-//! nothing else: no file size (the files never grow), no tree of pages (see BENCHMARKS.md, "The
-//! spool's storage per commit": a quarter of redb's CPU per commit).
+//! nothing else: no file size (the files never grow), no tree of pages (see bench/HISTORY.md,
+//! "The spool's storage per commit": a quarter of redb's CPU per commit).
 //!
 //! # Files
 //!

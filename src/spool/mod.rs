@@ -6,7 +6,7 @@
 //!
 //! Pending entries are in the journal (`journal`): files written in place, one write and one
 //! `fdatasync` a commit, entries and releases as checksummed frames (a quarter of what a
-//! copy-on-write tree costs a commit: BENCHMARKS.md, "The spool's storage per commit"). The rest
+//! copy-on-write tree costs a commit: bench/HISTORY.md, "The spool's storage per commit"). The rest
 //! is in [`redb`], an embedded ACID store whose commits are crash safe (copy-on-write B-trees with
 //! a checksummed commit slot):
 //! - `seen_order`: (acceptance time, sequence) -> notification uuid: the deduplication record,
