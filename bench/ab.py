@@ -8,7 +8,7 @@ RSS over a long run; with MODE `delivery`, A in spool mode and B in direct mode 
 twice): the price of durability, measured in alternating rounds rather than the one of each that
 `bench/run.sh` takes; with MODE `delivery-rate`, the same at one fixed rate for both (HALF_RATE, HALF_SECONDS),
 so that neither mode's CPU per notification is that of a faster or slower round, the broker's CPU
-counted beside; with MODE `naive`, A in spool mode and B the naive bridge (give the same binary
+counted beside; with MODE `rate`, the same with both in spool mode; with MODE `naive`, A in spool mode and B the naive bridge (give the same binary
 twice: B's only creates the naive bridge's topics): the spool against the naive bridge, in
 alternating rounds too.
 
@@ -18,7 +18,7 @@ two sides of a comparison do not feel that alike: the spool's rounds share the m
 with it, the naive bridge is bound by its one Python thread, direct mode's answers wait for Kafka's.
 FRESH_BROKER=0 keeps one broker for the whole run, as before.
 
-    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall|delivery|delivery-rate|naive]   (LOAD_SECONDS=10 here)
+    bench/.venv/bin/python bench/ab.py BIN_A BIN_B [ROUNDS] [spool|direct|drain|half|stall|delivery|delivery-rate|rate|naive]   (LOAD_SECONDS=10 here)
 """
 
 import os
@@ -42,8 +42,8 @@ def main():
         return drain(bins, rounds, broker)
     if mode == "half":
         return half(bins, rounds, broker)
-    if mode == "delivery-rate":
-        return delivery_at_rate(bins, rounds, broker)
+    if mode in ("delivery-rate", "rate"):
+        return at_rate(bins, rounds, broker, "direct" if mode == "delivery-rate" else "spool")
 
     def measure(name, i):
         tansu, brokers = broker.for_round()
@@ -149,37 +149,42 @@ def half(bins, rounds, broker):
     print_ratios(out, ("p50", "p99", "max"))
 
 
-def delivery_at_rate(bins, rounds, broker):
-    """A in spool mode, B in direct mode, both offered HALF_RATE notifications/s by the open-loop
+def at_rate(bins, rounds, broker, b_delivery):
+    """A in spool mode, B in `b_delivery` mode, both offered HALF_RATE notifications/s by the open-loop
     generator: CPU per notification of the bridge, and of the bridge and the broker together, over the
-    load window. At a rate both modes sustain, the spool's relay keeps up, so what it still holds when
-    the load ends (printed) is a few rounds at most."""
+    load window. At a rate both sustain, the spool's relay keeps up, so what it still holds when the
+    load ends (printed) is a few rounds at most."""
+    deliveries = {"A": "spool", "B": b_delivery}
     rate = int(os.environ.get("HALF_RATE", "2000"))
 
     def measure(name, i):
         tansu, brokers = broker.for_round()
-        server = b.start_bridge(brokers, "spool" if name == "A" else "direct", f"ab{b.NONCE}-{name}{i}.")
+        server = b.start_bridge(brokers, deliveries[name], f"ab{b.NONCE}-{name}{i}.")
         before = b.metrics(server.admin_port)
         cpu0, tansu0 = b.cpu_seconds(server.pid), b.cpu_seconds(tansu.pid)
         r = b.run_loadgen(server.port, rate=rate, seconds=b.HALF_SECONDS)
         bridge_s, tansu_s = b.cpu_seconds(server.pid) - cpu0, b.cpu_seconds(tansu.pid) - tansu0
         after = b.metrics(server.admin_port)
         accepted = max(after["accepted"] - before["accepted"], 1)
+        commits = after["spool_commits"] - before["spool_commits"]
         b.log(f"{name} round {i} at {rate}/s: achieved {r['rate_achieved']}/s, p99 {r['latency_ms']['p99']} ms, "
-              f"{after['spool_entries']:.0f} entries left in the spool")
+              f"{after['spool_entries']:.0f} entries left in the spool"
+              + (f", {accepted / commits:.1f} notifications per commit" if commits else ""))
         b.stop(server.proc)
         return (r["rate_achieved"], round(1000 * bridge_s / accepted, 4),
                 round(1000 * (bridge_s + tansu_s) / accepted, 4), r["latency_ms"]["p99"])
 
     out = alternate(bins, rounds, measure)
     for name in ("A", "B"):
-        print(f"{name} ({'spool' if name == 'A' else 'direct'}) at {rate}/s: achieved/s, CPU ms per notification "
+        print(f"{name} ({deliveries[name]}, {bins[name]}) at {rate}/s: achieved/s, CPU ms per notification "
               f"(bridge; bridge and broker), p99 ms: {out[name]}")
-    pairs = [a[1] / d[1] for a, d in zip(out["A"], out["B"])]
-    print(f"spool / direct, round by round: {[round(x, 3) for x in pairs]}")
+    # Against direct mode, the price of durability: spool ÷ direct. Two builds: B ÷ A, as elsewhere.
+    num, den, label = ("A", "B", "spool / direct") if b_delivery == "direct" else ("B", "A", "B/A")
+    pairs = [n[1] / d[1] for n, d in zip(out[num], out[den])]
+    print(f"{label}, CPU of the bridge round by round: {[round(x, 3) for x in pairs]}")
     for i, what in enumerate(("achieved rate", "CPU, the bridge", "CPU, bridge and broker", "p99")):
-        ratio = statistics.median(x[i] for x in out["A"]) / statistics.median(x[i] for x in out["B"])
-        print(f"spool / direct (medians): {what} x{ratio:.3f}")
+        ratio = statistics.median(x[i] for x in out[num]) / statistics.median(x[i] for x in out[den])
+        print(f"{label} (medians): {what} x{ratio:.3f}")
 
 
 if __name__ == "__main__":
