@@ -163,7 +163,7 @@ impl Metrics {
             spool_commits: IntCounter::with_opts(opts(
                 "spool_commits_total",
                 "Commits of the spool's writer, each one fdatasync of the notifications and \
-                 releases grouped in it (--spool-linger).",
+                 releases grouped in it (--spool-linger, --spool-linger-max).",
             ))
             .unwrap(),
             accept_to_ack: Histogram::with_opts(

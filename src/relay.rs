@@ -1166,6 +1166,7 @@ mod tests {
                     dedup_capacity: 100,
                     cache_bytes: 1 << 20,
                     linger: std::time::Duration::ZERO,
+                    linger_max: std::time::Duration::ZERO,
                 },
                 metrics.clone(),
             )

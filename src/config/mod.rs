@@ -147,6 +147,14 @@ pub struct Settings {
     #[arg(long, env = "RCKB_SPOOL_LINGER", default_value = "200us", value_parser = parse_linger)]
     #[serde(deserialize_with = "linger")]
     pub spool_linger: Duration,
+    /// How long the spool's writer may wait in all while notifications keep arriving: after each
+    /// wait of `--spool-linger` that brought more, it waits again, until 16 wait or this has
+    /// passed. At a moderate rate a commit then carries three times as many (bench/HISTORY.md,
+    /// "The writer lingering while more arrive"). At most 100ms; at or below `--spool-linger`, one
+    /// wait.
+    #[arg(long, env = "RCKB_SPOOL_LINGER_MAX", default_value = "1ms", value_parser = parse_linger)]
+    #[serde(deserialize_with = "linger")]
+    pub spool_linger_max: Duration,
     /// Threads that serve HTTP. Default: one fewer than the CPUs available, at least one, which
     /// leaves a CPU to the threads of the relay, the spool's writer and librdkafka.
     #[arg(long, env = "RCKB_WORKER_THREADS")]
@@ -605,6 +613,7 @@ impl Settings {
             max_bytes: self.spool_max_bytes.get(),
             cache_bytes: self.spool_cache_bytes.get(),
             linger: self.spool_linger,
+            linger_max: self.spool_linger_max,
             dedup_window: self.dedup_window,
             dedup_capacity: self.dedup_capacity.get(),
         }
@@ -856,6 +865,19 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_s_longest_linger_is_a_duration_up_to_100ms() {
+        let most = |text: &str| {
+            from_toml(&format!("spool_linger_max = \"{text}\"")).map(|s| s.spool_linger_max)
+        };
+        assert_eq!(most("0").unwrap(), Duration::ZERO);
+        assert_eq!(most("5ms").unwrap(), Duration::from_millis(5));
+        assert!(most("101ms").is_err());
+        let flag = layered(&["--spool-linger-max", "400us"], "").unwrap();
+        assert_eq!(flag.spool_options().linger_max, Duration::from_micros(400));
+        assert!(layered(&["--spool-linger-max", "later"], "").is_err());
+    }
+
+    #[test]
     fn the_declared_defaults_are_the_documented_ones() {
         let s = Settings::default().resolve().unwrap();
         assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
@@ -865,6 +887,7 @@ mod tests {
         assert_eq!(s.spool_dir, PathBuf::from("data"));
         assert_eq!(s.spool_max_bytes.get(), 1 << 30);
         assert_eq!(s.spool_linger, Duration::from_micros(200));
+        assert_eq!(s.spool_linger_max, Duration::from_millis(1));
         assert_eq!(s.max_body_bytes.get(), 64 * 1024);
         assert_eq!(s.direct_timeout, Duration::from_secs(2));
         assert_eq!(s.dedup_window, Duration::from_secs(3600));

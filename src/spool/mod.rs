@@ -102,6 +102,10 @@ pub const DEAD_LETTER_SHARE: u64 = 10;
 
 /// The most operations one commit takes: bounds the latency of the requests that wait on it.
 const MAX_GROUP: usize = 4096;
+/// A group the writer stops lingering at: about what one commit carries at full load on two cores
+/// (17 to 20 notifications), where lingering longer only held the answers back (bench/HISTORY.md,
+/// "A longer `--spool-linger`").
+const GROUP_ENOUGH: usize = 16;
 /// How often an unwritable spool that nothing writes to tries again by itself: it answers 503 on
 /// `/readyz` meanwhile, so a load balancer may send it no request to try again with.
 #[cfg(not(test))]
@@ -274,6 +278,7 @@ struct Shared {
     /// For reopening the database.
     cache_bytes: usize,
     linger: Duration,
+    linger_max: Duration,
     dedup_window: Duration,
     dedup_capacity: usize,
     entries: AtomicU64,
@@ -310,6 +315,8 @@ pub struct SpoolOptions {
     pub cache_bytes: usize,
     /// How long the writer waits for more commands before a commit (`--spool-linger`).
     pub linger: Duration,
+    /// How long it may wait in all while more keep arriving (`--spool-linger-max`).
+    pub linger_max: Duration,
     /// How long a notification uuid is remembered to drop redeliveries.
     pub dedup_window: Duration,
     /// How many notification uuids are remembered at most.
@@ -535,6 +542,7 @@ impl Spool {
             max_bytes: options.max_bytes,
             cache_bytes: options.cache_bytes,
             linger: options.linger,
+            linger_max: options.linger_max,
             dedup_window: options.dedup_window,
             dedup_capacity: options.dedup_capacity,
             entries: AtomicU64::new(resumed.counts.entries),
@@ -886,6 +894,7 @@ mod tests {
             dedup_capacity: 1000,
             cache_bytes: 1 << 20,
             linger: Duration::ZERO,
+            linger_max: Duration::ZERO,
         }
     }
 
@@ -1314,8 +1323,9 @@ mod tests {
         assert_eq!(budget.held(), 0);
     }
 
-    /// A spool whose writer lingers for `linger`, with its metrics (the directory goes with it).
-    fn lingering(linger: Duration) -> (Spool, Metrics, tempfile::TempDir) {
+    /// A spool whose writer lingers for `linger`, and again while more arrive up to `linger_max`,
+    /// with its metrics (the directory goes with it).
+    fn lingering(linger: Duration, linger_max: Duration) -> (Spool, Metrics, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
         let spool = Spool::open(
@@ -1323,6 +1333,7 @@ mod tests {
             SpoolOptions {
                 max_bytes: 1 << 30,
                 linger,
+                linger_max,
                 ..options()
             },
             metrics.clone(),
@@ -1342,7 +1353,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_notification_arriving_while_the_writer_lingers_shares_the_commit() {
-        let (spool, metrics, _dir) = lingering(Duration::from_secs(2));
+        let (spool, metrics, _dir) = lingering(Duration::from_secs(2), Duration::from_secs(2));
         let mut first = spool.accept(plan("a"), Reservation::unbudgeted());
         hand_over(&mut first).await;
         // The second arrives 100 ms after the first, well within the linger: what is tested is
@@ -1356,9 +1367,93 @@ mod tests {
         assert_eq!(metrics.spool_commits.get(), 1);
     }
 
+    /// Hands `count` notifications to the writer, uuids `prefix0`, `prefix1`...; their answers to come.
+    async fn hand_over_many<'a>(
+        spool: &'a Spool,
+        prefix: &str,
+        count: usize,
+    ) -> Vec<SinkFuture<'a>> {
+        let mut accepts = Vec::new();
+        for i in 0..count {
+            let mut accept = spool.accept(plan(&format!("{prefix}{i}")), Reservation::unbudgeted());
+            hand_over(&mut accept).await;
+            accepts.push(accept);
+        }
+        accepts
+    }
+
+    /// Awaits every answer: all must be `Accepted`.
+    async fn all_accepted(accepts: Vec<SinkFuture<'_>>) {
+        for accept in accepts {
+            assert_eq!(accept.await.unwrap(), Acceptance::Accepted);
+        }
+    }
+
+    // The writer's waits below are 1 s, and each notification arrives half a wait away from where
+    // one ends: what the tests pin is which wait it arrives in, with room for a slow machine.
+
+    #[tokio::test]
+    async fn notifications_that_keep_arriving_share_one_commit_across_several_waits() {
+        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(10));
+        let mut accepts = hand_over_many(&spool, "a", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        accepts.extend(hand_over_many(&spool, "b", 1).await);
+        // In the second wait: the first brought `b`, so the writer waited again.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        accepts.extend(hand_over_many(&spool, "c", 1).await);
+        all_accepted(accepts).await;
+        assert_eq!(spool.entries(), 3);
+        assert_eq!(metrics.spool_commits.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lone_notification_is_committed_after_one_wait() {
+        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(30));
+        let accept = spool.accept(plan("a"), Reservation::unbudgeted());
+        // A wait that brought nothing ends the lingering: not `linger_max` later.
+        let answer = tokio::time::timeout(Duration::from_secs(10), accept).await;
+        assert_eq!(
+            answer.expect("answered after one wait").unwrap(),
+            Acceptance::Accepted
+        );
+        assert_eq!(metrics.spool_commits.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_writer_stops_lingering_once_enough_wait() {
+        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(10));
+        let mut accepts = hand_over_many(&spool, "a", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        accepts.extend(hand_over_many(&spool, "b", GROUP_ENOUGH - 1).await);
+        // In the second wait, had the writer waited again: a commit of its own.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let late = hand_over_many(&spool, "c", 1).await;
+        all_accepted(accepts).await;
+        all_accepted(late).await;
+        assert_eq!(spool.entries(), GROUP_ENOUGH as u64 + 1);
+        assert_eq!(metrics.spool_commits.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_writer_lingers_at_most_linger_max() {
+        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(2));
+        let mut accepts = hand_over_many(&spool, "a", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        accepts.extend(hand_over_many(&spool, "b", 1).await);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        accepts.extend(hand_over_many(&spool, "c", 1).await);
+        // In a third wait, had there been one: after two, `linger_max` has passed.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let late = hand_over_many(&spool, "d", 1).await;
+        all_accepted(accepts).await;
+        all_accepted(late).await;
+        assert_eq!(spool.entries(), 4);
+        assert_eq!(metrics.spool_commits.get(), 2);
+    }
+
     #[tokio::test]
     async fn a_writer_that_does_not_linger_commits_each_at_once() {
-        let (spool, metrics, _dir) = lingering(Duration::ZERO);
+        let (spool, metrics, _dir) = lingering(Duration::ZERO, Duration::from_secs(1));
         // Answered alone: nothing else ever arrives to share its commit.
         let first = spool.accept(plan("a"), Reservation::unbudgeted()).await;
         assert_eq!(first.unwrap(), Acceptance::Accepted);

@@ -180,6 +180,7 @@ async fn a_message_too_large_for_any_topic_is_kept_in_the_spools_dead_letter_are
             dedup_capacity: 10,
             cache_bytes: 1 << 20,
             linger: std::time::Duration::ZERO,
+            linger_max: std::time::Duration::ZERO,
         },
         Metrics::new(),
     )

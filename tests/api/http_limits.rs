@@ -424,6 +424,7 @@ async fn sigterm_cuts_a_relay_round_stuck_on_kafka_and_the_notification_waits_in
             dedup_capacity: 10,
             cache_bytes: 1 << 20,
             linger: std::time::Duration::ZERO,
+            linger_max: std::time::Duration::ZERO,
         },
         Metrics::new(),
     )

@@ -45,6 +45,7 @@ fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
             dedup_capacity: 100_000,
             cache_bytes: 1 << 20,
             linger: std::time::Duration::ZERO,
+            linger_max: std::time::Duration::ZERO,
         },
         Metrics::new(),
     )
