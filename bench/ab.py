@@ -6,11 +6,11 @@ half of max load at 1 to 12 hints; HALF_SECONDS long); with MODE `stall`, max lo
 hangs for 1 s every 8 s (SIGSTOP, SIGCONT), which builds and clears a backlog: what bounds the peak
 RSS over a long run; with MODE `delivery`, A in spool mode and B in direct mode (give the same binary
 twice): the price of durability, measured in alternating rounds rather than the one of each that
-`bench/run.sh` takes; with MODE `delivery-rate`, the same at one fixed rate for both (HALF_RATE, HALF_SECONDS),
-so that neither mode's CPU per notification is that of a faster or slower round, the broker's CPU
-counted beside; with MODE `rate`, the same with both in spool mode; with MODE `naive`, A in spool mode and B the naive bridge (give the same binary
-twice: B's only creates the naive bridge's topics): the spool against the naive bridge, in
-alternating rounds too.
+`bench/run.sh` takes; with MODE `delivery-rate`, the same at one fixed rate for both (HALF_RATE,
+HALF_SECONDS), so that neither mode's CPU per notification is that of a faster or slower round, the
+broker's CPU counted beside; with MODE `rate`, two builds at one fixed rate, both in spool mode; with
+MODE `naive`, A in spool mode and B the naive bridge (give the same binary twice: B's only creates
+the naive bridge's topics): the spool against the naive bridge, in alternating rounds too.
 
 Every round starts on a fresh broker, as a full run's phases do. Tansu keeps every message in memory
 and takes more CPU as it grows (0.2 to 0.6 cores over six rounds of max load on one broker), and the

@@ -234,8 +234,8 @@ impl Shared {
     /// spool's writer lingering"). It waits `linger`, and again while each wait brings more, until
     /// [`GROUP_ENOUGH`] wait or `linger_max` has passed: at a moderate rate a commit then carries
     /// three times as many as after one wait, while an idle bridge still answers after one, and
-    /// at full load, where one wait already makes such a group, nothing changes (bench/HISTORY.md,
-    /// "The writer lingering while more arrive").
+    /// at full load, where one wait gathers nearly as many, little changes (bench/HISTORY.md, "The
+    /// writer lingering while more arrive").
     fn linger_for_more(&self, rx: &Receiver<Command>, group: &mut Vec<Command>) {
         let mut waited = Duration::ZERO;
         while group.len() < MAX_GROUP {
