@@ -303,6 +303,9 @@ struct Shared {
     /// Told each time an unwritable spool has tried again by itself.
     #[cfg(test)]
     tried_again: Notify,
+    /// When set, the writer's lingering waits are steps the test takes instead of sleeps.
+    #[cfg(test)]
+    wait_steps: Mutex<Option<writer::WaitSteps>>,
 }
 
 /// How a spool is sized, for `serve` and the `spool` commands alike.
@@ -563,6 +566,8 @@ impl Spool {
             reads_to_failure: AtomicU64::new(0),
             #[cfg(test)]
             tried_again: Notify::new(),
+            #[cfg(test)]
+            wait_steps: Mutex::new(None),
         });
         let seen = resumed.seen;
         let journal = resumed.journal;
@@ -1382,25 +1387,62 @@ mod tests {
         accepts
     }
 
-    /// Awaits every answer: all must be `Accepted`.
+    /// Awaits every answer: all must be `Accepted`, and come without another wait of the writer's.
     async fn all_accepted(accepts: Vec<SinkFuture<'_>>) {
         for accept in accepts {
-            assert_eq!(accept.await.unwrap(), Acceptance::Accepted);
+            let answer = tokio::time::timeout(Duration::from_secs(10), accept).await;
+            assert_eq!(
+                answer.expect("answered without another wait").unwrap(),
+                Acceptance::Accepted
+            );
         }
     }
 
-    // The writer's waits below are 1 s, and each notification arrives half a wait away from where
-    // one ends: what the tests pin is which wait it arrives in, with room for a slow machine.
+    /// The test's end of a writer's [`writer::WaitSteps`].
+    struct Steps {
+        entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+        end: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Steps {
+        /// Until the writer has begun a wait.
+        async fn begun(&mut self) {
+            let entered = tokio::time::timeout(Duration::from_secs(10), self.entered.recv()).await;
+            entered.expect("the writer waits").unwrap();
+        }
+
+        /// Ends the wait the writer is in.
+        fn end(&self) {
+            self.end.send(()).unwrap();
+        }
+    }
+
+    /// A spool whose writer lingers at most `waits` waits, each a step the test takes.
+    fn stepped(waits: u32) -> (Spool, Metrics, tempfile::TempDir, Steps) {
+        let linger = Duration::from_secs(1);
+        let (spool, metrics, dir) = lingering(linger, linger * waits);
+        let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+        let (end, end_rx) = std::sync::mpsc::channel();
+        *spool.shared.wait_steps.lock().unwrap() = Some(writer::WaitSteps {
+            entered: entered_tx,
+            end: end_rx,
+        });
+        (spool, metrics, dir, Steps { entered, end })
+    }
 
     #[tokio::test]
     async fn notifications_that_keep_arriving_share_one_commit_across_several_waits() {
-        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(10));
+        let (spool, metrics, _dir, mut steps) = stepped(10);
         let mut accepts = hand_over_many(&spool, "a", 1).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        steps.begun().await;
         accepts.extend(hand_over_many(&spool, "b", 1).await);
-        // In the second wait: the first brought `b`, so the writer waited again.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        steps.end();
+        // The first wait brought `b`, so the writer waits again.
+        steps.begun().await;
         accepts.extend(hand_over_many(&spool, "c", 1).await);
+        steps.end();
+        steps.begun().await;
+        steps.end();
         all_accepted(accepts).await;
         assert_eq!(spool.entries(), 3);
         assert_eq!(metrics.spool_commits.get(), 1);
@@ -1408,27 +1450,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_notification_is_committed_after_one_wait() {
-        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(30));
-        let accept = spool.accept(plan("a"), Reservation::unbudgeted());
+        let (spool, metrics, _dir, mut steps) = stepped(30);
+        let accepts = hand_over_many(&spool, "a", 1).await;
+        steps.begun().await;
         // A wait that brought nothing ends the lingering: not `linger_max` later.
-        let answer = tokio::time::timeout(Duration::from_secs(10), accept).await;
-        assert_eq!(
-            answer.expect("answered after one wait").unwrap(),
-            Acceptance::Accepted
-        );
+        steps.end();
+        all_accepted(accepts).await;
         assert_eq!(metrics.spool_commits.get(), 1);
     }
 
     #[tokio::test]
     async fn the_writer_stops_lingering_once_enough_wait() {
-        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(10));
+        let (spool, metrics, _dir, mut steps) = stepped(10);
         let mut accepts = hand_over_many(&spool, "a", 1).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        steps.begun().await;
         accepts.extend(hand_over_many(&spool, "b", GROUP_ENOUGH - 1).await);
-        // In the second wait, had the writer waited again: a commit of its own.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let late = hand_over_many(&spool, "c", 1).await;
+        steps.end();
         all_accepted(accepts).await;
+        // After the commit of the first group: a commit of its own.
+        let late = hand_over_many(&spool, "c", 1).await;
+        steps.begun().await;
+        steps.end();
         all_accepted(late).await;
         assert_eq!(spool.entries(), GROUP_ENOUGH as u64 + 1);
         assert_eq!(metrics.spool_commits.get(), 2);
@@ -1436,16 +1478,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_writer_lingers_at_most_linger_max() {
-        let (spool, metrics, _dir) = lingering(Duration::from_secs(1), Duration::from_secs(2));
+        let (spool, metrics, _dir, mut steps) = stepped(2);
         let mut accepts = hand_over_many(&spool, "a", 1).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        steps.begun().await;
         accepts.extend(hand_over_many(&spool, "b", 1).await);
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        steps.end();
+        steps.begun().await;
         accepts.extend(hand_over_many(&spool, "c", 1).await);
-        // In a third wait, had there been one: after two, `linger_max` has passed.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let late = hand_over_many(&spool, "d", 1).await;
+        // Each wait brought more, but after two `linger_max` has passed.
+        steps.end();
         all_accepted(accepts).await;
+        let late = hand_over_many(&spool, "d", 1).await;
+        steps.begun().await;
+        steps.end();
         all_accepted(late).await;
         assert_eq!(spool.entries(), 4);
         assert_eq!(metrics.spool_commits.get(), 2);

@@ -240,13 +240,24 @@ impl Shared {
         let mut waited = Duration::ZERO;
         while group.len() < MAX_GROUP {
             let before = group.len();
-            std::thread::sleep(self.linger);
+            self.wait_once();
             waited += self.linger;
             take_waiting(rx, group);
             if group.len() == before || group.len() >= GROUP_ENOUGH || waited >= self.linger_max {
                 break;
             }
         }
+    }
+
+    /// One wait of `linger`; in tests that set [`WaitSteps`], until the test ends it.
+    fn wait_once(&self) {
+        #[cfg(test)]
+        if let Some(steps) = &*self.wait_steps.lock().unwrap() {
+            let _ = steps.entered.send(());
+            let _ = steps.end.recv();
+            return;
+        }
+        std::thread::sleep(self.linger);
     }
 
     /// Commits the unrecorded uuids to the record, durably.
@@ -813,6 +824,15 @@ fn remove_entries(
             !released
         })
         .map_err(storage)
+}
+
+/// The writer's lingering waits as steps a test takes: the writer says when it has begun one, and
+/// the wait lasts until the test ends it, so which wait a notification arrives in is the test's
+/// choice, not a matter of timing.
+#[cfg(test)]
+pub(super) struct WaitSteps {
+    pub(super) entered: tokio::sync::mpsc::UnboundedSender<()>,
+    pub(super) end: Receiver<()>,
 }
 
 /// Adds the commands already waiting to `group`, up to [`MAX_GROUP`].
