@@ -1415,6 +1415,25 @@ mod tests {
         fn end(&self) {
             self.end.send(()).unwrap();
         }
+
+        /// Hands `count` notifications to the writer in its next wait, then ends the wait.
+        async fn arrive_in_a_wait<'a>(
+            &mut self,
+            spool: &'a Spool,
+            prefix: &str,
+            count: usize,
+        ) -> Vec<SinkFuture<'a>> {
+            self.begun().await;
+            let accepts = hand_over_many(spool, prefix, count).await;
+            self.end();
+            accepts
+        }
+
+        /// Lets the writer's next wait pass with nothing arriving.
+        async fn pass_a_wait(&mut self) {
+            self.begun().await;
+            self.end();
+        }
     }
 
     /// A spool whose writer lingers at most `waits` waits, each a step the test takes.
@@ -1434,15 +1453,10 @@ mod tests {
     async fn notifications_that_keep_arriving_share_one_commit_across_several_waits() {
         let (spool, metrics, _dir, mut steps) = stepped(10);
         let mut accepts = hand_over_many(&spool, "a", 1).await;
-        steps.begun().await;
-        accepts.extend(hand_over_many(&spool, "b", 1).await);
-        steps.end();
+        accepts.extend(steps.arrive_in_a_wait(&spool, "b", 1).await);
         // The first wait brought `b`, so the writer waits again.
-        steps.begun().await;
-        accepts.extend(hand_over_many(&spool, "c", 1).await);
-        steps.end();
-        steps.begun().await;
-        steps.end();
+        accepts.extend(steps.arrive_in_a_wait(&spool, "c", 1).await);
+        steps.pass_a_wait().await;
         all_accepted(accepts).await;
         assert_eq!(spool.entries(), 3);
         assert_eq!(metrics.spool_commits.get(), 1);
@@ -1452,9 +1466,8 @@ mod tests {
     async fn a_lone_notification_is_committed_after_one_wait() {
         let (spool, metrics, _dir, mut steps) = stepped(30);
         let accepts = hand_over_many(&spool, "a", 1).await;
-        steps.begun().await;
         // A wait that brought nothing ends the lingering: not `linger_max` later.
-        steps.end();
+        steps.pass_a_wait().await;
         all_accepted(accepts).await;
         assert_eq!(metrics.spool_commits.get(), 1);
     }
@@ -1463,14 +1476,11 @@ mod tests {
     async fn the_writer_stops_lingering_once_enough_wait() {
         let (spool, metrics, _dir, mut steps) = stepped(10);
         let mut accepts = hand_over_many(&spool, "a", 1).await;
-        steps.begun().await;
-        accepts.extend(hand_over_many(&spool, "b", GROUP_ENOUGH - 1).await);
-        steps.end();
+        accepts.extend(steps.arrive_in_a_wait(&spool, "b", GROUP_ENOUGH - 1).await);
         all_accepted(accepts).await;
         // After the commit of the first group: a commit of its own.
         let late = hand_over_many(&spool, "c", 1).await;
-        steps.begun().await;
-        steps.end();
+        steps.pass_a_wait().await;
         all_accepted(late).await;
         assert_eq!(spool.entries(), GROUP_ENOUGH as u64 + 1);
         assert_eq!(metrics.spool_commits.get(), 2);
@@ -1480,17 +1490,12 @@ mod tests {
     async fn the_writer_lingers_at_most_linger_max() {
         let (spool, metrics, _dir, mut steps) = stepped(2);
         let mut accepts = hand_over_many(&spool, "a", 1).await;
-        steps.begun().await;
-        accepts.extend(hand_over_many(&spool, "b", 1).await);
-        steps.end();
-        steps.begun().await;
-        accepts.extend(hand_over_many(&spool, "c", 1).await);
+        accepts.extend(steps.arrive_in_a_wait(&spool, "b", 1).await);
         // Each wait brought more, but after two `linger_max` has passed.
-        steps.end();
+        accepts.extend(steps.arrive_in_a_wait(&spool, "c", 1).await);
         all_accepted(accepts).await;
         let late = hand_over_many(&spool, "d", 1).await;
-        steps.begun().await;
-        steps.end();
+        steps.pass_a_wait().await;
         all_accepted(late).await;
         assert_eq!(spool.entries(), 4);
         assert_eq!(metrics.spool_commits.get(), 2);
