@@ -1358,16 +1358,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_notification_arriving_while_the_writer_lingers_shares_the_commit() {
-        let (spool, metrics, _dir) = lingering(Duration::from_secs(2), Duration::from_secs(2));
-        let mut first = spool.accept(plan("a"), Reservation::unbudgeted());
-        hand_over(&mut first).await;
-        // The second arrives 100 ms after the first, well within the linger: what is tested is
-        // that a gap of that length still shares the commit.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let second = spool.accept(plan("b"), Reservation::unbudgeted());
-        let (first, second) = tokio::join!(first, second);
-        assert_eq!(first.unwrap(), Acceptance::Accepted);
-        assert_eq!(second.unwrap(), Acceptance::Accepted);
+        // One wait, as with `--spool-linger-max` at or below `--spool-linger`.
+        let (spool, metrics, _dir, mut steps) = stepped(1);
+        let mut accepts = hand_over_many(&spool, "a", 1).await;
+        accepts.extend(steps.arrive_in_a_wait(&spool, "b", 1).await);
+        all_accepted(accepts).await;
         assert_eq!(spool.entries(), 2);
         assert_eq!(metrics.spool_commits.get(), 1);
     }
@@ -1512,6 +1507,21 @@ mod tests {
         assert_eq!(second.unwrap(), Acceptance::Accepted);
         assert_eq!(spool.entries(), 2);
         assert_eq!(metrics.spool_commits.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn every_commit_s_duration_is_observed_failed_ones_too() {
+        let (spool, metrics, _dir) = lingering(Duration::ZERO, Duration::ZERO);
+        let accepted = spool.accept(plan("a"), Reservation::unbudgeted()).await;
+        assert_eq!(accepted.unwrap(), Acceptance::Accepted);
+        assert_eq!(metrics.spool_commit_duration.get_sample_count(), 1);
+        // A write and an `fdatasync` take time, however fast the disk.
+        assert!(metrics.spool_commit_duration.get_sample_sum() > 0.0);
+        spool.shared.failing_after_commit.store(1, Ordering::SeqCst);
+        let failed = spool.accept(plan("b"), Reservation::unbudgeted()).await;
+        assert!(matches!(failed, Err(SinkError::SpoolUnwritable)));
+        assert_eq!(metrics.spool_commits.get(), 1);
+        assert_eq!(metrics.spool_commit_duration.get_sample_count(), 2);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! whenever expiry is due. After a crash the record is brought up to the journal (`resume`).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
 
 use redb::Durability;
 
@@ -282,7 +283,11 @@ impl Shared {
             }
         }
         let mut outcomes: Vec<Result<Acceptance, SinkError>> = Vec::with_capacity(appends.len());
+        let started = Instant::now();
         let result = self.write(writer, &appends, &releases, &mut outcomes);
+        self.metrics
+            .spool_commit_duration
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(mut delta) => {
                 self.metrics.spool_commits.inc();
