@@ -170,7 +170,7 @@ def metrics(admin_port):
     """Sums of the series we need from the bridge's /metrics."""
     text = get(f"http://{HOST}:{admin_port}/metrics")
     m = {"published": 0.0, "accepted": 0.0, "spool_entries": 0.0, "publish_errors": 0.0, "spool_commits": 0.0,
-         "by_topic": {}}
+         "by_topic": {}, "commit_buckets": {}}
     for line in text.splitlines():
         g = SAMPLE.match(line)
         if not g:
@@ -188,7 +188,31 @@ def metrics(admin_port):
             m["publish_errors"] += value
         elif name == "rckb_spool_commits_total":
             m["spool_commits"] = value
+        elif name == "rckb_spool_commit_duration_seconds_bucket":
+            le = re.search(r'le="([^"]*)"', labels).group(1)
+            m["commit_buckets"][float(le)] = value
     return m
+
+
+def commit_durations(before, after):
+    """The spool's commits between two scrapes: how many, how many slower than 10 and 50 ms, and the
+    bucket bounds of their p99 and of the slowest (ms). What the disk held the answers back by, as
+    opposed to the threads that make and wait for them."""
+    delta = {le: after["commit_buckets"][le] - before["commit_buckets"].get(le, 0)
+             for le in sorted(after["commit_buckets"])}
+    total = delta.get(float("inf"), 0)
+    if not total:
+        return None
+
+    def bound(share):
+        le = next(le for le, n in delta.items() if n >= share * total)
+        return None if le == float("inf") else round(1000 * le, 2)
+
+    return dict(commits=int(total),
+                over_10ms=int(total - delta.get(0.01, 0)),
+                over_50ms=int(total - delta.get(0.05, 0)),
+                p99_at_most_ms=bound(0.99),
+                slowest_at_most_ms=bound(1.0))
 
 
 # ------------------------------------------------------------------------------------------- kafka
@@ -412,11 +436,16 @@ def phase_half(server, label, max_rps):
     rate = round(max_rps / 2)
     before = metrics(server.admin_port) if server.admin_port else None
     r = loaded(server, lambda: run_loadgen(server.port, rate=rate, seconds=HALF_SECONDS))
+    commits = None
     if server.admin_port:
-        wait_drained(server, before["accepted"] + r["ok"], time.time(), limit=120)
+        after, _ = wait_drained(server, before["accepted"] + r["ok"], time.time(), limit=120)
+        commits = r["spool_commit_durations"] = commit_durations(before, after)
     log(f"{label} at {rate}/s: achieved {r['rate_achieved']}/s, p50 {r['latency_ms']['p50']} ms, "
         f"p99 {r['latency_ms']['p99']} ms, max {r['latency_ms']['max']} ms, non-2xx {r['non_2xx']}, "
-        f"errors {r['errors']}; cores {r['cores']}")
+        f"errors {r['errors']}; cores {r['cores']}"
+        + (f"; spool commits {commits['commits']}, over 10 ms {commits['over_10ms']}, over 50 ms "
+           f"{commits['over_50ms']}, p99 <= {commits['p99_at_most_ms']} ms, slowest <= "
+           f"{commits['slowest_at_most_ms']} ms" if commits else ""))
     return r
 
 
