@@ -414,6 +414,7 @@ def phase_max(server, label, brokers):
         # its commits of releases alone, after the load, count too.
         commits = after["spool_commits"] - before["spool_commits"]
         r["notifications_per_commit"] = round(accepted / commits, 2) if commits else None
+        r["spool_commit_durations"] = commit_durations(before, after)
         topic = server.prefix + "account.dialing-plan"
         want = after["by_topic"].get(topic, 0) - before["by_topic"].get(topic, 0)
         r["readback"] = dict(topic=topic, metric=want, **read_topic(brokers, topic, want))
@@ -692,9 +693,12 @@ def main():
     }
     out = BENCH / "results"
     out.mkdir(exist_ok=True)
-    (out / os.environ.get("RESULTS_FILE", "latest.json")).write_text(json.dumps(results, indent=2) + "\n")
+    # Always in bench/results: a path given whole (`bench/results/x.json`) keeps only its name, so a
+    # long run never ends without its results for a directory that is not there.
+    path = out / Path(os.environ.get("RESULTS_FILE", "latest.json")).name
+    path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
-    log("full results in", out / os.environ.get("RESULTS_FILE", "latest.json"))
+    log("full results in", path)
 
 
 if __name__ == "__main__":
