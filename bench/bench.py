@@ -44,8 +44,11 @@ WRK_THREADS = env_int("WRK_THREADS", 1)
 DRAIN_COUNT = env_int("DRAIN_COUNT", 100_000)
 DRAIN_TIMEOUT = env_int("DRAIN_TIMEOUT", 300)
 SKIP = set(filter(None, os.environ.get("SKIP", "").split(",")))
-# Hints per notification at max load: a range `lo-hi` (uniform), e.g. `3-3` for exactly three.
+# Hints per notification at max load: a range `lo-hi` (uniform), or one number: `3` is `3-3`,
+# exactly three.
 HINTS = os.environ.get("HINTS", "1-12")
+if "-" not in HINTS:
+    HINTS = f"{HINTS}-{HINTS}"
 BRIDGE = Path(os.environ.get("BRIDGE_BIN", ROOT / "target/release/rc-kafka-bridge"))
 LOADGEN = Path(os.environ.get("LOADGEN_BIN", BENCH / ".work/loadgen"))
 TANSU = os.environ.get("TANSU_BIN", "tansu")
