@@ -644,8 +644,8 @@ mod tests {
     #[test]
     fn records_stored_one_after_another_each_hold_their_own_plan_and_nothing_of_the_last() {
         // A large record first leaves its bytes in the thread's buffers; each record after it,
-        // smaller, compressible or not, is stored exactly as it would be on its own.
-        // Too short for LZ4 to find a repeat that pays for the compressed record's header.
+        // smaller, compressible or not, is stored exactly as it would be on its own. The plan of
+        // no messages is too short for LZ4 to find a repeat that pays for the compressed header.
         let incompressible = RoutePlan {
             uuid: "u".into(),
             kind: "k".into(),
