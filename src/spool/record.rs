@@ -1,6 +1,6 @@
 //! How a spooled entry is stored: a compact binary record, a version byte then the entry in
 //! [`postcard`] (lengths as varints, strings as they are), which the spool keeps compressed
-//! ([`compress`]), on disk and in memory alike ([`StoredRecord`]). Entries written by earlier
+//! ([`LZ4_V1`]), on disk and in memory alike ([`StoredRecord`]). Entries written by earlier
 //! releases are uncompressed records, or JSON documents, each message's value a JSON string inside
 //! them (escaped a second time); they are still read, told apart by their first byte (`{`). The
 //! relay decompresses one record at a time and reads it in place ([`StoredEntry::read`]): its
@@ -28,8 +28,8 @@ const LZ4_V1: u8 = 2;
 const LZ4_MAX_RATIO: usize = 255;
 
 /// The layout of version 1, in field order (postcard is positional: only ever add a version), as
-/// read: its strings are borrowed from the stored bytes. [`encode`] writes the same layout straight
-/// from a plan.
+/// read: its strings are borrowed from the stored bytes. [`StoredRecord::new`] writes the same
+/// layout straight from a plan.
 #[derive(Deserialize)]
 pub struct Record<'a> {
     /// [`BINARY_V1`]: postcard writes a `u8` as the byte itself, so it is the record's first byte,
