@@ -1,16 +1,17 @@
 """A/B comparison of two bridge binaries under the same max load, alternating A B A B ... in one run
-(so both see the same machine noise). Reports accepted/s and CPU per notification for each; with MODE
-`drain`, the drain after a broker outage instead: messages/s, CPU seconds and peak RSS; with MODE
-`half`, the open-loop latency at a fixed rate instead (HALF_RATE notifications/s, default 2000, about
-half of max load at 1 to 12 hints; HALF_SECONDS long); with MODE `stall`, max load while the broker
-hangs for 1 s every 8 s (SIGSTOP, SIGCONT), which builds and clears a backlog: what bounds the peak
-RSS over a long run; with MODE `delivery`, A in spool mode and B in direct mode (give the same binary
-twice): the price of durability, measured in alternating rounds rather than the one of each that
-`bench/run.sh` takes; with MODE `delivery-rate`, the same at one fixed rate for both (HALF_RATE,
-HALF_SECONDS), so that neither mode's CPU per notification is that of a faster or slower round, the
-broker's CPU counted beside; with MODE `rate`, two builds at one fixed rate, both in spool mode; with
-MODE `naive`, A in spool mode and B the naive bridge (give the same binary twice: B's only creates
-the naive bridge's topics): the spool against the naive bridge, in alternating rounds too.
+(so both see the same machine noise). Reports accepted/s and CPU per notification for each; with
+MODE `drain`, the drain after a broker outage instead: messages/s, CPU seconds and peak RSS; with
+MODE `half`, the open-loop latency at a fixed rate instead (HALF_RATE notifications/s, default 2000,
+about half of max load at 1 to 12 hints; HALF_SECONDS long); with MODE `stall`, max load while the
+broker hangs for 1 s every 8 s (SIGSTOP, SIGCONT), which builds and clears a backlog: what bounds
+the peak RSS over a long run; with MODE `delivery`, A in spool mode and B in direct mode (give the
+same binary twice): the price of durability, in as many alternating rounds as asked for
+(`bench/run.sh`'s durability phase takes DELIVERY_ROUNDS); with MODE `delivery-rate`, the same at
+one fixed rate for both (HALF_RATE, HALF_SECONDS), so that neither mode's CPU per notification is
+that of a faster or slower round, the broker's CPU counted beside; with MODE `rate`, two builds at
+one fixed rate, both in spool mode; with MODE `naive`, A in spool mode and B the naive bridge (give
+the same binary twice: B's only creates the naive bridge's topics): the spool against the naive
+bridge, in alternating rounds too.
 
 Every round starts on a fresh broker, as a full run's phases do. Tansu keeps every message in memory
 and takes more CPU as it grows (0.2 to 0.6 cores over six rounds of max load on one broker), and the

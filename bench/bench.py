@@ -9,7 +9,10 @@ one run so that ratios compare like with like on a noisy machine:
   soak         wrk at max load for SOAK_SECONDS, RSS sampled: memory flat?
   direct       the same against `--delivery direct`, max and half load
   naive        the same wrk load against bench/naive_bridge.py (aiohttp + confluent-kafka)
-  drain        Tansu SIGSTOPped, 100k single-hint notifications posted, SIGCONT, time until all in Kafka
+  durability   DELIVERY_ROUNDS rounds of max load in spool mode and in direct mode, alternating, each on a
+               fresh broker: what durability costs in CPU, by the medians, not by one round of each
+  drain        Tansu SIGSTOPped, 100k single-hint notifications posted, SIGCONT, time until all in Kafka;
+               DRAIN_ROUNDS times, each on a fresh broker, the median reported
 
 Every phase uses its own topic prefix, so a topic read back holds only that phase's messages.
 Everything is bounded in time and in count; only 127.0.0.1 is ever contacted.
@@ -21,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +47,12 @@ CONNECTIONS = env_int("CONNECTIONS", 64)
 WRK_THREADS = env_int("WRK_THREADS", 1)
 DRAIN_COUNT = env_int("DRAIN_COUNT", 100_000)
 DRAIN_TIMEOUT = env_int("DRAIN_TIMEOUT", 300)
+# A drain of 100k messages takes about a second: one round of it is as noisy as one round of max load.
+DRAIN_ROUNDS = env_int("DRAIN_ROUNDS", 3)
+# How often a drain's progress is read from /metrics (about 0.5 ms of the scraper's CPU each): its end
+# is known to within this, 2% of a drain of one second.
+DRAIN_POLL_SECONDS = 0.02
+DELIVERY_ROUNDS = env_int("DELIVERY_ROUNDS", 2)
 SKIP = set(filter(None, os.environ.get("SKIP", "").split(",")))
 # Hints per notification at max load: a range `lo-hi` (uniform), or one number: `3` is `3-3`,
 # exactly three.
@@ -527,7 +537,7 @@ def phase_drain(tansu, brokers):
                 first = now
             if m["published"] >= post["ok"] and m["spool_entries"] == 0:
                 break
-            time.sleep(0.1)
+            time.sleep(DRAIN_POLL_SECONDS)
         done = time.time()
         total = m["published"]
         r = {
@@ -564,6 +574,47 @@ def phase_drain(tansu, brokers):
     finally:
         os.kill(tansu.pid, signal.SIGCONT)
         stop(server.proc)
+
+
+def fresh_tansu(old):
+    """A fresh broker in place of `old` (stopped), for a phase whose rounds must not feel each other's."""
+    stop(old)
+    tansu, brokers = start_tansu()
+    TANSU_PID[0] = tansu.pid
+    return tansu, brokers
+
+
+def phase_durability(tansu, rounds):
+    """Max load in spool mode and in direct mode, alternating, the order swapped every round, each
+    round on a fresh broker. One round of each, taken minutes apart, sets a fast round against a slow
+    one: the machine's speed moves more than the spool's cost does."""
+    out = {"spool": [], "direct": []}
+    for i in range(rounds):
+        for mode in ("spool", "direct") if i % 2 == 0 else ("direct", "spool"):
+            tansu, brokers = fresh_tansu(tansu)
+            server = start_bridge(brokers, mode, f"b{NONCE_NEXT()}-{mode}{i}.")
+            try:
+                r = phase_max(server, f"durability round {i}, {mode}", brokers)
+            finally:
+                stop(server.proc)
+            out[mode].append({k: r[k] for k in ("accepted_per_s", "cpu_ms_per_notification", "cores")})
+    median = {mode: statistics.median(r["cpu_ms_per_notification"] for r in out[mode]) for mode in out}
+    out["cpu_spool_over_direct"] = ratio(median["spool"], median["direct"])
+    log(f"durability: CPU per notification, by the medians of {rounds} rounds each: spool "
+        f"{median['spool']:.4f} ms, direct {median['direct']:.4f} ms, spool / direct {out['cpu_spool_over_direct']}")
+    return tansu, out
+
+
+def phase_drains(tansu, rounds):
+    """`phase_drain` `rounds` times, each on a fresh broker: every round, and the median one."""
+    drains = []
+    for _ in range(rounds):
+        tansu, brokers = fresh_tansu(tansu)
+        drains.append(phase_drain(tansu, brokers))
+    rates = [d["msgs_per_s_from_resume"] for d in drains]
+    median = sorted(drains, key=lambda d: d["msgs_per_s_from_resume"])[(len(drains) - 1) // 2]
+    log(f"drain: {rounds} rounds, messages/s from resume {rates}, the median {median['msgs_per_s_from_resume']}")
+    return tansu, median, drains
 
 
 def fsync_probe():
@@ -667,9 +718,13 @@ def main():
             P["naive"]["peak_rss_mib_process"] = mib(mem_kib(naive.pid)["VmHWM"])
             stop(naive.proc)
 
+        # --- what durability costs, in alternating rounds
+        if "durability" not in SKIP and DELIVERY_ROUNDS > 0:
+            tansu, P["durability"] = phase_durability(tansu, DELIVERY_ROUNDS)
+
         # --- spool drain after a broker outage
-        if "drain" not in SKIP:
-            P["drain"] = phase_drain(tansu, brokers)
+        if "drain" not in SKIP and DRAIN_ROUNDS > 0:
+            tansu, P["drain"], P["drain_rounds"] = phase_drains(tansu, DRAIN_ROUNDS)
     finally:
         for proc in children:
             stop(proc)
@@ -686,11 +741,15 @@ def main():
         "spool_p99_max_load_ms": s["latency_ms"]["p99"],
         "spool_max_latency_max_load_ms": s["latency_ms"]["max"],
         "drain_msgs_per_s": P.get("drain", {}).get("msgs_per_s_from_resume"),
+        "drain_msgs_per_s_rounds": [d["msgs_per_s_from_resume"] for d in P.get("drain_rounds", [])],
         "drain_msgs_per_s_best_1s": P.get("drain", {}).get("msgs_per_s_best_1s"),
+        "peak_rss_mib_drain": max((d["peak_rss_mib"] for d in P.get("drain_rounds", [])), default=None),
         "peak_rss_mib_spool": s["peak_rss_mib_process"],
         "rss_growth_soak_pct": P.get("soak", {}).get("growth_last_vs_mid_pct"),
         "cpu_ms_per_notification_spool": s["cpu_ms_per_notification"],
         "cpu_ms_per_notification_direct": P["direct"]["cpu_ms_per_notification"],
+        "cpu_spool_over_direct_single_rounds": ratio(s["cpu_ms_per_notification"], P["direct"]["cpu_ms_per_notification"]),
+        "cpu_spool_over_direct_alternating": P.get("durability", {}).get("cpu_spool_over_direct"),
         "cpu_ms_per_notification_naive": P.get("naive", {}).get("cpu_ms_per_notification"),
         "cpu_ratio_naive_over_spool": ratio(P.get("naive", {}).get("cpu_ms_per_notification"), s["cpu_ms_per_notification"]),
     }

@@ -5,7 +5,8 @@
 # Results: bench/results/latest.json (and a summary on stdout). See BENCHMARKS.md.
 #
 # Knobs (environment): LOAD_SECONDS=20 HALF_SECONDS=20 SOAK_SECONDS=90 (600 for the 10-minute soak)
-# CONNECTIONS=64 WRK_THREADS=1 DRAIN_COUNT=100000 SKIP=soak,naive,drain BRIDGE_BIN=path (skip the build)
+# CONNECTIONS=64 WRK_THREADS=1 DRAIN_COUNT=100000 DRAIN_ROUNDS=3 DELIVERY_ROUNDS=2
+# SKIP=soak,naive,durability,drain BRIDGE_BIN=path (skip the build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
