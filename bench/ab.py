@@ -97,9 +97,7 @@ class Broker:
     def for_round(self):
         """The broker for the next round, started now if the rounds are on fresh ones."""
         if self.proc is None or self.fresh:
-            b.stop(self.proc)
-            self.proc, self.brokers = b.start_tansu()
-            b.TANSU_PID[0] = self.proc.pid
+            self.proc, self.brokers = b.fresh_tansu(self.proc)
         return self.proc, self.brokers
 
 

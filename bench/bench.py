@@ -699,9 +699,7 @@ def main():
             # Tansu keeps every message in memory: after the soak it holds gigabytes and answers
             # more slowly. The phases after it (direct mode, whose answers each wait for Kafka, the
             # naive bridge, the drain) get a fresh broker, as the spool's max-load phase had.
-            stop(tansu)
-            tansu, brokers = start_tansu()
-            TANSU_PID[0] = tansu.pid
+            tansu, brokers = fresh_tansu(tansu)
             log("tansu restarted after the soak, on", brokers)
 
         # --- direct mode
